@@ -1,0 +1,194 @@
+"""Plumbing the experiments share: run folders, results files, version/device stamps, progress
+bars and one-line CLI errors. Nothing here knows about any particular study."""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+_PACKAGES = (
+    "jax",
+    "jaxlib",
+    "optax",
+    "flax",
+    "orbax-checkpoint",
+    "chex",
+    "numpy",
+    "scikit-learn",
+    "matplotlib",
+    "torch",
+    "tensorflow-datasets",
+    "keras",
+    "h5py",
+)
+_ENV_VARS = (
+    "XLA_FLAGS",
+    "JAX_PLATFORMS",
+    "JAX_ENABLE_X64",
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "OPENBLAS_CORETYPE",
+    "OPENBLAS_L2_SIZE",
+    "TF_CPP_MIN_LOG_LEVEL",
+)
+
+
+class RunDirError(ValueError):
+    """The output folder cannot be used as asked (holds another run, not a folder, ...)."""
+
+
+def versions() -> dict[str, str]:
+    """Installed versions of the packages that matter for reproducing a result."""
+    found = {"python": platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_info() -> dict[str, Any]:
+    """What ran the numbers: JAX backend and devices, CPU, core count, threading env vars."""
+    import jax
+
+    devices = jax.devices()
+    return {
+        "backend": jax.default_backend(),
+        "devices": [f"{d.platform}:{d.device_kind}" for d in devices],
+        "device_count": len(devices),
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "env": {k: os.environ[k] for k in _ENV_VARS if k in os.environ},
+    }
+
+
+def prepare_run_dir(
+    out: str | os.PathLike,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    markers: Sequence[str] = ("results.json",),
+) -> Path:
+    """Create (or reuse) the absolute run folder ``out``.
+
+    A folder that already holds another run (any file in it) is refused unless ``resume`` (keep
+    it, continue) or ``overwrite`` (delete it first) is given; nothing is ever deleted silently.
+    """
+    path = Path(out).expanduser().resolve()
+    if path.exists() and not path.is_dir():
+        raise RunDirError(f"output path {path} exists and is not a folder; pass another --out")
+    if path.exists() and any(path.iterdir()):
+        if overwrite:
+            shutil.rmtree(path)
+        elif not resume:
+            held = [m for m in markers if (path / m).exists()] or ["files"]
+            raise RunDirError(
+                f"output folder {path} already holds another run ({', '.join(held)}); "
+                "pass --resume to continue it, --overwrite to replace it, or another --out"
+            )
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "tolist"):  # numpy / jax arrays and scalars
+        return _jsonable(obj.tolist())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None  # JSON has no NaN/inf; a missing number is honest, a fake one is not
+    return obj
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` via a temporary file and rename: never a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json(path: str | os.PathLike, data: Any) -> Path:
+    """Atomically write ``data`` as indented JSON (arrays become lists, NaN/inf become null)."""
+    return write_text_atomic(path, json.dumps(_jsonable(data), indent=2, allow_nan=False) + "\n")
+
+
+def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """A GitHub-flavoured Markdown table; floats are printed with 4 decimals."""
+
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return "n/a" if not math.isfinite(v) else f"{v:.4f}"
+        return "" if v is None else str(v)
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def progress(iterable: Iterable | None = None, **kwargs: Any) -> tqdm:
+    """A tqdm progress bar that stays quiet when stderr is not a terminal (CI, logs, pipes)."""
+    kwargs.setdefault("disable", not sys.stderr.isatty())
+    kwargs.setdefault("dynamic_ncols", True)
+    return tqdm(iterable, **kwargs)
+
+
+def cli_main(main: Callable[[Sequence[str] | None], Any]) -> Callable[[Sequence[str] | None], int]:
+    """Wrap a CLI ``main(argv)`` so that bad input ends in one line on stderr and exit code 2.
+
+    ValueError (this covers jnn.data.DataError, RunDirError and the library's argument checks),
+    FileNotFoundError and KeyboardInterrupt are reported plainly; anything else is a bug and keeps
+    its traceback.
+    """
+
+    @functools.wraps(main)
+    def wrapped(argv: Sequence[str] | None = None) -> int:
+        try:
+            result = main(argv)
+        except (ValueError, FileNotFoundError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print(
+                "interrupted: finished checkpoints are kept; rerun with --resume", file=sys.stderr
+            )
+            return 130
+        return int(result or 0)
+
+    return wrapped

@@ -1,0 +1,101 @@
+"""Activations as forward/backward pairs with hand-written vector-Jacobian products.
+
+Every activation follows the layer protocol with no parameters::
+
+    y, cache = forward(x)          # x, y: (..., features)
+    dx = backward(cache, dy)       # dy, dx: same shape as x
+
+``cache`` holds exactly what the backward pass needs (the input for ReLU, the output for the
+saturating functions), so backward never recomputes the forward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax.numpy as jnp
+from jax import Array
+
+
+class Activation(NamedTuple):
+    """An element-wise (or, for softmax, row-wise) nonlinearity with a manual backward."""
+
+    name: str
+    forward: Callable[[Array], tuple[Array, Any]]
+    backward: Callable[[Any, Array], Array]
+
+
+def relu_forward(x: Array) -> tuple[Array, Array]:
+    """max(x, 0). The cache is x itself; the derivative at exactly 0 is taken as 0."""
+    return jnp.where(x > 0, x, jnp.zeros_like(x)), x
+
+
+def relu_backward(x: Array, dy: Array) -> Array:
+    """dy where x > 0, else 0."""
+    return jnp.where(x > 0, dy, jnp.zeros_like(dy))
+
+
+def sigmoid_forward(x: Array) -> tuple[Array, Array]:
+    """1 / (1 + exp(-x)), computed from exp(-|x|) so it never overflows (finite at x = +-1e4)."""
+    z = jnp.exp(-jnp.abs(x))
+    y = jnp.where(x >= 0, 1.0 / (1.0 + z), z / (1.0 + z))
+    return y, y
+
+
+def sigmoid_backward(y: Array, dy: Array) -> Array:
+    """dy * s * (1 - s), from the cached output s."""
+    return dy * y * (1.0 - y)
+
+
+def tanh_forward(x: Array) -> tuple[Array, Array]:
+    """tanh(x); jnp.tanh saturates cleanly to +-1 for large |x|."""
+    y = jnp.tanh(x)
+    return y, y
+
+
+def tanh_backward(y: Array, dy: Array) -> Array:
+    """dy * (1 - tanh(x)^2), from the cached output."""
+    return dy * (1.0 - y * y)
+
+
+def linear_forward(x: Array) -> tuple[Array, None]:
+    """The identity (the study's "Linear" activation): nothing to cache."""
+    return x, None
+
+
+def linear_backward(_: None, dy: Array) -> Array:
+    """The identity's VJP passes the cotangent through."""
+    return dy
+
+
+def softmax_forward(x: Array) -> tuple[Array, Array]:
+    """Row-wise softmax over the last axis, shifted by the row max for stability."""
+    shifted = x - jnp.max(x, axis=-1, keepdims=True)
+    e = jnp.exp(shifted)
+    s = e / jnp.sum(e, axis=-1, keepdims=True)
+    return s, s
+
+
+def softmax_backward(s: Array, dy: Array) -> Array:
+    """dx = s * (dy - sum(dy * s)): the Jacobian-vector product without building the Jacobian."""
+    return s * (dy - jnp.sum(dy * s, axis=-1, keepdims=True))
+
+
+ACTIVATIONS: dict[str, Activation] = {
+    "relu": Activation("relu", relu_forward, relu_backward),
+    "sigmoid": Activation("sigmoid", sigmoid_forward, sigmoid_backward),
+    "tanh": Activation("tanh", tanh_forward, tanh_backward),
+    "linear": Activation("linear", linear_forward, linear_backward),
+    "softmax": Activation("softmax", softmax_forward, softmax_backward),
+}
+
+
+def get_activation(name: str) -> Activation:
+    """Look an activation up by name (case-insensitive); unknown names raise a clear ValueError."""
+    key = str(name).lower()
+    if key not in ACTIVATIONS:
+        raise ValueError(
+            f"unknown activation {name!r}: choose one of {', '.join(sorted(ACTIVATIONS))}"
+        )
+    return ACTIVATIONS[key]
