@@ -1,0 +1,479 @@
+"""Pretrained VGG16 weights: read the published Keras h5 / torchvision .pth files, check every
+layer and shape, convert to :mod:`jnn.vgg` params, cache as an orbax checkpoint, download.
+
+Published files (see ``OFFICIAL``):
+
+* Keras ``vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5`` — root attr ``layer_names``; one
+  group per layer with attr ``weight_names``; ``block{b}_conv{i}/block{b}_conv{i}_W_1:0`` (kernel,
+  HWIO, used as is) and ``..._b_1:0`` (bias). Needs only h5py. Preprocessing ``"keras"``.
+* torchvision ``vgg16-397923af.pth`` — ``features.{0,2,5,...,28}.weight`` (OIHW, transposed to
+  HWIO) and ``.bias``; ``classifier.{0,3,6}`` Linear (out, in). ``classifier.0`` reads an NCHW
+  flatten of 512x7x7, so its input axis is permuted to the NHWC flatten :class:`jnn.vgg.VGG16`
+  uses. Needs torch (optional extra, imported only here). Preprocessing ``"torch"``.
+
+``fetch_pretrained`` works like ``keras.applications``: converted params cached under
+``cache_dir`` are used if present; otherwise the official file (in ``cache_dir`` or downloaded,
+hash-checked) is converted and cached. Nothing is printed; a download shows a tqdm bar only when
+``progress`` is true.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from jnn.vgg import CONV_LAYERS, FORMATS, TOP_LAYERS, expected_shapes
+
+
+class WeightFileError(ValueError):
+    """A weight file is unreadable, lacks a layer, has a wrong shape, or fails its hash check."""
+
+
+class WeightsUnavailableError(RuntimeError):
+    """No cached weights and the official file could not be downloaded (e.g. offline)."""
+
+
+class OfficialFile(NamedTuple):
+    filename: str
+    url: str
+    hash_algo: str  # "md5" (full digest, as Keras checks) or "sha256" (prefix, as torch checks)
+    hash_value: str
+    size_bytes: int
+
+
+OFFICIAL: dict[str, OfficialFile] = {
+    "keras": OfficialFile(
+        "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        "https://storage.googleapis.com/tensorflow/keras-applications/vgg16/"
+        "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        "md5",
+        "6d6bbae143d832006294945121d1f1fc",
+        58_889_256,
+    ),
+    "torch": OfficialFile(
+        "vgg16-397923af.pth",
+        "https://download.pytorch.org/models/vgg16-397923af.pth",
+        "sha256",
+        "397923af",
+        553_433_881,
+    ),
+}
+
+# torchvision's nn.Sequential index of each conv in vgg16().features.
+TORCH_FEATURE_INDEX: dict[str, int] = dict(
+    zip(CONV_LAYERS, (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28), strict=True)
+)
+TORCH_CLASSIFIER_INDEX: dict[str, int] = {"fc1": 0, "fc2": 3, "predictions": 6}
+TORCH_KERNEL_PERM = (2, 3, 1, 0)  # OIHW -> HWIO
+
+
+class VGGWeights(NamedTuple):
+    """What :func:`fetch_pretrained` returns: params plus where they came from."""
+
+    params: dict  # {"block1_conv1": {"kernel", "bias"}, ...} float32 numpy arrays
+    fmt: str  # "keras" or "torch": which preprocessing the weights expect
+    source: str  # absolute path of the weight file they were converted from
+    verified: bool  # the file matched its published hash
+    from_cache: bool  # loaded from the orbax cache instead of converting
+
+
+def _fmt_shape(shape: tuple[int, ...]) -> str:
+    return "(" + ",".join(str(d) for d in shape) + ")"
+
+
+def check_params(
+    params: Mapping[str, Mapping[str, Any]], include_top: bool = False, *, describe=None
+) -> None:
+    """Raise one :class:`WeightFileError` listing every missing layer/param and wrong shape.
+
+    ``describe(layer, param)`` may name the entry as the file does (e.g. ``features.12.weight``).
+    """
+    problems = []
+    for layer, shapes in expected_shapes(include_top).items():
+        for name, want in shapes.items():
+            label = f"{layer} {name}" if describe is None else describe(layer, name)
+            if layer not in params or name not in params[layer]:
+                problems.append(f"{label} is missing")
+                continue
+            got = tuple(np.shape(params[layer][name]))
+            if got != want:
+                problems.append(f"{label} has shape {_fmt_shape(got)}, expected {_fmt_shape(want)}")
+    if problems:
+        raise WeightFileError("; ".join(problems))
+
+
+# ---------------------------------------------------------------------------------- Keras h5
+
+
+def load_keras_h5(path: str | os.PathLike, include_top: bool | None = None) -> dict:
+    """Read a Keras VGG16 weights h5 (``layer_names`` / ``weight_names`` layout) into params.
+
+    ``include_top=None`` loads the classifier when the file has one (``fc1``), else only the 13
+    convs. All layers and shapes are checked before any weights are read.
+    """
+    import h5py
+
+    path = Path(path)
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise WeightFileError(f"{path} is not a readable HDF5 file ({e})") from None
+    with f:
+        root = f["model_weights"] if "model_weights" in f else f  # full-model saves
+        if "layer_names" not in root.attrs:
+            raise WeightFileError(f"{path}: no 'layer_names' attribute; not a Keras weights file")
+        layer_names = [_to_str(n) for n in root.attrs["layer_names"]]
+        if include_top is None:
+            include_top = "fc1" in layer_names
+        wanted = CONV_LAYERS + (TOP_LAYERS if include_top else ())
+        missing = [n for n in wanted if n not in layer_names or n not in root]
+        if missing:
+            raise WeightFileError(f"{path}: layer {', '.join(missing)} missing from the file")
+        datasets = {}
+        for layer in wanted:
+            group = root[layer]
+            names = [_to_str(n) for n in group.attrs.get("weight_names", [])]
+            if len(names) != 2:
+                raise WeightFileError(
+                    f"{path}: {layer} lists {len(names)} weights {names}, expected kernel and bias"
+                )
+            for name in names:
+                if name not in group:
+                    raise WeightFileError(f"{path}: {layer} dataset {name} is missing")
+            datasets[layer] = {"kernel": group[names[0]], "bias": group[names[1]]}
+        try:
+            check_params(
+                {k: {n: d.shape for n, d in v.items()} for k, v in datasets.items()}, include_top
+            )
+        except WeightFileError as e:
+            raise WeightFileError(f"{path.name}: {e}") from None
+        return {
+            layer: {n: np.asarray(d[()], dtype=np.float32) for n, d in v.items()}
+            for layer, v in datasets.items()
+        }
+
+
+def _to_str(name: bytes | str) -> str:
+    return name.decode("utf8") if isinstance(name, bytes) else str(name)
+
+
+# ----------------------------------------------------------------------------- torchvision pth
+
+
+def convert_torch_state_dict(state_dict: Mapping[str, Any], include_top: bool | None = None):
+    """torchvision ``vgg16().state_dict()`` (tensors or arrays) -> params.
+
+    Conv weights OIHW -> HWIO. ``classifier.0`` (4096, 512*7*7 in NCHW-flatten order) becomes an
+    NHWC-flatten (25088, 4096) kernel; other Linear weights are transposed to (in, out).
+    ``include_top=None`` converts the classifier when the state dict has one.
+    """
+    if include_top is None:
+        include_top = "classifier.0.weight" in state_dict
+    keys = {}
+    for layer in CONV_LAYERS:
+        i = TORCH_FEATURE_INDEX[layer]
+        keys[layer] = {"kernel": f"features.{i}.weight", "bias": f"features.{i}.bias"}
+    if include_top:
+        for layer, i in TORCH_CLASSIFIER_INDEX.items():
+            keys[layer] = {"kernel": f"classifier.{i}.weight", "bias": f"classifier.{i}.bias"}
+    # Expected shapes in torch's own layout, so errors name what the file holds.
+    torch_shapes = {}
+    for layer, shapes in expected_shapes(include_top).items():
+        k = shapes["kernel"]
+        kt = tuple(k[p] for p in TORCH_KERNEL_PERM) if len(k) == 4 else (k[1], k[0])
+        torch_shapes[layer] = {"kernel": kt, "bias": shapes["bias"]}
+    problems = []
+    for layer, names in keys.items():
+        for name, key in names.items():
+            want = torch_shapes[layer][name]
+            if key not in state_dict:
+                problems.append(f"{key} ({layer} {name}) is missing")
+            elif tuple(state_dict[key].shape) != want:
+                got = tuple(state_dict[key].shape)
+                problems.append(
+                    f"{key} ({layer} {name}) has shape {_fmt_shape(got)}, "
+                    f"expected {_fmt_shape(want)}"
+                )
+    if problems:
+        raise WeightFileError("; ".join(problems))
+
+    def arr(key: str) -> np.ndarray:
+        v = state_dict[key]
+        v = v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v)
+        return v.astype(np.float32)
+
+    params = {}
+    for layer in CONV_LAYERS:
+        params[layer] = {
+            "kernel": np.ascontiguousarray(arr(keys[layer]["kernel"]).transpose(TORCH_KERNEL_PERM)),
+            "bias": arr(keys[layer]["bias"]),
+        }
+    if include_top:
+        params["fc1"] = {
+            "kernel": nchw_linear_to_nhwc_kernel(arr(keys["fc1"]["kernel"]), (512, 7, 7)),
+            "bias": arr(keys["fc1"]["bias"]),
+        }
+        for layer in ("fc2", "predictions"):
+            params[layer] = {
+                "kernel": np.ascontiguousarray(arr(keys[layer]["kernel"]).T),
+                "bias": arr(keys[layer]["bias"]),
+            }
+    check_params(params, include_top)
+    return params
+
+
+def nchw_linear_to_nhwc_kernel(weight: np.ndarray, chw: tuple[int, int, int]) -> np.ndarray:
+    """torch Linear weight (out, C*H*W) reading an NCHW flatten -> (H*W*C, out) Dense kernel
+    reading an NHWC flatten of the same feature map."""
+    c, h, w = chw
+    out = weight.shape[0]
+    kernel = weight.reshape(out, c, h, w).transpose(2, 3, 1, 0).reshape(h * w * c, out)
+    return np.ascontiguousarray(kernel)
+
+
+def load_torch_pth(path: str | os.PathLike, include_top: bool | None = None) -> dict:
+    """Read a torchvision VGG16 state dict saved with ``torch.save`` into params (needs torch)."""
+    try:
+        import torch
+    except ImportError:
+        raise ImportError(
+            "reading torchvision .pth weights needs PyTorch: pip install torch "
+            "(CPU build is enough), or use the Keras h5 weights (fmt='keras')"
+        ) from None
+    try:
+        state = torch.load(Path(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for a bad file
+        raise WeightFileError(f"{path} is not a readable torch state dict ({e})") from None
+    if not isinstance(state, Mapping):
+        raise WeightFileError(f"{path} holds a {type(state).__name__}, not a state dict")
+    return convert_torch_state_dict(state, include_top)
+
+
+def load_weight_file(path: str | os.PathLike, fmt: str | None = None, include_top=None) -> dict:
+    """Convert a Keras .h5 or torchvision .pth file to params; ``fmt`` inferred from the suffix."""
+    fmt = fmt or detect_format(path)
+    if fmt == "keras":
+        return load_keras_h5(path, include_top)
+    if fmt == "torch":
+        return load_torch_pth(path, include_top)
+    raise ValueError(f"unknown weight format {fmt!r}; choose one of {FORMATS}")
+
+
+def detect_format(path: str | os.PathLike) -> str:
+    """``"keras"`` for .h5/.hdf5/.keras-weights files, ``"torch"`` for .pth/.pt."""
+    suffix = Path(path).suffix.lower()
+    if suffix in (".h5", ".hdf5"):
+        return "keras"
+    if suffix in (".pth", ".pt"):
+        return "torch"
+    raise WeightFileError(
+        f"cannot tell the format of {path}: expected a Keras .h5 or a torchvision .pth file"
+    )
+
+
+# -------------------------------------------------------------------------------- file hashes
+
+
+def file_digest(path: str | os.PathLike, algo: str) -> str:
+    """Hex digest of a file, read in 1 MiB chunks."""
+    h = hashlib.new(algo)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify_file(path: str | os.PathLike, fmt: str) -> bool:
+    """Check a weight file against its published hash when its name says which it is.
+
+    The official Keras file name -> its MD5; a torch ``name-<hex>.pth`` -> SHA-256 prefix
+    ``<hex>`` (torch's own convention). Returns True when checked and matching, False when the
+    name carries no hash; raises :class:`WeightFileError` on a mismatch.
+    """
+    path = Path(path)
+    if fmt == "keras" and path.name == OFFICIAL["keras"].filename:
+        algo, want = "md5", OFFICIAL["keras"].hash_value
+    elif fmt == "torch" and (m := re.search(r"-([0-9a-f]{8,64})$", path.stem)):
+        algo, want = "sha256", m.group(1)
+    else:
+        return False
+    got = file_digest(path, algo)
+    if not got.startswith(want):
+        raise WeightFileError(
+            f"{path} fails its hash check ({algo} {got[: max(len(want), 8)]}..., expected {want}):"
+            " the file is corrupt or not the published one; delete it and fetch it again"
+        )
+    return True
+
+
+# ---------------------------------------------------------------------------------- the cache
+
+
+def default_cache_dir() -> Path:
+    """``$JNN_CACHE_DIR/vgg16`` if set, else ``~/.cache/jnn/vgg16``."""
+    base = os.environ.get("JNN_CACHE_DIR") or Path.home() / ".cache" / "jnn"
+    return Path(base).expanduser().absolute() / "vgg16"
+
+
+def save_params(params: dict, directory: str | os.PathLike) -> Path:
+    """Save params as an orbax checkpoint at ``directory`` (absolute; must not exist yet)."""
+    import orbax.checkpoint as ocp
+
+    directory = Path(directory).absolute()
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(directory, params)
+        ckptr.wait_until_finished()
+    return directory
+
+
+def restore_params(directory: str | os.PathLike, include_top: bool = False) -> dict:
+    """Restore params saved by :func:`save_params` as float32 numpy arrays (shapes checked)."""
+    import jax
+    import orbax.checkpoint as ocp
+
+    abstract = {
+        layer: {n: jax.ShapeDtypeStruct(s, np.float32) for n, s in shapes.items()}
+        for layer, shapes in expected_shapes(include_top).items()
+    }
+    with ocp.StandardCheckpointer() as ckptr:
+        restored = ckptr.restore(Path(directory).absolute(), abstract)
+    params = {k: {n: np.asarray(a) for n, a in v.items()} for k, v in restored.items()}
+    check_params(params, include_top)
+    return params
+
+
+def _is_complete_checkpoint(directory: Path) -> bool:
+    return directory.is_dir() and (directory / "_CHECKPOINT_METADATA").exists()
+
+
+# ------------------------------------------------------------------------------- the download
+
+
+def download(
+    url: str,
+    dst: str | os.PathLike,
+    *,
+    timeout: float = 60.0,
+    progress: bool = False,
+    expected: tuple[str, str] | None = None,
+) -> Path:
+    """Download ``url`` to ``dst`` atomically (temp file, hash check, rename).
+
+    ``timeout`` bounds each network operation (connect, each read). ``expected=(algo, hex)``
+    checks the digest (prefix) before the file appears at ``dst``. Network failures raise
+    :class:`WeightsUnavailableError`; a hash mismatch raises :class:`WeightFileError`.
+    """
+    from tqdm.auto import tqdm
+
+    dst = Path(dst).absolute()
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=dst.name + ".", suffix=".part", dir=dst.parent)
+    tmp = Path(tmp_name)
+    try:
+        h = hashlib.new(expected[0]) if expected else None
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+            total = int(resp.headers.get("Content-Length") or 0) or None
+            with tqdm(
+                total=total, unit="B", unit_scale=True, desc=dst.name, disable=not progress
+            ) as bar:
+                for chunk in iter(lambda: resp.read(1 << 20), b""):
+                    out.write(chunk)
+                    if h is not None:
+                        h.update(chunk)
+                    bar.update(len(chunk))
+        if expected and not h.hexdigest().startswith(expected[1]):
+            raise WeightFileError(
+                f"download of {url} fails its hash check ({expected[0]} {h.hexdigest()[:12]}..., "
+                f"expected {expected[1]}); not saved"
+            )
+        os.replace(tmp, dst)
+    except (urllib.error.URLError, OSError, TimeoutError) as e:
+        reason = getattr(e, "reason", None) or e
+        raise WeightsUnavailableError(f"could not download {url}: {reason}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dst
+
+
+def fetch_pretrained(
+    fmt: str = "keras",
+    cache_dir: str | os.PathLike | None = None,
+    *,
+    weights_file: str | os.PathLike | None = None,
+    include_top: bool = False,
+    timeout: float = 60.0,
+    progress: bool = False,
+    allow_download: bool | None = None,
+) -> VGGWeights:
+    """Pretrained VGG16 params in jnn layout, converted once and cached with orbax.
+
+    Without ``weights_file``: use the cached conversion of the official ``fmt`` file, else the
+    official file in ``cache_dir`` (downloaded there first if absent; hash-checked), convert,
+    cache. With ``weights_file`` (a local .h5/.pth): convert it (its hash is checked when its
+    name is the published one) and cache the result under the file's SHA-256.
+
+    ``allow_download=None`` downloads unless ``$JNN_OFFLINE`` is set. Offline with nothing cached
+    raises :class:`WeightsUnavailableError` saying how to supply the file.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown weight format {fmt!r}; choose one of {FORMATS}")
+    if include_top and fmt == "keras" and weights_file is None:
+        raise ValueError("the official Keras file is the notop one; pass weights_file= for a top")
+    cache = Path(cache_dir).expanduser().absolute() if cache_dir else default_cache_dir()
+    top = "top" if include_top else "notop"
+    official = OFFICIAL[fmt]
+
+    if weights_file is None:
+        ckpt = cache / "converted" / f"{fmt}-{official.hash_value[:12]}-{top}"
+        source = cache / official.filename
+        if _is_complete_checkpoint(ckpt):
+            return VGGWeights(restore_params(ckpt, include_top), fmt, str(source), True, True)
+        if not source.exists():
+            if allow_download is None:
+                allow_download = not os.environ.get("JNN_OFFLINE")
+            how = (
+                f"supply the file: download {official.url} elsewhere and pass "
+                f"--weights /path/to/{official.filename} (python -m experiments.vgg_transfer) or "
+                f"weights_file=..., or copy it to {source}"
+            )
+            if not allow_download:
+                raise WeightsUnavailableError(
+                    f"no cached {fmt} VGG16 weights in {cache} and downloads are off; {how}"
+                )
+            try:
+                download(
+                    official.url,
+                    source,
+                    timeout=timeout,
+                    progress=progress,
+                    expected=(official.hash_algo, official.hash_value),
+                )
+            except WeightsUnavailableError as e:
+                raise WeightsUnavailableError(f"{e}; no cached weights in {cache}; {how}") from None
+        verified = verify_file(source, fmt)
+    else:
+        source = Path(weights_file).expanduser().absolute()
+        if not source.is_file():
+            raise WeightFileError(f"weight file {source} does not exist")
+        verified = verify_file(source, fmt)
+        digest = file_digest(source, "sha256")[:16]
+        ckpt = cache / "converted" / f"{fmt}-{digest}-{top}"
+        if _is_complete_checkpoint(ckpt):
+            return VGGWeights(restore_params(ckpt, include_top), fmt, str(source), verified, True)
+
+    params = load_weight_file(source, fmt, include_top)
+    if ckpt.exists():  # a half-written conversion from an interrupted run
+        shutil.rmtree(ckpt)
+    save_params(params, ckpt)
+    return VGGWeights(params, fmt, str(source), verified, False)
