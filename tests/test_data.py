@@ -1,0 +1,451 @@
+"""jnn.data: loading, verification, download (against a local fake mirror), splits, tfds."""
+
+import functools
+import gzip
+import hashlib
+import http.server
+import pathlib
+import socket
+import sys
+import threading
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from jnn import data
+from jnn.data import (
+    CLASS_NAMES,
+    FILES,
+    TEST_IMAGES,
+    TEST_LABELS,
+    TRAIN_IMAGES,
+    TRAIN_LABELS,
+    DataError,
+    FashionMNIST,
+    Splits,
+    default_data_dir,
+    load_fashion_mnist,
+    load_splits,
+    split,
+    split_indices,
+    to_float,
+)
+
+# MD5s published by Zalando for the official release (README of zalandoresearch/fashion-mnist).
+OFFICIAL_MD5 = {
+    TRAIN_IMAGES: "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+    TRAIN_LABELS: "25c81989df183df01b3e8a0aad5dffbe",
+    TEST_IMAGES: "bef4ecab320f06d8554ea6380940ec79",
+    TEST_LABELS: "bb300cfdad3c16e7a12a480ee83cd310",
+}
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def assert_clear(excinfo: pytest.ExceptionInfo, *needles: str) -> str:
+    """The error is a one-line DataError that mentions every needle (e.g. the file name)."""
+    assert isinstance(excinfo.value, DataError)
+    assert isinstance(excinfo.value, ValueError)
+    msg = str(excinfo.value)
+    assert "\n" not in msg and msg.strip() == msg
+    for needle in needles:
+        assert needle in msg, (needle, msg)
+    return msg
+
+
+def folder_with(tmp_path: pathlib.Path, real: pathlib.Path, **overrides: bytes) -> pathlib.Path:
+    """A folder with symlinks to the real files, except ``overrides`` (file key -> content)."""
+    names = {"ti": TRAIN_IMAGES, "tl": TRAIN_LABELS, "vi": TEST_IMAGES, "vl": TEST_LABELS}
+    folder = tmp_path / "data"
+    folder.mkdir()
+    replaced = {names[k]: v for k, v in overrides.items()}
+    for name in FILES:
+        if name in replaced:
+            (folder / name).write_bytes(replaced[name])
+        else:
+            (folder / name).symlink_to(real / name)
+    return folder
+
+
+def idx_images(images: np.ndarray, magic: int = 2051) -> bytes:
+    n, r, c = images.shape
+    header = b"".join(int(v).to_bytes(4, "big") for v in (magic, n, r, c))
+    return gzip.compress(header + images.astype(np.uint8).tobytes())
+
+
+def idx_labels(labels: np.ndarray, magic: int = 2049) -> bytes:
+    header = magic.to_bytes(4, "big") + len(labels).to_bytes(4, "big")
+    return gzip.compress(header + np.asarray(labels, np.uint8).tobytes())
+
+
+def synthetic_folder(tmp_path: pathlib.Path, **overrides: bytes) -> pathlib.Path:
+    """Small valid IDX files (20 train, 10 test) under the official names, plus overrides."""
+    rng = np.random.default_rng(0)
+    content = {
+        "ti": idx_images(rng.integers(0, 256, (20, 28, 28))),
+        "tl": idx_labels(np.arange(20) % 10),
+        "vi": idx_images(rng.integers(0, 256, (10, 28, 28))),
+        "vl": idx_labels(np.arange(10)),
+    }
+    content.update(overrides)
+    names = {"ti": TRAIN_IMAGES, "tl": TRAIN_LABELS, "vi": TEST_IMAGES, "vl": TEST_LABELS}
+    folder = tmp_path / "synthetic"
+    folder.mkdir()
+    for key, blob in content.items():
+        (folder / names[key]).write_bytes(blob)
+    return folder
+
+
+def flip_byte(blob: bytes, at: int) -> bytes:
+    return blob[:at] + bytes([blob[at] ^ 0xFF]) + blob[at + 1 :]
+
+
+def assert_same(a: FashionMNIST, b: FashionMNIST) -> None:
+    for x, y in zip(a, b):
+        assert x.dtype == y.dtype and x.shape == y.shape
+        np.testing.assert_array_equal(x, y)
+
+
+# --------------------------------------------------------------------------- real data
+
+
+def test_class_names():
+    assert CLASS_NAMES[0] == "T-shirt/top" and CLASS_NAMES[9] == "Ankle boot"
+    assert len(CLASS_NAMES) == 10 and len(set(CLASS_NAMES)) == 10
+
+
+def test_shared_files_are_the_official_release(fashion_dir):
+    """The hard-coded SHA-256/sizes come from files whose MD5s equal the published ones."""
+    for name, (size, sha) in FILES.items():
+        blob = (fashion_dir / name).read_bytes()
+        assert len(blob) == size
+        assert hashlib.md5(blob).hexdigest() == OFFICIAL_MD5[name]
+        assert hashlib.sha256(blob).hexdigest() == sha
+
+
+def test_real_data_loads(fashion):
+    assert isinstance(fashion, FashionMNIST)
+    assert fashion.train_images.shape == (60_000, 28, 28)
+    assert fashion.test_images.shape == (10_000, 28, 28)
+    assert fashion.train_labels.shape == (60_000,) and fashion.test_labels.shape == (10_000,)
+    assert fashion.train_images.dtype == np.uint8 and fashion.test_images.dtype == np.uint8
+    assert fashion.train_labels.dtype == np.int32 and fashion.test_labels.dtype == np.int32
+    np.testing.assert_array_equal(np.bincount(fashion.train_labels), [6_000] * 10)
+    np.testing.assert_array_equal(np.bincount(fashion.test_labels), [1_000] * 10)
+    assert fashion.train_images.min() == 0 and fashion.train_images.max() == 255
+    # Pixel means published alongside the files (README.txt): 72.9404 train, 73.1466 test.
+    assert abs(fashion.train_images.mean() - 72.9404) < 1e-3
+    assert abs(fashion.test_images.mean() - 73.1466) < 1e-3
+
+
+def test_data_dir_from_env(fashion_dir, fashion, monkeypatch):
+    monkeypatch.setenv("JNN_DATA_DIR", str(fashion_dir))
+    assert default_data_dir() == fashion_dir
+    assert_same(load_fashion_mnist(download=False), fashion)
+
+
+def test_default_data_dir_is_a_cache_folder(tmp_path, monkeypatch):
+    monkeypatch.delenv("JNN_DATA_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert default_data_dir() == tmp_path / "jnn" / "fashion-mnist"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert default_data_dir() == pathlib.Path.home() / ".cache" / "jnn" / "fashion-mnist"
+
+
+# --------------------------------------------------------------------------- bad files
+
+
+@pytest.mark.parametrize("key,name", [("vl", TEST_LABELS), ("vi", TEST_IMAGES)])
+def test_flipped_byte_fails_hash(tmp_path, fashion_dir, key, name):
+    blob = (fashion_dir / name).read_bytes()
+    folder = folder_with(tmp_path, fashion_dir, **{key: flip_byte(blob, len(blob) // 2)})
+    with pytest.raises(DataError) as e:
+        load_fashion_mnist(folder, download=False)
+    assert_clear(e, name, str(folder), "SHA-256", "download=True")
+
+
+def test_truncated_file(tmp_path, fashion_dir):
+    blob = (fashion_dir / TEST_LABELS).read_bytes()[:-100]
+    folder = folder_with(tmp_path, fashion_dir, vl=blob)
+    with pytest.raises(DataError) as e:
+        load_fashion_mnist(folder, download=False)
+    assert_clear(e, TEST_LABELS, "5,048 bytes, expected 5,148", "truncated")
+    with pytest.raises(DataError) as e:  # without the hash check the gzip stream still fails
+        load_fashion_mnist(folder, download=False, verify=False)
+    assert_clear(e, TEST_LABELS, "not a valid gzip file")
+
+
+def test_not_gzip(tmp_path, fashion_dir):
+    raw = gzip.decompress((fashion_dir / TEST_LABELS).read_bytes())
+    folder = folder_with(tmp_path, fashion_dir, vl=raw)
+    with pytest.raises(DataError) as e:
+        load_fashion_mnist(folder, download=False)
+    assert_clear(e, TEST_LABELS, "expected 5,148")
+    with pytest.raises(DataError) as e:
+        load_fashion_mnist(folder, download=False, verify=False)
+    assert_clear(e, TEST_LABELS, "not a valid gzip file")
+
+
+def test_missing_file_offline(tmp_path, fashion_dir):
+    folder = folder_with(tmp_path, fashion_dir)
+    (folder / TRAIN_LABELS).unlink()
+    with pytest.raises(DataError) as e:
+        load_fashion_mnist(folder, download=False)
+    assert_clear(e, TRAIN_LABELS, "missing", str(folder), "JNN_DATA_DIR")
+
+
+def test_synthetic_files_load_without_verify(tmp_path):
+    folder = synthetic_folder(tmp_path)
+    ds = load_fashion_mnist(folder, download=False, verify=False)
+    assert ds.train_images.shape == (20, 28, 28) and ds.test_images.shape == (10, 28, 28)
+    assert ds.train_labels.dtype == np.int32
+    with pytest.raises(DataError) as e:  # ...and verification rejects them
+        load_fashion_mnist(folder, download=False)
+    assert_clear(e, "bytes, expected")
+
+
+@pytest.mark.parametrize(
+    "overrides,needles",
+    [
+        ({"ti": idx_images(np.zeros((20, 28, 28)), magic=2049)}, [TRAIN_IMAGES, "2049", "2051"]),
+        ({"vl": idx_labels(np.arange(10), magic=2051)}, [TEST_LABELS, "2051", "2049"]),
+        ({"vi": idx_images(np.zeros((10, 27, 28)))}, [TEST_IMAGES, "27x28", "28x28"]),
+        ({"tl": idx_labels(np.arange(19) % 10)}, [TRAIN_IMAGES, TRAIN_LABELS, "19"]),
+        ({"vl": idx_labels(np.full(10, 10))}, [TEST_LABELS, "label 10", "0..9"]),
+        ({"vl": gzip.compress(b"\x00\x00\x08\x01")}, [TEST_LABELS, "IDX header"]),
+        (
+            {"ti": gzip.compress(gzip.decompress(idx_images(np.zeros((20, 28, 28))))[:-5])},
+            [TRAIN_IMAGES, "20x28x28", "truncated"],
+        ),
+    ],
+    ids=["image-magic", "label-magic", "dims", "count", "label-range", "header", "payload"],
+)
+def test_malformed_idx(tmp_path, overrides, needles):
+    folder = synthetic_folder(tmp_path, **overrides)
+    with pytest.raises(DataError) as e:
+        load_fashion_mnist(folder, download=False, verify=False)
+    assert_clear(e, *needles)
+
+
+def test_bad_source():
+    with pytest.raises(ValueError, match="source"):
+        load_fashion_mnist("/nonexistent", download=False, source="csv")
+
+
+# --------------------------------------------------------------------------- download
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):  # keep the test output clean
+        pass
+
+
+@pytest.fixture
+def mirror(tmp_path, fashion_dir):
+    """A local HTTP server on 127.0.0.1: /good/ serves the real files, /bad/ corrupted ones."""
+    root = tmp_path / "www"
+    (root / "good").mkdir(parents=True)
+    (root / "bad").mkdir()
+    (root / "empty").mkdir()
+    for name in FILES:
+        (root / "good" / name).symlink_to(fashion_dir / name)
+    labels = (fashion_dir / TEST_LABELS).read_bytes()
+    (root / "bad" / TEST_LABELS).write_bytes(flip_byte(labels, 100))
+    (root / "bad" / "short" / TEST_LABELS).parent.mkdir()
+    (root / "bad" / "short" / TEST_LABELS).write_bytes(labels[:-1])
+    (root / "bad" / "long" / TEST_LABELS).parent.mkdir()
+    (root / "bad" / "long" / TEST_LABELS).write_bytes(labels + b"\x00")
+    handler = functools.partial(_QuietHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+    server.server_close()
+
+
+def test_download_into_default_cache(tmp_path, mirror, fashion, monkeypatch):
+    monkeypatch.delenv("JNN_DATA_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(data, "MIRRORS", (mirror + "good/",))
+    assert_same(load_fashion_mnist(), fashion)
+    cache = tmp_path / "cache" / "jnn" / "fashion-mnist"
+    assert sorted(p.name for p in cache.iterdir()) == sorted(FILES)  # no temp files left
+    assert_same(load_fashion_mnist(download=False), fashion)  # second call: no network needed
+
+
+def _cache_without_test_labels(tmp_path, fashion_dir):
+    folder = folder_with(tmp_path, fashion_dir)
+    (folder / TEST_LABELS).unlink()
+    return folder
+
+
+def test_download_falls_back_to_next_mirror(tmp_path, fashion_dir, mirror, fashion, monkeypatch):
+    folder = _cache_without_test_labels(tmp_path, fashion_dir)
+    monkeypatch.setattr(data, "MIRRORS", (mirror + "empty/", mirror + "bad/", mirror + "good/"))
+    assert_same(load_fashion_mnist(folder), fashion)
+    assert (folder / TEST_LABELS).read_bytes() == (fashion_dir / TEST_LABELS).read_bytes()
+    assert sorted(p.name for p in folder.iterdir()) == sorted(FILES)
+
+
+@pytest.mark.parametrize("path", ["bad/", "bad/short/", "bad/long/"])
+def test_download_with_wrong_bytes_is_rejected(tmp_path, fashion_dir, mirror, monkeypatch, path):
+    folder = _cache_without_test_labels(tmp_path, fashion_dir)
+    monkeypatch.setattr(data, "MIRRORS", (mirror + path,))
+    with pytest.raises(DataError) as e:
+        load_fashion_mnist(folder)
+    assert_clear(e, TEST_LABELS, "could not download", str(folder))
+    assert sorted(p.name for p in folder.iterdir()) == sorted(set(FILES) - {TEST_LABELS})
+
+
+def test_download_404(tmp_path, fashion_dir, mirror, monkeypatch):
+    folder = _cache_without_test_labels(tmp_path, fashion_dir)
+    monkeypatch.setattr(data, "MIRRORS", (mirror + "empty/",))
+    with pytest.raises(DataError) as e:
+        load_fashion_mnist(folder)
+    assert_clear(e, TEST_LABELS, "404")
+
+
+def test_download_offline(tmp_path, monkeypatch):
+    with socket.socket() as s:  # a port nobody listens on: connection refused, like offline
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setattr(data, "MIRRORS", (f"http://127.0.0.1:{port}/",))
+    folder = tmp_path / "nothing-here"
+    with pytest.raises(DataError) as e:
+        load_fashion_mnist(folder)
+    assert_clear(e, "could not download", "offline", str(folder), "JNN_DATA_DIR")
+    assert list(folder.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- splits
+
+
+@pytest.mark.parametrize(
+    "protocol,sizes", [("seed", (56_000, 7_000, 7_000)), ("official", (54_000, 6_000, 10_000))]
+)
+@pytest.mark.parametrize("stratify", [False, True])
+def test_split_sizes_disjoint_and_complete(fashion, protocol, sizes, stratify):
+    idx = split_indices(fashion, protocol, seed=0, stratify=stratify)
+    assert tuple(len(i) for i in idx) == sizes
+    np.testing.assert_array_equal(np.sort(np.concatenate(idx)), np.arange(70_000))  # partition
+    s = split(fashion, protocol, seed=0, stratify=stratify)
+    assert isinstance(s, Splits)
+    pool_x = np.concatenate([fashion.train_images, fashion.test_images])
+    pool_y = np.concatenate([fashion.train_labels, fashion.test_labels])
+    for i, x, y in zip(idx, s[0::2], s[1::2]):
+        assert x.dtype == np.uint8 and x.shape[1:] == (28, 28) and y.dtype == np.int32
+        np.testing.assert_array_equal(x, pool_x[i])
+        np.testing.assert_array_equal(y, pool_y[i])
+    if stratify:
+        for y, n in zip(s[1::2], sizes):
+            np.testing.assert_array_equal(np.bincount(y, minlength=10), [n // 10] * 10)
+
+
+def test_official_protocol_keeps_the_official_test_set(fashion):
+    s = split(fashion, "official", seed=3)
+    np.testing.assert_array_equal(s.x_test, fashion.test_images)
+    np.testing.assert_array_equal(s.y_test, fashion.test_labels)
+
+
+@pytest.mark.parametrize("protocol", ["seed", "official"])
+def test_split_deterministic_per_seed(fashion, protocol):
+    a = split_indices(fashion, protocol, seed=7)
+    b = split_indices(fashion, protocol, seed=np.int64(7))
+    c = split_indices(fashion, protocol, seed=8)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+    assert not np.array_equal(np.sort(a[1]), np.sort(c[1]))  # another seed, another val set
+
+
+@pytest.mark.parametrize("seed", [1.5, "0", True, -1, None])
+def test_bad_seed(fashion, seed):
+    with pytest.raises(ValueError, match="seed"):
+        split(fashion, seed=seed)
+
+
+def test_bad_protocol(fashion):
+    with pytest.raises(ValueError, match="protocol"):
+        split(fashion, "random")
+    with pytest.raises(ValueError, match="protocol"):  # before touching any file
+        load_splits("random", data_dir="/nonexistent", download=False)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    n_train=st.integers(0, 60),
+    n_test=st.integers(0, 30),
+    seed=st.integers(0, 2**32),
+    stratify=st.booleans(),
+    protocol=st.sampled_from(["seed", "official"]),
+)
+def test_split_indices_partition_any_size(n_train, n_test, seed, stratify, protocol):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, n_train + n_test).astype(np.int32)
+    ds = FashionMNIST(
+        np.zeros((n_train, 28, 28), np.uint8),
+        labels[:n_train],
+        np.zeros((n_test, 28, 28), np.uint8),
+        labels[n_train:],
+    )
+    idx = split_indices(ds, protocol, seed=seed, stratify=stratify)
+    np.testing.assert_array_equal(np.sort(np.concatenate(idx)), np.arange(n_train + n_test))
+    if protocol == "official":
+        np.testing.assert_array_equal(idx[2], np.arange(n_train, n_train + n_test))
+
+
+# --------------------------------------------------------------------------- conversion
+
+
+def test_to_float():
+    images = np.array([[[0, 255], [51, 128]]], dtype=np.uint8)
+    flat = to_float(images)
+    assert flat.dtype == np.float32 and flat.shape == (1, 4)
+    np.testing.assert_allclose(flat, [[0.0, 1.0, 0.2, 128 / 255]], rtol=1e-7)
+    assert to_float(images, flatten=False).shape == (1, 2, 2)
+    with pytest.raises(ValueError, match="uint8"):
+        to_float(images.astype(np.float32))
+
+
+def test_load_splits(fashion_dir, fashion):
+    s = load_splits("official", seed=1, data_dir=fashion_dir, download=False, stratify=True)
+    assert s.x_train.shape == (54_000, 784) and s.x_train.dtype == np.float32
+    assert 0.0 <= s.x_train.min() and s.x_train.max() <= 1.0 and s.x_val.max() == 1.0
+    assert s.y_train.dtype == np.int32
+    ref = split(fashion, "official", seed=1, stratify=True)
+    np.testing.assert_array_equal(s.x_val, to_float(ref.x_val))
+    raw = load_splits(data_dir=fashion_dir, download=False, as_float=False, flatten=False)
+    assert raw.x_test.shape == (7_000, 28, 28) and raw.x_test.dtype == np.uint8
+
+
+# --------------------------------------------------------------------------- tfds
+
+
+def test_tfds_missing_gives_clear_error(fashion_dir, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # import fails
+    with pytest.raises(DataError) as e:
+        load_fashion_mnist(fashion_dir, download=False, source="tfds")
+    assert_clear(e, "tensorflow-datasets", "jnn[tfds]")
+
+
+def test_hashes_match_tfds_registry():
+    tfds = pytest.importorskip("tensorflow_datasets")
+    registry = pathlib.Path(tfds.__file__).parent / "url_checksums" / "fashion_mnist.txt"
+    registered = {}
+    for line in registry.read_text().splitlines():
+        if line.strip():
+            _url, size, sha, name = line.split("\t")
+            registered[name] = (int(size), sha)
+    assert registered == FILES
+
+
+@pytest.mark.slow
+def test_tfds_source_equals_idx(fashion_dir, fashion, tmp_path):
+    pytest.importorskip("tensorflow_datasets")
+    from_tfds = load_fashion_mnist(
+        fashion_dir, download=False, source="tfds", tfds_dir=tmp_path / "tfds"
+    )
+    assert_same(from_tfds, fashion)
