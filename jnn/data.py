@@ -338,7 +338,8 @@ def load_fashion_mnist(
     only for custom files; the IDX headers are always checked). ``source="tfds"`` loads through
     tensorflow-datasets' ``fashion_mnist`` builder (prepared offline from the same files into
     ``tfds_dir``, default ``~/.cache/jnn/tfds``) and returns the examples in the official order,
-    so both sources give identical arrays.
+    so both sources give identical arrays. With ``source="idx"`` the arrays are read-only views
+    of the decompressed files (copy before writing in place).
     """
     if source not in _SOURCES:
         raise ValueError(f"source must be one of {_SOURCES}, got {source!r}")
@@ -372,7 +373,8 @@ def _load_tfds(
     tfds, manual_dir: pathlib.Path, tfds_dir: pathlib.Path, reference: FashionMNIST
 ) -> FashionMNIST:
     builder = tfds.builder("fashion_mnist", data_dir=str(tfds_dir))
-    # The files were verified above, so TFDS finds them in manual_dir and never downloads.
+    # The files were verified above, so TFDS finds them in manual_dir and never downloads (a
+    # missing or wrong manual file would make it retry the network for minutes).
     config = tfds.download.DownloadConfig(manual_dir=str(manual_dir), try_download_gcs=False)
     builder.download_and_prepare(download_config=config)
     out = []
