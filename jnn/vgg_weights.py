@@ -105,7 +105,8 @@ def check_params(
             if layer not in params or name not in params[layer]:
                 problems.append(f"{label} is missing")
                 continue
-            got = tuple(np.shape(params[layer][name]))
+            value = params[layer][name]  # an array, or anything with .shape (h5py dataset)
+            got = tuple(value.shape if hasattr(value, "shape") else np.shape(value))
             if got != want:
                 problems.append(f"{label} has shape {_fmt_shape(got)}, expected {_fmt_shape(want)}")
     if problems:
@@ -152,9 +153,7 @@ def load_keras_h5(path: str | os.PathLike, include_top: bool | None = None) -> d
                     raise WeightFileError(f"{path}: {layer} dataset {name} is missing")
             datasets[layer] = {"kernel": group[names[0]], "bias": group[names[1]]}
         try:
-            check_params(
-                {k: {n: d.shape for n, d in v.items()} for k, v in datasets.items()}, include_top
-            )
+            check_params(datasets, include_top)  # shapes only: no data read yet
         except WeightFileError as e:
             raise WeightFileError(f"{path.name}: {e}") from None
         return {
@@ -190,7 +189,10 @@ def convert_torch_state_dict(state_dict: Mapping[str, Any], include_top: bool | 
     torch_shapes = {}
     for layer, shapes in expected_shapes(include_top).items():
         k = shapes["kernel"]
-        kt = tuple(k[p] for p in TORCH_KERNEL_PERM) if len(k) == 4 else (k[1], k[0])
+        if len(k) == 4:  # HWIO -> OIHW: the inverse of TORCH_KERNEL_PERM
+            kt = tuple(k[int(i)] for i in np.argsort(TORCH_KERNEL_PERM))
+        else:
+            kt = (k[1], k[0])
         torch_shapes[layer] = {"kernel": kt, "bias": shapes["bias"]}
     problems = []
     for layer, names in keys.items():
