@@ -1,0 +1,431 @@
+"""Scale: one model data-parallel over a device mesh, or many independent models per device.
+
+Data parallel (one model, global batch split along a ``data`` axis)::
+
+    mesh = data_mesh(4)                                   # 4 devices, axis "data"
+    epoch = make_sharded_epoch_fn("relu", optax.sgd(0.1), batch_size=256, mesh=mesh)
+    state = replicate(init_train_state(key, params, optax.sgd(0.1)), mesh)
+    x, y = replicate((x_train, y_train), mesh)            # the dataset lives on every device
+    state, metrics = epoch(state, x, y)                   # same contract as train.make_epoch_fn
+
+Each scan step gathers its global batch of ``batch_size`` rows with the batch dimension
+constrained to ``NamedSharding(mesh, P("data"))``; params and optimizer state are replicated.
+XLA's SPMD partitioner then computes each device's share of the batch and inserts the all-reduce
+that sums the partial gradients (no hand-written collective). The result equals single-device
+training with the same global batch up to float32 reduction order.
+
+Independent models (seeds, initialisations, injected hyperparameters) stacked along a leading
+axis, vmapped, and sharded ``P("model")`` so each device trains its own group with no
+communication::
+
+    mesh = model_mesh(4)
+    states = stack_trees([init_train_state(k, init_mlp(k, sizes), opt) for k in keys])
+    epoch = make_per_device_models_fn("relu", opt, batch_size=32, mesh=mesh)
+    states, metrics = epoch(shard_models(states, mesh), *replicate((x, y), mesh))
+
+Models that differ in something static (e.g. the activation) are separate programs: commit each
+one's state and data to its own device with ``jax.device_put(tree, device)`` and call a
+``train.make_epoch_fn`` per model; dispatch is asynchronous, so they run concurrently.
+
+Multi-host: call :func:`initialize_distributed` (i.e. ``jax.distributed.initialize``) on every
+host before any other JAX call; ``jax.devices()`` then lists the devices of all hosts and the same
+mesh code runs unchanged (every host passes the same numpy data; ``device_put`` checks that).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import Array
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from jnn.mlp import GRADIENT_METHODS, init_mlp
+from jnn.train import (
+    EpochMetrics,
+    TrainState,
+    epoch_step,
+    init_train_state,
+    validate_hyperparameters,
+)
+
+DATA_AXIS = "data"
+MODEL_AXIS = "model"
+FORCE_DEVICES_FLAG = "--xla_force_host_platform_device_count"
+
+EpochFn = Callable[[TrainState, Array, Array], tuple[TrainState, EpochMetrics]]
+
+
+# --------------------------------------------------------------------------------------------
+# Meshes and placement
+# --------------------------------------------------------------------------------------------
+
+
+def _devices(num_devices: int | None) -> list[jax.Device]:
+    devices = jax.devices()
+    if num_devices is None:
+        return devices
+    if int(num_devices) != num_devices or num_devices <= 0:
+        raise ValueError(f"num_devices must be a positive integer or None, got {num_devices!r}")
+    if num_devices > len(devices):
+        platform = devices[0].platform
+        hint = (
+            f"; on CPU, set XLA_FLAGS={FORCE_DEVICES_FLAG}={num_devices} in the environment before "
+            "JAX initialises (before the first jax call) to get that many host devices"
+            if platform == "cpu"
+            else ""
+        )
+        raise ValueError(
+            f"asked for {num_devices} devices but only {len(devices)} {platform} device(s) "
+            f"exist{hint}"
+        )
+    return devices[: int(num_devices)]
+
+
+def data_mesh(num_devices: int | None = None, axis: str = DATA_AXIS) -> Mesh:
+    """A 1-D mesh over the first ``num_devices`` devices (all when None) named ``axis``."""
+    return Mesh(np.array(_devices(num_devices)), (axis,))
+
+
+def model_mesh(num_devices: int | None = None, axis: str = MODEL_AXIS) -> Mesh:
+    """A 1-D mesh for independent models: stacked models are split along ``axis``."""
+    return data_mesh(num_devices, axis)
+
+
+def _single_axis(mesh: Mesh, axis: str | None) -> str:
+    if axis is None:
+        if len(mesh.axis_names) != 1:
+            raise ValueError(f"mesh has axes {mesh.axis_names}; name the one to shard along")
+        return mesh.axis_names[0]
+    if axis not in mesh.axis_names:
+        raise ValueError(f"mesh has axes {mesh.axis_names}, not {axis!r}")
+    return axis
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+    """Every leaf copied whole onto every device of ``mesh`` (sharding ``P()``)."""
+    return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+def shard_batch(x: Any, mesh: Mesh, axis: str | None = None) -> Any:
+    """Split every leaf's leading (batch) dimension across ``axis`` of ``mesh``.
+
+    x: (B, ...) with B divisible by the axis size -> the same values, sharded ``P(axis)``.
+    """
+    axis = _single_axis(mesh, axis)
+    size = mesh.shape[axis]
+    for leaf in jax.tree.leaves(x):
+        if np.ndim(leaf) == 0 or np.shape(leaf)[0] % size:
+            raise ValueError(
+                f"leading dimension of shape {np.shape(leaf)} does not divide by the {size} "
+                f"devices of mesh axis {axis!r}"
+            )
+    return jax.device_put(x, NamedSharding(mesh, P(axis)))
+
+
+def shard_models(stacked: Any, mesh: Mesh, axis: str | None = None) -> Any:
+    """Stacked models (leading axis M, divisible by the device count) split one group per device."""
+    return shard_batch(stacked, mesh, axis)
+
+
+def stack_trees(trees: Sequence[Any]) -> Any:
+    """[tree_0, ..., tree_{M-1}] (same structure) -> one tree whose leaves have a leading axis M."""
+    if not trees:
+        raise ValueError("need at least one tree to stack")
+    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
+
+
+def unstack_tree(stacked: Any) -> list[Any]:
+    """Inverse of :func:`stack_trees`."""
+    leaves, treedef = jax.tree.flatten(stacked)
+    return [
+        jax.tree.unflatten(treedef, [leaf[i] for leaf in leaves]) for i in range(len(leaves[0]))
+    ]
+
+
+def init_stacked_states(
+    keys: Array, sizes: Sequence[int], optimizer: optax.GradientTransformation, init: str = "normal"
+) -> TrainState:
+    """M independent MLPs, stacked: model i is :func:`single_state` of ``keys[i]``."""
+    return stack_trees([single_state(k, sizes, optimizer, init) for k in list(keys)])
+
+
+def single_state(
+    key: Array, sizes: Sequence[int], optimizer: optax.GradientTransformation, init: str = "normal"
+) -> TrainState:
+    """One model from one key: ``init_key, shuffle_key = split(key)``; params from ``init_key``."""
+    init_key, shuffle_key = jax.random.split(key)
+    return init_train_state(shuffle_key, init_mlp(init_key, sizes, init), optimizer)
+
+
+# --------------------------------------------------------------------------------------------
+# Data-parallel epoch
+# --------------------------------------------------------------------------------------------
+
+
+def _check_gradients(gradients: str) -> None:
+    if gradients not in GRADIENT_METHODS:
+        raise ValueError(f"gradients must be one of {sorted(GRADIENT_METHODS)}, got {gradients!r}")
+
+
+def sharded_epoch_step(
+    state: TrainState,
+    x: Array,
+    y: Array,
+    *,
+    activation: str,
+    optimizer: optax.GradientTransformation,
+    batch_size: int,
+    batch_sharding: NamedSharding,
+    gradients: str = "manual",
+) -> tuple[TrainState, EpochMetrics]:
+    """``train.epoch_step`` with every step's batch constrained to ``batch_sharding``.
+
+    Same permutation (from ``state.key``), same drop-last rule, same update order as
+    ``train.epoch_step``, so it computes the same function; only the placement differs.
+    x: (N, D), y: (N,) int; un-jitted (call it under ``jit`` with a mesh-based sharding).
+    """
+    value_and_grad = GRADIENT_METHODS[gradients]
+    n = x.shape[0]
+    num_batches = n // batch_size
+    key, perm_key = jax.random.split(state.key)
+    batches = jax.random.permutation(perm_key, n)[: num_batches * batch_size]
+    batches = batches.reshape(num_batches, batch_size)
+    # (num_batches, B) indices with B split over the data axis: each device gathers its own rows.
+    index_spec = P(None, *batch_sharding.spec)
+    batches = jax.lax.with_sharding_constraint(
+        batches, NamedSharding(batch_sharding.mesh, index_spec)
+    )
+
+    def step(carry, idx):
+        params, opt_state = carry
+        xb = jax.lax.with_sharding_constraint(x[idx], batch_sharding)
+        yb = jax.lax.with_sharding_constraint(y[idx], batch_sharding)
+        (loss, logits), grads = value_and_grad(params, xb, yb, activation)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        correct = jnp.sum(jnp.argmax(logits, axis=-1) == yb)
+        return (params, opt_state), (loss, correct)
+
+    (params, opt_state), (losses, correct) = jax.lax.scan(
+        step, (state.params, state.opt_state), batches
+    )
+    metrics = EpochMetrics(jnp.mean(losses), jnp.sum(correct) / (num_batches * batch_size))
+    return TrainState(params, opt_state, key, state.epoch + 1), metrics
+
+
+class PlacedEpochFn:
+    """``epoch(state, x, y) -> (state, metrics)`` that first places its inputs, then runs a jit.
+
+    Inputs already carrying the target sharding are used as they are (and the state is donated);
+    anything else (numpy, single-device arrays) is copied onto the mesh first. ``lower`` and
+    ``compile`` expose the jit for HLO inspection; ``shardings`` are the (state, x, y) inputs'.
+    """
+
+    def __init__(self, jitted: Any, shardings: tuple[Any, Any, Any], mesh: Mesh, check: Callable):
+        self.jitted = jitted
+        self.shardings = shardings
+        self.mesh = mesh
+        self._check = check
+
+    def place(self, state: TrainState, x: Any, y: Any) -> tuple[TrainState, Array, Array]:
+        self._check(state, x, y)
+        s_state, s_x, s_y = self.shardings
+        return jax.device_put(state, s_state), jax.device_put(x, s_x), jax.device_put(y, s_y)
+
+    def __call__(self, state: TrainState, x: Any, y: Any) -> tuple[TrainState, EpochMetrics]:
+        return self.jitted(*self.place(state, x, y))
+
+    def lower(self, state: TrainState, x: Any, y: Any) -> Any:
+        """The jit's lowering for these arguments (``.compile().as_text()`` gives the HLO)."""
+        return self.jitted.lower(*self.place(state, x, y))
+
+    def compile(self, state: TrainState, x: Any, y: Any) -> Any:
+        """Ahead-of-time executable; call it on ``self.place(state, x, y)``; ``.as_text()``."""
+        return self.lower(state, x, y).compile()
+
+
+def make_sharded_epoch_fn(
+    activation: str,
+    optimizer: optax.GradientTransformation,
+    batch_size: int,
+    mesh: Mesh,
+    gradients: str = "manual",
+    axis: str | None = None,
+) -> PlacedEpochFn:
+    """Data-parallel ``epoch(state, x, y) -> (state, metrics)`` over ``axis`` of ``mesh``.
+
+    ``batch_size`` is the global batch; it must divide by the number of devices on ``axis``.
+    state, x (N, D), y (N,) are replicated on the mesh (placed there if they are not), every step's
+    batch is sharded along ``axis``; outputs are replicated. The placed state is donated.
+    """
+    validate_hyperparameters(batch_size)
+    _check_gradients(gradients)
+    axis = _single_axis(mesh, axis)
+    size = mesh.shape[axis]
+    if batch_size % size:
+        raise ValueError(
+            f"global batch size {batch_size} does not divide by the {size} devices of mesh axis "
+            f"{axis!r}; use a multiple of {size} (each device gets batch_size / {size} rows)"
+        )
+    replicated = NamedSharding(mesh, P())
+    epoch = functools.partial(
+        sharded_epoch_step,
+        activation=activation,
+        optimizer=optimizer,
+        batch_size=batch_size,
+        batch_sharding=NamedSharding(mesh, P(axis)),
+        gradients=gradients,
+    )
+    jitted = jax.jit(
+        epoch,
+        in_shardings=(replicated, replicated, replicated),
+        out_shardings=(replicated, replicated),
+        donate_argnums=0,
+    )
+
+    def check(state: TrainState, x: Any, y: Any) -> None:
+        validate_hyperparameters(batch_size, np.shape(x)[0])
+
+    return PlacedEpochFn(jitted, (replicated, replicated, replicated), mesh, check)
+
+
+# --------------------------------------------------------------------------------------------
+# Independent models, one group per device
+# --------------------------------------------------------------------------------------------
+
+
+def make_per_device_models_fn(
+    activation: str,
+    optimizer: optax.GradientTransformation,
+    batch_size: int,
+    mesh: Mesh,
+    gradients: str = "manual",
+    axis: str | None = None,
+) -> PlacedEpochFn:
+    """``epoch(states, x, y) -> (states, metrics)`` for M stacked independent models.
+
+    states: a TrainState whose leaves have a leading axis M (see :func:`stack_trees`,
+    :func:`init_stacked_states`), M divisible by the devices on ``axis``; sharded ``P(axis)`` so
+    each device holds and trains M / devices models. x (N, D), y (N,) replicated. Returns stacked
+    states (sharded the same way) and EpochMetrics with leaves of shape (M,). No collectives.
+    """
+    validate_hyperparameters(batch_size)
+    _check_gradients(gradients)
+    axis = _single_axis(mesh, axis)
+    size = mesh.shape[axis]
+    per_model = functools.partial(
+        epoch_step,
+        activation=activation,
+        optimizer=optimizer,
+        batch_size=batch_size,
+        gradients=gradients,
+    )
+    by_model = NamedSharding(mesh, P(axis))
+    replicated = NamedSharding(mesh, P())
+    jitted = jax.jit(
+        jax.vmap(per_model, in_axes=(0, None, None)),
+        in_shardings=(by_model, replicated, replicated),
+        out_shardings=(by_model, by_model),
+        donate_argnums=0,
+    )
+
+    def check(states: TrainState, x: Any, y: Any) -> None:
+        validate_hyperparameters(batch_size, np.shape(x)[0])
+        counts = {np.shape(leaf)[0] if np.ndim(leaf) else None for leaf in jax.tree.leaves(states)}
+        if len(counts) != 1 or None in counts:
+            raise ValueError(
+                "states must be stacked models: every leaf needs the same leading axis M "
+                f"(got leading sizes {sorted(map(str, counts))}); use stack_trees"
+            )
+        (m,) = counts
+        if m % size:
+            raise ValueError(
+                f"{m} models do not split evenly over the {size} devices of mesh axis {axis!r}; "
+                f"use a multiple of {size} models"
+            )
+
+    return PlacedEpochFn(jitted, (by_model, replicated, replicated), mesh, check)
+
+
+# --------------------------------------------------------------------------------------------
+# Inspection and multi-host start-up
+# --------------------------------------------------------------------------------------------
+
+_COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
+
+
+def count_collectives(hlo_text: str) -> dict[str, int]:
+    """How many of each cross-device collective a compiled HLO text contains (``-start`` ops too).
+
+    Use ``fn.lower(*args).compile().as_text()``.
+    """
+    return {name: len(re.findall(rf"\b{name}(?:-start)?\(", hlo_text)) for name in _COLLECTIVES}
+
+
+def tree_max_diff(a: Any, b: Any) -> dict[str, float]:
+    """How far tree ``a`` is from the reference ``b`` (same structure).
+
+    max_abs: max |a - b| over all elements; max_rel: max over leaves of max|a - b| / max|b|
+    (leaf-wise, so elements that happen to sit near zero do not blow it up).
+    """
+    abs_d, rel_d = 0.0, 0.0
+    for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        u = np.asarray(u, np.float64)
+        v = np.asarray(v, np.float64)
+        d = float(np.abs(u - v).max(initial=0.0))
+        abs_d = max(abs_d, d)
+        rel_d = max(rel_d, d / max(float(np.abs(v).max(initial=0.0)), 1e-30))
+    return {"max_abs": abs_d, "max_rel": rel_d}
+
+
+def initialize_distributed() -> bool:
+    """``jax.distributed.initialize`` from environment variables; call before any other JAX call.
+
+    Reads JAX_COORDINATOR_ADDRESS (host:port of process 0), JAX_NUM_PROCESSES and JAX_PROCESS_ID
+    (0 .. JAX_NUM_PROCESSES-1). Returns False (and does nothing) when JAX_NUM_PROCESSES is unset or
+    1, so single-host runs need nothing. On Slurm/Open MPI/TPU pods plain
+    ``jax.distributed.initialize()`` detects all of this itself.
+    """
+    num = int(os.environ.get("JAX_NUM_PROCESSES", "1"))
+    if num <= 1:
+        return False
+    address = os.environ.get("JAX_COORDINATOR_ADDRESS")
+    pid = os.environ.get("JAX_PROCESS_ID")
+    if not address or pid is None:
+        raise ValueError(
+            "multi-host run needs JAX_COORDINATOR_ADDRESS=host:port and JAX_PROCESS_ID=0..N-1 "
+            f"alongside JAX_NUM_PROCESSES={num}"
+        )
+    jax.distributed.initialize(coordinator_address=address, num_processes=num, process_id=int(pid))
+    return True
+
+
+__all__ = [
+    "DATA_AXIS",
+    "MODEL_AXIS",
+    "PlacedEpochFn",
+    "count_collectives",
+    "data_mesh",
+    "init_stacked_states",
+    "initialize_distributed",
+    "make_per_device_models_fn",
+    "make_sharded_epoch_fn",
+    "model_mesh",
+    "replicate",
+    "shard_batch",
+    "shard_models",
+    "single_state",
+    "sharded_epoch_step",
+    "stack_trees",
+    "tree_max_diff",
+    "unstack_tree",
+]

@@ -1,0 +1,205 @@
+"""jnn.parallel: data-parallel and per-device-model training on a (forced) multi-device mesh.
+
+The multi-device checks need ``XLA_FLAGS=--xla_force_host_platform_device_count=4`` before JAX
+initialises, so they run once in a subprocess (tests/_parallel_checks.py, ~30 s on 2 busy cores)
+that reports JSON; the tests below assert on it. The rest runs in-process on whatever devices
+the test session has (one CPU device is enough).
+
+Documented float32 tolerances (1024 synthetic examples, 784-256-128-64-10 ReLU, He init):
+
+* Data-parallel SGD on 2 or 4 devices vs single-device ``train.make_epoch_fn`` with the same
+  global batch (32 and 64, manual and autodiff gradients), after 2 epochs (64 / 32 steps):
+  params ``max|a - b| <= 1e-6`` and ``<= 1e-5`` of each leaf's largest magnitude (measured:
+  <= 2.1e-7 abs, <= 6e-7 rel); loss and accuracy agree to 1e-6 (measured: equal); the shuffling
+  key is bit-identical. The only difference is the order of the batch sums (per-device partial
+  sums, then an all-reduce).
+* Adam (default eps=1e-8) amplifies that rounding noise wherever a gradient is ~1e-8 (the step
+  there is ~lr * g / (|g| + eps)), so params differ by up to ~lr per step at such elements
+  (measured 7e-4 after 1 epoch at lr 1e-3) while the loss agrees to 1e-4 (measured 7e-5). The
+  same happens between any two reduction orders (CPU vs GPU); it is not a sharding error. With
+  eps=1e-3 the difference after one step drops to 3e-8 (from 2.4e-5 with eps=1e-8).
+* Independent models vmapped and sharded one group per device vs each model trained alone:
+  ``max|a - b| <= 1e-6`` after 1 epoch (measured 1.2e-7 abs, 5e-7 rel). Not bit-identical: the
+  vmapped program uses batched matmuls whose summation order differs from the single-model dot.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jnn import parallel as par
+from jnn import train
+
+CHECKS = Path(__file__).with_name("_parallel_checks.py")
+SIZES = (784, 32, 10)
+
+SGD_ABS, SGD_REL = 1e-6, 1e-5
+ADAM_LOSS = 1e-4
+MODELS_ABS = 1e-6
+
+
+@pytest.fixture(scope="module")
+def report() -> dict:
+    """Run the 4-device checks once in a fresh interpreter; its last stdout line is JSON."""
+    env = dict(os.environ)
+    flags = env.get("XLA_FLAGS", "")
+    env["XLA_FLAGS"] = (flags + " --xla_force_host_platform_device_count=4").strip()
+    env["JAX_PLATFORMS"] = "cpu"
+    proc = subprocess.run(
+        [sys.executable, str(CHECKS)], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+multi = pytest.mark.xdist_group("parallel-4-devices")
+
+
+# ------------------------------------------------------------------ in-process, any device count
+
+
+def test_data_mesh_uses_all_devices_by_default():
+    mesh = par.data_mesh()
+    assert mesh.axis_names == ("data",)
+    assert mesh.size == len(jax.devices())
+    assert par.model_mesh(1).axis_names == ("model",)
+
+
+def test_data_mesh_too_many_devices_says_how_to_force_them():
+    with pytest.raises(ValueError, match="xla_force_host_platform_device_count"):
+        par.data_mesh(len(jax.devices()) + 1)
+    with pytest.raises(ValueError, match="positive integer"):
+        par.data_mesh(0)
+
+
+def test_bad_arguments_fail_early():
+    mesh = par.data_mesh(1)
+    with pytest.raises(ValueError, match="gradients must be one of"):
+        par.make_sharded_epoch_fn("relu", optax.sgd(0.1), 8, mesh, gradients="numeric")
+    with pytest.raises(ValueError, match="batch size"):
+        par.make_sharded_epoch_fn("relu", optax.sgd(0.1), 0, mesh)
+    with pytest.raises(ValueError, match="not 'data'"):
+        par.make_sharded_epoch_fn("relu", optax.sgd(0.1), 8, par.model_mesh(1), axis="data")
+
+
+def test_stack_unstack_roundtrip():
+    trees = [{"w": jnp.full((2, 3), float(i)), "b": jnp.arange(3) + i} for i in range(3)]
+    stacked = par.stack_trees(trees)
+    assert stacked["w"].shape == (3, 2, 3)
+    for a, b in zip(par.unstack_tree(stacked), trees):
+        np.testing.assert_array_equal(a["w"], b["w"])
+        np.testing.assert_array_equal(a["b"], b["b"])
+
+
+def test_count_collectives_reads_hlo_text():
+    hlo = "%a = f32[4] all-reduce(%x)\n%b = f32[8] all-gather-start(%y)\n%c = add(%a, %a)"
+    counts = par.count_collectives(hlo)
+    assert counts["all-reduce"] == 1 and counts["all-gather"] == 1 and counts["all-to-all"] == 0
+
+
+def test_one_device_mesh_is_bit_identical_to_train():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(256, SIZES[0])).astype(np.float32)
+    y = rng.integers(0, SIZES[-1], 256).astype(np.int32)
+    opt = optax.sgd(0.1)
+    state = par.single_state(jax.random.key(0), SIZES, opt, init="he")
+    ref, ref_m = train.make_epoch_fn("relu", opt, 32)(jax.tree.map(jnp.copy, state), x, y)
+    epoch = par.make_sharded_epoch_fn("relu", opt, 32, par.data_mesh(1))
+    out, m = epoch(jax.tree.map(jnp.copy, state), x, y)  # numpy in: placed on the mesh
+    assert par.tree_max_diff(out.params, ref.params)["max_abs"] == 0.0
+    assert float(m.loss) == float(ref_m.loss) and int(out.epoch) == 1
+
+
+def test_initialize_distributed_is_a_no_op_single_host(monkeypatch):
+    monkeypatch.delenv("JAX_NUM_PROCESSES", raising=False)
+    assert par.initialize_distributed() is False
+    monkeypatch.setenv("JAX_NUM_PROCESSES", "2")
+    monkeypatch.delenv("JAX_COORDINATOR_ADDRESS", raising=False)
+    with pytest.raises(ValueError, match="JAX_COORDINATOR_ADDRESS"):
+        par.initialize_distributed()
+
+
+# ------------------------------------------------------------------ 4 forced host devices
+
+
+@multi
+def test_subprocess_had_four_devices(report):
+    assert report["devices"] == 4
+
+
+@multi
+@pytest.mark.parametrize("case", ["sgd/2", "sgd/4", "sgd_autodiff_b64/4"])
+def test_data_parallel_sgd_matches_single_device(report, case):
+    entry = report["data_parallel"][case]
+    assert entry["final_loss"] < entry["initial_loss"] - 0.3  # it really trained
+    for e in entry["epochs"]:
+        assert e["params"]["max_abs"] <= SGD_ABS, e
+        assert e["params"]["max_rel"] <= SGD_REL, e
+        assert e["loss"] <= 1e-6 and e["accuracy"] <= 1e-6, e
+        assert e["key_equal"]
+    assert [e["epoch"] for e in entry["epochs"]] == [1, 2]
+
+
+@multi
+def test_data_parallel_adam_matches_loosely(report):
+    entry = report["data_parallel"]["adam/4"]
+    for e in entry["epochs"]:
+        assert e["loss"] <= ADAM_LOSS, e
+        assert e["key_equal"]
+    assert entry["final_loss"] < entry["initial_loss"] - 0.3
+
+
+@multi
+@pytest.mark.parametrize("case", ["sgd/2", "sgd/4", "adam/4", "sgd_autodiff_b64/4"])
+def test_data_parallel_shardings_and_donation(report, case):
+    entry = report["data_parallel"][case]
+    assert entry["state_specs"] == ["P()"]  # params, opt_state, key, epoch: replicated
+    assert entry["metric_specs"] == ["P()"]
+    assert entry["mesh_sizes"] == [int(case.split("/")[1])]
+    assert entry["donated"]
+
+
+@multi
+@pytest.mark.parametrize("case", ["sgd/2", "sgd/4"])
+def test_data_parallel_hlo_splits_batch_and_all_reduces_grads(report, case):
+    entry = report["data_parallel"][case]
+    assert entry["local_dot"] and not entry["global_dot"]  # each device: batch / devices rows
+    assert entry["grad_all_reduce"]  # XLA-inserted all-reduce carries the 784x256 gradient
+    assert entry["collectives"]["all-reduce"] >= 1
+    assert entry["collectives"]["all-gather"] == 0  # the dataset is never gathered
+
+
+@multi
+@pytest.mark.parametrize("num_models", ["4", "8"])
+def test_per_device_models(report, num_models):
+    entry = report["per_device_models"][num_models]
+    assert entry["max_abs"] <= MODELS_ABS, entry
+    assert all(v == 0 for v in entry["collectives"].values()), entry["collectives"]
+    assert entry["state_specs"] == ["P('model',)"]
+    assert entry["metric_specs"] == ["P('model',)"]
+    assert entry["metric_shape"] == [int(num_models)]
+    assert entry["rows_per_device"] == [int(num_models) // 4]
+
+
+@multi
+@pytest.mark.parametrize(
+    "name, needle",
+    [
+        ("too_many_devices", "xla_force_host_platform_device_count=8"),
+        ("batch_not_divisible", "does not divide by the 4 devices"),
+        ("models_not_divisible", "6 models do not split evenly"),
+        ("shard_batch_not_divisible", "does not divide by the 4 devices"),
+    ],
+)
+def test_multi_device_errors(report, name, needle):
+    assert report["errors"][name] is not None and needle in report["errors"][name]
