@@ -1,0 +1,309 @@
+"""Throughput of jnn.parallel on 1, 2, 4, ... devices: data parallel and independent models.
+
+    python -m experiments.scaling                      # devices 1 2 4, full-size epochs
+    python -m experiments.scaling --devices 1 2 --quick --json scaling.json
+    python -m experiments.scaling --platform cpu       # forced host devices even on a GPU box
+
+Each device count runs in its own subprocess, because the number of CPU host devices is fixed
+when JAX initialises (``XLA_FLAGS=--xla_force_host_platform_device_count=N``). Measured there,
+for the study's 784-256-128-64-10 ReLU MLP on synthetic Fashion-MNIST-shaped data (48,000 x 784,
+or 8,192 with ``--quick``):
+
+* data parallel, one model, global batch 32 and 256 split over the ``data`` axis: examples/s;
+* independent models (4, or one per device if more devices), vmapped and sharded one group per
+  device: model-epochs/s;
+* with 1 device also the plain single-device ``train.make_epoch_fn`` as the baseline.
+
+Every number is the median of several epochs after one warm-up epoch (which includes compiling).
+
+Forced host devices are not extra hardware: N of them share this machine's cores (2 here), so on
+a small CPU data parallel does not speed up and may slow down (smaller per-device matmuls plus an
+all-reduce per step). What the CPU run shows is that the same code runs and how large the
+partitioning overhead is; speed-ups need real devices (GPUs/TPUs, or a many-core host).
+
+``measure_scaling(devices=(1, 2, 4), quick=False) -> dict`` is the API experiments/benchmark.py
+calls; the CLI prints a Markdown table and optionally writes the JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+SIZES = (784, 256, 128, 64, 10)
+FULL_EXAMPLES, QUICK_EXAMPLES = 48_000, 8_192
+FULL_REPS, QUICK_REPS = 5, 3
+BATCH_SIZES = (32, 256)
+MODELS_BATCH = 32
+FORCED_NOTE = (
+    "CPU devices are forced host devices (XLA_FLAGS=--xla_force_host_platform_device_count=N): "
+    "they share the host's cores, so they test correctness and partitioning overhead, not "
+    "hardware scaling."
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Worker: runs inside a subprocess whose device count is already fixed
+# --------------------------------------------------------------------------------------------
+
+
+def _time_epochs(epoch: Any, state: Any, x: Any, y: Any, reps: int) -> dict[str, float]:
+    """first_epoch_s (incl. compile), then the median and min of ``reps`` further epochs."""
+    import jax
+
+    t0 = time.perf_counter()
+    state, _ = epoch(state, x, y)
+    jax.block_until_ready(state)
+    first = time.perf_counter() - t0
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        state, _ = epoch(state, x, y)
+        jax.block_until_ready(state)
+        times.append(time.perf_counter() - t0)
+    return {"first_epoch_s": first, "epoch_s": statistics.median(times), "min_epoch_s": min(times)}
+
+
+def _worker(num_devices: int, quick: bool, models: int | None) -> dict[str, Any]:
+    import jax
+    import numpy as np
+    import optax
+
+    from jnn import parallel as par
+    from jnn import train
+
+    devices = jax.devices()
+    out: dict[str, Any] = {
+        "devices": num_devices,
+        "platform": devices[0].platform,
+        "device_kind": devices[0].device_kind,
+        "available": len(devices),
+    }
+    if num_devices > len(devices):
+        out["skipped"] = f"only {len(devices)} {devices[0].platform} device(s) here"
+        return out
+    n = QUICK_EXAMPLES if quick else FULL_EXAMPLES
+    reps = QUICK_REPS if quick else FULL_REPS
+    rng = np.random.default_rng(0)
+    x_host = rng.normal(size=(n, SIZES[0])).astype(np.float32)
+    y_host = rng.integers(0, SIZES[-1], n).astype(np.int32)
+    optimizer = optax.sgd(0.1)
+    key = jax.random.key(0)
+
+    mesh = par.data_mesh(num_devices)
+    x, y = par.replicate((x_host, y_host), mesh)
+    data_parallel = {}
+    for batch_size in BATCH_SIZES:
+        epoch = par.make_sharded_epoch_fn("relu", optimizer, batch_size, mesh)
+        state = par.replicate(par.single_state(key, SIZES, optimizer), mesh)
+        t = _time_epochs(epoch, state, x, y, reps)
+        examples = (n // batch_size) * batch_size
+        data_parallel[str(batch_size)] = {**t, "examples_per_s": examples / t["epoch_s"]}
+    out["data_parallel"] = data_parallel
+
+    m = models or max(4, num_devices)
+    if m % num_devices:
+        m = num_devices * -(-m // num_devices)  # round up to a multiple of the device count
+    mmesh = par.model_mesh(num_devices)
+    xm, ym = par.replicate((x_host, y_host), mmesh)
+    epoch = par.make_per_device_models_fn("relu", optimizer, MODELS_BATCH, mmesh)
+    states = par.shard_models(
+        par.init_stacked_states(jax.random.split(key, m), SIZES, optimizer), mmesh
+    )
+    t = _time_epochs(epoch, states, xm, ym, reps)
+    out["per_device_models"] = {
+        "models": m,
+        "batch_size": MODELS_BATCH,
+        **t,
+        "model_epochs_per_s": m / t["epoch_s"],
+    }
+
+    if num_devices == 1:
+        baseline = {}
+        x1, y1 = jax.device_put((x_host, y_host), devices[0])
+        for batch_size in BATCH_SIZES:
+            epoch = train.make_epoch_fn("relu", optimizer, batch_size)
+            state = jax.device_put(par.single_state(key, SIZES, optimizer), devices[0])
+            t = _time_epochs(epoch, state, x1, y1, reps)
+            examples = (n // batch_size) * batch_size
+            baseline[str(batch_size)] = {**t, "examples_per_s": examples / t["epoch_s"]}
+        out["single_device_baseline"] = baseline
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Driver
+# --------------------------------------------------------------------------------------------
+
+
+def _worker_env(num_devices: int, platform: str | None) -> dict[str, str]:
+    env = dict(os.environ)
+    flags = [f for f in env.get("XLA_FLAGS", "").split() if "force_host_platform" not in f]
+    flags.append(f"--xla_force_host_platform_device_count={num_devices}")
+    env["XLA_FLAGS"] = " ".join(flags)
+    if platform:
+        env["JAX_PLATFORMS"] = platform
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    return env
+
+
+def run_one(
+    num_devices: int,
+    quick: bool = False,
+    platform: str | None = None,
+    models: int | None = None,
+    timeout: float = 900,
+) -> dict[str, Any]:
+    """Measure one device count in a fresh interpreter; returns the worker's dict."""
+    cmd = [sys.executable, "-m", "experiments.scaling", "--worker", str(num_devices)]
+    if quick:
+        cmd.append("--quick")
+    if models:
+        cmd += ["--models", str(models)]
+    proc = subprocess.run(
+        cmd,
+        cwd=REPO,
+        env=_worker_env(num_devices, platform),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if proc.returncode != 0:
+        return {"devices": num_devices, "error": proc.stderr.strip()[-2000:]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def measure_scaling(
+    devices: Sequence[int] = (1, 2, 4),
+    quick: bool = False,
+    platform: str | None = None,
+    models: int | None = None,
+) -> dict[str, Any]:
+    """Throughput per device count (each in its own subprocess), JSON-able.
+
+    Returns {"config": ..., "note": ..., "runs": {"1": {...}, "2": {...}}, "summary": [rows]};
+    each run has data_parallel[batch]["examples_per_s"], per_device_models["model_epochs_per_s"]
+    and, for 1 device, single_device_baseline; a device count the platform lacks is "skipped".
+    ``platform`` sets JAX_PLATFORMS for the workers ("cpu" forces host devices on a GPU box).
+    """
+    devices = [int(d) for d in devices]
+    if not devices or min(devices) <= 0:
+        raise ValueError(f"device counts must be positive integers, got {devices}")
+    runs = {str(d): run_one(d, quick, platform, models) for d in devices}
+    config = {
+        "sizes": list(SIZES),
+        "activation": "relu",
+        "optimizer": "sgd(0.1)",
+        "num_examples": QUICK_EXAMPLES if quick else FULL_EXAMPLES,
+        "timed_epochs": QUICK_REPS if quick else FULL_REPS,
+        "statistic": "median epoch time after one warm-up epoch",
+        "host_cpu_count": os.cpu_count(),
+        "platform_requested": platform or os.environ.get("JAX_PLATFORMS") or "default",
+    }
+    platforms = {r.get("platform") for r in runs.values() if "platform" in r}
+    return {
+        "config": config,
+        "note": FORCED_NOTE if "cpu" in platforms else "",
+        "runs": runs,
+        "summary": summary_rows(runs),
+    }
+
+
+def summary_rows(runs: dict[str, Any]) -> list[list[Any]]:
+    """[devices, platform, dp b32 ex/s, dp b256 ex/s, models, model-epochs/s, vs 1 device]."""
+    rows = []
+    base = runs.get("1", {})
+
+    def ratio(run: dict, path: tuple[str, ...]) -> float | None:
+        a, b = run, base
+        for p in path:
+            a, b = (a or {}).get(p), (b or {}).get(p)
+        return round(a / b, 2) if a and b else None
+
+    for d, run in runs.items():
+        if "data_parallel" not in run:
+            rows.append(
+                [int(d), run.get("platform"), None, None, None, None, run.get("skipped") or "error"]
+            )
+            continue
+        dp = run["data_parallel"]
+        pm = run["per_device_models"]
+        rel = [
+            ratio(run, ("data_parallel", "32", "examples_per_s")),
+            ratio(run, ("data_parallel", "256", "examples_per_s")),
+            ratio(run, ("per_device_models", "model_epochs_per_s")),
+        ]
+        rows.append(
+            [
+                int(d),
+                run["platform"],
+                round(dp["32"]["examples_per_s"]),
+                round(dp["256"]["examples_per_s"]),
+                pm["models"],
+                round(pm["model_epochs_per_s"], 3),
+                f"x{rel[0]} / x{rel[1]} / x{rel[2]}",
+            ]
+        )
+    return rows
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The summary as a Markdown table plus the baseline and the forced-device note."""
+    from experiments.report import markdown_table
+
+    headers = [
+        "devices",
+        "platform",
+        "data-parallel b32 ex/s",
+        "data-parallel b256 ex/s",
+        "models",
+        "model-epochs/s",
+        "vs 1 device (b32 / b256 / models)",
+    ]
+    text = markdown_table(headers, result["summary"])
+    base = result["runs"].get("1", {}).get("single_device_baseline")
+    if base:
+        text += (
+            "\nplain train.make_epoch_fn on 1 device: "
+            + ", ".join(f"b{b} {round(v['examples_per_s'])} ex/s" for b, v in base.items())
+            + "\n"
+        )
+    if result["note"]:
+        text += f"\n{result['note']}\n"
+    return text
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--devices", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--quick", action="store_true", help="8,192 examples, 3 timed epochs")
+    parser.add_argument("--platform", default=None, help="JAX_PLATFORMS for the workers")
+    parser.add_argument("--models", type=int, default=None, help="independent models (def. 4)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the result here")
+    parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker is not None:
+        print(json.dumps(_worker(args.worker, args.quick, args.models)))
+        return 0
+    result = measure_scaling(args.devices, args.quick, args.platform, args.models)
+    print(markdown(result))
+    if args.json:
+        from experiments.report import write_json
+
+        write_json(args.json, result)
+    return 0
+
+
+if __name__ == "__main__":
+    from experiments.report import cli_main
+
+    sys.exit(cli_main(main)())
