@@ -27,6 +27,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import Array
 
 
@@ -73,6 +74,22 @@ class ConvCost:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def numpy_init(model: nn.Module, x: jax.Array, seed: int = 0) -> dict[str, Any]:
+    """Variables with the model's own pytree (from ``jax.eval_shape(model.init)``), filled with
+    numpy draws: kernels N(0, 1/fan_in), zero biases. Values do not change any count or the
+    speed; this just skips compiling Flax's PRNG initialisers."""
+    rng = np.random.default_rng(seed)
+    shapes = jax.eval_shape(model.init, jax.random.key(0), x)
+
+    def fill(path: tuple, s: jax.ShapeDtypeStruct) -> jax.Array:
+        if path[-1].key == "bias":
+            return jnp.zeros(s.shape, s.dtype)
+        fan_in = math.prod(s.shape[:-1])
+        return jnp.asarray(rng.standard_normal(s.shape) / math.sqrt(fan_in), s.dtype)
+
+    return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
 def count_params(tree: Any) -> int:
@@ -177,15 +194,20 @@ def conv_layer_costs(
     return y, costs
 
 
-def xla_flops(fn: Callable, *args: Any) -> float:
-    """FLOPs XLA's cost model reports for ``jax.jit(fn)(*args)`` after compilation.
+def compiled_flops(compiled: jax.stages.Compiled) -> float:
+    """FLOPs XLA's cost model reports for a compiled computation.
 
     ``Compiled.cost_analysis()`` returns a dict in recent JAX and a list with one dict per
     computation in older versions; both are handled (the list's entries are summed).
     """
-    analysis = jax.jit(fn).lower(*args).compile().cost_analysis()
+    analysis = compiled.cost_analysis()
     if analysis is None:
         raise ValueError("this backend's compiler gives no cost analysis")
     if isinstance(analysis, dict):
         analysis = [analysis]
     return float(sum(a.get("flops", 0.0) for a in analysis))
+
+
+def xla_flops(fn: Callable, *args: Any) -> float:
+    """FLOPs XLA's cost model reports for ``jax.jit(fn)(*args)`` after compilation."""
+    return compiled_flops(jax.jit(fn).lower(*args).compile())

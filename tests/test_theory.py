@@ -1,0 +1,301 @@
+"""Issue 6: the theory answers. CE/KL identities with jnn.losses; conv costs from built layers."""
+
+from __future__ import annotations
+
+import json
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from experiments import report, theory
+from jnn import losses
+from jnn.conv_cost import (
+    BottleneckConv,
+    DirectConv,
+    conv_layer_costs,
+    count_params,
+    numpy_init,
+    xla_flops,
+)
+
+DTYPES = ("float32", "float64")
+TOL = {"float32": 1e-6, "float64": 1e-12}
+
+# ----------------------------------------------------------------------------- Q1: CE vs KL
+
+
+def _rows(x: np.ndarray) -> np.ndarray:
+    return x / x.sum(axis=-1, keepdims=True)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    p=hnp.arrays(np.float64, (4, 6), elements=st.floats(0.0, 1.0)),
+    q=hnp.arrays(np.float64, (4, 6), elements=st.floats(1e-3, 1.0)),
+)
+def test_ce_is_entropy_plus_kl_for_any_distributions(p: np.ndarray, q: np.ndarray) -> None:
+    """H(P,Q) = H(P) + KL(P||Q) row by row, P with arbitrary zeros, Q > 0 (float32 here)."""
+    p[:, 0] += 1e-3  # no all-zero row
+    p, q = jnp.asarray(_rows(p), jnp.float32), jnp.asarray(_rows(q), jnp.float32)
+    ce = losses.cross_entropy_rows(p, q)
+    both = losses.entropy(p) + losses.kl_divergence(p, q)
+    np.testing.assert_allclose(ce, both, rtol=1e-6, atol=1e-6)
+    assert np.all(np.asarray(losses.kl_divergence(p, q)) >= -1e-6)  # Gibbs' inequality
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_identity_on_random_distributions(dtype: str) -> None:
+    @jax.jit
+    def compute(p, q):
+        ce = losses.cross_entropy_rows(p, q)
+        return ce, losses.entropy(p) + losses.kl_divergence(p, q), losses.cross_entropy(q, p)
+
+    x = theory.q1_inputs(seed=1, rows=128, classes=10)
+    p, q = x["p"].astype(dtype), x["q"].astype(dtype)
+    with jax.enable_x64(dtype == "float64"):
+        ce, both, batch_mean = jax.device_get(compute(p, q))
+    assert ce.dtype == dtype
+    assert p.dtype == dtype and np.any(p == 0) and np.all(q > 0)
+    np.testing.assert_allclose(ce, both, rtol=TOL[dtype], atol=TOL[dtype])
+    # jnn's batch-mean loss is the mean of the per-row cross-entropies
+    np.testing.assert_allclose(batch_mean, np.mean(ce), rtol=TOL[dtype], atol=TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_one_hot_cross_entropy_is_exactly_kl(dtype: str) -> None:
+    @jax.jit
+    def compute(labels, logits):
+        p = losses.one_hot(labels, 10, dtype=logits.dtype)
+        q = jax.nn.softmax(logits)
+        fused, _ = losses.softmax_cross_entropy(logits, p)  # via log-softmax, not log(softmax)
+        return losses.entropy(p), losses.cross_entropy_rows(p, q), losses.kl_divergence(p, q), fused
+
+    with jax.enable_x64(dtype == "float64"):
+        x = theory.q1_inputs(seed=2, rows=64, classes=10)
+        h, ce, kl, fused = jax.device_get(compute(x["labels"], x["logits"].astype(dtype)))
+    assert kl.dtype == dtype
+    assert np.all(h == 0.0)  # H(one-hot) = 0 exactly
+    np.testing.assert_array_equal(ce, kl)  # bit-exact
+    np.testing.assert_allclose(fused, np.mean(kl), rtol=TOL[dtype], atol=TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_smoothed_labels_constant_gap_and_equal_gradients(dtype: str) -> None:
+    eps, classes = 0.1, 10
+
+    @jax.jit
+    def compute(labels, z0):
+        onehot = losses.one_hot(labels, classes, dtype=z0.dtype)
+        smooth = (1 - eps) * onehot + eps / classes
+
+        def ce(z):
+            return losses.softmax_cross_entropy(z, smooth)[0]
+
+        def kl(z):
+            return jnp.mean(losses.kl_divergence(smooth, jax.nn.softmax(z)))
+
+        zs = (z0, 0.1 * z0, z0 + 1.0, -z0)
+        ces, kls = jnp.stack([ce(z) for z in zs]), jnp.stack([kl(z) for z in zs])
+        return jnp.mean(losses.entropy(smooth)), ces, kls, jax.grad(ce)(z0), jax.grad(kl)(z0)
+
+    with jax.enable_x64(dtype == "float64"):
+        x = theory.q1_inputs(seed=3, rows=32, classes=classes)
+        h, ces, kls, g_ce, g_kl = jax.device_get(compute(x["labels"], x["logits"].astype(dtype)))
+    assert float(h) > 0.4  # a real, non-zero gap
+    # the gap is H(P) whatever the logits
+    np.testing.assert_allclose(ces, kls + h, rtol=TOL[dtype], atol=TOL[dtype])
+    assert g_ce.dtype == dtype
+    scale = np.max(np.abs(g_ce))
+    np.testing.assert_allclose(g_ce, g_kl, rtol=0, atol=TOL[dtype] * scale)
+
+
+def test_assumptions_zero_terms_and_support() -> None:
+    """0 log 0 = 0 and 0 log q = 0; Q = 0 where P > 0 makes CE and KL infinite."""
+    p = jnp.array([[0.5, 0.5, 0.0]])
+    q_ok = jnp.array([[0.25, 0.75, 0.0]])  # q = 0 only where p = 0: fine
+    assert np.isfinite(losses.kl_divergence(p, q_ok)).all()
+    np.testing.assert_allclose(
+        losses.cross_entropy_rows(p, q_ok), losses.entropy(p) + losses.kl_divergence(p, q_ok)
+    )
+    q_bad = jnp.array([[1.0, 0.0, 0.0]])  # q = 0 where p > 0: both infinite
+    assert np.isinf(losses.kl_divergence(p, q_bad)).all()
+    assert np.isinf(losses.cross_entropy_rows(p, q_bad)).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_ce_kl_checks_report_within_tolerance(dtype: str) -> None:
+    """What the CLI prints: every deviation within the stated tolerance, exact ones exactly 0."""
+    assert theory.TOLERANCE == TOL
+    got = theory.ce_kl_checks(0, dtype)
+    for key in ("onehot_entropy", "onehot_ce_minus_kl", "random_batch_mean"):
+        assert got[key] == 0.0, key
+    for key, _, _ in theory.Q1_ROWS:
+        if key != "smoothed_mean_entropy":
+            assert 0.0 <= got[key] <= TOL[dtype], (key, got[key])
+    h = got["smoothed_mean_entropy"]  # -(0.91 log 0.91 + 9 * 0.01 log 0.01)
+    expected = -(0.91 * np.log(0.91) + 9 * 0.01 * np.log(0.01))
+    assert h == pytest.approx(expected, rel={"float32": 1e-5, "float64": 1e-12}[dtype])
+    np.testing.assert_allclose(got["smoothed_gaps"], h, atol=10 * TOL[dtype])
+
+
+# --------------------------------------------------------------------- Q2: bottleneck cost
+
+X1 = jnp.zeros((1, 28, 28, 192), jnp.float32)
+
+
+@pytest.fixture(scope="module")
+def built() -> dict[str, tuple[nn.Module, dict, jax.Array, list]]:
+    """Both networks initialised and run once on a batch of 2: (model, variables, y, costs)."""
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 28, 28, 192)), jnp.float32)
+    out = {}
+    for name, model in (("net1", DirectConv()), ("net2", BottleneckConv())):
+        variables = numpy_init(model, X1)
+        y, costs = conv_layer_costs(model, variables, x)
+        out[name] = (model, variables, y, costs)
+    return out
+
+
+def test_output_shapes_from_running_the_models(built) -> None:
+    for name in ("net1", "net2"):
+        model, variables, y, _ = built[name]
+        assert y.shape == (2, 28, 28, 32)  # same padding: not 26x26, not 30x30
+        assert model.apply(variables, X1).shape == (1, 28, 28, 32)
+    assert [c.output_shape for c in built["net2"][3]] == [(28, 28, 16), (28, 28, 32)]
+    assert [c.input_shape for c in built["net2"][3]] == [(28, 28, 192), (28, 28, 16)]
+
+
+def test_param_counts_from_the_pytree(built) -> None:
+    v1, v2 = built["net1"][1]["params"], built["net2"][1]["params"]
+    assert count_params(v1) == 153_632  # 5*5*192*32 + 32, not 55,328
+    assert count_params(v2) == 15_920
+    assert jax.tree.map(jnp.shape, v2) == {
+        "conv1x1": {"kernel": (1, 1, 192, 16), "bias": (16,)},
+        "conv5x5": {"kernel": (5, 5, 16, 32), "bias": (32,)},
+    }
+    assert [c.params for c in built["net2"][3]] == [3_088, 12_832]
+
+
+def test_macs_from_the_layers(built) -> None:
+    c1, c2 = built["net1"][3], built["net2"][3]
+    assert [c.macs for c in c1] == [120_422_400]
+    assert [c.macs for c in c2] == [2_408_448, 10_035_200]
+    assert sum(c.macs for c in c1) / sum(c.macs for c in c2) == pytest.approx(9.677, abs=1e-3)
+    # padding-free taps: a 5-tap window over 28 positions with 2 zeros each side -> 134 per dim
+    assert c1[0].valid_macs == 134 * 134 * 192 * 32
+    assert c2[0].valid_macs == c2[0].macs  # a 1x1 conv never touches padding
+    assert [c.bias_adds for c in c2] == [28 * 28 * 16, 28 * 28 * 32]
+
+
+def test_macs_follow_the_layers_not_a_formula() -> None:
+    """Change the layers, and the counts change with them."""
+    model = BottleneckConv(bottleneck=8, features=24, kernel=3)
+    x = jnp.zeros((1, 20, 20, 40))
+    variables = numpy_init(model, x)
+    y, costs = conv_layer_costs(model, variables, x)
+    assert y.shape == (1, 20, 20, 24)
+    assert [c.macs for c in costs] == [20 * 20 * 8 * 40, 20 * 20 * 24 * 3 * 3 * 8]
+    assert [c.params for c in costs] == [40 * 8 + 8, 3 * 3 * 8 * 24 + 24]
+
+
+@pytest.mark.parametrize("name", ["net1", "net2"])
+def test_xla_flops_are_twice_padding_free_macs_plus_bias(built, name: str) -> None:
+    """XLA's cost model: 2 FLOPs per non-padding tap, +1 per output element for the bias."""
+    model, variables, _, costs = built[name]
+    flops = xla_flops(lambda v, x: model.apply(v, x), variables, X1)
+    valid = sum(c.valid_macs for c in costs)
+    bias = sum(c.bias_adds for c in costs)
+    assert flops == 2 * valid + bias
+    assert 0.9 < flops / (2 * sum(c.macs for c in costs)) < 1.0
+    assert flops == {"net1": 220_668_416, "net2": 23_241_472}[name]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"strides": 2},
+        {"kernel_dilation": 2},
+        {"feature_group_count": 4},
+        {"padding": "VALID"},
+        {"padding": ((1, 0), (2, 3))},
+        {"padding": 3, "strides": (2, 3), "use_bias": False},
+    ],
+    ids=["stride", "dilation", "groups", "valid", "explicit", "int-pad-nobias"],
+)
+def test_padding_free_mac_count_matches_xla_for_general_convs(kwargs: dict) -> None:
+    conv = nn.Conv(8, (3, 5), **{"padding": "SAME", **kwargs})
+    x = jnp.ones((1, 13, 11, 16))
+    variables = numpy_init(conv, x)
+    y, (cost,) = conv_layer_costs(conv, variables, x)
+    assert cost.output_shape == y.shape[1:]
+    assert cost.params == count_params(variables["params"])
+    assert xla_flops(lambda v, x: conv.apply(v, x), variables, x) == 2 * cost.valid_macs + (
+        cost.bias_adds
+    )
+    if kwargs.get("padding") == "VALID":
+        assert cost.valid_macs == cost.macs
+
+
+def test_unmodelled_padding_gives_no_valid_count() -> None:
+    conv = nn.Conv(4, (3, 3), padding="CIRCULAR")
+    x = jnp.ones((1, 8, 8, 2))
+    _, (cost,) = conv_layer_costs(conv, numpy_init(conv, x), x)
+    assert cost.valid_macs is None and cost.macs == 8 * 8 * 4 * 3 * 3 * 2
+
+
+def test_xla_flops_accepts_list_or_dict(monkeypatch) -> None:
+    """Older JAX returns a list of per-computation dicts from cost_analysis()."""
+    monkeypatch.setattr(
+        jax.stages.Compiled, "cost_analysis", lambda self: [{"flops": 3.0}, {"flops": 4.0}]
+    )
+    assert xla_flops(jnp.sin, jnp.ones(3)) == 7.0
+    monkeypatch.setattr(jax.stages.Compiled, "cost_analysis", lambda self: {"flops": 5.0})
+    assert xla_flops(jnp.sin, jnp.ones(3)) == 5.0
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+@pytest.mark.slow
+def test_cli_writes_theory_md_and_json(tmp_path, capsys) -> None:
+    out = tmp_path / "theory"
+    assert theory.cli(["--out", str(out), "--batch", "1", "--repeats", "2"]) == 0
+    printed = capsys.readouterr().out
+    md = (out / "theory.md").read_text()
+    for text in (printed, md):
+        for number in ("153,632", "15,920", "120,422,400", "12,443,648", "28x28x32", "9.68x"):
+            assert number in text, number
+    assert "H(P,Q) = H(P) + KL(P||Q)" in md and "0 log 0 = 0" in md
+    data = json.loads((out / "theory.json").read_text())
+    n1, n2 = (data["q2"]["networks"][k] for k in theory.NETWORKS)
+    assert (n1["params"], n2["params"]) == (153_632, 15_920)
+    assert (n1["macs"], n2["macs"]) == (120_422_400, 12_443_648)
+    assert n1["output_shape"] == n2["output_shape"] == [28, 28, 32]
+    assert n1["batch_output_shape"] == [1, 28, 28, 32]
+    assert n1["xla_flops_is_2valid_macs_plus_bias"] and n2["xla_flops_is_2valid_macs_plus_bias"]
+    assert data["q2"]["ratio_network1_over_network2"]["forward_median_s"] > 0
+    assert data["q1"]["float32"]["onehot_ce_minus_kl"] == 0.0
+
+
+def test_out_folder_reuse_and_refusal(tmp_path) -> None:
+    out = tmp_path / "theory"
+    assert theory._prepare_out(str(out), overwrite=False) == out  # new
+    for name in theory.OUTPUT_FILES:
+        (out / name).write_text("old")
+    assert theory._prepare_out(str(out), overwrite=False) == out  # only our files: reused
+    (out / "results.json").write_text("{}")  # someone else's run
+    with pytest.raises(report.RunDirError, match="--overwrite"):
+        theory._prepare_out(str(out), overwrite=False)
+    assert theory.cli(["--out", str(out)]) == 2  # one-line error, no traceback
+    assert theory._prepare_out(str(out), overwrite=True) == out
+    assert not any(out.iterdir())
+
+
+def test_cli_rejects_bad_arguments(tmp_path) -> None:
+    assert theory.cli(["--out", str(tmp_path / "x"), "--smoothing", "1.5"]) == 2
+    assert theory.cli(["--out", str(tmp_path / "x"), "--batch", "0"]) == 2
