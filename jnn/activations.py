@@ -78,7 +78,15 @@ def softmax_forward(x: Array) -> tuple[Array, Array]:
 
 
 def softmax_backward(s: Array, dy: Array) -> Array:
-    """dx = s * (dy - sum(dy * s)): the Jacobian-vector product without building the Jacobian."""
+    """dx = s * (dy - sum(dy * s)): the vector-Jacobian product without building the Jacobian.
+
+    dy is first shifted by its value at each row's largest probability. The VJP ignores a constant
+    shift of dy (the rows of the Jacobian diag(s) - s s^T sum to zero), and the shift removes the
+    cancellation in ``dy_m - sum(dy * s)`` when s_m -> 1: without it a saturated row's gradient
+    (of size ~ the small probabilities) drowns in rounding of size eps * |dy|.
+    """
+    m = jnp.argmax(s, axis=-1, keepdims=True)
+    dy = dy - jnp.take_along_axis(dy, m, axis=-1)
     return s * (dy - jnp.sum(dy * s, axis=-1, keepdims=True))
 
 
