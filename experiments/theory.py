@@ -38,7 +38,8 @@ from jnn.conv_cost import (
 )
 
 OUTPUT_FILES = ("theory.md", "theory.json")
-# Tolerances the identities are held to, per dtype (absolute, on losses of order 1-3 nats).
+# Tolerances the identities are held to, per dtype: absolute for losses up to 1 nat, relative
+# above; gradients relative to their largest entry (see _dev).
 TOLERANCE = {"float32": 1e-6, "float64": 1e-12}
 
 ASSUMPTIONS = (
@@ -404,7 +405,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="delete --out first even if it holds other files",
     )
-    parser.add_argument("--seed", type=int, default=0, help="PRNG seed for all random inputs")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="numpy seed for all random inputs and weights"
+    )
     parser.add_argument("--rows", type=int, default=256, help="Q1: distributions per check")
     parser.add_argument("--classes", type=int, default=10, help="Q1: number of classes")
     parser.add_argument("--smoothing", type=float, default=0.1, help="Q1: label smoothing eps")
