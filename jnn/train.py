@@ -4,6 +4,12 @@
     epoch = make_epoch_fn("relu", optax.sgd(0.1), batch_size=32)      # jitted, state donated
     state, metrics = epoch(state, x_train, y_train)                    # metrics: loss, accuracy
 
+Several independent models of one activation (seeds, initialisations) train in one program:
+``init_model_states`` stacks them along a leading axis M and ``make_epoch_fn(..., stacked=True)``
+vmaps the epoch over that axis (the data are shared, not copied). ``fit`` runs the epochs, records
+the per-epoch history, stops at the first non-finite loss and calls back after every epoch (the
+sweep saves its checkpoints there).
+
 Inside the epoch: a fresh permutation from the state's PRNG key, then ``lax.scan`` over batches;
 each step gathers its batch from the device-resident arrays, computes the gradients (manual
 backprop by default, ``jax.grad`` on request) and applies an optax update. No Python loop runs
@@ -13,16 +19,18 @@ remainder every epoch), so every step has the same shape.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax import Array
 
 from jnn.losses import one_hot, softmax_cross_entropy
-from jnn.mlp import GRADIENT_METHODS, MLPParams, mlp_apply
+from jnn.mlp import GRADIENT_METHODS, MLPParams, init_mlp, mlp_apply
 
 
 class TrainState(NamedTuple):
@@ -44,6 +52,49 @@ def init_train_state(
 ) -> TrainState:
     """Wrap freshly initialised params with the optimizer state and the shuffling key."""
     return TrainState(params, optimizer.init(params), key, jnp.zeros((), jnp.int32))
+
+
+def init_model_state(
+    key: Array,
+    sizes: Sequence[int],
+    optimizer: optax.GradientTransformation,
+    init: str = "normal",
+    **init_kwargs: Any,
+) -> TrainState:
+    """One model from one key: ``init_key, shuffle_key = split(key)``; params from ``init_key``.
+
+    The same convention as ``jnn.parallel.single_state``, plus the initializer's keyword arguments
+    (``stddev`` for normal, ``limit`` for random).
+    """
+    init_key, shuffle_key = jax.random.split(key)
+    params = init_mlp(init_key, sizes, init, **init_kwargs)
+    return init_train_state(shuffle_key, params, optimizer)
+
+
+def init_model_states(
+    keys: Array,
+    sizes: Sequence[int],
+    optimizer: optax.GradientTransformation,
+    init: str = "normal",
+    **init_kwargs: Any,
+) -> TrainState:
+    """M models stacked along a leading axis: keys (M, 2) -> TrainState with leaves (M, ...).
+
+    Model i equals ``init_model_state(keys[i], ...)``. The params come from one compiled program
+    shared by every caller with the same sizes and init (eager vmap would compile each primitive).
+    """
+    init_keys, shuffle_keys = jnp.moveaxis(jax.vmap(jax.random.split)(keys), 1, 0)
+    params = _stacked_params(init_keys, tuple(sizes), init, tuple(sorted(init_kwargs.items())))
+    opt_state = jax.vmap(optimizer.init)(params)
+    epochs = jnp.zeros((len(keys),), jnp.int32)
+    return TrainState(params, opt_state, shuffle_keys, epochs)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def _stacked_params(
+    keys: Array, sizes: tuple[int, ...], init: str, init_kwargs: tuple[tuple[str, Any], ...]
+) -> MLPParams:
+    return jax.vmap(lambda k: init_mlp(k, sizes, init, **dict(init_kwargs)))(keys)
 
 
 def validate_hyperparameters(batch_size: int, num_examples: int | None = None) -> None:
@@ -93,8 +144,14 @@ def make_epoch_fn(
     optimizer: optax.GradientTransformation,
     batch_size: int,
     gradients: str = "manual",
+    *,
+    stacked: bool = False,
 ) -> Callable[[TrainState, Array, Array], tuple[TrainState, EpochMetrics]]:
-    """A jitted ``epoch(state, x, y) -> (state, metrics)``; the incoming state is donated."""
+    """A jitted ``epoch(state, x, y) -> (state, metrics)``; the incoming state is donated.
+
+    ``stacked=True``: ``state`` holds M models along a leading axis (``init_model_states``); the
+    epoch is vmapped over them with x (N, D), y (N,) shared, and the metrics have shape (M,).
+    """
     validate_hyperparameters(batch_size)
     if gradients not in GRADIENT_METHODS:
         raise ValueError(f"gradients must be one of {sorted(GRADIENT_METHODS)}, got {gradients!r}")
@@ -110,7 +167,7 @@ def make_epoch_fn(
             gradients=gradients,
         )
 
-    return jax.jit(epoch, donate_argnums=0)
+    return jax.jit(jax.vmap(epoch, in_axes=(0, None, None)) if stacked else epoch, donate_argnums=0)
 
 
 def evaluate(params: MLPParams, x: Array, y: Array, activation: str) -> tuple[Array, Array]:
@@ -126,6 +183,77 @@ def _evaluate(params: MLPParams, x: Array, y: Array, activation: str) -> tuple[A
     return loss, accuracy
 
 
+@jax.jit(static_argnames="activation")
+def evaluate_stacked(params: MLPParams, x: Array, y: Array, activation: str) -> tuple[Array, Array]:
+    """:func:`evaluate` for M stacked models: params leaves (M, ...) -> loss, accuracy (M,)."""
+
+    def one(p: MLPParams) -> tuple[Array, Array]:
+        return _evaluate.__wrapped__(p, x, y, activation)
+
+    return jax.vmap(one)(params)
+
+
 def tree_is_finite(tree: Any) -> Array:
     """True when every leaf of ``tree`` is finite (a cheap divergence check)."""
     return jnp.all(jnp.array([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
+
+
+# --------------------------------------------------------------------------------------------
+# The epoch loop: history, divergence, callbacks
+# --------------------------------------------------------------------------------------------
+
+HISTORY_KEYS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
+
+History = dict[str, np.ndarray]  # each (epochs,) or (M, epochs) float32, NaN where not run yet
+
+
+def empty_history(epochs: int, num_models: int | None = None) -> History:
+    """NaN-filled history arrays: (epochs,) for one model, (M, epochs) for M stacked models."""
+    shape = (epochs,) if num_models is None else (num_models, epochs)
+    return {k: np.full(shape, np.nan, np.float32) for k in HISTORY_KEYS}
+
+
+class FitResult(NamedTuple):
+    state: TrainState | None  # None when training diverged (the bad state is not kept)
+    history: History
+    diverged_at: int | None  # 1-based epoch whose loss was not finite, else None
+
+
+def fit(
+    state: TrainState,
+    epoch_fn: Callable[[TrainState, Array, Array], tuple[TrainState, EpochMetrics]],
+    train_data: tuple[Array, Array],
+    val_data: tuple[Array, Array],
+    *,
+    activation: str,
+    epochs: int,
+    history: History | None = None,
+    on_epoch: Callable[[int, TrainState, History], None] | None = None,
+) -> FitResult:
+    """Train from ``state.epoch`` up to ``epochs`` epochs, one jitted epoch per call.
+
+    After every epoch the mean training loss/accuracy (during the epoch) and the validation loss/
+    accuracy (after it) go into ``history`` (arrays indexed by epoch - 1; single or stacked
+    models, as built by :func:`empty_history`), then ``on_epoch(epoch, state, history)`` runs
+    (epoch 1-based). A non-finite training or validation loss of any model stops training at that
+    epoch: the result has ``state=None`` and ``diverged_at=epoch`` and ``on_epoch`` is not called
+    for it, so no checkpoint of a diverged model is ever written.
+    """
+    x, y = train_data
+    xv, yv = val_data
+    stacked = np.ndim(state.epoch) == 1
+    evaluate_fn = evaluate_stacked if stacked else evaluate
+    start = int(np.max(np.asarray(state.epoch)))
+    if history is None:
+        history = empty_history(epochs, len(state.epoch) if stacked else None)
+    for epoch in range(start + 1, epochs + 1):
+        state, metrics = epoch_fn(state, x, y)
+        val_loss, val_acc = evaluate_fn(state.params, xv, yv, activation)
+        row = jax.device_get((metrics.loss, metrics.accuracy, val_loss, val_acc))
+        for name, value in zip(HISTORY_KEYS, row):
+            history[name][..., epoch - 1] = value
+        if not (np.all(np.isfinite(row[0])) and np.all(np.isfinite(row[2]))):
+            return FitResult(None, history, epoch)
+        if on_epoch is not None:
+            on_epoch(epoch, state, history)
+    return FitResult(state, history, None)
