@@ -5,8 +5,8 @@ Every activation follows the layer protocol with no parameters::
     y, cache = forward(x)          # x, y: (..., features)
     dx = backward(cache, dy)       # dy, dx: same shape as x
 
-``cache`` holds exactly what the backward pass needs (the input for ReLU, the output for the
-saturating functions), so backward never recomputes the forward.
+``cache`` holds exactly what the backward pass needs (the input for ReLU, the output for tanh and
+softmax, the output and its complement for sigmoid), so backward never recomputes the forward.
 """
 
 from __future__ import annotations
@@ -36,16 +36,22 @@ def relu_backward(x: Array, dy: Array) -> Array:
     return jnp.where(x > 0, dy, jnp.zeros_like(dy))
 
 
-def sigmoid_forward(x: Array) -> tuple[Array, Array]:
-    """1 / (1 + exp(-x)), computed from exp(-|x|) so it never overflows (finite at x = +-1e4)."""
+def sigmoid_forward(x: Array) -> tuple[Array, tuple[Array, Array]]:
+    """1 / (1 + exp(-x)), computed from exp(-|x|) so it never overflows (finite at x = +-1e4).
+
+    The cache is (s, 1 - s), both computed directly: 1 - s formed by subtraction is 0 in float32
+    once s rounds to 1 (x > ~17), which would zero a gradient that is really ~exp(-x).
+    """
     z = jnp.exp(-jnp.abs(x))
-    y = jnp.where(x >= 0, 1.0 / (1.0 + z), z / (1.0 + z))
-    return y, y
+    big, small = 1.0 / (1.0 + z), z / (1.0 + z)
+    y = jnp.where(x >= 0, big, small)
+    return y, (y, jnp.where(x >= 0, small, big))
 
 
-def sigmoid_backward(y: Array, dy: Array) -> Array:
-    """dy * s * (1 - s), from the cached output s."""
-    return dy * y * (1.0 - y)
+def sigmoid_backward(cache: tuple[Array, Array], dy: Array) -> Array:
+    """dy * s * (1 - s), from the cached output s and its complement 1 - s."""
+    y, one_minus_y = cache
+    return dy * y * one_minus_y
 
 
 def tanh_forward(x: Array) -> tuple[Array, Array]:
