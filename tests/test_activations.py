@@ -67,6 +67,25 @@ def test_backward_through_leading_axes(name):
     vjp_check(name, normal(2, (2, 3, 5), jnp.float32), normal(3, (2, 3, 5), jnp.float32))
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize(
+    "name, x",
+    [
+        ("sigmoid", [[12.0]]),  # 1 - s by subtraction: 1% off in float32
+        ("sigmoid", [[20.0]]),  # ... and exactly 0 instead of 2e-9
+        ("sigmoid", [[-20.0]]),
+        ("tanh", [[12.0]]),
+        ("softmax", [[30.0, 0.0]]),  # dy_m - <dy, s> cancels unless dy is shifted first
+        ("softmax", [[0.0, 40.0, -5.0]]),
+    ],
+)
+def test_saturated_gradients_keep_relative_accuracy(name, x, dtype):
+    """Far in the tails the gradient is tiny but not zero: it must still match jax.vjp."""
+    with jax.enable_x64(dtype == jnp.float64):
+        x = jnp.asarray(x, dtype)
+        vjp_check(name, x, jnp.asarray(np.arange(1.0, 1.0 + x.size).reshape(x.shape), dtype))
+
+
 def test_relu_blocks_negatives_and_zero():
     x = jnp.array([[-2.0, -0.0, 0.0, 0.5, 3.0]])
     y, cache = get_activation("relu").forward(x)
