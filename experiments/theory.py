@@ -261,11 +261,21 @@ def q2_table(q2: dict[str, Any]) -> str:
     ]
     rows = []
     for name, net in q2["networks"].items():
+        rows.append(
+            [
+                name,
+                "x".join(map(str, net["output_shape"])),
+                f"{net['params']:,}",
+                f"{net['macs']:,}",
+                f"{net['xla_flops']:,.0f}",
+                f"{1e3 * net['forward_median_s']:.2f}",
+            ]
+        )
         for layer in net["layers"]:
             k = layer["kernel_shape"]
             rows.append(
                 [
-                    f"&nbsp;&nbsp;{layer['name']} (kernel {k[0]}x{k[1]}x{k[2]}x{k[3]})",
+                    f"↳ {layer['name']} (kernel {k[0]}x{k[1]}x{k[2]}x{k[3]})",
                     "x".join(map(str, layer["output_shape"])),
                     f"{layer['params']:,}",
                     f"{layer['macs']:,}",
@@ -273,20 +283,10 @@ def q2_table(q2: dict[str, Any]) -> str:
                     "",
                 ]
             )
-        rows.append(
-            [
-                f"**{name}**",
-                "x".join(map(str, net["output_shape"])),
-                f"**{net['params']:,}**",
-                f"**{net['macs']:,}**",
-                f"{net['xla_flops']:,.0f}",
-                f"{1e3 * net['forward_median_s']:.2f}",
-            ]
-        )
     r = q2["ratio_network1_over_network2"]
     rows.append(
         [
-            "**ratio 1 / 2**",
+            "ratio 1 / 2",
             "",
             f"{r['params']:.2f}x",
             f"{r['macs']:.2f}x",
