@@ -77,15 +77,11 @@ def _devices(num_devices: int | None) -> list[jax.Device]:
         raise ValueError(f"num_devices must be a positive integer or None, got {num_devices!r}")
     if num_devices > len(devices):
         platform = devices[0].platform
-        hint = (
-            f"; on CPU, set XLA_FLAGS={FORCE_DEVICES_FLAG}={num_devices} in the environment before "
-            "JAX initialises (before the first jax call) to get that many host devices"
-            if platform == "cpu"
-            else ""
-        )
         raise ValueError(
             f"asked for {num_devices} devices but only {len(devices)} {platform} device(s) "
-            f"exist{hint}"
+            f"exist; to test with more on CPU, set JAX_PLATFORMS=cpu and "
+            f"XLA_FLAGS={FORCE_DEVICES_FLAG}={num_devices} in the environment before JAX "
+            "initialises (before the first jax call) to get that many host devices"
         )
     return devices[: int(num_devices)]
 

@@ -109,7 +109,13 @@ def check_data_parallel(x, y) -> dict:
                         "epoch": int(state.epoch),
                     }
                 )
-            entry["donated"] = bool(jax.tree.leaves(donated.params)[0].is_deleted())
+            # Whether the runtime frees donated inputs varies (jax 0.10.2 CPU: yes; 0.11.2 CPU with
+            # forced devices: no); that the program asks for it (input/output aliasing) does not.
+            entry["donated_deleted"] = bool(jax.tree.leaves(donated.params)[0].is_deleted())
+            lowered = epoch.lower(fresh(state0), x, y).as_text()
+            entry["aliased_outputs"] = len(
+                re.findall(r"tf\.aliasing_output|jax\.buffer_donor", lowered)
+            )
             entry["state_specs"] = spec_str(state)
             entry["metric_specs"] = spec_str(metrics)
             entry["mesh_sizes"] = mesh_sizes((state, metrics))

@@ -166,7 +166,7 @@ def test_data_parallel_shardings_and_donation(report, case):
     assert entry["state_specs"] == ["P()"]  # params, opt_state, key, epoch: replicated
     assert entry["metric_specs"] == ["P()"]
     assert entry["mesh_sizes"] == [int(case.split("/")[1])]
-    assert entry["donated"]
+    assert entry["aliased_outputs"] >= 1  # the state is donated (input/output aliasing)
 
 
 @multi
