@@ -35,10 +35,14 @@ def cross_entropy(probs: Array, targets: Array) -> Array:
 
 
 def cross_entropy_backward(probs: Array, targets: Array) -> Array:
-    """d loss / d probs = -t / (B p), the VJP of :func:`cross_entropy` for a unit cotangent."""
+    """d loss / d probs = -t / (B p), the VJP of :func:`cross_entropy` for a unit cotangent.
+
+    Where the forward clipped p (p < tiny) the loss does not depend on p, so the gradient is 0
+    there, as jax.grad says (not -t / (B tiny): ~1e38 in float32, one multiply away from inf).
+    """
     tiny = jnp.finfo(probs.dtype).tiny
     safe = jnp.maximum(probs, tiny)
-    return jnp.where(targets != 0, -targets / safe, 0.0) / probs.shape[0]
+    return jnp.where((targets != 0) & (probs >= tiny), -targets / safe, 0.0) / probs.shape[0]
 
 
 def softmax_cross_entropy(logits: Array, targets: Array) -> tuple[Array, tuple[Array, Array]]:
