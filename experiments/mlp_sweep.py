@@ -1,0 +1,787 @@
+"""The MLP study: 784-256-128-64-10, four hidden activations, manual backprop, plain SGD.
+
+    python -m experiments.mlp_sweep                   # the original study (4 x 100 epochs)
+    python -m experiments.mlp_sweep --quick           # the same outputs from a tiny run, seconds
+    python -m experiments.mlp_sweep --init glorot     # the fix for the Sigmoid failure
+    python -m experiments.mlp_sweep --resume          # continue an interrupted run
+
+Per activation, every seed's model trains in one XLA program (vmap over seeds, the data shared);
+activations are separate programs, spread over ``--devices`` host devices and run from threads.
+Checkpoints (orbax) land in ``<out>/<activation>/<epoch>/`` at every ``--save-at`` epoch, plus a
+rolling ``<out>/<activation>/latest/`` every ``--checkpoint-every`` epochs for crash safety.
+The reported accuracies are computed from the restored checkpoints. ``<out>`` receives
+``run.json`` (the config, checked on ``--resume``), ``results.json``, ``results.md`` and the loss
+curves (``loss_<activation>.png``, ``loss_overview.png``).
+
+Exit codes: 0 done; 2 bad input (one line on stderr); 3 done, but some model diverged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import math
+import os
+import queue
+import sys
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from experiments import report
+
+STUDY_ACTIVATIONS = ("relu", "sigmoid", "linear", "tanh")
+SIZES = (784, 256, 128, 64, 10)
+INIT_SCALE_NAME = {"normal": "stddev", "random": "limit"}
+QUICK_SUBSET = (2000, 500, 500)  # train / val / test examples of --quick
+QUICK_EPOCHS, QUICK_SAVE_AT = 3, (2, 3)
+EXIT_DIVERGED = 3
+# The original study's test accuracies (its own 80/10/10 split), for the results table.
+ORIGINAL_TEST_ACCURACY = {
+    ("relu", 100): 0.8865,
+    ("relu", 50): 0.8833,
+    ("tanh", 100): 0.8822,
+    ("tanh", 50): 0.8810,
+    ("linear", 100): 0.8172,
+    ("linear", 50): 0.8218,
+    ("sigmoid", 100): 0.1012,
+    ("sigmoid", 50): 0.1085,
+}
+ORIGINAL_SKLEARN_TEST_ACCURACY = {"sigmoid": 0.878, "tanh": 0.873, "relu": 0.0, "linear": 0.0}
+# Settings that define the numbers: --resume refuses a run whose run.json differs in any of them.
+IDENTITY = (
+    "activations",
+    "epochs",
+    "save_at",
+    "init",
+    "init_scale",
+    "lr",
+    "batch_size",
+    "seeds",
+    "seed",
+    "split",
+    "quick",
+    "sizes",
+    "subset",
+    "gradients",
+)
+
+
+@dataclass(frozen=True)
+class Config:
+    activations: tuple[str, ...]
+    epochs: int
+    save_at: tuple[int, ...]
+    init: str
+    init_scale: float | None
+    lr: float
+    batch_size: int
+    seeds: int
+    seed: int
+    split: str
+    data_dir: str | None
+    out: str
+    resume: bool
+    overwrite: bool
+    quick: bool
+    sklearn: bool
+    sklearn_workers: int
+    devices: int | None
+    checkpoint_every: int
+    sizes: tuple[int, ...] = SIZES
+    subset: tuple[int, int, int] | None = None
+    gradients: str = "manual"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def identity(self) -> dict[str, Any]:
+        d = asdict(self)
+        return {k: _plain(d[k]) for k in IDENTITY}
+
+
+def _plain(v: Any) -> Any:
+    return list(v) if isinstance(v, tuple) else v
+
+
+# ------------------------------------------------------------------------------------ the CLI
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m experiments.mlp_sweep",
+        description=(
+            "Train the course MLP (784-256-128-64-10, manual backprop, plain SGD) with each "
+            "hidden activation, checkpoint it at chosen epochs, evaluate the restored "
+            "checkpoints and compare with scikit-learn's MLPClassifier. With no flags it runs "
+            "the original study: relu, sigmoid, linear, tanh; 100 epochs; lr 0.1; batch 32; "
+            "checkpoints at 50 and 100; 80/10/10 split."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="Exit codes: 0 done, 2 bad input, 3 done but a model diverged (see results.json).",
+    )
+    a = p.add_argument
+    a(
+        "--activations",
+        default=",".join(STUDY_ACTIVATIONS),
+        help="comma-separated hidden activations (relu, sigmoid, linear, tanh)",
+    )
+    a("--epochs", type=int, default=None, help="epochs per model [100; 3 with --quick]")
+    a(
+        "--save-at",
+        default=None,
+        help="comma-separated epochs to checkpoint and evaluate [half and end: 50,100; 2,3 quick]",
+    )
+    a("--init", default="normal", help="weight init: zero, random, normal, he, glorot")
+    a(
+        "--init-scale",
+        type=float,
+        default=None,
+        help="scale of the init: normal's stddev [0.01] or random's uniform limit [0.05]",
+    )
+    a("--lr", type=float, default=0.1, help="SGD learning rate")
+    a("--batch-size", type=int, default=32, help="minibatch size")
+    a(
+        "--seeds",
+        type=int,
+        default=1,
+        help="independently seeded models per activation, trained in one program; mean +- std",
+    )
+    a("--seed", type=int, default=0, help="base seed: data split and model keys")
+    a(
+        "--split",
+        choices=("seed", "official"),
+        default="seed",
+        help="seed: 80/10/10 of all 70k images (the study); official: 54k/6k + official 10k test",
+    )
+    a(
+        "--data-dir",
+        default=None,
+        help="folder with the four Fashion-MNIST .gz files [$JNN_DATA_DIR, ~/.cache/jnn/...]",
+    )
+    a(
+        "--out",
+        default=None,
+        help="run folder [checkpoints/mlp_sweep-<split>-<init>[-<scale>][-quick]]",
+    )
+    a("--resume", action="store_true", help="continue the run in --out from its checkpoints")
+    a("--overwrite", action="store_true", help="delete --out first if it holds another run")
+    a(
+        "--quick",
+        action="store_true",
+        help=f"smoke run: {QUICK_SUBSET[0]}/{QUICK_SUBSET[1]}/{QUICK_SUBSET[2]} train/val/test "
+        f"examples, {QUICK_EPOCHS} epochs, save at {QUICK_SAVE_AT}; same network and outputs",
+    )
+    a(
+        "--no-sklearn",
+        dest="sklearn",
+        action="store_false",
+        help="skip the scikit-learn MLPClassifier comparison (it takes ~1 s per epoch per model)",
+    )
+    a(
+        "--sklearn-workers",
+        type=int,
+        default=2,
+        help="processes running the sklearn models alongside JAX",
+    )
+    a(
+        "--devices",
+        type=int,
+        default=None,
+        help="host devices to spread the activations over (their programs run concurrently); "
+        "default: min(CPU cores, activations)",
+    )
+    a(
+        "--checkpoint-every",
+        type=int,
+        default=10,
+        help="also keep a rolling checkpoint every K epochs so a crash loses little (0: off)",
+    )
+    return p
+
+
+def _ints(text: str, what: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise ValueError(f"{what} must be comma-separated integers, got {text!r}") from None
+    if not values:
+        raise ValueError(f"{what} is empty")
+    return values
+
+
+def parse_config(argv: Sequence[str] | None) -> Config:
+    """Parse and validate the command line; every problem is one ValueError."""
+    from jnn.activations import ACTIVATIONS
+    from jnn.initializers import INITIALIZERS
+
+    args = build_parser().parse_args(argv)
+    acts = tuple(t.strip().lower() for t in args.activations.split(",") if t.strip())
+    allowed = [n for n in ACTIVATIONS if n != "softmax"]
+    bad = [t for t in acts if t not in allowed]
+    if not acts or bad:
+        raise ValueError(f"unknown activation {bad or acts!r}: choose from {', '.join(allowed)}")
+    if len(set(acts)) != len(acts):
+        raise ValueError(f"--activations lists one twice: {args.activations!r}")
+    init = args.init.lower()
+    if init not in INITIALIZERS:
+        raise ValueError(f"unknown init {args.init!r}: choose from {', '.join(INITIALIZERS)}")
+    if args.init_scale is not None:
+        if init not in INIT_SCALE_NAME:
+            raise ValueError(f"--init-scale applies to normal and random, not to --init {init}")
+        if not (math.isfinite(args.init_scale) and args.init_scale > 0):
+            raise ValueError(f"--init-scale must be a positive number, got {args.init_scale}")
+    epochs = args.epochs if args.epochs is not None else (QUICK_EPOCHS if args.quick else 100)
+    if epochs <= 0:
+        raise ValueError(f"--epochs must be positive, got {epochs}")
+    if args.save_at is not None:
+        save_at = _ints(args.save_at, "--save-at")
+    elif args.quick and args.epochs is None:
+        save_at = QUICK_SAVE_AT
+    else:
+        save_at = tuple(sorted({e for e in (epochs // 2, epochs) if e > 0}))
+    if any(e <= 0 for e in save_at):
+        raise ValueError(f"--save-at epochs must be positive, got {list(save_at)}")
+    if any(e > epochs for e in save_at):
+        raise ValueError(f"--save-at {max(save_at)} is beyond --epochs {epochs}")
+    save_at = tuple(sorted(set(save_at)))
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        raise ValueError(f"--lr must be a positive number, got {args.lr}")
+    for name in ("batch_size", "seeds", "sklearn_workers"):
+        if getattr(args, name) <= 0:
+            raise ValueError(
+                f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}"
+            )
+    if args.seed < 0:
+        raise ValueError(f"--seed must be non-negative, got {args.seed}")
+    if args.devices is not None and args.devices <= 0:
+        raise ValueError(f"--devices must be positive, got {args.devices}")
+    if args.checkpoint_every < 0:
+        raise ValueError(f"--checkpoint-every must be >= 0, got {args.checkpoint_every}")
+    if args.resume and args.overwrite:
+        raise ValueError("--resume and --overwrite contradict each other; pick one")
+    subset = QUICK_SUBSET if args.quick else None
+    if args.batch_size > (subset[0] if subset else 54_000):
+        raise ValueError(f"--batch-size {args.batch_size} exceeds the training examples")
+    out = args.out or default_out(args.split, init, args.init_scale, args.quick)
+    data_dir = args.data_dir
+    if data_dir is not None and not Path(data_dir).expanduser().is_dir():
+        raise FileNotFoundError(f"--data-dir {data_dir} is not a folder")
+    return Config(
+        activations=acts,
+        epochs=epochs,
+        save_at=save_at,
+        init=init,
+        init_scale=args.init_scale,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        seeds=args.seeds,
+        seed=args.seed,
+        split=args.split,
+        data_dir=data_dir,
+        out=out,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        quick=args.quick,
+        sklearn=args.sklearn,
+        sklearn_workers=args.sklearn_workers,
+        devices=args.devices,
+        checkpoint_every=args.checkpoint_every,
+        subset=subset,
+    )
+
+
+def default_out(split: str, init: str, scale: float | None, quick: bool) -> str:
+    name = f"mlp_sweep-{split}-{init}" + (f"-{scale:g}" if scale is not None else "")
+    return str(Path("checkpoints") / (name + ("-quick" if quick else "")))
+
+
+# ------------------------------------------------------------------------------------ setup
+
+
+# Only the command line may change XLA_FLAGS: an in-process main() (tests) must not alter the
+# device count of the process that called it.
+_MAY_REQUEST_DEVICES = False
+
+
+def request_host_devices(n: int) -> None:
+    """Ask XLA for ``n`` CPU devices; only possible before JAX's backend starts (else a no-op)."""
+    from jax._src import xla_bridge
+
+    if not _MAY_REQUEST_DEVICES or xla_bridge.backends_are_initialized():
+        return
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "force_host_platform" not in f]
+    os.environ["XLA_FLAGS"] = " ".join([*flags, f"--xla_force_host_platform_device_count={n}"])
+
+
+def choose_devices(cfg: Config) -> list[Any]:
+    """The devices the activation programs are spread over (asked for before JAX starts)."""
+    import jax
+
+    from jnn.parallel import _devices
+
+    want = cfg.devices or max(1, min(os.cpu_count() or 1, len(cfg.activations)))
+    request_host_devices(want)  # CPU only; a no-op once JAX runs (e.g. in-process tests)
+    if cfg.devices is None:
+        return jax.devices()[:want]
+    return _devices(cfg.devices)
+
+
+def load_data(cfg: Config) -> tuple[np.ndarray, ...]:
+    """(x_train, y_train, x_val, y_val, x_test, y_test) as numpy; checked finite."""
+    from jnn.data import load_splits
+
+    s = load_splits(cfg.split, seed=cfg.seed, data_dir=cfg.data_dir, download=False)
+    n = cfg.subset or (len(s.y_train), len(s.y_val), len(s.y_test))
+    data = (
+        s.x_train[: n[0]],
+        s.y_train[: n[0]],
+        s.x_val[: n[1]],
+        s.y_val[: n[1]],
+        s.x_test[: n[2]],
+        s.y_test[: n[2]],
+    )
+    for name, x in zip(("train", "validation", "test"), data[::2]):
+        if not np.all(np.isfinite(x)):
+            raise ValueError(f"the {name} images contain NaN or inf values; check the data files")
+    if cfg.batch_size > len(data[1]):
+        raise ValueError(f"--batch-size {cfg.batch_size} exceeds the {len(data[1])} examples")
+    return data
+
+
+def check_run_dir(cfg: Config) -> Path:
+    """Create or reuse the run folder; on --resume the stored config must match this one."""
+    out = Path(cfg.out).expanduser().resolve()
+    run_json = out / "run.json"
+    if cfg.resume and out.is_dir() and any(out.iterdir()):
+        if not run_json.is_file():
+            raise report.RunDirError(
+                f"--resume: {out} holds no run.json, so it is not an mlp_sweep run"
+            )
+        import json
+
+        try:
+            stored = json.loads(run_json.read_text())["identity"]
+        except (ValueError, KeyError) as err:
+            raise report.RunDirError(f"--resume: {run_json} is unreadable ({err})") from None
+        mine = cfg.identity()
+        differ = [k for k in IDENTITY if _plain(stored.get(k)) != mine[k]]
+        if differ:
+            what = "; ".join(
+                f"--{k.replace('_', '-')}: run has {stored.get(k)!r}, now {mine[k]!r}"
+                for k in differ
+            )
+            raise report.RunDirError(
+                f"--resume with a different config than the checkpointed run in {out} ({what})"
+            )
+    path = report.prepare_run_dir(
+        out, resume=cfg.resume, overwrite=cfg.overwrite, markers=("results.json", "run.json")
+    )
+    if not run_json.is_file():
+        report.write_json(run_json, {"identity": cfg.identity(), "config": asdict(cfg)})
+    return path
+
+
+# ------------------------------------------------------------------------------------ training
+
+
+def model_keys(seed: int, seeds: int) -> Any:
+    """(seeds, 2) keys: model i of every activation starts from the same key (fair comparison)."""
+    import jax
+
+    base = jax.random.PRNGKey(seed)
+    return jax.numpy.stack([jax.random.fold_in(base, i) for i in range(seeds)])
+
+
+@dataclass
+class GroupResult:
+    activation: str
+    status: str  # "ok" | "diverged"
+    diverged_at: int | None
+    message: str | None
+    history: dict[str, np.ndarray]  # (seeds, epochs)
+    checkpoints: dict[str, dict[str, Any]]
+    trained_epochs: int  # epochs run in this invocation (per model)
+    resumed_from: int | None
+    train_s: float
+    eval_s: float
+    device: str
+
+
+def train_group(
+    cfg: Config,
+    activation: str,
+    data: dict[str, Any],
+    run_dir: Path,
+    devices: queue.Queue,
+    position: int,
+) -> GroupResult:
+    """Train (or resume) all seeds of one activation on a free device, then evaluate from disk."""
+    import jax
+    import optax
+
+    from jnn import train
+    from jnn.checkpoints import CheckpointStore
+
+    device = devices.get()
+    try:
+        t0 = time.perf_counter()
+        x, y, xv, yv = data[device]
+        optimizer = optax.sgd(cfg.lr)
+        kwargs = {INIT_SCALE_NAME[cfg.init]: cfg.init_scale} if cfg.init_scale else {}
+        with jax.default_device(device):
+            state = train.init_model_states(
+                model_keys(cfg.seed, cfg.seeds), cfg.sizes, optimizer, cfg.init, **kwargs
+            )
+        history = train.empty_history(cfg.epochs, cfg.seeds)
+        template = {"state": jax.device_get(state), "history": history}
+        store = CheckpointStore(run_dir / activation)
+        resumed_from = None
+        if cfg.resume:
+            found = store.restore_latest(template)
+            if found is not None:
+                resumed_from, tree = found
+                state = tree["state"]
+                history = {k: np.array(v) for k, v in tree["history"].items()}
+        state = jax.device_put(state, device)
+        start = int(np.max(np.asarray(state.epoch)))
+        epoch_fn = _epoch_fn(activation, cfg.lr, cfg.batch_size, cfg.gradients)
+        bar = report.progress(
+            total=cfg.epochs,
+            initial=start,
+            desc=f"{activation:>7}",
+            position=position,
+            leave=True,
+            unit="ep",
+        )
+
+        def on_epoch(epoch: int, st: Any, hist: dict[str, np.ndarray]) -> None:
+            bar.update(1)
+            bar.set_postfix(val_acc=f"{np.nanmean(hist['val_accuracy'][:, epoch - 1]):.4f}")
+            chosen = epoch in cfg.save_at
+            rolling = not chosen and (
+                epoch == cfg.epochs or (cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0)
+            )
+            if chosen or rolling:
+                # Host copies: the device state is donated to the next epoch while orbax writes.
+                tree = {
+                    "state": jax.device_get(st),
+                    "history": {k: v.copy() for k, v in hist.items()},
+                }
+                store.save(epoch, tree, rolling=bool(rolling))
+
+        result = train.fit(
+            state,
+            epoch_fn,
+            (x, y),
+            (xv, yv),
+            activation=activation,
+            epochs=cfg.epochs,
+            history=history,
+            on_epoch=on_epoch,
+        )
+        bar.close()
+        store.wait()
+        train_s = time.perf_counter() - t0
+        status, message = "ok", None
+        if result.diverged_at is not None:
+            status = "diverged"
+            good = [
+                e for e in store.saved_epochs() + store.rolling_epochs() if e < result.diverged_at
+            ]
+            message = (
+                f"{activation}: the loss became NaN/inf at epoch {result.diverged_at} "
+                f"(lr {cfg.lr:g}, init {cfg.init}"
+                + (f" {cfg.init_scale:g}" if cfg.init_scale else "")
+                + "); stopped this model, last good checkpoint: "
+                + (f"epoch {max(good)}" if good else "none")
+                + "; try a lower --lr"
+                + (" or --init he/glorot" if cfg.init not in ("he", "glorot") else "")
+            )
+            print(f"warning: {message}", file=sys.stderr, flush=True)
+        # Evaluate every chosen checkpoint as restored from disk, not from memory.
+        t1 = time.perf_counter()
+        checkpoints = {}
+        for epoch in store.saved_epochs():
+            if epoch not in cfg.save_at:
+                continue
+            params = jax.device_put(store.restore(epoch, template)["state"].params, device)
+            row: dict[str, Any] = {"path": str(run_dir / activation / str(epoch))}
+            for name, (xs, ys) in (
+                ("train", (x, y)),
+                ("val", (xv, yv)),
+                ("test", data[("test", device)]),
+            ):
+                loss, acc = jax.device_get(train.evaluate_stacked(params, xs, ys, activation))
+                row[f"{name}_loss"], row[f"{name}_accuracy"] = loss, acc
+            checkpoints[str(epoch)] = summarize(row)
+        store.close()
+        return GroupResult(
+            activation,
+            status,
+            result.diverged_at,
+            message,
+            history,
+            checkpoints,
+            cfg.epochs - start if result.diverged_at is None else result.diverged_at - start,
+            resumed_from,
+            train_s,
+            time.perf_counter() - t1,
+            str(device),
+        )
+    finally:
+        devices.put(device)
+
+
+@functools.lru_cache(maxsize=32)
+def _epoch_fn(activation: str, lr: float, batch_size: int, gradients: str) -> Any:
+    """The jitted, seed-vmapped epoch, built once per process and setting (reused on resume)."""
+    import optax
+
+    from jnn import train
+
+    return train.make_epoch_fn(activation, optax.sgd(lr), batch_size, gradients, stacked=True)
+
+
+def summarize(row: dict[str, Any]) -> dict[str, Any]:
+    """Per-seed metric arrays -> mean, std and the per-seed lists."""
+    out: dict[str, Any] = {"path": row.pop("path")}
+    per_seed = {k: np.asarray(v, np.float64).ravel() for k, v in row.items()}
+    out.update({k: float(v.mean()) for k, v in per_seed.items()})
+    out["std"] = {k: float(v.std()) for k, v in per_seed.items()}
+    out["per_seed"] = {k: v.tolist() for k, v in per_seed.items()}
+    return out
+
+
+def place_data(data: tuple[np.ndarray, ...], devices: list[Any]) -> dict[Any, Any]:
+    """Device copies of the data on every device: {device: (x, y, xv, yv), ("test", d): ...}."""
+    import jax
+
+    placed: dict[Any, Any] = {}
+    for d in devices:
+        x, y, xv, yv, xt, yt = (jax.device_put(a, d) for a in data)
+        placed[d] = (x, y, xv, yv)
+        placed[("test", d)] = (xt, yt)
+    return placed
+
+
+# ------------------------------------------------------------------------------------ outputs
+
+
+def sklearn_specs(cfg: Config, data: tuple[np.ndarray, ...]) -> list[dict[str, Any]]:
+    return [
+        {
+            "activation": act,
+            "hidden": list(cfg.sizes[1:-1]),
+            "epochs": cfg.epochs,
+            "save_at": list(cfg.save_at),
+            "lr": cfg.lr,
+            "batch_size": cfg.batch_size,
+            "seed": cfg.seed,
+            "data": data,
+        }
+        for act in cfg.activations
+    ]
+
+
+def _fmt(mean: float | None, std: float | None, seeds: int) -> str:
+    if mean is None or not math.isfinite(mean):
+        return "n/a"
+    return f"{mean:.4f}" + (f" ± {std:.4f}" if seeds > 1 and std is not None else "")
+
+
+def results_markdown(cfg: Config, results: dict[str, Any]) -> str:
+    """The table a person reads: jnn and MLPClassifier side by side, per activation and epoch."""
+    init = cfg.init + (
+        f" ({INIT_SCALE_NAME[cfg.init]} {cfg.init_scale:g})" if cfg.init_scale else ""
+    )
+    lines = [
+        "# MLP study: 784-256-128-64-10, plain SGD\n",
+        f"Split `{cfg.split}` (seed {cfg.seed})"
+        f"{' QUICK subset ' + str(cfg.subset) if cfg.quick else ''}; "
+        f"init {init}; lr {cfg.lr:g}; batch {cfg.batch_size}; {cfg.epochs} epochs; "
+        f"{cfg.seeds} seed(s){' (mean ± std)' if cfg.seeds > 1 else ''}. "
+        "jnn accuracies come from the restored checkpoints.\n",
+    ]
+    headers = [
+        "activation",
+        "epoch",
+        "jnn train acc",
+        "jnn val acc",
+        "jnn test acc",
+        "jnn test loss",
+        "sklearn train acc",
+        "sklearn test acc",
+        "original test acc",
+    ]
+    rows = []
+    sk = results.get("sklearn") or {}
+    for act, m in results["models"].items():
+        for epoch in cfg.save_at:
+            c = m["checkpoints"].get(str(epoch))
+            s = (sk.get(act) or {}).get("checkpoints", {}).get(str(epoch))
+            if c is None:
+                cells = [
+                    f"diverged at epoch {m['diverged_at']}"
+                    if m["status"] == "diverged"
+                    else "missing"
+                ] + ["n/a"] * 3
+            else:
+                std = c["std"]
+                cells = [
+                    _fmt(c[f"{k}_accuracy"], std[f"{k}_accuracy"], cfg.seeds)
+                    for k in ("train", "val", "test")
+                ]
+                cells.append(_fmt(c["test_loss"], std["test_loss"], cfg.seeds))
+            if s is not None:
+                cells += [_fmt(s["train_accuracy"], None, 1), _fmt(s["test_accuracy"], None, 1)]
+            elif act in sk:
+                cells += [str(sk[act].get("status", "n/a"))] * 2
+            else:
+                cells += ["-", "-"]
+            orig = ORIGINAL_TEST_ACCURACY.get((act, epoch)) if not cfg.quick else None
+            cells.append(f"{orig:.4f}" if orig is not None else "-")
+            rows.append([act, epoch, *cells])
+    lines.append(report.markdown_table(headers, rows))
+    notes = [m["message"] for m in results["models"].values() if m.get("message")]
+    if notes:
+        lines.append("\n" + "\n".join(f"- {n}" for n in notes) + "\n")
+    t = results["timing"]
+    lines.append(
+        f"\nWall time {t['wall_s']:.1f} s ({t['wall_s_excluding_sklearn']:.1f} s without waiting "
+        f"for sklearn); {t['model_epochs']} model-epochs at {t['model_epochs_per_s']:.2f} "
+        f"model-epochs/s on {len(results['devices_used'])} device(s).\n"
+    )
+    if sk:
+        lines.append(
+            "\nOriginal study's MLPClassifier test accuracies: "
+            + ", ".join(f"{k} {v}" for k, v in ORIGINAL_SKLEARN_TEST_ACCURACY.items())
+            + " (0.0 is impossible on 10 balanced classes: a bug in that study).\n"
+        )
+    return "".join(lines)
+
+
+def write_outputs(cfg: Config, run_dir: Path, results: dict[str, Any]) -> None:
+    from experiments import plots
+
+    sk = results.get("sklearn") or {}
+    histories = {a: m["history"] for a, m in results["models"].items()}
+    sk_hist = {a: r["history"] for a, r in sk.items() if isinstance(r, dict) and "history" in r}
+    for act, hist in histories.items():
+        m = results["models"][act]
+        note = f"diverged at epoch {m['diverged_at']}" if m["status"] == "diverged" else ""
+        plots.plot_activation(
+            run_dir / f"loss_{act}.png",
+            act,
+            hist,
+            cfg.save_at,
+            sklearn_history=sk_hist.get(act),
+            note=note,
+        )
+    plots.plot_overview(
+        run_dir / "loss_overview.png",
+        histories,
+        cfg.save_at,
+        sklearn_histories=sk_hist,
+        title=f"train (solid/blue) and val (orange) loss, init {cfg.init}",
+    )
+
+
+# ------------------------------------------------------------------------------------ main
+
+
+def run(cfg: Config) -> int:
+    t_start = time.perf_counter()
+    run_dir = check_run_dir(cfg)
+    data = load_data(cfg)
+    devices = choose_devices(cfg)
+    pool = futures = None
+    if cfg.sklearn:
+        from experiments import sklearn_mlp
+
+        pool, futures = sklearn_mlp.start_pool(sklearn_specs(cfg, data), cfg.sklearn_workers)
+    try:
+        placed = place_data(data, devices)
+        free: queue.Queue = queue.Queue()
+        for d in devices:
+            free.put(d)
+        t_train = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=len(devices)) as ex:
+            jobs = [
+                ex.submit(train_group, cfg, act, placed, run_dir, free, i)
+                for i, act in enumerate(cfg.activations)
+            ]
+            groups = [j.result() for j in jobs]
+        jax_s = time.perf_counter() - t_train
+        t_jax_done = time.perf_counter()
+        sk_results = None
+        if futures is not None:
+            sk_results = {}
+            for act, fut in futures.items():
+                try:
+                    sk_results[act] = fut.result()
+                except Exception as err:  # a failed baseline must not lose the JAX results
+                    sk_results[act] = {"status": "failed", "error": f"{type(err).__name__}: {err}"}
+        sklearn_wait = time.perf_counter() - t_jax_done
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+    model_epochs = sum(g.trained_epochs for g in groups) * cfg.seeds
+    results: dict[str, Any] = {
+        "study": "mlp_sweep",
+        "status": "diverged" if any(g.status == "diverged" for g in groups) else "ok",
+        "config": asdict(cfg),
+        "models": {
+            g.activation: {
+                "status": g.status,
+                "diverged_at": g.diverged_at,
+                "message": g.message,
+                "resumed_from": g.resumed_from,
+                "device": g.device,
+                "checkpoints": g.checkpoints,
+                "history": {k: v.tolist() for k, v in g.history.items()},
+                "train_s": g.train_s,
+                "eval_s": g.eval_s,
+            }
+            for g in groups
+        },
+        "sklearn": sk_results,
+        "devices_used": [str(d) for d in devices],
+        "versions": report.versions(),
+        "device": report.device_info(),
+    }
+    t_out = time.perf_counter()
+    results["timing"] = {
+        "model_epochs": model_epochs,
+        "train_and_eval_s": jax_s,
+        "model_epochs_per_s": model_epochs / jax_s if jax_s > 0 else None,
+        "sklearn_wait_s": sklearn_wait,
+        "sklearn_model_s": {a: r.get("wall_s") for a, r in (sk_results or {}).items()},
+    }
+    results["timing"]["wall_s"] = 0.0
+    results["timing"]["wall_s_excluding_sklearn"] = 0.0
+    write_outputs(cfg, run_dir, results)
+    wall = time.perf_counter() - t_start
+    results["timing"]["outputs_s"] = time.perf_counter() - t_out
+    results["timing"]["wall_s"] = wall
+    results["timing"]["wall_s_excluding_sklearn"] = wall - sklearn_wait
+    report.write_json(run_dir / "results.json", results)
+    report.write_text_atomic(run_dir / "results.md", results_markdown(cfg, results))
+    print(results_markdown(cfg, results))
+    print(f"outputs in {run_dir}")
+    return EXIT_DIVERGED if results["status"] == "diverged" else 0
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    cfg = parse_config(argv)
+    return run(cfg)
+
+
+main = report.cli_main(_main)
+
+if __name__ == "__main__":
+    _MAY_REQUEST_DEVICES = True
+    sys.exit(main())

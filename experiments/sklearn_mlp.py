@@ -1,0 +1,106 @@
+"""scikit-learn's MLPClassifier as the study's reference, run in worker processes.
+
+Settings that make the comparison fair (plain SGD as in the study, not sklearn's defaults of
+Nesterov momentum 0.9, L2 1e-4, batch 200 and early stopping): ``solver='sgd', momentum=0,
+nesterovs_momentum=False, alpha=0, batch_size=32, learning_rate_init=0.1, shuffle=True``.
+sklearn initialises its weights its own way (Glorot-style uniform, scaled for logistic), which is
+why its Sigmoid network learns with the study's settings.
+
+One epoch is one ``partial_fit`` over the training set (same shuffling rule as ``fit``: a new
+permutation per epoch from one RandomState), so the train/validation curves are recorded per epoch
+and the 50- and 100-epoch models come from one continuous run, as in jnn. This module does not
+import JAX: the worker processes stay light and never touch the parent's devices. The data
+arrive pickled from the parent (the split is made once).
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from concurrent.futures import Future, ProcessPoolExecutor
+from multiprocessing import get_context
+from typing import Any
+
+import numpy as np
+
+SKLEARN_ACTIVATION = {"relu": "relu", "sigmoid": "logistic", "tanh": "tanh", "linear": "identity"}
+
+
+def _loss_acc(clf: Any, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    from sklearn.metrics import log_loss
+
+    p = clf.predict_proba(x)
+    acc = float(np.mean(clf.classes_[np.argmax(p, axis=1)] == y))
+    return float(log_loss(y, p, labels=clf.classes_)), acc
+
+
+def train_sklearn(spec: dict[str, Any]) -> dict[str, Any]:
+    """Train one MLPClassifier epoch by epoch; evaluate at each ``save_at`` epoch.
+
+    spec: activation, hidden (sizes), epochs, save_at, lr, batch_size, seed, and data: the
+    (x_train, y_train, x_val, y_val, x_test, y_test) arrays of the parent's split. Returns a
+    JSON-ready dict with status, per-epoch history (train_loss, val_loss, val_accuracy) and
+    per-checkpoint metrics.
+    """
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.neural_network import MLPClassifier
+
+    t0 = time.perf_counter()
+    x, y, xv, yv, xt, yt = spec["data"]
+    epochs = int(spec["epochs"])
+    clf = MLPClassifier(
+        hidden_layer_sizes=tuple(spec["hidden"]),
+        activation=SKLEARN_ACTIVATION[spec["activation"]],
+        solver="sgd",
+        learning_rate="constant",
+        learning_rate_init=float(spec["lr"]),
+        momentum=0.0,
+        nesterovs_momentum=False,
+        alpha=0.0,
+        batch_size=int(spec["batch_size"]),
+        max_iter=1,  # one epoch per partial_fit
+        n_iter_no_change=epochs + 1,
+        early_stopping=False,
+        shuffle=True,
+        random_state=np.random.RandomState(spec["seed"]),  # an instance: shuffles move on
+    )
+    classes = np.arange(10)
+    history: dict[str, list[float]] = {"train_loss": [], "val_loss": [], "val_accuracy": []}
+    checkpoints: dict[str, dict[str, float]] = {}
+    status, diverged_at = "ok", None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        warnings.simplefilter("ignore", RuntimeWarning)  # overflow in exp: reported as diverged
+        for epoch in range(1, epochs + 1):
+            clf.partial_fit(x, y, classes=classes)
+            train_loss = float(clf.loss_curve_[-1])
+            val_loss, val_acc = _loss_acc(clf, xv, yv)
+            history["train_loss"].append(train_loss)
+            history["val_loss"].append(val_loss)
+            history["val_accuracy"].append(val_acc)
+            if not (np.isfinite(train_loss) and np.isfinite(val_loss)):
+                status, diverged_at = "diverged", epoch
+                break
+            if epoch in spec["save_at"]:
+                row = {}
+                for name, (xs, ys) in (("train", (x, y)), ("val", (xv, yv)), ("test", (xt, yt))):
+                    row[f"{name}_loss"], row[f"{name}_accuracy"] = _loss_acc(clf, xs, ys)
+                checkpoints[str(epoch)] = row
+    return {
+        "status": status,
+        "diverged_at": diverged_at,
+        "activation": SKLEARN_ACTIVATION[spec["activation"]],
+        "history": history,
+        "checkpoints": checkpoints,
+        "wall_s": time.perf_counter() - t0,
+    }
+
+
+def start_pool(specs: list[dict[str, Any]], workers: int) -> tuple[ProcessPoolExecutor, dict]:
+    """Submit one job per spec to a spawn-based process pool (fork is unsafe once JAX runs).
+
+    Returns the pool and {activation: Future}; the caller collects and shuts the pool down.
+    """
+    pool = ProcessPoolExecutor(max_workers=max(1, workers), mp_context=get_context("spawn"))
+    futures: dict[str, Future] = {s["activation"]: pool.submit(train_sklearn, s) for s in specs}
+    return pool, futures

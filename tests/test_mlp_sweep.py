@@ -1,0 +1,210 @@
+"""End-to-end: ``python -m experiments.mlp_sweep --quick`` writes the study's outputs, its
+checkpoints restore, an interrupted (even SIGKILLed) run resumes bit-identically, the same
+command gives the same numbers, and a diverging model is recorded instead of garbage."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from experiments import mlp_sweep
+from jnn.checkpoints import CheckpointStore
+from jnn.train import empty_history, evaluate_stacked
+
+REPO = mlp_sweep.Path(__file__).resolve().parents[1]
+ACTS = ("relu", "tanh")
+
+
+def quick(out, data_dir, *extra: str) -> list[str]:
+    return ["--quick", "--out", str(out), "--data-dir", str(data_dir), "--devices", "1", *extra]
+
+
+def numbers(results: dict) -> dict:
+    """What must repeat bit for bit: every metric and curve, not timings, paths or versions."""
+    models = {
+        act: {
+            "status": m["status"],
+            "history": m["history"],
+            "checkpoints": {
+                e: {k: v for k, v in c.items() if k != "path"} for e, c in m["checkpoints"].items()
+            },
+        }
+        for act, m in results["models"].items()
+    }
+    sklearn = {
+        act: {k: v for k, v in m.items() if k != "wall_s"}
+        for act, m in (results["sklearn"] or {}).items()
+    }
+    return {"models": models, "sklearn": sklearn}
+
+
+def restored_params(run_dir, act: str, epoch: int, seeds: int = 1, epochs: int = 3):
+    cfg = mlp_sweep.parse_config(["--quick", "--activations", act, "--out", str(run_dir)])
+    import optax
+
+    from jnn import train
+
+    state = train.init_model_states(
+        mlp_sweep.model_keys(0, seeds), cfg.sizes, optax.sgd(0.1), "normal"
+    )
+    like = {"state": jax.device_get(state), "history": empty_history(epochs, seeds)}
+    with CheckpointStore(run_dir / act, create=False) as store:
+        return store.restore(epoch, like)
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory, fashion_dir):
+    """One quick run of two activations with the sklearn comparison, shared by the tests."""
+    out = tmp_path_factory.mktemp("sweep") / "run"
+    rc = mlp_sweep.main(quick(out, fashion_dir, "--activations", ",".join(ACTS)))
+    assert rc == 0
+    return out, json.loads((out / "results.json").read_text())
+
+
+def test_quick_run_writes_every_output(quick_run):
+    out, r = quick_run
+    assert r["status"] == "ok" and set(r["models"]) == set(ACTS)
+    assert r["config"]["epochs"] == 3 and r["config"]["save_at"] == [2, 3]
+    for key in ("config", "versions", "device", "timing", "sklearn"):
+        assert key in r
+    t = r["timing"]
+    assert t["model_epochs"] == 6 and t["model_epochs_per_s"] > 0 and t["wall_s"] > 0
+    for act in ACTS:
+        m = r["models"][act]
+        assert m["status"] == "ok" and m["diverged_at"] is None
+        assert all(len(h) == 1 and len(h[0]) == 3 for h in m["history"].values())
+        assert set(m["checkpoints"]) == {"2", "3"}
+        for c in m["checkpoints"].values():
+            for split in ("train", "val", "test"):
+                assert 0.0 <= c[f"{split}_accuracy"] <= 1.0 and c[f"{split}_loss"] > 0
+        sk = r["sklearn"][act]
+        assert sk["status"] == "ok" and set(sk["checkpoints"]) == {"2", "3"}
+        assert sk["activation"] == {"relu": "relu", "tanh": "tanh"}[act]
+        assert 0.05 < sk["checkpoints"]["3"]["test_accuracy"] <= 1.0  # a real number, not 0.0
+        assert (out / f"loss_{act}.png").stat().st_size > 1000
+        assert (out / act / "2").is_dir() and (out / act / "3").is_dir()
+    assert (out / "loss_overview.png").is_file() and (out / "run.json").is_file()
+    md = (out / "results.md").read_text()
+    assert "| relu | 3 |" in md and "sklearn test acc" in md
+
+
+def test_reported_accuracy_comes_from_the_restored_checkpoint(quick_run, fashion_dir):
+    out, r = quick_run
+    tree = restored_params(out, "tanh", 3)
+    assert int(tree["state"].epoch[0]) == 3
+    np.testing.assert_array_equal(
+        np.asarray(tree["history"]["val_loss"]),
+        np.asarray(r["models"]["tanh"]["history"]["val_loss"]),
+    )
+    cfg = mlp_sweep.parse_config(quick(out, fashion_dir))
+    data = mlp_sweep.load_data(cfg)
+    loss, acc = evaluate_stacked(tree["state"].params, data[4], data[5], "tanh")
+    assert float(acc[0]) == r["models"]["tanh"]["checkpoints"]["3"]["test_accuracy"]
+
+
+def test_interrupted_run_resumes_bit_identically(quick_run, fashion_dir, tmp_path):
+    out, r = quick_run
+    cut = tmp_path / "cut"
+    shutil.copytree(out, cut)
+    # As if the process died after epoch 2's checkpoint: later checkpoints and results gone.
+    for act in ACTS:
+        shutil.rmtree(cut / act / "3")
+        shutil.rmtree(cut / act / "latest", ignore_errors=True)
+    (cut / "results.json").unlink()
+    argv = quick(cut, fashion_dir, "--activations", ",".join(ACTS), "--no-sklearn")
+    assert mlp_sweep.main(argv) == 2  # refuses to reuse the folder without --resume
+    assert mlp_sweep.main([*argv, "--resume"]) == 0
+    again = json.loads((cut / "results.json").read_text())
+    assert {a: m["resumed_from"] for a, m in again["models"].items()} == {"relu": 2, "tanh": 2}
+    assert numbers(again)["models"] == numbers(r)["models"]
+    for act in ACTS:
+        a = jax.tree.leaves(restored_params(out, act, 3))
+        b = jax.tree.leaves(restored_params(cut, act, 3))
+        assert all(np.array_equal(x, y, equal_nan=True) for x, y in zip(a, b))
+
+
+def test_same_command_same_numbers(quick_run, fashion_dir, tmp_path):
+    out, r = quick_run
+    assert (
+        mlp_sweep.main(quick(tmp_path / "again", fashion_dir, "--activations", ",".join(ACTS))) == 0
+    )
+    again = json.loads((tmp_path / "again" / "results.json").read_text())
+    assert numbers(again) == numbers(r)
+
+
+def test_divergence_is_recorded_and_others_go_on(fashion_dir, tmp_path, capsys):
+    out = tmp_path / "nan"
+    rc = mlp_sweep.main(
+        quick(out, fashion_dir, "--activations", "linear,sigmoid", "--lr", "1000", "--init",
+              "glorot", "--no-sklearn")
+    )  # fmt: skip
+    assert rc == mlp_sweep.EXIT_DIVERGED
+    r = json.loads((out / "results.json").read_text())
+    lin = r["models"]["linear"]
+    assert r["status"] == "diverged" and lin["status"] == "diverged"
+    assert lin["diverged_at"] == 1 and lin["checkpoints"] == {}
+    assert "lower --lr" in lin["message"] and "epoch 1" in lin["message"]
+    sig = r["models"]["sigmoid"]  # bounded activations keep finite losses: it trains on
+    assert sig["status"] == "ok" and set(sig["checkpoints"]) == {"2", "3"}
+    assert "diverged at epoch 1" in (out / "results.md").read_text()
+    assert "linear: the loss became NaN/inf at epoch 1" in capsys.readouterr().err
+
+
+def test_seeds_are_vmapped_with_mean_and_std(fashion_dir, tmp_path):
+    out = tmp_path / "seeds"
+    argv = quick(out, fashion_dir, "--activations", "relu", "--seeds", "2", "--epochs", "2",
+                 "--save-at", "2", "--no-sklearn", "--init", "he")  # fmt: skip
+    assert mlp_sweep.main(argv) == 0
+    c = json.loads((out / "results.json").read_text())["models"]["relu"]["checkpoints"]["2"]
+    per_seed = c["per_seed"]["test_accuracy"]
+    assert len(per_seed) == 2 and per_seed[0] != per_seed[1]
+    assert c["test_accuracy"] == pytest.approx(np.mean(per_seed))
+    assert c["std"]["test_accuracy"] == pytest.approx(np.std(per_seed))
+    assert "±" in (out / "results.md").read_text()
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_is_bit_identical(fashion_dir, tmp_path):
+    """Kill the CLI with SIGKILL once its first checkpoint exists; --resume must finish with the
+    params of an uninterrupted run."""
+    args = ["--quick", "--activations", "relu", "--epochs", "60", "--save-at", "1,60",
+            "--checkpoint-every", "3", "--no-sklearn", "--devices", "1",
+            "--data-dir", str(fashion_dir)]  # fmt: skip
+    killed = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "experiments.mlp_sweep", *args, "--out", str(killed)],
+        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    deadline = time.monotonic() + 240
+    while not (killed / "relu" / "1").is_dir():
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.01)
+    time.sleep(0.3)  # somewhere in the middle of training (or of a save)
+    still_running = proc.poll() is None
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert still_running, "the run finished before it could be killed; raise --epochs"
+    assert not (killed / "results.json").exists()
+    with CheckpointStore(killed / "relu", create=False) as store:
+        assert 1 in store.saved_epochs() and store.latest_epoch() < 60
+    assert mlp_sweep.main([*args, "--out", str(killed), "--resume"]) == 0
+    whole = tmp_path / "whole"
+    assert mlp_sweep.main([*args, "--out", str(whole)]) == 0
+    a = jax.tree.leaves(restored_params(killed, "relu", 60, epochs=60))
+    b = jax.tree.leaves(restored_params(whole, "relu", 60, epochs=60))
+    assert all(np.array_equal(x, y, equal_nan=True) for x, y in zip(a, b))
+    ra = json.loads((killed / "results.json").read_text())
+    rb = json.loads((whole / "results.json").read_text())
+    assert numbers(ra) == numbers(rb)
+    assert ra["models"]["relu"]["resumed_from"] >= 1
