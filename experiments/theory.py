@@ -318,7 +318,7 @@ def _xla_sentence(n1: dict[str, Any], n2: dict[str, Any], backend: str) -> str:
         "On this backend that is *not* 2 * padding-free MACs + bias adds "
         f"({2 * n1['valid_macs'] + n1['bias_adds']:,} and "
         f"{2 * n2['valid_macs'] + n2['bias_adds']:,}), the relation XLA's CPU cost model "
-        "satisfies exactly; treat the count as the compiler's estimate."
+        "satisfies; treat the count as the compiler's estimate."
     )
 
 

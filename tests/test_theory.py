@@ -309,6 +309,6 @@ def test_cli_rejects_bad_arguments(tmp_path) -> None:
 def test_markdown_claims_the_exact_xla_relation_only_when_it_holds() -> None:
     net = {"xla_flops": 10.0, "xla_flops_over_2macs": 0.5, "valid_macs": 4, "bias_adds": 2}
     held = theory._xla_sentence(*(dict(net, xla_flops_is_2valid_macs_plus_bias=True),) * 2, "cpu")
-    assert "exactly" in held
+    assert "FLOPs = 2 * MACs_without_padding + bias adds, exactly" in held
     off = theory._xla_sentence(*(dict(net, xla_flops_is_2valid_macs_plus_bias=False),) * 2, "gpu")
-    assert "*not*" in off and "exactly" not in off
+    assert "*not*" in off and "FLOPs = 2" not in off
