@@ -106,9 +106,37 @@ def _single_axis(mesh: Mesh, axis: str | None) -> str:
     return axis
 
 
+def _host_local_to_numpy(leaf: Any) -> Any:
+    if isinstance(leaf, jax.Array) and leaf.is_fully_addressable:
+        return np.asarray(leaf)
+    return leaf
+
+
+def put(tree: Any, sharding: jax.sharding.Sharding) -> Any:
+    """``jax.device_put(tree, sharding)`` that also works multi-host.
+
+    With several processes, a global sharding accepts only numpy (or uncommitted) values that are
+    equal on every process (``device_put`` checks), so host-local jax arrays (e.g. fresh params
+    on a local device) go through numpy first; typed PRNG keys travel as their key data.
+    Leaves that already carry ``sharding`` are returned as they are.
+    """
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+
+    def one(leaf: Any) -> Any:
+        if getattr(leaf, "sharding", None) == sharding:
+            return leaf
+        if isinstance(leaf, jax.Array) and jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            data = jax.device_put(_host_local_to_numpy(jax.random.key_data(leaf)), sharding)
+            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(leaf))
+        return jax.device_put(_host_local_to_numpy(leaf), sharding)
+
+    return jax.tree.map(one, tree)
+
+
 def replicate(tree: Any, mesh: Mesh) -> Any:
     """Every leaf copied whole onto every device of ``mesh`` (sharding ``P()``)."""
-    return jax.device_put(tree, NamedSharding(mesh, P()))
+    return put(tree, NamedSharding(mesh, P()))
 
 
 def shard_batch(x: Any, mesh: Mesh, axis: str | None = None) -> Any:
@@ -124,7 +152,7 @@ def shard_batch(x: Any, mesh: Mesh, axis: str | None = None) -> Any:
                 f"leading dimension of shape {np.shape(leaf)} does not divide by the {size} "
                 f"devices of mesh axis {axis!r}"
             )
-    return jax.device_put(x, NamedSharding(mesh, P(axis)))
+    return put(x, NamedSharding(mesh, P(axis)))
 
 
 def shard_models(stacked: Any, mesh: Mesh, axis: str | None = None) -> Any:
@@ -235,7 +263,7 @@ class PlacedEpochFn:
     def place(self, state: TrainState, x: Any, y: Any) -> tuple[TrainState, Array, Array]:
         self._check(state, x, y)
         s_state, s_x, s_y = self.shardings
-        return jax.device_put(state, s_state), jax.device_put(x, s_x), jax.device_put(y, s_y)
+        return put(state, s_state), put(x, s_x), put(y, s_y)
 
     def __call__(self, state: TrainState, x: Any, y: Any) -> tuple[TrainState, EpochMetrics]:
         return self.jitted(*self.place(state, x, y))
@@ -416,6 +444,7 @@ __all__ = [
     "make_per_device_models_fn",
     "make_sharded_epoch_fn",
     "model_mesh",
+    "put",
     "replicate",
     "shard_batch",
     "shard_models",

@@ -196,7 +196,31 @@ def check_errors() -> dict:
     return out
 
 
+def small_epoch() -> dict:
+    """One data-parallel epoch of a small MLP over all (global) devices; run multi-process too."""
+    x, y = dataset()
+    optimizer = optax.sgd(0.1)
+    mesh = par.data_mesh()
+    epoch = par.make_sharded_epoch_fn(ACTIVATION, optimizer, 32, mesh)
+    state = par.replicate(par.single_state(jax.random.key(3), (784, 64, 10), optimizer, "he"), mesh)
+    state, metrics = epoch(state, *par.replicate(dataset(), mesh))
+    w = np.asarray(state.params[0]["w"].addressable_data(0), np.float64)
+    return {
+        "process_index": jax.process_index(),
+        "process_count": jax.process_count(),
+        "local_devices": jax.local_device_count(),
+        "global_devices": jax.device_count(),
+        "loss": float(np.asarray(metrics.loss.addressable_data(0))),
+        "w_sum": float(w.sum()),
+        "w_abs_sum": float(np.abs(w).sum()),
+    }
+
+
 def main() -> None:
+    if "--multihost" in sys.argv:  # JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID
+        par.initialize_distributed()
+        print(json.dumps(small_epoch()))
+        return
     start = time.perf_counter()
     x, y = dataset()
     report = {
@@ -204,6 +228,7 @@ def main() -> None:
         "data_parallel": check_data_parallel(x, y),
         "per_device_models": check_per_device_models(x, y),
         "errors": check_errors(),
+        "multihost_reference": small_epoch(),
     }
     report["seconds"] = time.perf_counter() - start
     print(json.dumps(report))

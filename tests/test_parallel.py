@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -48,22 +49,73 @@ ADAM_LOSS = 1e-4
 MODELS_ABS = 1e-6
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
+    env.update(JAX_PLATFORMS="cpu", **extra)
+    return env
+
+
 @pytest.fixture(scope="module")
-def report() -> dict:
-    """Run the 4-device checks once in a fresh interpreter; its last stdout line is JSON."""
-    env = dict(os.environ)
-    flags = env.get("XLA_FLAGS", "")
-    env["XLA_FLAGS"] = (flags + " --xla_force_host_platform_device_count=4").strip()
-    env["JAX_PLATFORMS"] = "cpu"
-    proc = subprocess.run(
-        [sys.executable, str(CHECKS)], env=env, capture_output=True, text=True, timeout=600
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+def subprocesses() -> dict[str, subprocess.Popen]:
+    """Start every multi-device subprocess at once (they overlap); results are read on demand.
+
+    "checks": 1 process x 4 forced CPU devices; "host0"/"host1": the documented multi-host
+    launch on one machine, 2 processes x 2 CPU devices over jax.distributed on localhost.
+    """
+    port = _free_port()
+    four = "--xla_force_host_platform_device_count=4"
+    envs = {"checks": _env(XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " " + four).strip())}
+    for pid in range(2):
+        envs[f"host{pid}"] = _env(
+            XLA_FLAGS="--xla_force_host_platform_device_count=2",
+            JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+            JAX_NUM_PROCESSES="2",
+            JAX_PROCESS_ID=str(pid),
+        )
+    procs = {
+        name: subprocess.Popen(
+            [sys.executable, str(CHECKS)] + ([] if name == "checks" else ["--multihost"]),
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name, env in envs.items()
+    }
+    yield procs
+    for p in procs.values():
+        if p.poll() is None:
+            p.kill()
+
+
+def _result(proc: subprocess.Popen) -> dict:
+    try:
+        out, err = proc.communicate(timeout=600)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    assert proc.returncode == 0, err[-4000:]
+    return json.loads(out.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def report(subprocesses) -> dict:
+    """The 4-device checks (tests/_parallel_checks.py): its last stdout line is JSON."""
+    return _result(subprocesses["checks"])
+
+
+@pytest.fixture(scope="module")
+def two_processes(subprocesses) -> list[dict]:
+    return [_result(subprocesses[f"host{pid}"]) for pid in range(2)]
 
 
 multi = pytest.mark.xdist_group("parallel-4-devices")
-
 
 # ------------------------------------------------------------------ in-process, any device count
 
@@ -203,3 +255,17 @@ def test_per_device_models(report, num_models):
 )
 def test_multi_device_errors(report, name, needle):
     assert report["errors"][name] is not None and needle in report["errors"][name]
+
+
+@multi
+def test_two_processes_train_like_one_process_with_four_devices(two_processes, report):
+    """jax.distributed over localhost (2 processes x 2 devices) = 1 process x 4 devices."""
+    ref = report["multihost_reference"]
+    assert sorted(r["process_index"] for r in two_processes) == [0, 1]
+    for r in two_processes:
+        assert (r["process_count"], r["local_devices"], r["global_devices"]) == (2, 2, 4)
+        assert r["loss"] == two_processes[0]["loss"]  # one global program: same on every host
+        assert r["w_abs_sum"] == two_processes[0]["w_abs_sum"]
+        # Cross-process all-reduce (gloo) may sum in another order than in-process.
+        assert abs(r["loss"] - ref["loss"]) <= 1e-5
+        assert abs(r["w_abs_sum"] - ref["w_abs_sum"]) <= 1e-5 * ref["w_abs_sum"]
