@@ -352,10 +352,22 @@ def load_data(cfg: Config) -> tuple[np.ndarray, ...]:
     return data
 
 
-def check_run_dir(cfg: Config) -> Path:
-    """Create or reuse the run folder; on --resume the stored config must match this one."""
+def check_run_dir(cfg: Config, *, create: bool = True) -> Path:
+    """Create or reuse the run folder; on --resume the stored config must match this one.
+
+    ``create=False`` only checks (refusals come before the data are loaded, nothing is written).
+    """
     out = Path(cfg.out).expanduser().resolve()
     run_json = out / "run.json"
+    if not create:
+        if out.exists() and not out.is_dir():
+            raise report.RunDirError(f"output path {out} exists and is not a folder")
+        if out.is_dir() and any(out.iterdir()) and not (cfg.resume or cfg.overwrite):
+            held = [m for m in ("results.json", "run.json") if (out / m).exists()] or ["files"]
+            raise report.RunDirError(
+                f"output folder {out} already holds another run ({', '.join(held)}); "
+                "pass --resume to continue it, --overwrite to replace it, or another --out"
+            )
     if cfg.resume and out.is_dir() and any(out.iterdir()):
         if not run_json.is_file():
             raise report.RunDirError(
@@ -377,6 +389,8 @@ def check_run_dir(cfg: Config) -> Path:
             raise report.RunDirError(
                 f"--resume with a different config than the checkpointed run in {out} ({what})"
             )
+    if not create:
+        return out
     path = report.prepare_run_dir(
         out, resume=cfg.resume, overwrite=cfg.overwrite, markers=("results.json", "run.json")
     )
@@ -695,8 +709,9 @@ def write_outputs(cfg: Config, run_dir: Path, results: dict[str, Any]) -> None:
 
 def run(cfg: Config) -> int:
     t_start = time.perf_counter()
+    check_run_dir(cfg, create=False)  # refuse early, before the data are read
+    data = load_data(cfg)  # before the run folder exists: bad data must not leave a stub run
     run_dir = check_run_dir(cfg)
-    data = load_data(cfg)
     devices = choose_devices(cfg)
     pool = futures = None
     if cfg.sklearn:

@@ -1,0 +1,183 @@
+"""Bad input ends in one line on stderr and a non-zero exit, never a traceback.
+
+Each case is one row of CASES: an id, a function building argv (and any files it needs) in a
+temporary folder, and a piece of the message. Add rows for new experiments: ``main`` is the
+experiment's ``report.cli_main``-wrapped entry point.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import pytest
+
+from experiments import mlp_sweep
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class Case(NamedTuple):
+    id: str
+    argv: Callable[[Path, Path], list[str]]  # (tmp_path, fashion_dir) -> argv
+    message: str  # a piece of the one-line error
+    main: Callable = mlp_sweep.main
+    module: str = "experiments.mlp_sweep"
+
+
+def sweep(*args: str) -> Callable[[Path, Path], list[str]]:
+    """argv for a quick sweep into tmp_path/out with the real data, plus ``args``."""
+    return lambda tmp, data: [
+        "--quick", "--no-sklearn", "--devices", "1", "--out", str(tmp / "out"),
+        "--data-dir", str(data), *args,
+    ]  # fmt: skip
+
+
+def data_copy(tmp: Path, data: Path, broken: str | None = None, how: str = "truncate") -> Path:
+    """A data folder linking the real files, with ``broken`` truncated or overwritten."""
+    folder = tmp / "data"
+    folder.mkdir()
+    for f in data.glob("*.gz"):
+        if f.name != broken:
+            os.symlink(f, folder / f.name)
+    if broken:
+        raw = (data / broken).read_bytes()
+        bad = raw[: len(raw) // 2] if how == "truncate" else bytes(len(raw))
+        (folder / broken).write_bytes(bad)
+    return folder
+
+
+def with_data(folder_fn: Callable[[Path, Path], Path], *args: str):
+    def build(tmp: Path, data: Path) -> list[str]:
+        return [*sweep(*args)(tmp, data)[:-2], "--data-dir", str(folder_fn(tmp, data))]
+
+    return build
+
+
+def another_run(tmp: Path, data: Path) -> list[str]:
+    (tmp / "out" / "relu" / "2").mkdir(parents=True)
+    (tmp / "out" / "results.json").write_text("{}")
+    return sweep()(tmp, data)
+
+
+def resume_changed(setting: str, value: str) -> Callable[[Path, Path], list[str]]:
+    def build(tmp: Path, data: Path) -> list[str]:
+        cfg = mlp_sweep.parse_config(sweep()(tmp, data))
+        (tmp / "out").mkdir()
+        (tmp / "out" / "run.json").write_text(json.dumps({"identity": cfg.identity()}))
+        return [*sweep()(tmp, data), setting, value, "--resume"]
+
+    return build
+
+
+def resume_foreign(tmp: Path, data: Path) -> list[str]:
+    (tmp / "out").mkdir()
+    (tmp / "out" / "notes.txt").write_text("not a run")
+    return [*sweep()(tmp, data), "--resume"]
+
+
+CASES = [
+    Case("missing-data-dir", lambda t, d: [*sweep()(t, d)[:-2], "--data-dir", str(t / "nope")],
+         "is not a folder"),
+    Case("empty-data-dir", with_data(lambda t, d: (t / "empty").mkdir() or t / "empty"),
+         "is missing from"),
+    Case("truncated-gz", with_data(lambda t, d: data_copy(t, d, "train-labels-idx1-ubyte.gz")),
+         "truncated"),
+    Case("corrupt-gz", with_data(
+        lambda t, d: data_copy(t, d, "t10k-labels-idx1-ubyte.gz", how="zeros")), "SHA-256"),
+    Case("unknown-activation", sweep("--activations", "relu,swish"), "unknown activation"),
+    Case("duplicate-activation", sweep("--activations", "relu,relu"), "twice"),
+    Case("unknown-init", sweep("--init", "xavier"), "unknown init"),
+    Case("zero-epochs", sweep("--epochs", "0"), "--epochs must be positive"),
+    Case("negative-epochs", sweep("--epochs", "-3"), "--epochs must be positive"),
+    Case("zero-lr", sweep("--lr", "0"), "--lr must be a positive"),
+    Case("negative-lr", sweep("--lr", "-0.1"), "--lr must be a positive"),
+    Case("nan-lr", sweep("--lr", "nan"), "--lr must be a positive"),
+    Case("zero-batch", sweep("--batch-size", "0"), "--batch-size must be positive"),
+    Case("batch-over-data", sweep("--batch-size", "5000"), "exceeds the training examples"),
+    Case("zero-seeds", sweep("--seeds", "0"), "--seeds must be positive"),
+    Case("negative-seed", sweep("--seed", "-1"), "--seed must be non-negative"),
+    Case("save-at-beyond", sweep("--epochs", "3", "--save-at", "2,5"), "beyond --epochs 3"),
+    Case("save-at-zero", sweep("--save-at", "0,2"), "must be positive"),
+    Case("save-at-garbage", sweep("--save-at", "two"), "comma-separated integers"),
+    Case("init-scale-for-he", sweep("--init", "he", "--init-scale", "0.1"), "not to --init he"),
+    Case("init-scale-negative", sweep("--init-scale", "-1"), "--init-scale must be a positive"),
+    Case("zero-devices", sweep("--devices", "0"), "--devices must be positive"),
+    Case("negative-checkpoint-every", sweep("--checkpoint-every", "-1"), "must be >= 0"),
+    Case("resume-and-overwrite", sweep("--resume", "--overwrite"), "contradict"),
+    Case("out-holds-another-run", another_run, "already holds another run"),
+    Case("resume-other-lr", resume_changed("--lr", "0.05"), "--lr: run has 0.1, now 0.05"),
+    Case("resume-other-init", resume_changed("--init", "he"), "--init: run has 'normal'"),
+    Case("resume-not-a-run", resume_foreign, "holds no run.json"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input_is_one_line(case: Case, tmp_path, fashion_dir, capsys):
+    argv = case.argv(tmp_path, fashion_dir)
+    existed = (tmp_path / "out").exists()
+    rc = case.main(argv)
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert existed or not (tmp_path / "out").exists(), "a refused run left a folder behind"
+    assert err.startswith("error: ") and "\n" not in err, err
+    assert case.message in err, err
+    assert "Traceback" not in err
+
+
+def test_non_finite_data_is_refused(tmp_path, fashion_dir, capsys, monkeypatch):
+    import jnn.data
+
+    real = jnn.data.load_splits
+
+    def poisoned(*args, **kwargs):
+        s = real(*args, **kwargs)
+        x = s.x_train.copy()
+        x[3, 5] = np.nan
+        return s._replace(x_train=x)
+
+    monkeypatch.setattr(jnn.data, "load_splits", poisoned)
+    assert mlp_sweep.main(sweep()(tmp_path, fashion_dir)) == 2
+    err = capsys.readouterr().err.strip()
+    assert "NaN or inf" in err and "\n" not in err
+
+
+def test_unknown_flag_exits_by_argparse(capsys):
+    with pytest.raises(SystemExit) as exc:
+        mlp_sweep.main(["--epochz", "3"])
+    assert exc.value.code == 2
+
+
+SUBPROCESS = ["missing-data-dir", "unknown-activation", "truncated-gz", "out-holds-another-run"]
+
+
+@pytest.mark.parametrize("case_id", SUBPROCESS)
+def test_cli_process_exit_code_and_one_line(case_id, tmp_path, fashion_dir):
+    case = next(c for c in CASES if c.id == case_id)
+    proc = subprocess.run(
+        [sys.executable, "-m", case.module, *case.argv(tmp_path, fashion_dir)],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    err = proc.stderr.strip()
+    assert proc.returncode == 2, err
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert case.message in err
+
+
+def test_refused_folder_is_left_untouched(tmp_path, fashion_dir):
+    argv = another_run(tmp_path, fashion_dir)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    assert mlp_sweep.main(argv) == 2
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    shutil.rmtree(tmp_path / "out")
