@@ -555,7 +555,10 @@ def section_vgg(args: argparse.Namespace) -> dict[str, Any]:
     if missing:
         return {"status": "skipped", "reason": f"experiments.vgg_transfer lacks {missing}"}
     size, fmt = 32, "keras"
-    n_images, batch = (96, 32) if args.quick else (512, 64)
+    batch = 32 if args.quick else 64
+    n_images = args.vgg_images or (96 if args.quick else 512)
+    if n_images <= batch:
+        raise ValueError(f"--vgg-images must exceed the batch size {batch} (one untimed batch)")
     params = vgg.init_params(jax.random.key(args.seed), image_size=size)
     images = np.random.default_rng(args.seed).integers(0, 256, (n_images, 28, 28), np.uint8)
     extract = vgg_transfer.make_extractor(params, fmt, size)
@@ -969,6 +972,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--sections",
         default=",".join(SECTIONS),
         help=f"sections to run, comma separated (default: all of {','.join(SECTIONS)})",
+    )
+    p.add_argument(
+        "--vgg-images",
+        type=int,
+        default=None,
+        help="images per VGG16 feature-extraction repetition (default 512; --quick 96)",
     )
     p.add_argument(
         "--devices",

@@ -21,6 +21,7 @@ TINY = [
     "--eval-examples", "200",
     "--reps", "2",
     "--models", "1,2",
+    "--vgg-images", "64",
 ]  # fmt: skip
 
 
@@ -54,7 +55,7 @@ def test_numpy_reference_matches_jnn_manual_backprop():
 
 
 def test_numpy_epoch_learns_and_stays_float32():
-    x, y = _batch(640, seed=1)
+    x, y = _batch(320, seed=1)
     y = (x[:, :392].sum(1) > x[:, 392:].sum(1)).astype(np.int32)  # a learnable rule
     model = baselines.NumpyMLP(baselines.random_weights(SIZES, 0), lr=0.05)
     first = model.train_epoch(x, y)
@@ -107,7 +108,8 @@ OWN_SECTIONS = ("ceiling", "train_epoch", "evaluation", "models_per_program")
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    assert benchmark.main([*TINY, "--out", str(out)]) == 0
+    sections = ",".join(s for s in benchmark.SECTIONS if s != "devices")  # see test below
+    assert benchmark.main([*TINY, "--sections", sections, "--out", str(out)]) == 0
     return out, json.loads((out / "benchmark.json").read_text())
 
 
@@ -193,3 +195,32 @@ def test_bad_arguments_fail_in_one_line(capsys):
     rc = benchmark.cli_main(benchmark.main)(["--models", "0", "--out", "/tmp/unused-jnn-bench"])
     assert rc == 2
     assert "error: --models" in capsys.readouterr().err
+
+
+def test_vgg_section_ran_or_says_why(quick_run):
+    _, result = quick_run
+    sec = result["sections"]["vgg"]
+    if sec["status"] != "ok":  # experiments.vgg_transfer is another module; skips must say why
+        assert sec["reason"]
+        return
+    assert sec["results"]["jnn"]["images_per_s"] > 0
+    if baselines.torch_status()[0]:
+        assert sec["results"]["torch_eager"]["images_per_s"] > 0
+
+
+def test_devices_section_reports_experiments_scaling(monkeypatch):
+    scaling = pytest.importorskip("experiments.scaling")
+    calls = []
+
+    def fake_measure(devices=(1, 2, 4), quick=False, **kwargs):
+        calls.append((tuple(devices), quick))
+        runs = {str(d): {"devices": d, "platform": "cpu"} for d in devices}
+        return {"config": {}, "note": "", "runs": runs, "summary": []}
+
+    monkeypatch.setattr(scaling, "measure_scaling", fake_measure)
+    monkeypatch.setattr(scaling, "markdown", lambda result: "| fake |\n")
+    args = benchmark.parse_args(["--quick", "--devices", "1,2,4"])
+    sec = benchmark.section_devices(args)
+    assert calls == [((1, 2, 4), True)]
+    assert sec["status"] == "ok" and sec["markdown"] == "| fake |\n"
+    assert sec["measured"]["runs"]["4"]["devices"] == 4
