@@ -55,6 +55,7 @@ CEILING_N = 2048
 OUTPUT_FILES = ("benchmark.json", "benchmark.md", "benchmark.png")
 SECTIONS = ("train_epoch", "evaluation", "ceiling", "vgg", "models_per_program", "devices")
 REFERENCE = "jnn_scan_manual"
+MIN_SAMPLE_S = 0.05  # short calls (matmul, forward pass) are repeated to about this per sample
 QUICK_NOTE = "QUICK run (smoke test, not for quoting)."
 
 FLOP_FORMULA = (
@@ -70,7 +71,7 @@ LABELS = {
     "jnn_scan_autodiff": "jnn, scanned epoch, jax.grad",
     "jnn_step_loop": "jnn, jitted step in a Python loop",
     "jnn_forward": "jnn, jitted forward",
-    "numpy_loop": "numpy loop (float32, per-batch matmuls)",
+    "numpy_loop": "numpy float32 (training: Python loop over batches)",
     "torch_eager": "PyTorch eager",
     "sklearn_mlp": "scikit-learn MLPClassifier (plain SGD)",
     "xla_matmul": "XLA matmul",
@@ -118,24 +119,44 @@ def summarize(samples: Sequence[float]) -> dict[str, Any]:
     }
 
 
+def repeated(fn: Callable[[], Any]) -> Callable[[int], None]:
+    """Turn a blocking one-shot case into ``case(calls)`` that runs it ``calls`` times."""
+
+    def run(calls: int) -> None:
+        for _ in range(calls):
+            fn()
+
+    return run
+
+
 def time_interleaved(
-    cases: dict[str, Callable[[], Any]], reps: int, warmup: int
+    cases: dict[str, Callable[[int], Any]], reps: int, warmup: int, min_sample_s: float = 0.0
 ) -> dict[str, dict[str, Any]]:
     """Run ``warmup`` untimed rounds, then ``reps`` timed rounds of every case in turn.
 
-    Each case must block until its work is done. Returns :func:`summarize` per case.
+    ``case(calls)`` runs its work ``calls`` times and blocks until all of it is done. With
+    ``min_sample_s`` > 0 each case is first calibrated so that one timed sample lasts about that
+    long (short GPU kernels would otherwise time the launch); samples are divided by the calls.
+    Returns :func:`summarize` per case, in seconds per call, plus ``calls_per_sample``.
     """
     for _ in range(warmup):
         for fn in cases.values():
-            fn()
+            fn(1)
+    calls = dict.fromkeys(cases, 1)
+    if min_sample_s > 0:
+        for name, fn in cases.items():
+            start = time.perf_counter()
+            fn(1)
+            once = max(time.perf_counter() - start, 1e-7)
+            calls[name] = int(min(1000, max(1, math.ceil(min_sample_s / once))))
     samples: dict[str, list[float]] = {name: [] for name in cases}
     for _ in range(reps):
         gc.collect()
         for name, fn in cases.items():
             start = time.perf_counter()
-            fn()
-            samples[name].append(time.perf_counter() - start)
-    return {name: summarize(s) for name, s in samples.items()}
+            fn(calls[name])
+            samples[name].append((time.perf_counter() - start) / calls[name])
+    return {name: summarize(s) | {"calls_per_sample": calls[name]} for name, s in samples.items()}
 
 
 def compile_timed(jitted: Any, *args: Any) -> tuple[Any, float]:
@@ -214,6 +235,7 @@ def environment(torch_device: str | None) -> dict[str, Any]:
             "num_threads": torch.get_num_threads(),
             "num_interop_threads": torch.get_num_interop_threads(),
             "cuda_available": torch.cuda.is_available(),
+            "float32_matmul_precision": torch.get_float32_matmul_precision(),
         }
         if torch_device == "cuda":
             env["torch"]["cuda_device"] = torch.cuda.get_device_name()
@@ -313,9 +335,14 @@ def section_ceiling(args: argparse.Namespace, torch_device: str | None) -> dict[
     b_np = rng.standard_normal((n, n), dtype=np.float32)
     a, b = jax.device_put(a_np), jax.device_put(b_np)
     matmul, compile_s = compile_timed(jax.jit(jnp.matmul), a, b)
-    cases: dict[str, Callable[[], Any]] = {
-        "xla_matmul": lambda: matmul(a, b).block_until_ready(),
-        "numpy_matmul": lambda: a_np @ b_np,
+
+    def xla_mm(calls: int) -> None:
+        out = [matmul(a, b) for _ in range(calls)]  # dispatch is asynchronous
+        jax.block_until_ready(out)
+
+    cases: dict[str, Callable[[int], Any]] = {
+        "xla_matmul": xla_mm,
+        "numpy_matmul": repeated(lambda: a_np @ b_np),
     }
     skipped: dict[str, str] = {}
     if torch_device is not None:
@@ -324,16 +351,16 @@ def section_ceiling(args: argparse.Namespace, torch_device: str | None) -> dict[
         ta = torch.from_numpy(a_np).to(torch_device)
         tb = torch.from_numpy(b_np).to(torch_device)
 
-        def torch_mm():
-            out = ta @ tb
+        def torch_mm(calls: int) -> None:
+            for _ in range(calls):
+                ta @ tb
             if torch_device == "cuda":
                 torch.cuda.synchronize()
-            return out
 
         cases["torch_matmul"] = torch_mm
     else:
         skipped["torch_matmul"] = args.torch_reason
-    times = time_interleaved(cases, args.reps, args.warmup)
+    times = time_interleaved(cases, args.reps, args.warmup, MIN_SAMPLE_S)
     flops = 2 * n**3
     results = {name: _rate_fields(s, 1, flops, None, "matmuls_per_s") for name, s in times.items()}
     results["xla_matmul"]["compile_s"] = compile_s
@@ -344,10 +371,19 @@ def section_ceiling(args: argparse.Namespace, torch_device: str | None) -> dict[
         "results": results,
         "skipped": skipped,
         "xla_ceiling_gflops": results["xla_matmul"]["gflops"],
-        "note": (
-            f"numpy uses {args.blas_note}; XLA uses its own CPU matmul (Eigen/oneDNN) or cuBLAS"
-        ),
+        "note": ceiling_note(args.blas_note),
     }
+
+
+def ceiling_note(blas_note: str) -> str:
+    """Which library each ceiling figure comes from, and the float32 precision caveat."""
+    note = f"numpy: {blas_note}. XLA: its own CPU dot emitters (Eigen/YNNPACK) or cuBLAS."
+    if jax.default_backend() == "gpu":
+        note += (
+            " On GPU, JAX's default float32 matmul precision may use TF32 tensor cores (jnn's "
+            "MLP runs under the same default); torch uses its float32_matmul_precision setting."
+        )
+    return note
 
 
 def section_train_epoch(
@@ -361,7 +397,7 @@ def section_train_epoch(
     x, y = jax.device_put(x_np), jax.device_put(y_np)
     params0 = fresh_params(args.seed)
     weights0 = baselines.weights_from_jnn(params0)
-    cases: dict[str, Callable[[], Any]] = {}
+    cases: dict[str, Callable[[int], Any]] = {}
     compile_s: dict[str, float] = {}
     skipped: dict[str, str] = {}
 
@@ -375,7 +411,7 @@ def section_train_epoch(
             box.value, metrics = compiled(box.value, x, y)
             jax.block_until_ready((box.value, metrics))
 
-        cases[name] = run_scan
+        cases[name] = repeated(run_scan)
 
     # jitted step per batch, driven by a Python loop
     step_fn = make_step_fn(optimizer)
@@ -398,22 +434,22 @@ def section_train_epoch(
         jax.block_until_ready((params, loss))
         loop_box.value = (params, opt_state, key)
 
-    cases["jnn_step_loop"] = run_loop
+    cases["jnn_step_loop"] = repeated(run_loop)
 
     numpy_model = baselines.NumpyMLP(weights0, LEARNING_RATE, BATCH_SIZE, args.seed)
-    cases["numpy_loop"] = lambda: numpy_model.train_epoch(x_np, y_np)
+    cases["numpy_loop"] = repeated(lambda: numpy_model.train_epoch(x_np, y_np))
 
     if args.torch_device is not None:
         torch_model = baselines.TorchMLP(
             weights0, LEARNING_RATE, BATCH_SIZE, args.torch_device, args.seed
         )
         xt, yt = torch_model.to_device(x_np, y_np)
-        cases["torch_eager"] = lambda: torch_model.train_epoch(xt, yt)
+        cases["torch_eager"] = repeated(lambda: torch_model.train_epoch(xt, yt))
     else:
         skipped["torch_eager"] = args.torch_reason
 
     sk = baselines.SklearnMLP(SIZES[1:-1], LEARNING_RATE, BATCH_SIZE, args.seed, SIZES[-1])
-    cases["sklearn_mlp"] = lambda: sk.train_epoch(x_np, y_np)
+    cases["sklearn_mlp"] = repeated(lambda: sk.train_epoch(x_np, y_np))
 
     times = time_interleaved(cases, args.reps, args.warmup)
     per_example = train_flops_per_example(SIZES)
@@ -451,22 +487,24 @@ def section_evaluation(
     weights = baselines.weights_from_jnn(params)
     forward = jax.jit(partial(mlp_apply, activation=ACTIVATION))
     forward_c, compile_s = compile_timed(forward, params, x)
-    cases: dict[str, Callable[[], Any]] = {
-        "jnn_forward": lambda: forward_c(params, x).block_until_ready(),
-    }
+
+    def jnn_forward(calls: int) -> None:
+        jax.block_until_ready([forward_c(params, x) for _ in range(calls)])
+
+    cases: dict[str, Callable[[int], Any]] = {"jnn_forward": jnn_forward}
     skipped: dict[str, str] = {}
     numpy_model = baselines.NumpyMLP(weights)
-    cases["numpy_loop"] = lambda: numpy_model.predict(x_np)
+    cases["numpy_loop"] = repeated(lambda: numpy_model.predict(x_np))
     if args.torch_device is not None:
         torch_model = baselines.TorchMLP(weights, device=args.torch_device)
         xt, _ = torch_model.to_device(x_np)
-        cases["torch_eager"] = lambda: torch_model.predict(xt)
+        cases["torch_eager"] = repeated(lambda: torch_model.predict(xt))
     else:
         skipped["torch_eager"] = args.torch_reason
     sk = baselines.SklearnMLP(SIZES[1:-1], LEARNING_RATE, BATCH_SIZE, args.seed, SIZES[-1])
     sk.train_epoch(data["x_train"][: BATCH_SIZE * 4], data["y_train"][: BATCH_SIZE * 4])
-    cases["sklearn_mlp"] = lambda: sk.predict(x_np)
-    times = time_interleaved(cases, args.reps, args.warmup)
+    cases["sklearn_mlp"] = repeated(lambda: sk.predict(x_np))
+    times = time_interleaved(cases, args.reps, args.warmup, MIN_SAMPLE_S)
     flops = forward_flops_per_example(SIZES) * n
     results = {
         name: _rate_fields(s, n, flops, ceiling, "examples_per_s") for name, s in times.items()
@@ -486,7 +524,7 @@ def section_models_per_program(
     x, y = jax.device_put(data["x_train"]), jax.device_put(data["y_train"])
     n = data["x_train"].shape[0]
     n_used = n // BATCH_SIZE * BATCH_SIZE
-    cases: dict[str, Callable[[], Any]] = {}
+    cases: dict[str, Callable[[int], Any]] = {}
     compile_s: dict[str, float] = {}
     models: dict[str, int] = {}
 
@@ -499,7 +537,7 @@ def section_models_per_program(
         plain_box.value, metrics = compiled(plain_box.value, x, y)
         jax.block_until_ready((plain_box.value, metrics))
 
-    cases["1_plain"] = run_plain
+    cases["1_plain"] = repeated(run_plain)
     models["1_plain"] = 1
     vmapped = make_vmapped_epoch_fn(optimizer)
     for k in args.models:
@@ -512,7 +550,7 @@ def section_models_per_program(
             box.value, metrics = compiled_k(box.value, x, y)
             jax.block_until_ready((box.value, metrics))
 
-        cases[name] = run_k
+        cases[name] = repeated(run_k)
         models[name] = k
     times = time_interleaved(cases, args.reps, args.warmup)
     per_epoch = train_flops_per_example(SIZES) * n_used
