@@ -24,6 +24,7 @@ import math
 import os
 import queue
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -120,14 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
             "the original study: relu, sigmoid, linear, tanh; 100 epochs; lr 0.1; batch 32; "
             "checkpoints at 50 and 100; 80/10/10 split."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         epilog="Exit codes: 0 done, 2 bad input, 3 done but a model diverged (see results.json).",
     )
     a = p.add_argument
     a(
         "--activations",
         default=",".join(STUDY_ACTIVATIONS),
-        help="comma-separated hidden activations (relu, sigmoid, linear, tanh)",
+        help="comma-separated hidden activations [relu,sigmoid,linear,tanh]",
     )
     a("--epochs", type=int, default=None, help="epochs per model [100; 3 with --quick]")
     a(
@@ -135,27 +135,31 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="comma-separated epochs to checkpoint and evaluate [half and end: 50,100; 2,3 quick]",
     )
-    a("--init", default="normal", help="weight init: zero, random, normal, he, glorot")
+    a(
+        "--init",
+        default="normal",
+        help="weight init: zero, random, normal, he, glorot [normal, as in the study]",
+    )
     a(
         "--init-scale",
         type=float,
         default=None,
         help="scale of the init: normal's stddev [0.01] or random's uniform limit [0.05]",
     )
-    a("--lr", type=float, default=0.1, help="SGD learning rate")
-    a("--batch-size", type=int, default=32, help="minibatch size")
+    a("--lr", type=float, default=0.1, help="SGD learning rate [0.1]")
+    a("--batch-size", type=int, default=32, help="minibatch size [32]")
     a(
         "--seeds",
         type=int,
         default=1,
-        help="independently seeded models per activation, trained in one program; mean +- std",
+        help="independently seeded models per activation, trained in one program; mean +- std [1]",
     )
-    a("--seed", type=int, default=0, help="base seed: data split and model keys")
+    a("--seed", type=int, default=0, help="base seed of the data split and the model keys [0]")
     a(
         "--split",
         choices=("seed", "official"),
         default="seed",
-        help="seed: 80/10/10 of all 70k images (the study); official: 54k/6k + official 10k test",
+        help="seed: 80/10/10 of all 70k images (the study); official: 54k/6k + the 10k test [seed]",
     )
     a(
         "--data-dir",
@@ -185,20 +189,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--sklearn-workers",
         type=int,
         default=2,
-        help="processes running the sklearn models alongside JAX",
+        help="processes running the sklearn models alongside JAX [2]",
     )
     a(
         "--devices",
         type=int,
         default=None,
         help="host devices to spread the activations over (their programs run concurrently); "
-        "default: min(CPU cores, activations)",
+        "[min(CPU cores, activations)]",
     )
     a(
         "--checkpoint-every",
         type=int,
         default=10,
-        help="also keep a rolling checkpoint every K epochs so a crash loses little (0: off)",
+        help="also keep a rolling checkpoint every K epochs (crash safety), 0 for none [10]",
     )
     return p
 
@@ -432,6 +436,7 @@ def train_group(
     run_dir: Path,
     devices: queue.Queue,
     position: int,
+    stop: threading.Event | None = None,
 ) -> GroupResult:
     """Train (or resume) all seeds of one activation on a free device, then evaluate from disk."""
     import jax
@@ -473,12 +478,17 @@ def train_group(
         )
 
         def on_epoch(epoch: int, st: Any, hist: dict[str, np.ndarray]) -> None:
+            if stop is not None and stop.is_set():
+                raise KeyboardInterrupt  # another group failed or the user pressed Ctrl-C
             bar.update(1)
             bar.set_postfix(val_acc=f"{np.nanmean(hist['val_accuracy'][:, epoch - 1]):.4f}")
             chosen = epoch in cfg.save_at
             rolling = not chosen and (
                 epoch == cfg.epochs or (cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0)
             )
+            if chosen and bar.disable:  # no progress bar (not a terminal): one line per save
+                acc = np.nanmean(hist["val_accuracy"][:, epoch - 1])
+                print(f"{activation}: epoch {epoch}/{cfg.epochs}, val acc {acc:.4f}", flush=True)
             if chosen or rolling:
                 # Host copies: the device state is donated to the next epoch while orbax writes.
                 tree = {
@@ -713,10 +723,10 @@ def run(cfg: Config) -> int:
     data = load_data(cfg)  # before the run folder exists: bad data must not leave a stub run
     run_dir = check_run_dir(cfg)
     devices = choose_devices(cfg)
+    from experiments import sklearn_mlp
+
     pool = futures = None
     if cfg.sklearn:
-        from experiments import sklearn_mlp
-
         pool, futures = sklearn_mlp.start_pool(sklearn_specs(cfg, data), cfg.sklearn_workers)
     try:
         placed = place_data(data, devices)
@@ -724,12 +734,17 @@ def run(cfg: Config) -> int:
         for d in devices:
             free.put(d)
         t_train = time.perf_counter()
+        stop = threading.Event()
         with ThreadPoolExecutor(max_workers=len(devices)) as ex:
             jobs = [
-                ex.submit(train_group, cfg, act, placed, run_dir, free, i)
+                ex.submit(train_group, cfg, act, placed, run_dir, free, i, stop)
                 for i, act in enumerate(cfg.activations)
             ]
-            groups = [j.result() for j in jobs]
+            try:
+                groups = [j.result() for j in jobs]
+            except BaseException:  # Ctrl-C or a failed group: stop the others at their next epoch
+                stop.set()
+                raise
         jax_s = time.perf_counter() - t_train
         t_jax_done = time.perf_counter()
         sk_results = None
@@ -743,7 +758,7 @@ def run(cfg: Config) -> int:
         sklearn_wait = time.perf_counter() - t_jax_done
     finally:
         if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
+            sklearn_mlp.stop_pool(pool)
     model_epochs = sum(g.trained_epochs for g in groups) * cfg.seeds
     results: dict[str, Any] = {
         "study": "mlp_sweep",

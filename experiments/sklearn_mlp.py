@@ -104,3 +104,12 @@ def start_pool(specs: list[dict[str, Any]], workers: int) -> tuple[ProcessPoolEx
     pool = ProcessPoolExecutor(max_workers=max(1, workers), mp_context=get_context("spawn"))
     futures: dict[str, Future] = {s["activation"]: pool.submit(train_sklearn, s) for s in specs}
     return pool, futures
+
+
+def stop_pool(pool: ProcessPoolExecutor) -> None:
+    """Shut the pool down; workers still busy (after an error or Ctrl-C) are terminated."""
+    processes = list(getattr(pool, "_processes", {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for p in processes:
+        if p.is_alive():
+            p.terminate()
