@@ -156,7 +156,8 @@ TOL = 1e-4
 
 
 def test_param_names_and_shapes_match_published_layout():
-    p = vgg.init_params(jax.random.key(0))
+    shapes = jax.eval_shape(vgg.VGG16().init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    p = shapes["params"]
     got = {k: {n: a.shape for n, a in v.items()} for k, v in p.items()}
     assert got == vgg.expected_shapes()
     assert list(p)[:3] == ["block1_conv1", "block1_conv2", "block2_conv1"]
@@ -176,6 +177,17 @@ def test_block_slices_compose(params, images):
     np.testing.assert_allclose(
         vgg.features(params, b4, first_block=5), _features(params, x), rtol=1e-5, atol=1e-3
     )
+
+
+@pytest.mark.parametrize("hw", [(1, 1), (2, 2), (3, 5), (5, 5)])  # centre, im2col x2, lax
+def test_conv3x3_small_map_path_matches_lax_conv(hw):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, *hw, 8)).astype(np.float32)
+    k = rng.standard_normal((3, 3, 8, 16)).astype(np.float32)
+    ref = jax.lax.conv_general_dilated(
+        x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+    np.testing.assert_allclose(jax.jit(vgg.conv3x3_same)(x, k), ref, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -421,3 +433,52 @@ def test_official_name_with_wrong_content_fails_hash(keras_h5, tmp_path):
     bad.write_bytes(keras_h5.read_bytes()[:1000])
     with pytest.raises(WeightFileError, match="fails its hash check"):
         vgg_weights.verify_file(bad, "keras")
+
+
+# ------------------------------------------------------------------------ the experiment
+
+
+def test_transfer_experiment_smoke_random_weights_labelled(fashion_dir, tmp_path, capsys):
+    from experiments import vgg_transfer
+
+    out = tmp_path / "run"
+    argv = ["--weights", "random", "--quick", "--train-size", "200", "--test-size", "100"]
+    argv += ["--epochs", "2", "--batch-size", "50", "--feature-batch", "100"]
+    argv += ["--data-dir", str(fashion_dir)]
+    r = vgg_transfer.main([*argv, "--out", str(out)])
+    label = vgg_transfer.RANDOM_LABEL
+    assert not r["pretrained"] and label in r["weights"]["label"]
+    assert label.upper() in r["title"]
+    assert label.upper() in (out / "results.md").read_text().splitlines()[0]
+    assert label in capsys.readouterr().out
+    assert (out / "confusion_matrix.png").stat().st_size > 10_000
+    saved = __import__("json").loads((out / "results.json").read_text())
+    assert saved["data"] == {**saved["data"], "train": 200, "test": 100}
+    assert sum(saved["per_class_count"]) == 100 and len(saved["per_class_accuracy"]) == 10
+    assert saved["feature_extraction"]["images_per_s"] > 0
+    assert saved["head"]["epoch_seconds_median"] > 0
+    assert 0.0 <= saved["accuracy"] <= 1.0
+    with pytest.raises(ValueError, match="already holds another run"):
+        vgg_transfer.main([*argv, "--out", str(out)])
+
+
+def test_transfer_experiment_offline_is_one_line_exit_2(tmp_path, capsys, monkeypatch):
+    from experiments import vgg_transfer
+
+    monkeypatch.setenv("JNN_OFFLINE", "1")
+    argv = ["--weights", "keras", "--cache-dir", str(tmp_path), "--out", str(tmp_path / "o")]
+    assert vgg_transfer.cli(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--weights /path/to/" in err
+    assert vgg_transfer.cli(["--weights", str(tmp_path / "nope.h5"), "--out", str(tmp_path)]) == 2
+
+
+def test_split_is_stratified_80_20():
+    from experiments.vgg_transfer import split_80_20, take_stratified
+
+    labels = np.repeat(np.arange(10), 700)
+    train, test = split_80_20(labels, seed=0)
+    assert len(train) == 5600 and len(test) == 1400 and not set(train) & set(test)
+    assert np.all(np.bincount(labels[test]) == 140)
+    np.testing.assert_array_equal(split_80_20(labels, seed=0)[1], test)
+    assert np.all(np.bincount(labels[take_stratified(test, labels, 50)]) == 5)
