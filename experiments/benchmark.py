@@ -78,6 +78,16 @@ LABELS = {
     "numpy_matmul": "numpy matmul (OpenBLAS)",
     "torch_matmul": "PyTorch matmul",
 }
+SHORT_LABELS = {
+    "jnn_scan_manual": "jnn scan, manual",
+    "jnn_scan_autodiff": "jnn scan, jax.grad",
+    "jnn_step_loop": "jnn step loop",
+    "jnn_forward": "jnn",
+    "jnn": "jnn",
+    "numpy_loop": "numpy",
+    "torch_eager": "PyTorch eager",
+    "sklearn_mlp": "scikit-learn",
+}
 
 
 # --------------------------------------------------------------------------------------------
@@ -909,27 +919,46 @@ def render_chart(result: dict[str, Any], path: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     secs = result["sections"]
-    fig, axes = plt.subplots(1, 3, figsize=(17, 4.8))
-    for ax, key, field, title in (
-        (axes[0], "train_epoch", "examples_per_s", "Training: examples/s (one epoch)"),
-        (axes[1], "evaluation", "examples_per_s", "Evaluation: examples/s (forward)"),
-    ):
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+    panels = (
+        (axes[0, 0], "train_epoch", "examples_per_s", "Training: examples/s (one epoch)"),
+        (axes[0, 1], "evaluation", "examples_per_s", "Evaluation: examples/s (forward)"),
+        (axes[1, 1], "vgg", "images_per_s", "VGG16 features at 32x32: images/s"),
+    )
+    for ax, key, field, title in panels:
         res = secs.get(key, {}).get("results", {})
+        if not res:
+            ax.text(
+                0.5,
+                0.5,
+                secs.get(key, {}).get("reason", "not run")[:80],
+                ha="center",
+                va="center",
+                wrap=True,
+                transform=ax.transAxes,
+            )
+            ax.set_axis_off()
+            continue
         names = list(res)
-        ax.barh([LABELS[n] for n in names], [res[n][field] for n in names], color="tab:blue")
+        labels = [SHORT_LABELS.get(n, n) for n in names]
+        values = [res[n][field] for n in names]
+        bars = ax.barh(labels, values, color="tab:blue")
+        ax.bar_label(bars, [f"{v:,.0f}" if v >= 100 else f"{v:.3g}" for v in values], padding=2)
+        ax.set_xlim(min(values) / 2, max(values) * 4)
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_title(title)
         ax.invert_yaxis()
+    ax = axes[1, 0]
     res = secs.get("models_per_program", {}).get("results", {})
     names = [n for n in res if n.endswith("_vmap")]
     if names:
-        ax = axes[2]
-        ks = [res[n]["models"] for n in names]
-        ax.bar(
-            [str(k) for k in ks], [res[n]["model_epochs_per_s"] for n in names], color="tab:green"
-        )
+        ks = [str(res[n]["models"]) for n in names]
+        bars = ax.bar(ks, [res[n]["model_epochs_per_s"] for n in names], color="tab:green")
+        ax.bar_label(bars, [f"{res[n]['speedup_vs_1']:.2f}x" for n in names], padding=2)
         if "1_plain" in res:
             ax.axhline(
                 res["1_plain"]["model_epochs_per_s"], color="k", ls="--", label="1 model, no vmap"
@@ -937,6 +966,8 @@ def render_chart(result: dict[str, Any], path: Path) -> Path:
             ax.legend()
         ax.set_xlabel("models per XLA program (vmap)")
         ax.set_title("Model-epochs per second")
+    else:
+        ax.set_axis_off()
     fig.suptitle(f"jnn benchmark ({result['environment']['jax']['backend']})")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
