@@ -224,6 +224,7 @@ def environment(torch_device: str | None) -> dict[str, Any]:
         "devices": [str(d) for d in jax.devices()],
         "default_matmul_precision": str(jax.config.jax_default_matmul_precision),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "xla_python_client_preallocate": os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE", ""),
     }
     try:
         from threadpoolctl import threadpool_info
@@ -1162,6 +1163,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    # On a GPU, JAX would otherwise grab 75% of its memory up front, leaving too little for the
+    # PyTorch reference and for experiments.scaling's worker processes. No effect on a CPU.
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     out = prepare_out(args.out)
     result = run(args)
     write_json(out / "benchmark.json", result)
