@@ -1035,8 +1035,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--models",
-        default="1,2,4,8",
-        help="models per XLA program to try, comma separated (default %(default)s)",
+        default=None,
+        help="models per XLA program to try, comma separated (default 1,2,4,8; --quick 1,4)",
     )
     p.add_argument(
         "--sections",
@@ -1064,7 +1064,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.eval_examples = args.eval_examples or (2_000 if args.quick else 10_000)
     if args.train_examples < BATCH_SIZE or args.eval_examples < 1:
         raise ValueError(f"need at least {BATCH_SIZE} training and 1 evaluation example")
-    args.models = tuple(int(m) for m in args.models.split(",") if m.strip())
+    models = args.models or ("1,4" if args.quick else "1,2,4,8")
+    args.models = tuple(int(m) for m in models.split(",") if m.strip())
     if not args.models or min(args.models) < 1:
         raise ValueError("--models needs positive integers, e.g. 1,2,4,8")
     args.devices = tuple(
