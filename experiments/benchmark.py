@@ -230,7 +230,10 @@ def environment(torch_device: str | None) -> dict[str, Any]:
         from threadpoolctl import threadpool_info
 
         env["blas"] = [
-            {k: info.get(k) for k in ("internal_api", "architecture", "num_threads", "version")}
+            {
+                k: info.get(k)
+                for k in ("user_api", "internal_api", "architecture", "num_threads", "version")
+            }
             for info in threadpool_info()
         ]
     except Exception as err:  # threadpoolctl ships with scikit-learn; report if it is missing
@@ -888,6 +891,18 @@ def render_markdown(result: dict[str, Any]) -> str:
         lines += [f"- error on {d} devices: {e[-300:]}" for d, e in dv.get("errors", {}).items()]
     else:
         lines += [f"Skipped: {dv.get('reason', 'not run')}", ""]
+    fractions = [
+        r.get("fraction_of_xla_ceiling", 0.0)
+        for name in ("train_epoch", "models_per_program")
+        for r in secs.get(name, {}).get("results", {}).values()
+    ]
+    if fractions and max(fractions) > 1.0:
+        lines += [
+            "**Warning:** a configuration measured above 100% of the matmul ceiling, so the "
+            "ceiling (or that configuration) was timed while the machine was busy. Rerun on a "
+            "quiet machine before quoting these numbers.",
+            "",
+        ]
     lines += ["## Targets", ""]
     rows = [
         [
@@ -1101,7 +1116,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     args.torch_reason = why if not ok else ""
     args.torch_device = baselines.resolve_torch_device(args.torch_device) if ok else None
     env = environment(args.torch_device)
-    blas = env["blas"][0] if isinstance(env["blas"], list) and env["blas"] else {}
+    pools = env["blas"] if isinstance(env["blas"], list) else []
+    blas = next((p for p in pools if p.get("user_api") == "blas"), {})
     args.blas_note = (
         f"{blas.get('internal_api', 'BLAS')} {blas.get('version', '')} "
         f"(core type {blas.get('architecture', '?')}, {blas.get('num_threads', '?')} threads; "
