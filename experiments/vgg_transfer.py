@@ -5,8 +5,9 @@ repeated into 3 channels, resized (bilinear) to ``--size`` and preprocessed as t
 weights expect. Because the base is frozen, its output for an image never changes: it is run
 once over every image in jitted batches and the features are cached in memory; the head
 (512-256-10, ReLU, dropout 0.5, Adam) then trains on the cached features, each epoch one jitted
-``lax.scan``. ``--finetune-top`` also trains block5: the cache then holds block4's output and
-block5 runs inside the training step.
+``lax.scan``. The head's input is standardized with fixed train-set mean/std (frozen VGG
+features reach the hundreds; ``--no-standardize`` feeds them raw). ``--finetune-top`` also trains
+block5: the cache then holds block4's output and block5 runs inside the training step.
 
 Weights: ``keras`` (default; the published ImageNet file from the cache or downloaded once),
 ``torch`` (torchvision's file; needs torch), a local ``.h5``/``.pth`` path, or ``random`` (He

@@ -323,6 +323,26 @@ def test_classifier_nchw_flatten_is_permuted_to_nhwc():
     np.testing.assert_allclose(fmap.reshape(2, -1) @ kernel, ref, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
+def test_real_torchvision_vgg16_with_classifier(tmp_path):
+    """Where torchvision is installed (not in CI): its own vgg16, top included, end to end."""
+    torch = pytest.importorskip("torch")
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = torchvision.models.vgg16(weights=None).eval()
+    torch.save(model.state_dict(), tmp_path / "vgg16.pth")
+    params = vgg_weights.load_torch_pth(tmp_path / "vgg16.pth")
+    assert set(params) == set(vgg.expected_shapes(include_top=True))
+    x = np.random.default_rng(0).integers(0, 256, (1, 224, 224, 3), dtype=np.uint8)
+    mean = torch.tensor(vgg.TORCH_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(vgg.TORCH_STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        ref = model((torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255 - mean) / std)
+    with jax.default_matmul_precision("highest"):  # no TF32 where this runs on a GPU
+        logits = vgg.VGG16(include_top=True).apply({"params": params}, vgg.preprocess(x, "torch"))
+    assert rel_err(logits, ref.numpy()) < TOL
+
+
 # -------------------------------------------------------------------------- bad-file errors
 
 
