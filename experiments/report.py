@@ -189,6 +189,6 @@ def cli_main(main: Callable[[Sequence[str] | None], Any]) -> Callable[[Sequence[
                 "interrupted: finished checkpoints are kept; rerun with --resume", file=sys.stderr
             )
             return 130
-        return int(result or 0)
+        return result if isinstance(result, int) else 0
 
     return wrapped
