@@ -1,0 +1,212 @@
+"""jnn.mlp: manual backprop through the whole MLP equals jax.grad, for every hidden activation,
+every initializer and several architectures, in float32 and float64, jitted and not.
+
+Tolerances (tests/gradcheck.py): per-leaf relative error <= 1e-5 in float32, <= 1e-10 in float64;
+a leaf whose reference is exactly zero (zero init) must match to that tolerance in absolute terms.
+"""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from absl.testing import parameterized
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from jnn.activations import ACTIVATIONS
+from jnn.initializers import INITIALIZERS
+from jnn.mlp import (
+    STUDY_SIZES,
+    autodiff_loss_and_grad,
+    autodiff_value_and_grad,
+    init_mlp,
+    loss,
+    loss_and_grad,
+    manual_value_and_grad,
+    mlp_apply,
+)
+from tests.gradcheck import assert_tree_close, rel_err
+
+ACTS = sorted(ACTIVATIONS)
+INITS = sorted(INITIALIZERS)
+ARCHS = {"study": STUDY_SIZES, "odd": (3, 7, 1, 5), "single": (4, 3)}
+DTYPES = ("float32", "float64")
+
+
+def make_batch(seed, batch, n_in, n_classes, dtype, scale=1.0, soft=False):
+    """x ~ scale * N(0, 1) (B, n_in) and int labels (B,) or random probability rows (B, C)."""
+    rng = np.random.default_rng(seed)
+    x = jnp.asarray(scale * rng.standard_normal((batch, n_in)), dtype)
+    if soft:
+        return x, jnp.asarray(rng.dirichlet(np.ones(n_classes), size=batch), dtype)
+    return x, jnp.asarray(rng.integers(0, n_classes, batch), jnp.int32)
+
+
+def both(params, x, y, activation):
+    """(manual (loss, logits), manual grads, autodiff (loss, logits), autodiff grads)."""
+    manual, grads = manual_value_and_grad(params, x, y, activation)
+    reference, ref_grads = autodiff_value_and_grad(params, x, y, activation)
+    return manual, grads, reference, ref_grads
+
+
+# One compiled init per (sizes, init, dtype) instead of one eager compile per layer shape.
+_init_mlp = jax.jit(init_mlp, static_argnums=(1, 2, 3))
+
+
+def check_against_autodiff(fn, sizes, activation, init, dtype, seed=0, batch=8, **data):
+    """Build a net and a batch in ``dtype`` and require manual == jax.grad to tol(dtype)."""
+    with jax.enable_x64(dtype == "float64"):
+        params = _init_mlp(jax.random.PRNGKey(seed), tuple(sizes), init, jnp.dtype(dtype))
+        x, y = make_batch(seed, batch, sizes[0], sizes[-1], dtype, **data)
+        (value, logits), grads, (ref_value, ref_logits), ref_grads = fn(params, x, y, activation)
+        what = f"{activation}/{init}/{list(sizes)}/{dtype}"
+        assert_tree_close(grads, ref_grads, dtype, what)
+        assert_tree_close([value, logits], [ref_value, ref_logits], dtype, what + " loss, logits")
+        assert np.isfinite(float(value))
+
+
+class ManualEqualsAutodiff(chex.TestCase):
+    """The project's signature: the full grid, with and without jax.jit (chex variants)."""
+
+    @chex.variants(with_jit=True, without_jit=True)
+    @parameterized.product(activation=ACTS, init=INITS, arch=sorted(ARCHS), dtype=DTYPES)
+    def test_grid(self, activation, init, arch, dtype):
+        fn = self.variant(both, static_argnames="activation")
+        check_against_autodiff(fn, ARCHS[arch], activation, init, dtype)
+
+    @chex.variants(with_jit=True, without_jit=True)
+    @settings(max_examples=8, deadline=None, derandomize=True)
+    @given(
+        # Few distinct widths and batch sizes, so eager mode's per-shape compiles are shared.
+        sizes=st.lists(st.sampled_from([1, 3, 8]), min_size=2, max_size=5),
+        batch=st.sampled_from([1, 5]),
+        scale=st.sampled_from([1e-2, 1.0, 10.0]),
+        soft=st.booleans(),
+        activation=st.sampled_from(ACTS),
+        init=st.sampled_from(INITS),
+        dtype=st.sampled_from(DTYPES),
+        seed=st.integers(0, 2**16),
+    )
+    def test_random_shapes_and_values(
+        self, sizes, batch, scale, soft, activation, init, dtype, seed
+    ):
+        fn = self.variant(both, static_argnames="activation")
+        check_against_autodiff(
+            fn, sizes, activation, init, dtype, seed, batch, scale=scale, soft=soft
+        )
+
+
+def test_chex_variants_ran_under_pytest(request):
+    """Guard: the class above expands into jit and no-jit copies that pytest really collects."""
+    names = [item.name for item in request.session.items]
+    if not any("ManualEqualsAutodiff" in item.nodeid for item in request.session.items):
+        pytest.skip("the grid class was deselected")
+    assert any("with_jit" in n for n in names) and any("without_jit" in n for n in names)
+
+
+def test_loss_and_grad_wrappers_agree():
+    params = init_mlp(jax.random.PRNGKey(3), (6, 5, 4), "glorot")
+    x, y = make_batch(3, 4, 6, 4, "float32")
+    value, grads = loss_and_grad(params, x, y, "tanh")
+    ref_value, ref_grads = autodiff_loss_and_grad(params, x, y, "tanh")
+    assert_tree_close(grads, ref_grads, "float32", "loss_and_grad")
+    np.testing.assert_allclose(value, ref_value, rtol=1e-6)
+    np.testing.assert_allclose(value, loss(params, x, y, "tanh"), rtol=1e-6)
+
+
+@pytest.mark.parametrize("activation", ACTS)
+def test_central_differences_agree_in_float64(activation):
+    """An independent third opinion: (L(t + h v) - L(t - h v)) / 2h vs <grad L, v>."""
+    with jax.enable_x64(True):
+        sizes = (5, 8, 6, 3)
+        params = init_mlp(jax.random.PRNGKey(7), sizes, "glorot", jnp.float64)
+        params = jax.tree.map(lambda p: p + 0.1, params)  # nonzero biases, too
+        x, y = make_batch(7, 6, sizes[0], sizes[-1], "float64")
+        _, grads = loss_and_grad(params, x, y, activation)
+
+        def along(v, t):  # the loss at params + t v
+            return loss(jax.tree.map(lambda p, d: p + t * d, params, v), x, y, activation)
+
+        h = 1e-5
+        rng = np.random.default_rng(0)
+        for _ in range(3):
+            v = jax.tree.map(lambda p: jnp.asarray(rng.standard_normal(p.shape)), params)
+            fd = (along(v, h) - along(v, -h)) / (2 * h)
+            dot = sum(jnp.vdot(g, d) for g, d in zip(jax.tree.leaves(grads), jax.tree.leaves(v)))
+            assert rel_err(fd, dot) < 1e-6, (activation, float(fd), float(dot))
+
+
+def _constant_params(sizes, value, dtype=jnp.float32):
+    return [
+        {"w": jnp.full((a, b), value, dtype), "b": jnp.zeros((b,), dtype)}
+        for a, b in zip(sizes[:-1], sizes[1:])
+    ]
+
+
+@pytest.mark.parametrize("activation", ACTS)
+@pytest.mark.parametrize("start", ["zero init", "constant 0.1"])
+def test_equal_weights_never_break_symmetry(activation, start):
+    """The symmetry lesson: when every unit of a layer starts equal (zero init is the classic
+    case), every unit gets the same gradient, so gradient descent keeps them equal forever."""
+    sizes = (6, 5, 4, 3)
+    if start == "zero init":
+        params = init_mlp(jax.random.PRNGKey(0), sizes, "zero")
+    else:
+        params = _constant_params(sizes, 0.1)
+    x, y = make_batch(0, 8, sizes[0], sizes[-1], "float32")
+    for _ in range(3):
+        _, grads = loss_and_grad(params, x, y, activation)
+        for i, g in enumerate(grads[:-1]):  # hidden layers: unit j owns column j of w and b[j]
+            np.testing.assert_allclose(g["w"], g["w"][:, :1] * np.ones((1, sizes[i + 1])), 1e-6)
+            np.testing.assert_allclose(g["b"], np.full_like(g["b"], g["b"][0]), 1e-6)
+        for g in grads[1:]:  # ... and row j of the next layer's w
+            np.testing.assert_allclose(g["w"], g["w"][:1] * np.ones_like(g["w"]), 1e-6)
+        params = jax.tree.map(lambda p, d: p - 0.5 * d, params, grads)
+    hidden = np.asarray(jax.nn.relu(x @ params[0]["w"]))  # still one distinct unit
+    np.testing.assert_allclose(hidden, hidden[:, :1] * np.ones_like(hidden), 1e-6)
+
+
+def test_zero_init_leaves_only_the_output_layer_learning():
+    """With zero weights every hidden gradient is exactly zero; only the last layer moves."""
+    params = init_mlp(jax.random.PRNGKey(0), (6, 5, 4, 3), "zero")
+    x, y = make_batch(0, 8, 6, 3, "float32")
+    _, grads = loss_and_grad(params, x, y, "relu")
+    for g in grads[:-1]:
+        np.testing.assert_array_equal(g["w"], 0.0)
+        np.testing.assert_array_equal(g["b"], 0.0)
+    assert np.abs(grads[-1]["b"]).sum() > 0
+
+
+@pytest.mark.parametrize(
+    "shape", [(8, 5), (16,), (2, 4, 4), (2, 1, 16)], ids=["features", "1-D", "image", "3-D"]
+)
+def test_rejects_wrong_input_shape_clearly(shape):
+    params = init_mlp(jax.random.PRNGKey(0), (16, 3), "normal")
+    with pytest.raises(ValueError, match=r"shape \(batch, 16\)") as excinfo:
+        mlp_apply(params, jnp.zeros(shape), "relu")
+    assert str(shape) in str(excinfo.value) and "flatten" in str(excinfo.value)
+
+
+def test_rejects_wrong_input_shape_under_jit():
+    params = init_mlp(jax.random.PRNGKey(0), (16, 3), "normal")
+    with pytest.raises(ValueError, match=r"\(batch, 16\)"):
+        jax.jit(mlp_apply, static_argnames="activation")(params, jnp.zeros((2, 15)), "relu")
+
+
+def test_init_mlp_needs_two_sizes_and_known_names():
+    with pytest.raises(ValueError, match="at least"):
+        init_mlp(jax.random.PRNGKey(0), [10], "normal")
+    with pytest.raises(ValueError, match="unknown initializer"):
+        init_mlp(jax.random.PRNGKey(0), [3, 2], "uniform")
+    params = init_mlp(jax.random.PRNGKey(0), (3, 2), "he")
+    with pytest.raises(ValueError, match="unknown activation"):
+        mlp_apply(params, jnp.zeros((1, 3)), "gelu")
+
+
+def test_init_mlp_shapes_and_zero_biases():
+    params = init_mlp(jax.random.PRNGKey(0), STUDY_SIZES, "he")
+    assert [p["w"].shape for p in params] == list(zip(STUDY_SIZES[:-1], STUDY_SIZES[1:]))
+    for p in params:
+        np.testing.assert_array_equal(p["b"], 0.0)
+    assert mlp_apply(params, jnp.zeros((2, 784)), "relu").shape == (2, 10)
