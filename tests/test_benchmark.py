@@ -113,6 +113,7 @@ def quick_run(tmp_path_factory):
     return out, json.loads((out / "benchmark.json").read_text())
 
 
+@pytest.mark.slow
 def test_quick_run_writes_json_markdown_and_chart(quick_run):
     out, result = quick_run
     assert (out / "benchmark.md").read_text().startswith("# jnn benchmark")
@@ -125,6 +126,7 @@ def test_quick_run_writes_json_markdown_and_chart(quick_run):
     assert len(result["targets"]) == 5
 
 
+@pytest.mark.slow
 def test_quick_run_measurements_are_positive_and_finite(quick_run):
     _, result = quick_run
     secs = result["sections"]
@@ -166,6 +168,7 @@ def test_quick_run_measurements_are_positive_and_finite(quick_run):
             assert math.isfinite(t["measured"]) and t["measured"] > 0
 
 
+@pytest.mark.slow
 def test_missing_torch_is_skipped_with_a_reason(tmp_path, monkeypatch):
     monkeypatch.setattr(baselines, "torch_status", lambda: (False, "torch not installed (test)"))
     args = [*TINY, "--sections", "ceiling,evaluation", "--out", str(tmp_path)]
@@ -181,6 +184,7 @@ def test_missing_torch_is_skipped_with_a_reason(tmp_path, monkeypatch):
     assert by_name["jnn vs PyTorch eager"]["met"] is None
 
 
+@pytest.mark.slow
 def test_rerun_overwrites_own_output_but_refuses_foreign_folder(tmp_path):
     args = [*TINY, "--sections", "evaluation"]
     assert benchmark.main([*args, "--out", str(tmp_path)]) == 0
@@ -197,6 +201,7 @@ def test_bad_arguments_fail_in_one_line(capsys):
     assert "error: --models" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_vgg_section_ran_or_says_why(quick_run):
     _, result = quick_run
     sec = result["sections"]["vgg"]
