@@ -497,17 +497,22 @@ def train_group(
                 }
                 store.save(epoch, tree, rolling=bool(rolling))
 
-        result = train.fit(
-            state,
-            epoch_fn,
-            (x, y),
-            (xv, yv),
-            activation=activation,
-            epochs=cfg.epochs,
-            history=history,
-            on_epoch=on_epoch,
-        )
-        bar.close()
+        try:
+            result = train.fit(
+                state,
+                epoch_fn,
+                (x, y),
+                (xv, yv),
+                activation=activation,
+                epochs=cfg.epochs,
+                history=history,
+                on_epoch=on_epoch,
+            )
+        except BaseException:
+            store.close()  # let started saves finish: they are the ones to resume from
+            raise
+        finally:
+            bar.close()
         store.wait()
         train_s = time.perf_counter() - t0
         status, message = "ok", None
@@ -705,12 +710,20 @@ def write_outputs(cfg: Config, run_dir: Path, results: dict[str, Any]) -> None:
             sklearn_history=sk_hist.get(act),
             note=note,
         )
+    notes = {
+        a: f"diverged at epoch {m['diverged_at']}"
+        for a, m in results["models"].items()
+        if m["status"] == "diverged"
+    }
+    init = cfg.init + (f" {cfg.init_scale:g}" if cfg.init_scale else "")
     plots.plot_overview(
         run_dir / "loss_overview.png",
         histories,
         cfg.save_at,
         sklearn_histories=sk_hist,
-        title=f"train (solid/blue) and val (orange) loss, init {cfg.init}",
+        title=f"Loss per epoch, init {init}, lr {cfg.lr:g}, split {cfg.split}"
+        + (" (quick)" if cfg.quick else ""),
+        notes=notes,
     )
 
 

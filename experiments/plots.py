@@ -68,7 +68,7 @@ def plot_activation(
     note: str = "",
 ) -> Path:
     """One PNG: jnn's train/val loss (solid), sklearn's (dashed) when given."""
-    fig = Figure(figsize=(6.4, 4.2))
+    fig = Figure(figsize=(6.4, 4.2), layout="constrained")
     ax = fig.add_subplot()
     draw_losses(ax, history, save_at)
     if sklearn_history:
@@ -92,13 +92,14 @@ def plot_overview(
     *,
     sklearn_histories: Mapping[str, Mapping[str, Any]] | None = None,
     title: str = "",
+    notes: Mapping[str, str] | None = None,
 ) -> Path:
-    """All activations side by side, one panel each, on a shared loss axis."""
+    """All activations side by side, one panel each; ``notes`` go into panel titles."""
     n = max(1, len(histories))
     cols = min(n, 2)
     rows = (n + cols - 1) // cols
-    fig = Figure(figsize=(5.2 * cols, 3.6 * rows))
-    axes = fig.subplots(rows, cols, squeeze=False, sharey=True).ravel()
+    fig = Figure(figsize=(5.2 * cols, 3.6 * rows), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
     for ax, (activation, history) in zip(axes, histories.items()):
         draw_losses(ax, history, save_at)
         sk = (sklearn_histories or {}).get(activation)
@@ -106,7 +107,8 @@ def plot_overview(
             draw_losses(
                 ax, sk, save_at, label="sklearn", style="--", colors=("tab:green", "tab:red")
             )
-        ax.set_title(activation)
+        note = (notes or {}).get(activation)
+        ax.set_title(f"{activation}{' - ' + note if note else ''}")
         ax.legend(fontsize="x-small")
     for ax in axes[n:]:
         ax.set_visible(False)
