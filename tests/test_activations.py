@@ -118,6 +118,7 @@ def test_softmax_backward_equals_explicit_jacobian(dtype):
 SATURATED = {"sigmoid": (0.0, 1.0), "tanh": (-1.0, 1.0)}
 
 
+@pytest.mark.filterwarnings("error")  # e.g. an overflow RuntimeWarning fails the test
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("name", sorted(SATURATED))
 def test_saturating_activations_are_exact_and_finite_at_1e4(name, dtype):
@@ -134,6 +135,7 @@ def test_saturating_activations_are_exact_and_finite_at_1e4(name, dtype):
     assert y.dtype == dx.dtype == dtype
 
 
+@pytest.mark.filterwarnings("error")  # e.g. an overflow RuntimeWarning fails the test
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 def test_softmax_at_huge_logits(dtype):
     with jax.enable_x64(dtype == jnp.float64), jax.debug_nans(True), jax.debug_infs(True):

@@ -102,6 +102,7 @@ def test_fused_equals_cross_entropy_of_softmax(dtype):
         np.testing.assert_array_equal(cached_targets, targets)
 
 
+@pytest.mark.filterwarnings("error")  # e.g. an overflow RuntimeWarning fails the test
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 def test_fused_is_finite_and_exact_at_logits_1e4(dtype):
     with jax.enable_x64(dtype == jnp.float64), jax.debug_nans(True), jax.debug_infs(True):
@@ -117,6 +118,7 @@ def test_fused_is_finite_and_exact_at_logits_1e4(dtype):
     np.testing.assert_allclose(autodiff, expected, rtol=4 * jnp.finfo(dtype).eps)
 
 
+@pytest.mark.filterwarnings("error")  # e.g. an overflow RuntimeWarning fails the test
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 def test_cross_entropy_on_probs_with_zeros_is_finite(dtype):
     with jax.enable_x64(dtype == jnp.float64), jax.debug_nans(True), jax.debug_infs(True):
