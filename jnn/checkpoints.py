@@ -9,15 +9,15 @@
 Layout: ``<dir>/<epoch>/`` for the chosen epochs (the study's ``--save-at``), never deleted, and
 ``<dir>/latest/<epoch>/`` for the rolling crash-safety checkpoint, of which only the newest is
 kept. Orbax writes each step into a temporary folder and renames it when complete, so a process
-killed mid-save leaves a ``*.orbax-checkpoint-tmp-*`` folder that is never listed or loaded; this
-module warns about such leftovers. Saving is asynchronous; ``close`` (or the context manager)
-waits for it.
+killed mid-save leaves a ``*.orbax-checkpoint-tmp*`` folder that is never listed or loaded; this
+module warns about such leftovers. Saves are synchronous and serialised across threads.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
 import warnings
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 ROLLING_DIR = "latest"
+_SAVE_LOCK = threading.Lock()
 _TMP_MARK = ".orbax-checkpoint-tmp"
 
 # Orbax logs every save and restore at INFO through absl; keep the console for the experiments.
@@ -83,15 +84,20 @@ class CheckpointStore:
                 RuntimeWarning,
                 stacklevel=2,
             )
+
+        # Synchronous saves: the trees saved here are small (~1 MB per model), and orbax's async
+        # machinery raced when two managers in one process saved the same step at once
+        # (FileExistsError on "<step>.orbax-checkpoint-tmp", seen with one thread per activation).
+        def options(keep: int | None) -> ocp.CheckpointManagerOptions:
+            return ocp.CheckpointManagerOptions(
+                max_to_keep=keep, create=create, enable_async_checkpointing=False
+            )
+
         self._saved = ocp.CheckpointManager(
-            path,
-            options=ocp.CheckpointManagerOptions(max_to_keep=None, create=create),
-            item_handlers=ocp.StandardCheckpointHandler(),
+            path, options=options(None), item_handlers=ocp.StandardCheckpointHandler()
         )
         self._rolling = ocp.CheckpointManager(
-            path / ROLLING_DIR,
-            options=ocp.CheckpointManagerOptions(max_to_keep=1, create=create),
-            item_handlers=ocp.StandardCheckpointHandler(),
+            path / ROLLING_DIR, options=options(1), item_handlers=ocp.StandardCheckpointHandler()
         )
 
     # ------------------------------------------------------------------ listing
@@ -109,13 +115,21 @@ class CheckpointStore:
 
     # ------------------------------------------------------------------ save / restore
     def save(self, epoch: int, tree: Any, *, rolling: bool = False) -> None:
-        """Start saving ``tree`` as ``epoch`` (asynchronous; ``wait``/``close`` to finish).
+        """Save ``tree`` as ``epoch``; returns when it is committed on disk.
 
         A rolling save replaces the previous rolling checkpoint once it is complete; a chosen-
-        epoch save is kept for good.
+        epoch save is kept for good. Saves from several threads are serialised.
         """
         manager = self._rolling if rolling else self._saved
-        manager.save(int(epoch), args=ocp.args.StandardSave(tree))
+        try:
+            with _SAVE_LOCK:  # one save at a time per process (see __init__)
+                manager.save(int(epoch), args=ocp.args.StandardSave(tree))
+                manager.wait_until_finished()
+        except OSError as err:
+            raise CheckpointError(
+                f"could not save epoch {epoch} to {manager.directory}: {err}; the finished "
+                "checkpoints are intact, rerun with --resume"
+            ) from err
 
     def restore(self, epoch: int, like: Any) -> Any:
         """The checkpoint of ``epoch`` (chosen or rolling), rebuilt with ``like``'s structure."""
