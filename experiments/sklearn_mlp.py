@@ -96,12 +96,22 @@ def train_sklearn(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _one_thread() -> None:
+    """Each worker's BLAS on one thread: the workers and JAX already fill the cores, and
+    oversubscribed OpenBLAS threads made sklearn several times slower here."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
+
+
 def start_pool(specs: list[dict[str, Any]], workers: int) -> tuple[ProcessPoolExecutor, dict]:
     """Submit one job per spec to a spawn-based process pool (fork is unsafe once JAX runs).
 
     Returns the pool and {activation: Future}; the caller collects and shuts the pool down.
     """
-    pool = ProcessPoolExecutor(max_workers=max(1, workers), mp_context=get_context("spawn"))
+    pool = ProcessPoolExecutor(
+        max_workers=max(1, workers), mp_context=get_context("spawn"), initializer=_one_thread
+    )
     futures: dict[str, Future] = {s["activation"]: pool.submit(train_sklearn, s) for s in specs}
     return pool, futures
 
