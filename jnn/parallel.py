@@ -213,37 +213,20 @@ def sharded_epoch_step(
 ) -> tuple[TrainState, EpochMetrics]:
     """``train.epoch_step`` with every step's batch constrained to ``batch_sharding``.
 
-    Same permutation (from ``state.key``), same drop-last rule, same update order as
-    ``train.epoch_step``, so it computes the same function; only the placement differs.
-    x: (N, D), y: (N,) int; un-jitted (call it under ``jit`` with a mesh-based sharding).
+    The very same function (same permutation from ``state.key``, drop-last rule and update
+    order); only the placement differs. x: (N, D), y: (N,) int; un-jitted (call it under ``jit``
+    with a mesh-based sharding).
     """
-    value_and_grad = GRADIENT_METHODS[gradients]
-    n = x.shape[0]
-    num_batches = n // batch_size
-    key, perm_key = jax.random.split(state.key)
-    batches = jax.random.permutation(perm_key, n)[: num_batches * batch_size]
-    batches = batches.reshape(num_batches, batch_size)
-    # (num_batches, B) indices with B split over the data axis: each device gathers its own rows.
-    index_spec = P(None, *batch_sharding.spec)
-    batches = jax.lax.with_sharding_constraint(
-        batches, NamedSharding(batch_sharding.mesh, index_spec)
+    return epoch_step(
+        state,
+        x,
+        y,
+        activation=activation,
+        optimizer=optimizer,
+        batch_size=batch_size,
+        gradients=gradients,
+        batch_sharding=batch_sharding,
     )
-
-    def step(carry, idx):
-        params, opt_state = carry
-        xb = jax.lax.with_sharding_constraint(x[idx], batch_sharding)
-        yb = jax.lax.with_sharding_constraint(y[idx], batch_sharding)
-        (loss, logits), grads = value_and_grad(params, xb, yb, activation)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
-        correct = jnp.sum(jnp.argmax(logits, axis=-1) == yb)
-        return (params, opt_state), (loss, correct)
-
-    (params, opt_state), (losses, correct) = jax.lax.scan(
-        step, (state.params, state.opt_state), batches
-    )
-    metrics = EpochMetrics(jnp.mean(losses), jnp.sum(correct) / (num_batches * batch_size))
-    return TrainState(params, opt_state, key, state.epoch + 1), metrics
 
 
 class PlacedEpochFn:
