@@ -70,6 +70,7 @@ IDENTITY = (
     "sizes",
     "subset",
     "gradients",
+    "data_parallel",
 )
 
 
@@ -97,6 +98,7 @@ class Config:
     sizes: tuple[int, ...] = SIZES
     subset: tuple[int, int, int] | None = None
     gradients: str = "manual"
+    data_parallel: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     def identity(self) -> dict[str, Any]:
@@ -196,7 +198,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="host devices to spread the activations over (their programs run concurrently); "
-        "[min(CPU cores, activations)]",
+        "[min(CPU cores, activations)]; with --data-parallel, the devices of the mesh [all]",
+    )
+    a(
+        "--data-parallel",
+        action="store_true",
+        help="train each model data-parallel over a Mesh of --devices instead: every batch is "
+        "split along a 'data' axis, params replicated, XLA averages the gradients "
+        "(jnn.parallel); --batch-size must divide by the device count",
     )
     a(
         "--checkpoint-every",
@@ -295,6 +304,7 @@ def parse_config(argv: Sequence[str] | None) -> Config:
         devices=args.devices,
         checkpoint_every=args.checkpoint_every,
         subset=subset,
+        data_parallel=args.data_parallel,
     )
 
 
@@ -322,11 +332,23 @@ def request_host_devices(n: int) -> None:
 
 
 def choose_devices(cfg: Config) -> list[Any]:
-    """The devices the activation programs are spread over (asked for before JAX starts)."""
+    """Where the activation programs go (asked for before JAX starts): a list of devices, or,
+    with --data-parallel, one replicated sharding over a data mesh that every program shares."""
     import jax
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
 
-    from jnn.parallel import _devices
+    from jnn.parallel import _devices, data_mesh
 
+    if cfg.data_parallel:
+        request_host_devices(cfg.devices or max(1, os.cpu_count() or 1))
+        mesh = data_mesh(cfg.devices)
+        if cfg.batch_size % mesh.size:
+            raise ValueError(
+                f"--batch-size {cfg.batch_size} does not divide by the {mesh.size} devices of "
+                f"--data-parallel; use a multiple of {mesh.size}"
+            )
+        return [NamedSharding(mesh, P())]
     want = cfg.devices or max(1, min(os.cpu_count() or 1, len(cfg.activations)))
     request_host_devices(want)  # CPU only; a no-op once JAX runs (e.g. in-process tests)
     if cfg.devices is None:
@@ -451,7 +473,8 @@ def train_group(
         x, y, xv, yv = data[device]
         optimizer = optax.sgd(cfg.lr)
         kwargs = {INIT_SCALE_NAME[cfg.init]: cfg.init_scale} if cfg.init_scale else {}
-        with jax.default_device(device):
+        mesh = getattr(device, "mesh", None)  # set with --data-parallel
+        with jax.default_device(device if mesh is None else mesh.devices.flat[0]):
             state = train.init_model_states(
                 model_keys(cfg.seed, cfg.seeds), cfg.sizes, optimizer, cfg.init, **kwargs
             )
@@ -467,7 +490,7 @@ def train_group(
                 history = {k: np.array(v) for k, v in tree["history"].items()}
         state = jax.device_put(state, device)
         start = int(np.max(np.asarray(state.epoch)))
-        epoch_fn = _epoch_fn(activation, cfg.lr, cfg.batch_size, cfg.gradients)
+        epoch_fn = _epoch_fn(activation, cfg.lr, cfg.batch_size, cfg.gradients, mesh)
         bar = report.progress(
             total=cfg.epochs,
             initial=start,
@@ -566,13 +589,37 @@ def train_group(
 
 
 @functools.lru_cache(maxsize=32)
-def _epoch_fn(activation: str, lr: float, batch_size: int, gradients: str) -> Any:
-    """The jitted, seed-vmapped epoch, built once per process and setting (reused on resume)."""
+def _epoch_fn(activation: str, lr: float, batch_size: int, gradients: str, mesh: Any = None) -> Any:
+    """The jitted, seed-vmapped epoch, built once per process and setting (reused on resume).
+
+    With a data ``mesh`` every model's batches are split along its ``data`` axis
+    (``train.epoch_step(batch_sharding=...)``); the state and data stay replicated.
+    """
+    import jax
     import optax
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
 
     from jnn import train
 
-    return train.make_epoch_fn(activation, optax.sgd(lr), batch_size, gradients, stacked=True)
+    if mesh is None:
+        return train.make_epoch_fn(activation, optax.sgd(lr), batch_size, gradients, stacked=True)
+    train.validate_hyperparameters(batch_size)
+    epoch = functools.partial(
+        train.epoch_step,
+        activation=activation,
+        optimizer=optax.sgd(lr),
+        batch_size=batch_size,
+        gradients=gradients,
+        batch_sharding=NamedSharding(mesh, P(mesh.axis_names[0])),
+    )
+    replicated = NamedSharding(mesh, P())
+    return jax.jit(
+        jax.vmap(epoch, in_axes=(0, None, None)),
+        in_shardings=(replicated, replicated, replicated),
+        out_shardings=(replicated, replicated),
+        donate_argnums=0,
+    )
 
 
 def summarize(row: dict[str, Any]) -> dict[str, Any]:
@@ -733,9 +780,9 @@ def write_outputs(cfg: Config, run_dir: Path, results: dict[str, Any]) -> None:
 def run(cfg: Config) -> int:
     t_start = time.perf_counter()
     check_run_dir(cfg, create=False)  # refuse early, before the data are read
+    devices = choose_devices(cfg)  # bad --devices / --data-parallel must not leave a stub run
     data = load_data(cfg)  # before the run folder exists: bad data must not leave a stub run
     run_dir = check_run_dir(cfg)
-    devices = choose_devices(cfg)
     from experiments import sklearn_mlp
 
     pool = futures = None

@@ -110,6 +110,8 @@ CASES = [
     Case("init-scale-for-he", sweep("--init", "he", "--init-scale", "0.1"), "not to --init he"),
     Case("init-scale-negative", sweep("--init-scale", "-1"), "--init-scale must be a positive"),
     Case("zero-devices", sweep("--devices", "0"), "--devices must be positive"),
+    Case("too-many-devices", sweep("--devices", "64"), "asked for 64 devices"),
+    Case("data-parallel-too-many", sweep("--data-parallel", "--devices", "3"), "asked for 3"),
     Case("negative-checkpoint-every", sweep("--checkpoint-every", "-1"), "must be >= 0"),
     Case("resume-and-overwrite", sweep("--resume", "--overwrite"), "contradict"),
     Case("out-holds-another-run", another_run, "already holds another run"),

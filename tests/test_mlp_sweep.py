@@ -207,3 +207,35 @@ def test_sigkill_then_resume_is_bit_identical(fashion_dir, tmp_path):
     rb = json.loads((whole / "results.json").read_text())
     assert numbers(ra) == numbers(rb)
     assert ra["models"]["relu"]["resumed_from"] >= 1
+
+
+def test_data_parallel_matches_one_device(fashion_dir, tmp_path):
+    """--data-parallel over 2 forced host devices (each batch split, gradients all-reduced by
+    XLA) trains the same models as one device, up to float32 summation order."""
+    runs = {}
+    modes = {"one": ["--devices", "1"], "dp": ["--data-parallel", "--devices", "2"]}
+    for name, extra in modes.items():
+        out = tmp_path / name
+        proc = subprocess.run(
+            [sys.executable, "-m", "experiments.mlp_sweep", "--quick", "--no-sklearn",
+             "--init", "glorot", "--activations", ",".join(ACTS),
+             "--data-dir", str(fashion_dir), "--out", str(out), *extra],
+            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+            capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        runs[name] = json.loads((out / "results.json").read_text())
+    assert "'data': 2" in runs["dp"]["devices_used"][0]
+    for act in ACTS:
+        one, dp = runs["one"]["models"][act], runs["dp"]["models"][act]
+        np.testing.assert_allclose(
+            dp["history"]["train_loss"], one["history"]["train_loss"], rtol=1e-5
+        )
+        for epoch, c in one["checkpoints"].items():
+            for split in ("train", "val", "test"):
+                assert abs(dp["checkpoints"][epoch][f"{split}_loss"] - c[f"{split}_loss"]) < 1e-4
+                # a 1e-7 weight difference may flip a borderline example: 1 in 500 is 2e-3
+                assert (
+                    abs(dp["checkpoints"][epoch][f"{split}_accuracy"] - c[f"{split}_accuracy"])
+                    <= 2.5e-3
+                )
