@@ -34,6 +34,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from experiments import report
 from jnn import vgg, vgg_weights
@@ -259,12 +261,16 @@ def train_head(
     finetune_lr: float,
     seed: int,
     standardize: bool = True,
+    mesh: Any = None,
 ) -> tuple[dict, list[dict[str, float]]]:
     """Train the head (and block5 when ``params5`` is given) with Adam; one jitted scan/epoch.
 
     ``standardize``: the head sees its input minus the train-set mean over the std (fixed
-    constants computed once, see :func:`head_input_stats`). Returns (params, history): history
-    holds per epoch train loss/acc, test acc and seconds.
+    constants computed once, see :func:`head_input_stats`). ``mesh`` (a 1-D
+    ``jnn.parallel.data_mesh``): data parallel, each step's batch split along the mesh axis,
+    params and cached features replicated, gradients all-reduced by XLA; ``batch_size`` must
+    divide by the mesh size. Returns (params, history): history holds per epoch train loss/acc,
+    test acc and seconds.
     """
     finetune = params5 is not None
     head, apply = make_model(finetune)
@@ -293,6 +299,23 @@ def train_head(
     n_batches = len(feats) // batch_size
     if n_batches == 0:
         raise ValueError(f"--batch-size {batch_size} exceeds the {len(feats)} training images")
+    batch_sharding = None
+    if mesh is not None:
+        if batch_size % mesh.size:
+            raise ValueError(
+                f"--batch-size {batch_size} does not divide by the {mesh.size} devices; "
+                f"use a multiple of {mesh.size}"
+            )
+        replicated = NamedSharding(mesh, P())
+        batch_sharding = NamedSharding(mesh, P(mesh.axis_names[0]))
+        params, opt_state, x_train, y_train = jax.device_put(
+            (params, opt_state, x_train, y_train), replicated
+        )
+
+    def batch_rows(rows: jax.Array) -> jax.Array:
+        if batch_sharding is None:
+            return rows
+        return jax.lax.with_sharding_constraint(rows, batch_sharding)
 
     def loss_fn(p, xb, yb, rng):
         logits = apply(p, xb, True, rng)
@@ -309,7 +332,10 @@ def train_head(
             p, s = carry
             idx, i = inputs
             (loss, acc), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-                p, x_train[idx], y_train[idx], jax.random.fold_in(drop_key, i)
+                p,
+                batch_rows(x_train[idx]),
+                batch_rows(y_train[idx]),
+                jax.random.fold_in(drop_key, i),
             )
             updates, s = tx.update(grads, s, p)
             return (optax.apply_updates(p, updates), s), (loss, acc)
@@ -562,6 +588,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="seed of the split, head init, dropout (default %(default)s)",
     )
     p.add_argument(
+        "--devices",
+        type=int,
+        default=None,
+        help="train the head data-parallel over N devices (each batch split along a 'data' "
+        "mesh axis; XLA all-reduces the gradients); --batch-size must divide by N. On CPU, "
+        "more than one needs XLA_FLAGS=--xla_force_host_platform_device_count=N (default: 1)",
+    )
+    p.add_argument(
         "--data-dir",
         default=None,
         help="folder with the Fashion-MNIST .gz files (default $JNN_DATA_DIR)",
@@ -591,6 +625,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     for name in ("epochs", "batch_size", "feature_batch"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
+    mesh = None
+    if args.devices is not None:
+        from jnn.parallel import data_mesh
+
+        mesh = data_mesh(args.devices)  # clear error when that many devices do not exist
+        if args.batch_size % mesh.size:
+            raise ValueError(
+                f"--batch-size {args.batch_size} does not divide by --devices {mesh.size}"
+            )
     t_start = time.perf_counter()
     out = report.prepare_run_dir(args.out, overwrite=args.overwrite)  # refuse early
     weights = load_weights(args.weights, args.cache_dir, args.seed)  # then weights, before data
@@ -637,6 +680,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         finetune_lr=args.finetune_lr,
         seed=args.seed,
         standardize=args.standardize,
+        mesh=mesh,
     )
     _, apply = make_model(args.finetune_top)
     predict = jax.jit(lambda p, x: jnp.argmax(apply(p, x, False), -1))
