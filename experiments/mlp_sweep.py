@@ -338,16 +338,12 @@ def choose_devices(cfg: Config) -> list[Any]:
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
 
-    from jnn.parallel import _devices, data_mesh
+    from jnn.parallel import _devices, check_divisible, data_mesh
 
     if cfg.data_parallel:
         request_host_devices(cfg.devices or max(1, os.cpu_count() or 1))
         mesh = data_mesh(cfg.devices)
-        if cfg.batch_size % mesh.size:
-            raise ValueError(
-                f"--batch-size {cfg.batch_size} does not divide by the {mesh.size} devices of "
-                f"--data-parallel; use a multiple of {mesh.size}"
-            )
+        check_divisible(cfg.batch_size, mesh, what="--batch-size")
         return [NamedSharding(mesh, P())]
     want = cfg.devices or max(1, min(os.cpu_count() or 1, len(cfg.activations)))
     request_host_devices(want)  # CPU only; a no-op once JAX runs (e.g. in-process tests)
@@ -592,33 +588,17 @@ def train_group(
 def _epoch_fn(activation: str, lr: float, batch_size: int, gradients: str, mesh: Any = None) -> Any:
     """The jitted, seed-vmapped epoch, built once per process and setting (reused on resume).
 
-    With a data ``mesh`` every model's batches are split along its ``data`` axis
-    (``train.epoch_step(batch_sharding=...)``); the state and data stay replicated.
+    With a data ``mesh`` every model's batches are split along its ``data`` axis; the state and
+    data stay replicated (``jnn.parallel.make_sharded_epoch_fn``).
     """
-    import jax
     import optax
-    from jax.sharding import NamedSharding
-    from jax.sharding import PartitionSpec as P
 
-    from jnn import train
+    from jnn import parallel, train
 
     if mesh is None:
         return train.make_epoch_fn(activation, optax.sgd(lr), batch_size, gradients, stacked=True)
-    train.validate_hyperparameters(batch_size)
-    epoch = functools.partial(
-        train.epoch_step,
-        activation=activation,
-        optimizer=optax.sgd(lr),
-        batch_size=batch_size,
-        gradients=gradients,
-        batch_sharding=NamedSharding(mesh, P(mesh.axis_names[0])),
-    )
-    replicated = NamedSharding(mesh, P())
-    return jax.jit(
-        jax.vmap(epoch, in_axes=(0, None, None)),
-        in_shardings=(replicated, replicated, replicated),
-        out_shardings=(replicated, replicated),
-        donate_argnums=0,
+    return parallel.make_sharded_epoch_fn(
+        activation, optax.sgd(lr), batch_size, mesh, gradients, stacked=True
     )
 
 

@@ -40,6 +40,7 @@ from jax.sharding import PartitionSpec as P
 from experiments import report
 from jnn import vgg, vgg_weights
 from jnn.data import CLASS_NAMES, load_fashion_mnist
+from jnn.parallel import check_divisible, data_mesh
 
 RANDOM_LABEL = "random init, not pretrained"
 OUTPUT_FILES = ("results.json", "results.md", "confusion_matrix.png")
@@ -301,11 +302,7 @@ def train_head(
         raise ValueError(f"--batch-size {batch_size} exceeds the {len(feats)} training images")
     batch_sharding = None
     if mesh is not None:
-        if batch_size % mesh.size:
-            raise ValueError(
-                f"--batch-size {batch_size} does not divide by the {mesh.size} devices; "
-                f"use a multiple of {mesh.size}"
-            )
+        check_divisible(batch_size, mesh, what="--batch-size")
         replicated = NamedSharding(mesh, P())
         batch_sharding = NamedSharding(mesh, P(mesh.axis_names[0]))
         params, opt_state, x_train, y_train = jax.device_put(
@@ -627,13 +624,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
     mesh = None
     if args.devices is not None:
-        from jnn.parallel import data_mesh
-
         mesh = data_mesh(args.devices)  # clear error when that many devices do not exist
-        if args.batch_size % mesh.size:
-            raise ValueError(
-                f"--batch-size {args.batch_size} does not divide by --devices {mesh.size}"
-            )
+        check_divisible(args.batch_size, mesh, what="--batch-size")  # before any output exists
     t_start = time.perf_counter()
     out = report.prepare_run_dir(args.out, overwrite=args.overwrite)  # refuse early
     weights = load_weights(args.weights, args.cache_dir, args.seed)  # then weights, before data

@@ -106,6 +106,21 @@ def _single_axis(mesh: Mesh, axis: str | None) -> str:
     return axis
 
 
+def check_divisible(
+    batch_size: int, mesh: Mesh, axis: str | None = None, what: str = "global batch size"
+) -> int:
+    """The number of devices on ``axis``; a clear ValueError unless ``batch_size`` divides by it
+    (each device computes ``batch_size / devices`` rows of every step)."""
+    axis = _single_axis(mesh, axis)
+    size = mesh.shape[axis]
+    if batch_size % size:
+        raise ValueError(
+            f"{what} {batch_size} does not divide by the {size} devices of mesh axis "
+            f"{axis!r}; use a multiple of {size} (each device gets batch_size / {size} rows)"
+        )
+    return size
+
+
 def _host_local_to_numpy(leaf: Any) -> Any:
     if isinstance(leaf, jax.Array) and leaf.is_fully_addressable:
         return np.asarray(leaf)
@@ -200,35 +215,6 @@ def _check_gradients(gradients: str) -> None:
         raise ValueError(f"gradients must be one of {sorted(GRADIENT_METHODS)}, got {gradients!r}")
 
 
-def sharded_epoch_step(
-    state: TrainState,
-    x: Array,
-    y: Array,
-    *,
-    activation: str,
-    optimizer: optax.GradientTransformation,
-    batch_size: int,
-    batch_sharding: NamedSharding,
-    gradients: str = "manual",
-) -> tuple[TrainState, EpochMetrics]:
-    """``train.epoch_step`` with every step's batch constrained to ``batch_sharding``.
-
-    The very same function (same permutation from ``state.key``, drop-last rule and update
-    order); only the placement differs. x: (N, D), y: (N,) int; un-jitted (call it under ``jit``
-    with a mesh-based sharding).
-    """
-    return epoch_step(
-        state,
-        x,
-        y,
-        activation=activation,
-        optimizer=optimizer,
-        batch_size=batch_size,
-        gradients=gradients,
-        batch_sharding=batch_sharding,
-    )
-
-
 class PlacedEpochFn:
     """``epoch(state, x, y) -> (state, metrics)`` that first places its inputs, then runs a jit.
 
@@ -267,25 +253,24 @@ def make_sharded_epoch_fn(
     mesh: Mesh,
     gradients: str = "manual",
     axis: str | None = None,
+    stacked: bool = False,
 ) -> PlacedEpochFn:
     """Data-parallel ``epoch(state, x, y) -> (state, metrics)`` over ``axis`` of ``mesh``.
 
     ``batch_size`` is the global batch; it must divide by the number of devices on ``axis``.
     state, x (N, D), y (N,) are replicated on the mesh (placed there if they are not), every step's
-    batch is sharded along ``axis``; outputs are replicated. The placed state is donated.
+    batch is sharded along ``axis`` (``train.epoch_step(batch_sharding=...)``, the very function
+    single-device training runs); outputs are replicated. The placed state is donated.
+    ``stacked=True``: the state holds M models along a leading axis (as in
+    ``train.make_epoch_fn``), vmapped, each model's batches split the same way.
     """
     validate_hyperparameters(batch_size)
     _check_gradients(gradients)
     axis = _single_axis(mesh, axis)
-    size = mesh.shape[axis]
-    if batch_size % size:
-        raise ValueError(
-            f"global batch size {batch_size} does not divide by the {size} devices of mesh axis "
-            f"{axis!r}; use a multiple of {size} (each device gets batch_size / {size} rows)"
-        )
+    check_divisible(batch_size, mesh, axis)
     replicated = NamedSharding(mesh, P())
     epoch = functools.partial(
-        sharded_epoch_step,
+        epoch_step,
         activation=activation,
         optimizer=optimizer,
         batch_size=batch_size,
@@ -293,7 +278,7 @@ def make_sharded_epoch_fn(
         gradients=gradients,
     )
     jitted = jax.jit(
-        epoch,
+        jax.vmap(epoch, in_axes=(0, None, None)) if stacked else epoch,
         in_shardings=(replicated, replicated, replicated),
         out_shardings=(replicated, replicated),
         donate_argnums=0,
@@ -421,6 +406,7 @@ __all__ = [
     "MODEL_AXIS",
     "PlacedEpochFn",
     "count_collectives",
+    "check_divisible",
     "data_mesh",
     "init_stacked_states",
     "initialize_distributed",
@@ -432,7 +418,6 @@ __all__ = [
     "shard_batch",
     "shard_models",
     "single_state",
-    "sharded_epoch_step",
     "stack_trees",
     "tree_max_diff",
     "unstack_tree",
