@@ -212,11 +212,6 @@ def evaluate_stacked(params: MLPParams, x: Array, y: Array, activation: str) -> 
     return jax.vmap(one)(params)
 
 
-def tree_is_finite(tree: Any) -> Array:
-    """True when every leaf of ``tree`` is finite (a cheap divergence check)."""
-    return jnp.all(jnp.array([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
-
-
 # --------------------------------------------------------------------------------------------
 # The epoch loop: history, divergence, callbacks
 # --------------------------------------------------------------------------------------------
