@@ -26,6 +26,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from jnn.errors import InputError
+
 ROLLING_DIR = "latest"
 _SAVE_LOCK = threading.Lock()
 _TMP_MARK = ".orbax-checkpoint-tmp"
@@ -34,7 +36,7 @@ _TMP_MARK = ".orbax-checkpoint-tmp"
 logging.getLogger("absl").setLevel(logging.WARNING)
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A checkpoint folder is unusable as asked (relative path, missing epoch, wrong shape)."""
 
 

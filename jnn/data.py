@@ -34,6 +34,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from jnn.errors import InputError
+
 __all__ = [
     "CLASS_NAMES",
     "FILES",
@@ -92,7 +94,7 @@ _PROTOCOLS = ("seed", "official")
 _SOURCES = ("idx", "tfds")
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """A dataset file is missing, corrupt or malformed. The message is always one line."""
 
     def __init__(self, message: str) -> None:

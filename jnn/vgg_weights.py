@@ -32,10 +32,11 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from jnn.errors import InputError
 from jnn.vgg import CONV_LAYERS, FORMATS, TOP_LAYERS, expected_shapes
 
 
-class WeightFileError(ValueError):
+class WeightFileError(InputError):
     """A weight file is unreadable, lacks a layer, has a wrong shape, or fails its hash check."""
 
 
