@@ -1,7 +1,10 @@
 """Shared fixtures: the real Fashion-MNIST files (never downloaded by the tests)."""
 
+import functools
+import http.server
 import os
 import pathlib
+import threading
 
 import pytest
 
@@ -27,3 +30,35 @@ def fashion(fashion_dir):
     from jnn.data import load_fashion_mnist
 
     return load_fashion_mnist(fashion_dir, download=False)
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):  # keep the test output clean
+        pass
+
+
+@pytest.fixture
+def mirror(tmp_path, fashion_dir):
+    """A local HTTP server on 127.0.0.1: /good/ serves the real files, /bad/ corrupted ones."""
+    from jnn.data import FILES, TEST_LABELS
+
+    root = tmp_path / "www"
+    (root / "good").mkdir(parents=True)
+    (root / "bad").mkdir()
+    (root / "empty").mkdir()
+    for name in FILES:
+        (root / "good" / name).symlink_to(fashion_dir / name)
+    labels = (fashion_dir / TEST_LABELS).read_bytes()
+    flipped = labels[:100] + bytes([labels[100] ^ 0xFF]) + labels[101:]
+    (root / "bad" / TEST_LABELS).write_bytes(flipped)
+    (root / "bad" / "short" / TEST_LABELS).parent.mkdir()
+    (root / "bad" / "short" / TEST_LABELS).write_bytes(labels[:-1])
+    (root / "bad" / "long" / TEST_LABELS).parent.mkdir()
+    (root / "bad" / "long" / TEST_LABELS).write_bytes(labels + b"\x00")
+    handler = functools.partial(_QuietHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+    server.server_close()

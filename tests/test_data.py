@@ -1,13 +1,10 @@
 """jnn.data: loading, verification, download (against a local fake mirror), splits, tfds."""
 
-import functools
 import gzip
 import hashlib
-import http.server
 import pathlib
 import socket
 import sys
-import threading
 
 import numpy as np
 import pytest
@@ -236,35 +233,6 @@ def test_bad_source():
 
 
 # --------------------------------------------------------------------------- download
-
-
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):  # keep the test output clean
-        pass
-
-
-@pytest.fixture
-def mirror(tmp_path, fashion_dir):
-    """A local HTTP server on 127.0.0.1: /good/ serves the real files, /bad/ corrupted ones."""
-    root = tmp_path / "www"
-    (root / "good").mkdir(parents=True)
-    (root / "bad").mkdir()
-    (root / "empty").mkdir()
-    for name in FILES:
-        (root / "good" / name).symlink_to(fashion_dir / name)
-    labels = (fashion_dir / TEST_LABELS).read_bytes()
-    (root / "bad" / TEST_LABELS).write_bytes(flip_byte(labels, 100))
-    (root / "bad" / "short" / TEST_LABELS).parent.mkdir()
-    (root / "bad" / "short" / TEST_LABELS).write_bytes(labels[:-1])
-    (root / "bad" / "long" / TEST_LABELS).parent.mkdir()
-    (root / "bad" / "long" / TEST_LABELS).write_bytes(labels + b"\x00")
-    handler = functools.partial(_QuietHandler, directory=str(root))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/"
-    server.shutdown()
-    server.server_close()
 
 
 def test_download_into_default_cache(tmp_path, mirror, fashion, monkeypatch):

@@ -239,3 +239,35 @@ def test_data_parallel_matches_one_device(fashion_dir, tmp_path):
                     abs(dp["checkpoints"][epoch][f"{split}_accuracy"] - c[f"{split}_accuracy"])
                     <= 2.5e-3
                 )
+
+
+def test_sweep_downloads_its_data_on_first_use(tmp_path, mirror, monkeypatch):
+    """The README's first command on a fresh machine: no --data-dir, no JNN_DATA_DIR, an empty
+    cache. The sweep's own loading path fetches the four files (checksummed) and trains."""
+    from jnn import data
+
+    monkeypatch.delenv("JNN_DATA_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(data, "MIRRORS", (mirror + "bad/", mirror + "good/"))
+    out = tmp_path / "run"
+    argv = ["--quick", "--out", str(out), "--devices", "1", "--activations", "relu"]
+    assert mlp_sweep.main([*argv, "--no-sklearn"]) == 0
+    cache = tmp_path / "cache" / "jnn" / "fashion-mnist"
+    assert sorted(p.name for p in cache.iterdir()) == sorted(data.FILES)
+    assert json.loads((out / "results.json").read_text())["status"] == "ok"
+
+
+def test_sweep_offline_says_which_flag(tmp_path, mirror, monkeypatch, capsys):
+    """Offline (every mirror refuses or serves corrupt bytes): one line naming the folder, the
+    environment variable and the flag; nothing written to --out."""
+    from jnn import data
+
+    monkeypatch.delenv("JNN_DATA_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(data, "MIRRORS", (mirror + "empty/", mirror + "bad/"))
+    out = tmp_path / "run"
+    rc = mlp_sweep.main(["--quick", "--out", str(out), "--devices", "1", "--no-sklearn"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    for needle in ("could not download", "JNN_DATA_DIR", "--data-dir"):
+        assert needle in err[0]
