@@ -5,14 +5,21 @@ The four official ``.gz`` files are read from a folder (argument, else ``$JNN_DA
 when ``download=True``; every file is checked against its official size and SHA-256 before use.
 Everything returned is a numpy array: images uint8 ``(N, 28, 28)``, labels int32 ``(N,)``.
 
-Split protocols (all indices refer to the pooled 70,000 examples, train first then test):
+Split protocols (all indices refer to the pooled 70,000 examples, train first then test; every
+split is a seeded permutation, so the same seed gives the same indices):
 
-* ``"seed"``: the original study's protocol, 80/10/10 train/val/test of all 70,000 images drawn
-  with a fixed seed (56,000 / 7,000 / 7,000).
+* ``"pooled70k"``: 80/10/10 train/val/test of all 70,000 images pooled (56,000 / 7,000 / 7,000).
+  ``"seed"`` is its deprecated alias (the name it had before), kept so existing run folders and
+  command lines keep working; it gives bit-identical indices.
 * ``"official"``: the official 10,000 test images; the 60,000 official training images split
-  54,000 / 6,000 train/val with the seed.
+  54,000 / 6,000 train/val.
+* ``"original"``: the original course study's split, inferred from its reported numbers: of the
+  60,000 official *training* images, 10% test (6,000), then 10% of the rest validation (5,400),
+  the remaining 48,600 train. The official 10k test set is not used.
+* ``"original-vgg"``: the original VGG16 study's split: 48,000 train / 12,000 test (20%) of the
+  60,000 official training images, **no validation set** (the val arrays have length 0).
 
-``stratify=True`` draws each split class by class, so class proportions are exact (700 or 600
+``stratify=True`` draws each split class by class, so class proportions are exact (e.g. 700 or 600
 validation images per class). Splits come back in a seeded random order.
 """
 
@@ -29,7 +36,7 @@ import time
 import urllib.error
 import urllib.request
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -41,8 +48,11 @@ __all__ = [
     "FILES",
     "MIRRORS",
     "DataError",
+    "PROTOCOLS",
+    "PROTOCOL_ALIASES",
     "FashionMNIST",
     "Splits",
+    "canonical_protocol",
     "default_data_dir",
     "load_fashion_mnist",
     "load_splits",
@@ -90,7 +100,10 @@ DOWNLOAD_DEADLINE_S = 600.0  # whole file, per mirror
 
 _IMAGES_MAGIC = 2051
 _LABELS_MAGIC = 2049
-_PROTOCOLS = ("seed", "official")
+# Split protocols (see the module docstring and split_indices) and the deprecated names that
+# still resolve to one of them.
+PROTOCOLS: tuple[str, ...] = ("pooled70k", "official", "original", "original-vgg")
+PROTOCOL_ALIASES: dict[str, str] = {"seed": "pooled70k"}
 _SOURCES = ("idx", "tfds")
 
 
@@ -111,7 +124,13 @@ class FashionMNIST(NamedTuple):
 
 
 class Splits(NamedTuple):
-    """Train / validation / test arrays (images first, then int32 labels)."""
+    """Train / validation / test arrays (images first, then int32 labels).
+
+    A protocol without a validation set (``"original-vgg"``) gives ``x_val`` / ``y_val`` of
+    length 0 with the usual trailing shape and dtype (e.g. (0, 28, 28) uint8 and (0,) int32), so
+    code that concatenates or indexes splits keeps working; test ``len(y_val) == 0`` before
+    evaluating on it (a mean over no examples is NaN).
+    """
 
     x_train: np.ndarray
     y_train: np.ndarray
@@ -344,7 +363,7 @@ def load_fashion_mnist(
     of the decompressed files (copy before writing in place).
     """
     if source not in _SOURCES:
-        raise ValueError(f"source must be one of {_SOURCES}, got {source!r}")
+        raise InputError(f"source must be one of {_SOURCES}, got {source!r}")
     tfds = _import_tfds() if source == "tfds" else None  # fail early when it is not installed
     directory = pathlib.Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
     # TFDS checks the hashes itself and falls back to the network on a mismatch: always verify.
@@ -417,64 +436,127 @@ def _match_order(reference: np.ndarray, images: np.ndarray, what: str) -> np.nda
 # --------------------------------------------------------------------------- splits
 
 
+def canonical_protocol(protocol: object) -> str:
+    """The protocol's current name: ``"seed"`` -> ``"pooled70k"``; a listed name unchanged.
+
+    Raises :class:`jnn.errors.InputError` (one line) for anything else, before any file is read.
+    """
+    if isinstance(protocol, str):
+        name = PROTOCOL_ALIASES.get(protocol, protocol)
+        if name in PROTOCOLS:
+            return name
+    aliases = ", ".join(f"{old!r} = {new!r}" for old, new in PROTOCOL_ALIASES.items())
+    raise InputError(
+        f"unknown split protocol {protocol!r}: use one of {', '.join(map(repr, PROTOCOLS))} "
+        f"(deprecated alias: {aliases})"
+    )
+
+
 def _check_seed(seed: object) -> int:
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r} ({type(seed).__name__})")
+        raise InputError(
+            f"seed must be a non-negative int, got {seed!r} ({type(seed).__name__}); "
+            f"pass e.g. seed=0"
+        )
     return int(seed)
 
 
+# Pool size n -> (n_val, n_test). Python's round (half to even), as the first protocols had it.
+_Sizes = Callable[[int], tuple[int, int]]
+
+
+def _fractions_of_all(val_frac: float, test_frac: float) -> _Sizes:
+    """val and test both a fraction of the whole pool ("pooled70k", "official")."""
+    return lambda n: (round(n * val_frac), round(n * test_frac))
+
+
+def _test_then_val(test_frac: float, val_frac: float) -> _Sizes:
+    """test a fraction of the pool, then val a fraction of what is left ("original")."""
+
+    def sizes(n: int) -> tuple[int, int]:
+        n_test = round(n * test_frac)
+        return round((n - n_test) * val_frac), n_test
+
+    return sizes
+
+
+# protocol -> (pool: "all" 70k pooled or "train" the official 60k, sizes of val and test).
+_PLANS: dict[str, tuple[str, _Sizes]] = {
+    "pooled70k": ("all", _fractions_of_all(0.1, 0.1)),
+    "official": ("train", _fractions_of_all(0.1, 0.0)),  # + the official test set
+    "original": ("train", _test_then_val(0.1, 0.1)),
+    "original-vgg": ("train", _fractions_of_all(0.0, 0.2)),
+}
+
+
 def _three_way(
-    idx: np.ndarray, rng: np.random.Generator, val_frac: float, test_frac: float
+    idx: np.ndarray, rng: np.random.Generator, sizes: _Sizes
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Permute ``idx`` and cut it into (train, val, test); test first, then val, then train."""
     idx = rng.permutation(idx)
-    n_test = round(len(idx) * test_frac)
-    n_val = round(len(idx) * val_frac)
+    n_val, n_test = sizes(len(idx))
     return idx[n_test + n_val :], idx[n_test : n_test + n_val], idx[:n_test]
 
 
 def _stratified(
-    idx: np.ndarray,
-    labels: np.ndarray,
-    rng: np.random.Generator,
-    val_frac: float,
-    test_frac: float,
+    idx: np.ndarray, labels: np.ndarray, rng: np.random.Generator, sizes: _Sizes
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_three_way` class by class (sizes per class), each split then permuted."""
     empty = np.empty(0, dtype=idx.dtype)
     parts: tuple[list, list, list] = ([empty], [empty], [empty])
     for c in np.unique(labels[idx]):
-        for part, chosen in zip(parts, _three_way(idx[labels[idx] == c], rng, val_frac, test_frac)):
+        for part, chosen in zip(parts, _three_way(idx[labels[idx] == c], rng, sizes)):
             part.append(chosen)
     return tuple(rng.permutation(np.concatenate(p)) for p in parts)  # type: ignore[return-value]
 
 
 def split_indices(
-    ds: FashionMNIST, protocol: str = "seed", *, seed: int = 0, stratify: bool = False
+    ds: FashionMNIST, protocol: str = "pooled70k", *, seed: int = 0, stratify: bool = False
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(train, val, test) int64 index arrays into the pooled examples (train first, then test).
 
-    ``"seed"``: 80/10/10 of all examples (56,000 / 7,000 / 7,000). ``"official"``: the official
-    test set (in its original order) and a 90/10 train/val split of the official train set
-    (54,000 / 6,000). ``stratify=True`` splits each class separately, so every split keeps the
+    * ``"pooled70k"`` (alias ``"seed"``, deprecated): 80/10/10 of all 70,000 examples
+      (56,000 / 7,000 / 7,000).
+    * ``"official"``: the official test set (in its original order) and a 90/10 train/val split
+      of the official train set (54,000 / 6,000).
+    * ``"original"``: 48,600 / 5,400 / 6,000 of the 60,000 official training images (indices all
+      < 60,000). Inferred from the original study's numbers: each test accuracy it reports times
+      6,000 is an integer (0.8865 -> 5319 images, 0.10116... -> 607, its MLPClassifier
+      0.87316... -> 5239) and each training accuracy times 48,600 is one (0.98701646... ->
+      47969), while 7,000 and 56,000 fit none. 6,000 = 10% of 60,000; 5,400 = 10% of the
+      remaining 54,000; 48,600 = the rest.
+    * ``"original-vgg"``: 48,000 / 0 / 12,000 of the 60,000 official training images, the VGG16
+      study's split: its log evaluates 188 batches of 64 (accuracies multiples of 1/64), i.e.
+      ~12,000 images = 20% of 60,000 (187 * 64 = 11,968 < 12,000 <= 188 * 64 = 12,032).
+      Validation is empty: a length-0 int64 array.
+
+    The permutation is drawn with ``numpy.random.default_rng(seed)``; test is cut first, then
+    val, then train. ``stratify=True`` splits each class separately, so every split keeps the
     class proportions (exact when class counts are multiples of 10, as in Fashion-MNIST).
+    Raises :class:`jnn.errors.InputError` for an unknown protocol or a bad seed.
     """
-    if protocol not in _PROTOCOLS:
-        raise ValueError(f"protocol must be one of {_PROTOCOLS}, got {protocol!r}")
+    protocol = canonical_protocol(protocol)
     rng = np.random.default_rng(_check_seed(seed))
     n_train, n_test = len(ds.train_labels), len(ds.test_labels)
     labels = np.concatenate([ds.train_labels, ds.test_labels])
-    three_way = functools.partial(_stratified, labels=labels) if stratify else _three_way
-    if protocol == "seed":
-        return three_way(np.arange(n_train + n_test), rng=rng, val_frac=0.1, test_frac=0.1)
-    train, val, _ = three_way(np.arange(n_train), rng=rng, val_frac=0.1, test_frac=0.0)
-    return train, val, np.arange(n_train, n_train + n_test)
+    pool_name, sizes = _PLANS[protocol]
+    pool = np.arange(n_train + n_test if pool_name == "all" else n_train)
+    if stratify:
+        train, val, test = _stratified(pool, labels, rng, sizes)
+    else:
+        train, val, test = _three_way(pool, rng, sizes)
+    if protocol == "official":
+        test = np.arange(n_train, n_train + n_test)
+    return train, val, test
 
 
 def split(
-    ds: FashionMNIST, protocol: str = "seed", *, seed: int = 0, stratify: bool = False
+    ds: FashionMNIST, protocol: str = "pooled70k", *, seed: int = 0, stratify: bool = False
 ) -> Splits:
     """Split into train/val/test: uint8 images (n, 28, 28) and int32 labels (n,).
 
-    See :func:`split_indices` for the protocols; the same seed always gives the same split.
+    See :func:`split_indices` for the protocols; the same seed always gives the same split. For
+    ``"original-vgg"`` the validation arrays are empty: (0, 28, 28) uint8 and (0,) int32.
     """
     train, val, test = split_indices(ds, protocol, seed=seed, stratify=stratify)
     images = np.concatenate([ds.train_images, ds.test_images])
@@ -484,17 +566,24 @@ def split(
     )
 
 
+def _flat(x: np.ndarray) -> np.ndarray:
+    """(N, ...) -> (N, prod(...)); also for N = 0, where reshape(0, -1) is ambiguous."""
+    return x.reshape(len(x), int(np.prod(x.shape[1:], dtype=np.int64)))
+
+
 def to_float(images: np.ndarray, *, flatten: bool = True) -> np.ndarray:
     """uint8 images (N, 28, 28) -> float32 in [0, 1]; shape (N, 784) if ``flatten``."""
     images = np.asarray(images)
     if images.dtype != np.uint8:
-        raise ValueError(f"to_float expects uint8 images, got dtype {images.dtype}")
+        raise InputError(
+            f"to_float expects uint8 images, got dtype {images.dtype}; pass the raw images"
+        )
     out = np.divide(images, np.float32(255), dtype=np.float32)
-    return out.reshape(len(out), -1) if flatten else out
+    return _flat(out) if flatten else out
 
 
 def load_splits(
-    protocol: str = "seed",
+    protocol: str = "pooled70k",
     *,
     seed: int = 0,
     data_dir: str | os.PathLike | None = None,
@@ -505,9 +594,9 @@ def load_splits(
     source: str = "idx",
 ) -> Splits:
     """Load, split and convert: images float32 in [0, 1] (N, 784), or (N, 28, 28) when not
-    ``flatten``; uint8 when not ``as_float``. Labels int32 (N,)."""
-    if protocol not in _PROTOCOLS:  # fail before loading
-        raise ValueError(f"protocol must be one of {_PROTOCOLS}, got {protocol!r}")
+    ``flatten``; uint8 when not ``as_float``. Labels int32 (N,). Protocols as in
+    :func:`split_indices` (``"original-vgg"``: empty validation arrays, (0, 784) / (0,))."""
+    protocol = canonical_protocol(protocol)  # fail before loading
     _check_seed(seed)
     s = split(
         load_fashion_mnist(data_dir, download=download, source=source),
@@ -519,7 +608,7 @@ def load_splits(
     def convert(x: np.ndarray) -> np.ndarray:
         if as_float:
             return to_float(x, flatten=flatten)
-        return x.reshape(len(x), -1) if flatten else x
+        return _flat(x) if flatten else x
 
     return Splits(
         convert(s.x_train), s.y_train, convert(s.x_val), s.y_val, convert(s.x_test), s.y_test

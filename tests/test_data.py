@@ -29,6 +29,7 @@ from jnn.data import (
     split_indices,
     to_float,
 )
+from jnn.errors import InputError
 
 # MD5s published by Zalando for the official release (README of zalandoresearch/fashion-mnist).
 OFFICIAL_MD5 = {
@@ -291,26 +292,88 @@ def test_download_offline(tmp_path, monkeypatch):
 
 # --------------------------------------------------------------------------- splits
 
+ALL_PROTOCOLS = ["pooled70k", "seed", "official", "original", "original-vgg"]
+SIZES = {  # (train, val, test)
+    "pooled70k": (56_000, 7_000, 7_000),
+    "seed": (56_000, 7_000, 7_000),
+    "official": (54_000, 6_000, 10_000),
+    "original": (48_600, 5_400, 6_000),
+    "original-vgg": (48_000, 0, 12_000),
+}
+# What the pool of each protocol is: all 70,000 images, or the 60,000 official training images.
+POOL = {"pooled70k": 70_000, "seed": 70_000, "official": 70_000}
+POOL |= {"original": 60_000, "original-vgg": 60_000}
 
-@pytest.mark.parametrize(
-    "protocol,sizes", [("seed", (56_000, 7_000, 7_000)), ("official", (54_000, 6_000, 10_000))]
-)
+
+def index_digest(idx: tuple[np.ndarray, ...]) -> str:
+    return hashlib.sha256(b"".join(np.ascontiguousarray(i).tobytes() for i in idx)).hexdigest()
+
+
+def test_protocol_names():
+    assert data.PROTOCOLS == ("pooled70k", "official", "original", "original-vgg")
+    assert data.PROTOCOL_ALIASES == {"seed": "pooled70k"}
+    assert data.canonical_protocol("seed") == "pooled70k"
+    for name in data.PROTOCOLS:
+        assert data.canonical_protocol(name) == name
+
+
+@pytest.mark.parametrize("protocol", ALL_PROTOCOLS)
 @pytest.mark.parametrize("stratify", [False, True])
-def test_split_sizes_disjoint_and_complete(fashion, protocol, sizes, stratify):
+def test_split_sizes_disjoint_and_complete(fashion, protocol, stratify):
+    sizes = SIZES[protocol]
     idx = split_indices(fashion, protocol, seed=0, stratify=stratify)
     assert tuple(len(i) for i in idx) == sizes
-    np.testing.assert_array_equal(np.sort(np.concatenate(idx)), np.arange(70_000))  # partition
+    assert all(i.dtype == np.int64 for i in idx)
+    # A partition of the protocol's pool: disjoint, and every image of the pool used once.
+    np.testing.assert_array_equal(np.sort(np.concatenate(idx)), np.arange(POOL[protocol]))
     s = split(fashion, protocol, seed=0, stratify=stratify)
     assert isinstance(s, Splits)
     pool_x = np.concatenate([fashion.train_images, fashion.test_images])
     pool_y = np.concatenate([fashion.train_labels, fashion.test_labels])
     for i, x, y in zip(idx, s[0::2], s[1::2]):
-        assert x.dtype == np.uint8 and x.shape[1:] == (28, 28) and y.dtype == np.int32
+        assert x.dtype == np.uint8 and x.shape == (len(i), 28, 28) and y.dtype == np.int32
         np.testing.assert_array_equal(x, pool_x[i])
         np.testing.assert_array_equal(y, pool_y[i])
     if stratify:
         for y, n in zip(s[1::2], sizes):
             np.testing.assert_array_equal(np.bincount(y, minlength=10), [n // 10] * 10)
+
+
+@pytest.mark.parametrize("protocol", ["original", "original-vgg"])
+@pytest.mark.parametrize("seed", [0, 5])
+def test_original_protocols_use_only_the_official_training_images(fashion, protocol, seed):
+    for stratify in (False, True):
+        idx = split_indices(fashion, protocol, seed=seed, stratify=stratify)
+        assert all(i.max(initial=0) < 60_000 and i.min(initial=0) >= 0 for i in idx)
+        s = split(fashion, protocol, seed=seed, stratify=stratify)
+        for i, x, y in zip(idx, s[0::2], s[1::2]):  # the official 10k test set is not used
+            np.testing.assert_array_equal(x, fashion.train_images[i])
+            np.testing.assert_array_equal(y, fashion.train_labels[i])
+
+
+def test_original_sizes_match_the_studys_reported_accuracies():
+    """The arithmetic the sizes were inferred from (issue 13): each reported accuracy is k/n."""
+    _, n_val, n_test = SIZES["original"]
+    n_train = SIZES["original"][0]
+    for acc in (0.8865, 5239 / 6000, 607 / 6000):
+        assert abs(acc * n_test - round(acc * n_test)) < 1e-6
+        assert abs(acc * 7_000 - round(acc * 7_000)) > 1e-3  # the pooled split does not fit
+    train_acc = 47969 / 48600  # 0.98701646...
+    assert f"{train_acc:.8f}" == "0.98701646"
+    assert abs(train_acc * 56_000 - round(train_acc * 56_000)) > 1e-3
+    assert (n_train, n_val, n_test) == (48_600, 5_400, 6_000) and n_train + n_val + n_test == 60_000
+    assert 187 * 64 < SIZES["original-vgg"][2] <= 188 * 64  # the VGG log's 188 batches of 64
+
+
+def test_original_vgg_has_an_empty_validation_set(fashion, fashion_dir):
+    s = split(fashion, "original-vgg", seed=2)
+    assert s.x_val.shape == (0, 28, 28) and s.x_val.dtype == np.uint8
+    assert s.y_val.shape == (0,) and s.y_val.dtype == np.int32
+    f = load_splits("original-vgg", seed=2, data_dir=fashion_dir, download=False)
+    assert f.x_val.shape == (0, 784) and f.x_val.dtype == np.float32 and f.y_val.shape == (0,)
+    np.testing.assert_array_equal(f.x_test, to_float(s.x_test))
+    u = load_splits("original-vgg", data_dir=fashion_dir, download=False, as_float=False)
+    assert u.x_val.shape == (0, 784) and u.x_val.dtype == np.uint8
 
 
 def test_official_protocol_keeps_the_official_test_set(fashion):
@@ -319,36 +382,77 @@ def test_official_protocol_keeps_the_official_test_set(fashion):
     np.testing.assert_array_equal(s.y_test, fashion.test_labels)
 
 
-@pytest.mark.parametrize("protocol", ["seed", "official"])
+@pytest.mark.parametrize("protocol", ALL_PROTOCOLS)
 def test_split_deterministic_per_seed(fashion, protocol):
     a = split_indices(fashion, protocol, seed=7)
     b = split_indices(fashion, protocol, seed=np.int64(7))
     c = split_indices(fashion, protocol, seed=8)
     for x, y in zip(a, b):
         np.testing.assert_array_equal(x, y)
-    assert not np.array_equal(np.sort(a[1]), np.sort(c[1]))  # another seed, another val set
+    assert not np.array_equal(np.sort(a[2]), np.sort(c[2])) or protocol == "official"
+    assert not np.array_equal(np.sort(a[0]), np.sort(c[0]))  # another seed, another train set
+
+
+@pytest.mark.parametrize("stratify", [False, True])
+@pytest.mark.parametrize("seed", [0, 3])
+def test_seed_alias_gives_identical_indices(fashion, seed, stratify):
+    old = split_indices(fashion, "seed", seed=seed, stratify=stratify)
+    new = split_indices(fashion, "pooled70k", seed=seed, stratify=stratify)
+    for x, y in zip(old, new):
+        assert x.dtype == y.dtype and x.tobytes() == y.tobytes()
+
+
+# sha256 of the concatenated int64 indices, recorded with the code before the "original"
+# protocols were added: existing run folders name their split, so these must never move.
+FROZEN = {
+    ("pooled70k", False, 0): "57ffb78e5b579a98",
+    ("pooled70k", True, 3): "4180852706439142",
+    ("official", False, 0): "3d34fcb272f5947f",
+    ("official", True, 3): "b3df502ff1b631fa",
+}
+
+
+@pytest.mark.parametrize("key", sorted(FROZEN), ids=str)
+def test_existing_protocols_give_the_indices_they_always_gave(fashion, key):
+    protocol, stratify, seed = key
+    idx = split_indices(fashion, protocol, seed=seed, stratify=stratify)
+    assert index_digest(idx)[:16] == FROZEN[key]
+
+
+def assert_one_line_input_error(excinfo: pytest.ExceptionInfo, *needles: str) -> None:
+    assert isinstance(excinfo.value, InputError) and isinstance(excinfo.value, ValueError)
+    msg = str(excinfo.value)
+    assert "\n" not in msg and msg.strip() == msg
+    for needle in needles:
+        assert needle in msg, (needle, msg)
 
 
 @pytest.mark.parametrize("seed", [1.5, "0", True, -1, None])
-def test_bad_seed(fashion, seed):
-    with pytest.raises(ValueError, match="seed"):
-        split(fashion, seed=seed)
+@pytest.mark.parametrize("protocol", ["pooled70k", "original", "original-vgg"])
+def test_bad_seed(fashion, seed, protocol):
+    with pytest.raises(InputError) as e:
+        split(fashion, protocol, seed=seed)
+    assert_one_line_input_error(e, "seed", "non-negative int", repr(seed))
 
 
-def test_bad_protocol(fashion):
-    with pytest.raises(ValueError, match="protocol"):
-        split(fashion, "random")
-    with pytest.raises(ValueError, match="protocol"):  # before touching any file
-        load_splits("random", data_dir="/nonexistent", download=False)
+@pytest.mark.parametrize("protocol", ["random", "Original", "pooled", "", None, 0])
+def test_bad_protocol(fashion, protocol):
+    with pytest.raises(InputError) as e:
+        split(fashion, protocol)
+    assert_one_line_input_error(e, "protocol", repr(protocol), "'original'", "'seed'")
+    with pytest.raises(InputError, match="protocol"):  # before touching any file
+        load_splits(protocol, data_dir="/nonexistent", download=False)
+    with pytest.raises(InputError, match="protocol"):
+        split_indices(fashion, protocol, seed=-1)  # the protocol is checked first
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(
     n_train=st.integers(0, 60),
     n_test=st.integers(0, 30),
     seed=st.integers(0, 2**32),
     stratify=st.booleans(),
-    protocol=st.sampled_from(["seed", "official"]),
+    protocol=st.sampled_from(ALL_PROTOCOLS),
 )
 def test_split_indices_partition_any_size(n_train, n_test, seed, stratify, protocol):
     rng = np.random.default_rng(seed)
@@ -360,9 +464,12 @@ def test_split_indices_partition_any_size(n_train, n_test, seed, stratify, proto
         labels[n_train:],
     )
     idx = split_indices(ds, protocol, seed=seed, stratify=stratify)
-    np.testing.assert_array_equal(np.sort(np.concatenate(idx)), np.arange(n_train + n_test))
+    pool = n_train + n_test if POOL[protocol] == 70_000 else n_train
+    np.testing.assert_array_equal(np.sort(np.concatenate(idx)), np.arange(pool))
     if protocol == "official":
         np.testing.assert_array_equal(idx[2], np.arange(n_train, n_train + n_test))
+    if protocol == "original-vgg":
+        assert len(idx[1]) == 0
 
 
 # --------------------------------------------------------------------------- conversion
@@ -374,8 +481,9 @@ def test_to_float():
     assert flat.dtype == np.float32 and flat.shape == (1, 4)
     np.testing.assert_allclose(flat, [[0.0, 1.0, 0.2, 128 / 255]], rtol=1e-7)
     assert to_float(images, flatten=False).shape == (1, 2, 2)
-    with pytest.raises(ValueError, match="uint8"):
+    with pytest.raises(InputError, match="uint8"):
         to_float(images.astype(np.float32))
+    assert to_float(np.zeros((0, 28, 28), np.uint8)).shape == (0, 784)
 
 
 def test_load_splits(fashion_dir, fashion):
