@@ -14,8 +14,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import jax
 import jax.numpy as jnp
 from jax import Array
+
+from jnn.core import Layer, stateless
 
 
 class Activation(NamedTuple):
@@ -27,12 +30,18 @@ class Activation(NamedTuple):
 
 
 def relu_forward(x: Array) -> tuple[Array, Array]:
-    """max(x, 0). The cache is x itself; the derivative at exactly 0 is taken as 0."""
-    return jnp.where(x > 0, x, jnp.zeros_like(x)), x
+    """max(x, 0) as ``jax.nn.relu`` computes it (the backward below stays hand-written). The cache
+    is x itself.
+
+    It propagates NaN: ``where(x > 0, x, 0)`` would map a NaN to 0 and hide a diverged weight from
+    the loss (and so from the divergence check). Differentiating ``jax.nn.relu`` gives 0 at
+    exactly 0 (its custom JVP); plain ``jnp.maximum`` would give 0.5 there.
+    """
+    return jax.nn.relu(x), x
 
 
 def relu_backward(x: Array, dy: Array) -> Array:
-    """dy where x > 0, else 0."""
+    """dy where x > 0, else 0: ``jax.nn.relu``'s gradient (0 at exactly 0, and 0 at NaN)."""
     return jnp.where(x > 0, dy, jnp.zeros_like(dy))
 
 
@@ -105,6 +114,12 @@ ACTIVATIONS: dict[str, Activation] = {
 }
 
 
+def activation_layer(name: str) -> Layer:
+    """The activation named ``name`` as a :class:`jnn.core.Layer` (case-insensitive)."""
+    act = get_activation(name)
+    return stateless(act.name, act.forward, act.backward)
+
+
 def get_activation(name: str) -> Activation:
     """Look an activation up by name (case-insensitive); unknown names raise a clear ValueError."""
     key = str(name).lower()
@@ -113,3 +128,11 @@ def get_activation(name: str) -> Activation:
             f"unknown activation {name!r}: choose one of {', '.join(sorted(ACTIVATIONS))}"
         )
     return ACTIVATIONS[key]
+
+
+# The activations as layers of the protocol in jnn.core (values, no params or state).
+ReLU = activation_layer("relu")
+Sigmoid = activation_layer("sigmoid")
+Tanh = activation_layer("tanh")
+Linear = activation_layer("linear")
+Softmax = activation_layer("softmax")

@@ -21,8 +21,10 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
-from jnn.activations import get_activation
-from jnn.layers import DenseParams, dense_backward, dense_forward, dense_init
+from jnn.activations import activation_layer, get_activation
+from jnn.core import Layer, Shape, serial
+from jnn.initializers import get_initializer
+from jnn.layers.dense import Dense, DenseParams, dense_backward, dense_forward, dense_init
 from jnn.losses import one_hot, softmax_cross_entropy, softmax_cross_entropy_backward
 
 MLPParams = list[DenseParams]
@@ -42,6 +44,48 @@ def init_mlp(
         dense_init(k, n_in, n_out, init, dtype, **init_kwargs)
         for k, n_in, n_out in zip(keys, sizes[:-1], sizes[1:])
     ]
+
+
+def mlp(
+    sizes: Sequence[int] = STUDY_SIZES,
+    activation: str = "relu",
+    init: str = "normal",
+    dtype: Any = jnp.float32,
+    **init_kwargs: Any,
+) -> Layer:
+    """The study's network as a value: ``serial(Dense(256), act, Dense(128), act, Dense(64), act,
+    Dense(10))`` for ``sizes = (784, 256, 128, 64, 10)``; logits out (the loss fuses the softmax).
+
+    ``init`` keeps jnn's original key convention: the model key is split once per *dense* layer
+    (``split(key, 4)``), not once per layer as ``serial`` would (``split(key, 7)``), so the study's
+    initial weights, checkpoints and results are bit-identical to those of earlier releases.
+    Params: a tuple with ``{"w", "b"}`` at the dense positions and ``()`` at the activations.
+    """
+    sizes = tuple(int(s) for s in sizes)
+    if len(sizes) < 2 or min(sizes) <= 0:
+        raise ValueError(f"an MLP needs positive input and output sizes, got {sizes}")
+    get_activation(activation)
+    get_initializer(init)
+    layers: list[Layer] = []
+    for i, width in enumerate(sizes[1:]):
+        if i:
+            layers.append(activation_layer(activation))
+        layers.append(Dense(width, init, dtype, **init_kwargs))
+    model = serial(*layers, name=f"mlp{sizes} {activation}")
+
+    def init_fn(key: Array, input_shape: Shape) -> tuple[Shape, Any, Any]:
+        if tuple(input_shape) != sizes[:1]:
+            raise ValueError(f"this MLP takes inputs of shape ({sizes[0]},), got {input_shape}")
+        dense = init_mlp(key, sizes, init, dtype, **init_kwargs)
+        params = tuple(dense[i // 2] if i % 2 == 0 else () for i in range(len(layers)))
+        return sizes[-1:], params, ((),) * len(layers)
+
+    return model._replace(init=init_fn)
+
+
+def dense_params(params: Any) -> list[DenseParams]:
+    """The ``{"w", "b"}`` entries of a serial model's params, in order (for numpy/torch copies)."""
+    return [p for p in params if isinstance(p, dict) and set(p) == {"w", "b"}]
 
 
 def _check_input(params: MLPParams, x: Array) -> None:

@@ -157,3 +157,15 @@ def test_unknown_activation_names_the_choices():
         get_activation("swish")
     for name in NAMES:
         assert name in str(excinfo.value)
+
+
+def test_relu_propagates_nan_like_jax_nn_relu():
+    """A NaN weight must reach the loss (and the divergence check): where(x > 0, x, 0) hid it."""
+    from jnn.activations import relu_backward, relu_forward
+
+    x = jnp.array([jnp.nan, -1.0, 0.0, 2.0])
+    y, cache = relu_forward(x)
+    np.testing.assert_array_equal(y, jax.nn.relu(x))
+    assert np.isnan(y[0])
+    dy = jnp.ones_like(x)
+    np.testing.assert_array_equal(relu_backward(cache, dy), jax.vjp(jax.nn.relu, x)[1](dy)[0])

@@ -1,10 +1,12 @@
-"""The dense layer in the layer protocol, stax-style::
+"""Dense (fully connected) layer with a hand-written backward.
 
-    params = dense_init(key, in_dim, out_dim, init="normal")   # {"w": (in, out), "b": (out,)}
-    y, cache = dense_forward(params, x)                        # x: (B, in) -> y: (B, out)
-    dparams, dx = dense_backward(params, cache, dy)            # dparams shaped like params
+    layer = Dense(256, init="normal")                      # a Layer value (jnn.core)
+    out_shape, params, state = layer.init(key, (784,))     # params {"w": (784, 256), "b": (256,)}
+    y, cache, state = layer.forward(params, state, x)      # x: (B, 784) -> y: (B, 256)
+    dparams, dx = layer.backward(params, cache, dy)        # dparams shaped like params
 
-Biases start at zero, as in the study.
+The function group underneath (``dense_init`` / ``dense_forward`` / ``dense_backward``) is the
+CS231n-style pair the layer wraps. Biases start at zero, as in the study.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 import jax.numpy as jnp
 from jax import Array
 
+from jnn.core import Layer, Shape
 from jnn.initializers import get_initializer
 
 DenseParams = dict[str, Array]
@@ -43,3 +46,36 @@ def dense_backward(params: DenseParams, x: Array, dy: Array) -> tuple[DenseParam
     """dw = x^T dy (in, out), db = sum_b dy (out,), dx = dy w^T (B, in)."""
     grads = {"w": x.T @ dy, "b": jnp.sum(dy, axis=0)}
     return grads, dy @ params["w"].T
+
+
+def Dense(  # noqa: N802 - layers are named like classes, as in stax and Flax
+    features: int, init: str = "normal", dtype: Any = jnp.float32, **init_kwargs: Any
+) -> Layer:
+    """A dense layer with ``features`` outputs; input per-example shape must be ``(in,)``.
+
+    ``init`` names the kernel initializer (``jnn.initializers``; e.g. ``stddev=`` for normal).
+    """
+    if int(features) != features or features <= 0:
+        raise ValueError(f"Dense needs a positive integer number of features, got {features!r}")
+    get_initializer(init)  # unknown names fail here, when the model is built
+
+    def init_fn(key: Array, input_shape: Shape) -> tuple[Shape, DenseParams, tuple]:
+        if len(input_shape) != 1:
+            raise ValueError(
+                f"Dense({features}) needs flat inputs (features,), got per-example shape "
+                f"{tuple(input_shape)}; put Flatten() before it"
+            )
+        params = dense_init(key, input_shape[0], int(features), init, dtype, **init_kwargs)
+        return (int(features),), params, ()
+
+    def forward(params, state, x, *, key=None, train=False):
+        del key, train
+        if x.ndim != 2 or x.shape[1] != params["w"].shape[0]:
+            raise ValueError(
+                f"Dense({features}) expects input of shape (batch, {params['w'].shape[0]}), got "
+                f"{tuple(x.shape)}; flatten images first (jnn.data.to_float(images, flatten=True))"
+            )
+        y, cache = dense_forward(params, x)
+        return y, cache, state
+
+    return Layer(init_fn, forward, dense_backward, f"Dense({features})")
