@@ -1,26 +1,52 @@
-"""Orbax checkpoints of one training run (one model, or M stacked models) in one folder.
+"""Verified orbax checkpoints of one training run (one model, or M stacked models) in one folder.
 
     store = CheckpointStore("/abs/run/relu")
     store.save(50, {"state": state, "history": history})                # kept forever
     store.save(60, {"state": state, "history": history}, rolling=True)  # only the newest kept
-    epoch, tree = store.restore_latest(like)        # newest finished checkpoint of either kind
-    tree = store.restore(50, like)                  # like: a tree of arrays / ShapeDtypeStructs
+    epoch, tree = store.restore_latest(like)   # newest checkpoint that verifies, of either kind
+    store.skipped                              # what restore_latest passed over, and why
+    tree = store.restore(50, like)             # like: a tree of arrays / ShapeDtypeStructs
 
 Layout: ``<dir>/<epoch>/`` for the chosen epochs (the study's ``--save-at``), never deleted, and
 ``<dir>/latest/<epoch>/`` for the rolling crash-safety checkpoint, of which only the newest is
-kept. Orbax writes each step into a temporary folder and renames it when complete, so a process
-killed mid-save leaves a ``*.orbax-checkpoint-tmp*`` folder that is never listed or loaded; this
-module warns about such leftovers. Saves are synchronous and serialised across threads.
+kept. A step folder holds ``tree/`` (an orbax ``StandardCheckpointer`` save) and
+``checksums.json``: the SHA-256 of every array leaf (dtype, shape and bytes), of every file under
+``tree/`` (with its size), and of the JSON itself.
+
+Why: orbax/tensorstore OCDBT data files carry no content checksum, so flipped bytes restored as
+garbage, and truncated files surfaced as misleading errors with asyncio tracebacks. Here every
+restore first checks the files against ``checksums.json`` (before orbax reads them), then the
+restored leaves against their digests; any failure is one :class:`CorruptCheckpointError` line
+naming the step folder and what failed. Folders without ``checksums.json`` (empty, partial, or
+written by jnn before checksums existed) are never restored: their data cannot be verified.
+
+Commit: a step is written into ``<epoch>.orbax-checkpoint-tmp-*`` and renamed to ``<epoch>``
+once ``checksums.json`` is written and synced, so a process killed mid-save leaves only the
+temporary folder, which is never listed or loaded (this module warns about such leftovers).
+
+``restore_latest`` falls back to the newest step that verifies and reports each step it skipped
+with a :class:`CheckpointWarning` and in ``store.skipped``. ``save`` never skips: an epoch that is
+already saved, or older than the newest checkpoint, raises :class:`CheckpointError` unless
+``replace=True``; a folder this store found unusable (or one that is not a finished step) is
+replaced with a warning. Storage failures (tensorstore reports a full disk as a ``ValueError``)
+become one-line :class:`CheckpointError` s with orbax's log noise suppressed. Saves are
+synchronous and serialised across threads.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import logging
 import os
+import shutil
 import threading
+import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -29,6 +55,9 @@ import orbax.checkpoint as ocp
 from jnn.errors import InputError
 
 ROLLING_DIR = "latest"
+MANIFEST = "checksums.json"
+TREE_ITEM = "tree"
+FORMAT = "jnn-checkpoint/1"
 _SAVE_LOCK = threading.Lock()
 _TMP_MARK = ".orbax-checkpoint-tmp"
 
@@ -37,16 +66,128 @@ logging.getLogger("absl").setLevel(logging.WARNING)
 
 
 class CheckpointError(InputError):
-    """A checkpoint folder is unusable as asked (relative path, missing epoch, wrong shape)."""
+    """A checkpoint folder is unusable as asked (relative path, missing epoch, wrong shape,
+    an epoch already saved, a failed write)."""
+
+
+class CorruptCheckpointError(CheckpointError):
+    """A step folder fails verification: missing/truncated/changed file, checksum mismatch,
+    unreadable data, or no ``checksums.json`` (empty, partial, or an unverifiable old format)."""
+
+    def __init__(self, path: str | os.PathLike, reason: str) -> None:
+        self.path = Path(path)
+        self.reason = " ".join(str(reason).split())
+        super().__init__(f"checkpoint {self.path} is unusable: {self.reason}")
+
+
+class CheckpointWarning(RuntimeWarning):
+    """A checkpoint was skipped or replaced because it is unusable, or a save was interrupted."""
+
+
+class SkippedCheckpoint(NamedTuple):
+    """One step ``restore_latest`` passed over: its epoch, folder and why."""
+
+    epoch: int
+    path: Path
+    reason: str
+
+
+# --------------------------------------------------------------------------- quiet orbax
+
+_quiet_depth = 0
+_quiet_lock = threading.Lock()
+
+
+class _DropOrbaxLogs(logging.Filter):
+    """Drops orbax's absl records (ERROR lines with tracebacks) while a jnn call handles them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (_quiet_depth and "orbax" in record.pathname)
+
+
+logging.getLogger("absl").addFilter(_DropOrbaxLogs())
+
+
+@contextlib.contextmanager
+def _quiet_orbax() -> Iterator[None]:
+    """Within this block orbax's own error logs are dropped: the caller raises one line instead."""
+    global _quiet_depth
+    with _quiet_lock:
+        _quiet_depth += 1
+    try:
+        yield
+    finally:
+        with _quiet_lock:
+            _quiet_depth -= 1
+
+
+def _one_line(err: BaseException, limit: int = 300) -> str:
+    """``err`` as one short line (tensorstore messages are long and multi-line)."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# --------------------------------------------------------------------------- tree helpers
 
 
 def abstract_tree(tree: Any) -> Any:
     """Shapes and dtypes of ``tree``'s leaves (what ``restore`` needs to rebuild it)."""
-    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), np.result_type(a)), tree)
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(*_spec(a)), tree)
+
+
+def _spec(leaf: Any) -> tuple[tuple[int, ...], np.dtype]:
+    """(shape, dtype) of an array, scalar or ShapeDtypeStruct."""
+    shape = getattr(leaf, "shape", None)
+    dtype = getattr(leaf, "dtype", None)
+    shape = tuple(np.shape(leaf)) if shape is None else tuple(shape)
+    return shape, np.dtype(np.result_type(leaf) if dtype is None else dtype)
+
+
+def _leaf_name(path: tuple[Any, ...]) -> str:
+    """``state/params/0/w``: one naming for NamedTuple fields, dict keys and list indices."""
+
+    def name(entry: Any) -> str:
+        for attr in ("name", "key", "idx"):
+            if hasattr(entry, attr):
+                return str(getattr(entry, attr))
+        return str(entry)
+
+    return "/".join(name(e) for e in path)
+
+
+def _named_leaves(tree: Any) -> dict[str, Any]:
+    """{leaf name: leaf}; two leaves with one name would make checksums ambiguous."""
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+    named = {_leaf_name(path): leaf for path, leaf in flat}
+    if len(named) != len(flat):
+        raise CheckpointError("two leaves of the tree have the same path name; rename a key")
+    return named
+
+
+def _leaf_digest(leaf: Any) -> str:
+    """SHA-256 of dtype, shape and C-order bytes: equal digests mean an identical array."""
+    a = np.asarray(leaf)
+    h = hashlib.sha256(f"{a.dtype.str}|{a.shape}|".encode())
+    h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _body_digest(body: dict[str, Any]) -> str:
+    """Digest of the manifest's own content, so a changed ``checksums.json`` is caught too."""
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def incomplete_checkpoints(directory: str | os.PathLike) -> list[Path]:
-    """Half-written steps (orbax temporary folders) under ``directory`` and its rolling folder."""
+    """Half-written steps (temporary folders) under ``directory`` and its rolling folder."""
     root = Path(directory)
     found: list[Path] = []
     for folder in (root, root / ROLLING_DIR):
@@ -55,135 +196,345 @@ def incomplete_checkpoints(directory: str | os.PathLike) -> list[Path]:
     return found
 
 
-def _shapes_by_path(tree: Any) -> dict[str, tuple[int, ...]]:
-    """{"state/params/0/w": shape, ...}: one naming for NamedTuples, dicts, lists and metadata."""
+# --------------------------------------------------------------------------- one step folder
 
-    def name(entry: Any) -> str:
-        for attr in ("name", "key", "idx"):
-            if hasattr(entry, attr):
-                return str(getattr(entry, attr))
-        return str(entry)
 
-    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-    return {"/".join(name(e) for e in path): tuple(np.shape(leaf)) for path, leaf in flat}
+def _write_staging(staging: Path, tree: Any) -> None:
+    """Write ``tree`` with orbax under ``staging/tree`` and the manifest beside it (synced)."""
+    leaves = {
+        name: {"dtype": _spec(v)[1].str, "shape": list(_spec(v)[0]), "sha256": _leaf_digest(v)}
+        for name, v in _named_leaves(tree).items()
+    }
+    staging.mkdir(parents=True)
+    with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as ckptr:
+        ckptr.save(staging / TREE_ITEM, args=ocp.args.StandardSave(tree))
+    files = {
+        p.relative_to(staging).as_posix(): {"bytes": p.stat().st_size, "sha256": _file_digest(p)}
+        for p in sorted((staging / TREE_ITEM).rglob("*"))
+        if p.is_file()
+    }
+    body = {"format": FORMAT, "algorithm": "sha256", "leaves": leaves, "files": files}
+    with open(staging / MANIFEST, "w") as f:
+        json.dump({**body, "digest": _body_digest(body)}, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _commit(staging: Path, path: Path) -> None:
+    """Rename ``staging`` to ``path``; an existing ``path`` is moved aside first, deleted after."""
+    aside = None
+    if path.exists() or path.is_symlink():
+        aside = path.with_name(f"{path.name}{_TMP_MARK}-replaced-{time.time_ns()}")
+        os.rename(path, aside)
+    try:
+        os.rename(staging, path)
+    except OSError:
+        if aside is not None:
+            os.rename(aside, path)
+        raise
+    with contextlib.suppress(OSError):  # make the rename durable where the OS allows it
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    if aside is not None:
+        _remove(aside)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+def save_tree(path: str | os.PathLike, tree: Any, *, replace: bool = False) -> Path:
+    """Save ``tree`` as one verified checkpoint folder at ``path``; returns the absolute path.
+
+    The folder appears complete (orbax data plus ``checksums.json``) or not at all. An existing
+    ``path`` raises :class:`CheckpointError` unless ``replace`` (then it is swapped out only once
+    the new one is complete). Any storage failure is one :class:`CheckpointError` line.
+    """
+    path = Path(path).expanduser().absolute()
+    if (path.exists() or path.is_symlink()) and not replace:
+        raise CheckpointError(f"{path} already exists; pass replace=True to overwrite it")
+    staging = path.with_name(f"{path.name}{_TMP_MARK}-{os.getpid()}-{time.time_ns()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with _SAVE_LOCK, _quiet_orbax():  # one save at a time per process (see CheckpointStore)
+            _write_staging(staging, tree)
+        _commit(staging, path)
+    except CheckpointError:
+        _remove(staging)
+        raise
+    except Exception as err:  # tensorstore: ValueError("RESOURCE_EXHAUSTED ..."), OSError, ...
+        _remove(staging)
+        raise CheckpointError(
+            f"could not save checkpoint {path}: {_one_line(err)}; the checkpoints already on "
+            "disk are intact (free some space or fix the folder, then rerun with --resume)"
+        ) from err
+    return path
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    """The step's ``checksums.json``, itself verified; explains a folder that has none."""
+    manifest = path / MANIFEST
+    if not manifest.is_file():
+        if not path.is_dir():
+            raise CorruptCheckpointError(path, "it is not a folder")
+        if (path / "default").is_dir() or (path / "_CHECKPOINT_METADATA").exists():
+            raise CorruptCheckpointError(
+                path,
+                f"it was written without checksums (jnn before {FORMAT}), so its data cannot be "
+                "verified; delete it or rerun without --resume",
+            )
+        what = "empty" if not any(path.iterdir()) else f"partial: no {MANIFEST}"
+        raise CorruptCheckpointError(path, f"the folder is {what} (not a finished checkpoint)")
+    try:
+        data = json.loads(manifest.read_bytes())
+        body = {k: v for k, v in data.items() if k != "digest"}
+        ok = data.get("format") == FORMAT and data.get("digest") == _body_digest(body)
+    except (OSError, ValueError, AttributeError) as err:
+        reason = f"{MANIFEST} is unreadable ({_one_line(err, 80)})"
+        raise CorruptCheckpointError(path, reason) from err
+    if not ok:
+        raise CorruptCheckpointError(path, f"{MANIFEST} fails its own checksum or format check")
+    return data
+
+
+def _check_like(path: Path, manifest: dict[str, Any], like: Any) -> None:
+    """Orbax would silently pad, cut or cast arrays of another shape or dtype: compare first."""
+    stored = manifest["leaves"]
+    want = {name: _spec(leaf) for name, leaf in _named_leaves(like).items()}
+    bad = []
+    for name, (shape, dtype) in want.items():
+        have = stored.get(name)
+        got = None if have is None else (tuple(have["shape"]), np.dtype(have["dtype"]))
+        if got != (shape, dtype):
+            told = "nothing" if got is None else f"{got[0]} {got[1]}"
+            bad.append(f"{name}: wanted {shape} {dtype}, stored {told}")
+    extra = sorted(set(stored) - set(want))
+    if bad or extra:
+        raise CheckpointError(
+            f"checkpoint {path} does not match the model being restored "
+            f"({'; '.join(bad[:3]) or 'extra arrays ' + ', '.join(extra[:3])})"
+        )
+
+
+def _check_files(path: Path, manifest: dict[str, Any]) -> None:
+    """Every file orbax wrote is present with its size and SHA-256 (checked before orbax reads:
+    a truncated file otherwise surfaces as an asyncio traceback or a wrong-model message)."""
+    for rel, want in manifest["files"].items():
+        file = path / rel
+        if not file.is_file():
+            raise CorruptCheckpointError(path, f"file {rel} is missing")
+        size = file.stat().st_size
+        if size != want["bytes"]:
+            raise CorruptCheckpointError(
+                path, f"file {rel} has {size} bytes, expected {want['bytes']} (truncated?)"
+            )
+        if _file_digest(file) != want["sha256"]:
+            raise CorruptCheckpointError(path, f"file {rel} fails its SHA-256 checksum")
+
+
+def _check_leaves(path: Path, restored: Any, manifest: dict[str, Any]) -> None:
+    """End to end: each restored array hashes to what was saved."""
+    for name, leaf in _named_leaves(restored).items():
+        if _leaf_digest(leaf) != manifest["leaves"][name]["sha256"]:
+            raise CorruptCheckpointError(path, f"checksum mismatch of {name}: the data is corrupt")
+
+
+def restore_tree(path: str | os.PathLike, like: Any) -> Any:
+    """The tree saved by :func:`save_tree` at ``path``, rebuilt with ``like``'s structure.
+
+    Raises :class:`CorruptCheckpointError` when the folder fails any check (files, leaves, no
+    manifest) and :class:`CheckpointError` when it holds other shapes or dtypes than ``like``.
+    """
+    path = Path(path).expanduser().absolute()
+    manifest = _read_manifest(path)
+    _check_like(path, manifest, like)
+    _check_files(path, manifest)
+    try:
+        with _quiet_orbax(), ocp.Checkpointer(ocp.StandardCheckpointHandler()) as ckptr:
+            restored = ckptr.restore(
+                path / TREE_ITEM, args=ocp.args.StandardRestore(abstract_tree(like))
+            )
+    except Exception as err:  # files verified, so this is a storage or orbax failure
+        raise CorruptCheckpointError(path, f"orbax could not read it: {_one_line(err)}") from err
+    _check_leaves(path, restored, manifest)
+    return restored
+
+
+def _is_finished(path: Path) -> bool:
+    """A committed step has its manifest (cheap check; full verification happens on restore)."""
+    return (path / MANIFEST).is_file()
+
+
+# --------------------------------------------------------------------------- the store
 
 
 class CheckpointStore:
-    """The checkpoints of one model (or stacked models) under an absolute folder."""
+    """The verified checkpoints of one model (or stacked models) under an absolute folder.
+
+    ``skipped`` lists the steps the last :meth:`restore_latest` passed over (a CLI can say
+    "step 60 of latest/ was corrupt (...); resumed from step 50").
+    """
 
     def __init__(self, directory: str | os.PathLike, *, create: bool = True) -> None:
         path = Path(directory).expanduser()
-        if not path.is_absolute():  # orbax's background thread would fail later, less clearly
+        if not path.is_absolute():
             path = path.resolve()
         self.directory = path
+        self.skipped: list[SkippedCheckpoint] = []
+        self._unusable: set[Path] = set()  # folders this store found corrupt: save may replace
         if not create and not path.is_dir():
             raise CheckpointError(f"no checkpoint folder at {path}")
+        if create:
+            try:
+                (path / ROLLING_DIR).mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise CheckpointError(f"cannot create checkpoint folder {path}: {err}") from err
         stale = incomplete_checkpoints(path)
         if stale:
             warnings.warn(
                 f"ignoring {len(stale)} half-written checkpoint(s) (interrupted save): "
                 + ", ".join(str(p) for p in stale),
-                RuntimeWarning,
+                CheckpointWarning,
                 stacklevel=2,
             )
 
-        # Synchronous saves: the trees saved here are small (~1 MB per model), and orbax's async
-        # machinery raced when two managers in one process saved the same step at once
-        # (FileExistsError on "<step>.orbax-checkpoint-tmp", seen with one thread per activation).
-        def options(keep: int | None) -> ocp.CheckpointManagerOptions:
-            return ocp.CheckpointManagerOptions(
-                max_to_keep=keep, create=create, enable_async_checkpointing=False
-            )
-
-        self._saved = ocp.CheckpointManager(
-            path, options=options(None), item_handlers=ocp.StandardCheckpointHandler()
-        )
-        self._rolling = ocp.CheckpointManager(
-            path / ROLLING_DIR, options=options(1), item_handlers=ocp.StandardCheckpointHandler()
-        )
-
     # ------------------------------------------------------------------ listing
+    def _folder(self, rolling: bool) -> Path:
+        return self.directory / ROLLING_DIR if rolling else self.directory
+
+    def _numbered(self, rolling: bool) -> dict[int, Path]:
+        """Every numbered folder (finished or not) of the chosen or the rolling kind."""
+        folder = self._folder(rolling)
+        if not folder.is_dir():
+            return {}
+        return {
+            int(p.name): p
+            for p in folder.iterdir()
+            if p.name.isascii() and p.name.isdigit() and p.is_dir()
+        }
+
     def saved_epochs(self) -> list[int]:
-        """Finished checkpoints of the chosen epochs, ascending."""
-        return sorted(int(s) for s in self._saved.all_steps())
+        """Finished checkpoints of the chosen epochs, ascending (verified only on restore)."""
+        return sorted(e for e, p in self._numbered(False).items() if _is_finished(p))
 
     def rolling_epochs(self) -> list[int]:
-        return sorted(int(s) for s in self._rolling.all_steps())
+        """Finished rolling checkpoints, ascending (normally at most one)."""
+        return sorted(e for e, p in self._numbered(True).items() if _is_finished(p))
 
     def latest_epoch(self) -> int | None:
-        """The newest finished checkpoint of either kind, or None."""
-        epochs = self.saved_epochs() + self.rolling_epochs()
+        """The newest finished checkpoint of either kind not found unusable, or None."""
+        epochs = [
+            e
+            for rolling in (False, True)
+            for e, p in self._numbered(rolling).items()
+            if _is_finished(p) and p not in self._unusable
+        ]
         return max(epochs) if epochs else None
 
-    # ------------------------------------------------------------------ save / restore
-    def save(self, epoch: int, tree: Any, *, rolling: bool = False) -> None:
-        """Save ``tree`` as ``epoch``; returns when it is committed on disk.
+    # ------------------------------------------------------------------ save
+    def save(self, epoch: int, tree: Any, *, rolling: bool = False, replace: bool = False) -> None:
+        """Save ``tree`` as ``epoch``; returns when it is committed (and verifiable) on disk.
 
-        A rolling save replaces the previous rolling checkpoint once it is complete; a chosen-
-        epoch save is kept for good. Saves from several threads are serialised.
+        A rolling save removes the other rolling steps once it is complete; a chosen-epoch save
+        is kept for good. An epoch already saved, or older than the newest checkpoint, raises
+        :class:`CheckpointError` unless ``replace``: a save is never skipped. A folder at
+        ``epoch`` that this store found unusable, or that is not a finished step, is replaced
+        with a :class:`CheckpointWarning`. Saves from several threads are serialised.
         """
-        manager = self._rolling if rolling else self._saved
-        try:
-            with _SAVE_LOCK:  # one save at a time per process (see __init__)
-                manager.save(int(epoch), args=ocp.args.StandardSave(tree))
-                manager.wait_until_finished()
-        except OSError as err:
-            raise CheckpointError(
-                f"could not save epoch {epoch} to {manager.directory}: {err}; the finished "
-                "checkpoints are intact, rerun with --resume"
-            ) from err
-
-    def restore(self, epoch: int, like: Any) -> Any:
-        """The checkpoint of ``epoch`` (chosen or rolling), rebuilt with ``like``'s structure."""
         epoch = int(epoch)
-        for manager in (self._saved, self._rolling):
-            if epoch in manager.all_steps():
-                self.wait()
-                self._check_matches(manager, epoch, like)
-                try:
-                    return manager.restore(
-                        epoch, args=ocp.args.StandardRestore(abstract_tree(like))
-                    )
-                except (ValueError, KeyError, TypeError) as err:
-                    raise CheckpointError(
-                        f"checkpoint {self.directory} epoch {epoch} does not match the model "
-                        f"being restored: {' '.join(str(err).split())[:300]}"
-                    ) from err
-        raise CheckpointError(
-            f"no finished checkpoint of epoch {epoch} in {self.directory} "
-            f"(have {self.saved_epochs() + self.rolling_epochs()})"
-        )
+        target = self._folder(rolling) / str(epoch)
+        self._check_can_save(epoch, target, replace)
+        save_tree(target, tree, replace=True)  # existing target: allowed by the check above
+        self._unusable.discard(target)
+        if rolling:
+            for other, path in self._numbered(True).items():
+                if other != epoch:
+                    _remove(path)
+                    self._unusable.discard(path)
 
-    def _check_matches(self, manager: ocp.CheckpointManager, epoch: int, like: Any) -> None:
-        """Orbax would silently pad or cut arrays of another shape: compare shapes first."""
-        stored = manager.item_metadata(epoch)
-        have = _shapes_by_path(getattr(stored, "tree", stored))
-        want = _shapes_by_path(like)
-        bad = [
-            f"{path}: wanted {shape}, stored {have.get(path, 'nothing')}"
-            for path, shape in want.items()
-            if have.get(path) != shape
-        ]
-        if bad or len(have) != len(want):
-            extra = sorted(set(have) - set(want))
+    def _check_can_save(self, epoch: int, target: Path, replace: bool) -> None:
+        """Refuse to overwrite a good step or to go back in time, unless asked to."""
+        if target.exists() and not replace:
+            if target in self._unusable or not _is_finished(target):
+                warnings.warn(
+                    f"replacing the unusable checkpoint folder {target} with a new save",
+                    CheckpointWarning,
+                    stacklevel=3,
+                )
+            else:
+                raise CheckpointError(
+                    f"epoch {epoch} is already saved at {target}; pass replace=True to overwrite it"
+                )
+        newest = self.latest_epoch()
+        if newest is not None and epoch < newest and not replace:
             raise CheckpointError(
-                f"checkpoint {self.directory} epoch {epoch} does not match the model being "
-                f"restored ({'; '.join(bad[:3]) or 'extra arrays ' + ', '.join(extra[:3])})"
+                f"cannot save epoch {epoch} in {self.directory}: it is older than the newest "
+                f"checkpoint (epoch {newest}); pass replace=True to save it anyway"
             )
 
-    def restore_latest(self, like: Any) -> tuple[int, Any] | None:
-        """(epoch, tree) of the newest finished checkpoint, or None when there is none."""
-        epoch = self.latest_epoch()
-        return None if epoch is None else (epoch, self.restore(epoch, like))
+    # ------------------------------------------------------------------ restore
+    def restore(self, epoch: int, like: Any) -> Any:
+        """The checkpoint of ``epoch`` (chosen, else rolling), verified, rebuilt like ``like``.
 
+        Raises :class:`CorruptCheckpointError` (one line: folder and what failed) when it fails
+        verification, :class:`CheckpointError` when there is none or it holds another model.
+        """
+        epoch = int(epoch)
+        found = [f[epoch] for f in (self._numbered(False), self._numbered(True)) if epoch in f]
+        if not found:
+            raise CheckpointError(
+                f"no finished checkpoint of epoch {epoch} in {self.directory} "
+                f"(have {self.saved_epochs() + self.rolling_epochs()})"
+            )
+        first: CorruptCheckpointError | None = None
+        for path in found:
+            try:
+                return restore_tree(path, like)
+            except CorruptCheckpointError as err:
+                self._unusable.add(path)
+                first = first or err
+        assert first is not None
+        raise first
+
+    def restore_latest(self, like: Any) -> tuple[int, Any] | None:
+        """(epoch, tree) of the newest step that verifies, or None when none does.
+
+        Each newer step that fails verification (or is an empty/partial folder) is skipped:
+        recorded in ``self.skipped`` and warned about with :class:`CheckpointWarning`. A step
+        holding another model (shape/dtype mismatch) raises :class:`CheckpointError`.
+        """
+        self.skipped = []
+        candidates = [
+            (epoch, rolling, path)
+            for rolling in (False, True)
+            for epoch, path in self._numbered(rolling).items()
+        ]
+        for epoch, _, path in sorted(candidates, key=lambda c: (-c[0], c[1])):
+            try:
+                return epoch, restore_tree(path, like)
+            except CorruptCheckpointError as err:
+                self._unusable.add(path)
+                self.skipped.append(SkippedCheckpoint(epoch, path, err.reason))
+                warnings.warn(
+                    f"skipped checkpoint epoch {epoch} ({path}): {err.reason}",
+                    CheckpointWarning,
+                    stacklevel=2,
+                )
+        return None
+
+    # ------------------------------------------------------------------ lifecycle
     def wait(self) -> None:
-        """Block until every started save is on disk."""
-        self._saved.wait_until_finished()
-        self._rolling.wait_until_finished()
+        """Saves are synchronous; kept so callers written for async orbax keep working."""
 
     def close(self) -> None:
-        self._saved.close()
-        self._rolling.close()
+        """Nothing to release (each save and restore opens and closes its own orbax objects)."""
 
     def __enter__(self) -> CheckpointStore:
         return self

@@ -1,18 +1,25 @@
-"""jnn.checkpoints: chosen-epoch and rolling checkpoints, restore, half-written steps ignored."""
+"""jnn.checkpoints: chosen-epoch and rolling checkpoints, restore, half-written steps ignored,
+and damaged steps (flipped, truncated or deleted files, empty folders, a full disk) refused in one
+line, with restore_latest falling back to the newest step that verifies."""
 
 from __future__ import annotations
 
+import json
+import logging
+import os
 import shutil
+from pathlib import Path
 
 import jax
 import numpy as np
 import optax
 import pytest
 
-from jnn import train
+from jnn import checkpoints, train
 from jnn.checkpoints import CheckpointError, CheckpointStore, incomplete_checkpoints
 
-SIZES = (12, 8, 4)
+# Big enough that the largest file of a step is an OCDBT data file (as in the real study).
+SIZES = (100, 64, 10)
 
 
 def _tree(seed: int = 0, epochs: int = 5) -> dict:
@@ -48,17 +55,17 @@ def test_rolling_keeps_only_newest_and_never_touches_chosen(tmp_path):
     tree = _tree()
     with CheckpointStore(tmp_path / "m") as store:
         store.save(2, tree)
-        for epoch in (1, 3, 4):
+        for epoch in (3, 4, 5):
             store.save(epoch, tree, rolling=True)
         store.wait()
         assert store.saved_epochs() == [2]
-        assert store.rolling_epochs() == [4]
-        assert store.latest_epoch() == 4
+        assert store.rolling_epochs() == [5]
+        assert store.latest_epoch() == 5
         epoch, restored = store.restore_latest(tree)
-    assert epoch == 4 and _equal(restored, tree)
+    assert epoch == 5 and _equal(restored, tree)
     # A new store over the same folder sees the same finished checkpoints.
     with CheckpointStore(tmp_path / "m") as again:
-        assert again.saved_epochs() == [2] and again.rolling_epochs() == [4]
+        assert again.saved_epochs() == [2] and again.rolling_epochs() == [5]
 
 
 def test_half_written_checkpoint_is_ignored_with_warning(tmp_path):
@@ -94,3 +101,202 @@ def test_relative_path_is_made_absolute(tmp_path, monkeypatch):
     with CheckpointStore("rel/m") as store:
         store.save(1, _tree())
     assert store.directory.is_absolute() and (tmp_path / "rel" / "m" / "1").is_dir()
+
+
+# ------------------------------------------------------------------ damaged steps
+
+
+def _largest_file(step: Path) -> Path:
+    return max((p for p in step.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+
+
+def _flip(path: Path, count: int = 16) -> None:
+    """Invert ``count`` bytes in the middle of ``path`` (size unchanged)."""
+    data = bytearray(path.read_bytes())
+    mid = len(data) // 2
+    data[mid : mid + count] = bytes(b ^ 0xFF for b in data[mid : mid + count])
+    path.write_bytes(bytes(data))
+
+
+def _assert_one_quiet_line(message: str, capfd, caplog) -> None:
+    """The error is one line, and nothing else reached the console (no orbax/absl/asyncio)."""
+    assert "\n" not in message and len(message) < 600, message
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "Event loop" not in err and "absl" not in err, err
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+DAMAGE = {  # name: (what is done to the file, what the message must say)
+    "flip": (_flip, "fails its SHA-256 checksum"),
+    "truncate": (lambda f: os.truncate(f, f.stat().st_size // 2), "truncated"),
+    "delete": (Path.unlink, "is missing"),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_damaged_data_file_is_refused_in_one_line(tmp_path, capfd, caplog, damage):
+    """Orbax restored 16 flipped bytes as garbage (loss 5.5e34), and a truncated or deleted file
+    as "does not match the model" plus asyncio tracebacks."""
+    tree = _tree()
+    with CheckpointStore(tmp_path / "m") as store:
+        store.save(3, tree)
+    step = tmp_path / "m" / "3"
+    data = _largest_file(step)
+    assert data.parent.name == "d", data  # an OCDBT data file, not metadata
+    do, says = DAMAGE[damage]
+    do(data)
+    capfd.readouterr()
+    with pytest.raises(CheckpointError, match=f"checkpoint {step} is unusable") as info:
+        CheckpointStore(tmp_path / "m").restore(3, tree)
+    assert says in str(info.value) and data.name in str(info.value)
+    _assert_one_quiet_line(str(info.value), capfd, caplog)
+
+
+def test_changed_manifest_is_refused(tmp_path):
+    tree = _tree()
+    with CheckpointStore(tmp_path / "m") as store:
+        store.save(3, tree)
+        _flip(tmp_path / "m" / "3" / "checksums.json", 4)
+        with pytest.raises(CheckpointError, match="checksums.json (is unreadable|fails its own)"):
+            store.restore(3, tree)
+
+
+def test_leaf_checksum_mismatch_names_the_leaf(tmp_path):
+    """The end-to-end check: a restored array that does not hash to what was saved."""
+    tree = _tree()
+    with CheckpointStore(tmp_path / "m") as store:
+        store.save(3, tree)
+        path = tmp_path / "m" / "3" / "checksums.json"
+        body = json.loads(path.read_text())
+        del body["digest"]
+        body["leaves"]["state/params/0/w"]["sha256"] = "0" * 64
+        path.write_text(json.dumps({**body, "digest": checkpoints._body_digest(body)}))
+        with pytest.raises(CheckpointError, match="checksum mismatch of state/params/0/w"):
+            store.restore(3, tree)
+
+
+def test_step_without_checksums_is_refused(tmp_path):
+    """A step in the older format (plain orbax, no checksums.json) cannot be verified."""
+    import orbax.checkpoint as ocp
+
+    tree = _tree()
+    options = ocp.CheckpointManagerOptions(enable_async_checkpointing=False)
+    with ocp.CheckpointManager(
+        tmp_path / "m", options=options, item_handlers=ocp.StandardCheckpointHandler()
+    ) as manager:
+        manager.save(4, args=ocp.args.StandardSave(tree))
+    with pytest.raises(CheckpointError, match="written without checksums.*cannot be verified"):
+        CheckpointStore(tmp_path / "m").restore(4, tree)
+
+
+def test_restore_latest_falls_back_to_newest_good_step(tmp_path):
+    good, newer = _tree(0), _tree(1)
+    with CheckpointStore(tmp_path / "m") as store:
+        store.save(2, good)
+        store.save(3, newer, rolling=True)
+    bad = tmp_path / "m" / "latest" / "3"
+    _flip(_largest_file(bad))
+    store = CheckpointStore(tmp_path / "m")
+    with pytest.warns(checkpoints.CheckpointWarning, match=r"epoch 3 .*latest/3.*checksum"):
+        epoch, restored = store.restore_latest(good)
+    assert epoch == 2 and _equal(restored, good)
+    assert [(s.epoch, s.path) for s in store.skipped] == [(3, bad)]
+    assert "SHA-256" in store.skipped[0].reason and store.latest_epoch() == 2
+    # Training goes on from epoch 2 and reaches epoch 3 again: the corrupt step is replaced.
+    with pytest.warns(checkpoints.CheckpointWarning, match="replacing the unusable"):
+        store.save(3, newer, rolling=True)
+    assert _equal(store.restore(3, newer), newer)
+
+
+def test_restore_latest_is_none_when_no_step_verifies(tmp_path):
+    tree = _tree()
+    with CheckpointStore(tmp_path / "m") as store:
+        store.save(2, tree)
+    (tmp_path / "m" / "2" / "checksums.json").unlink()
+    store = CheckpointStore(tmp_path / "m")
+    with pytest.warns(checkpoints.CheckpointWarning, match="partial"):
+        assert store.restore_latest(tree) is None
+    assert [s.epoch for s in store.skipped] == [2]
+
+
+def test_empty_numbered_folder_is_never_a_step(tmp_path):
+    """Orbax took an empty ``latest/7`` as the newest step, and resume failed on it."""
+    tree = _tree()
+    with CheckpointStore(tmp_path / "m") as store:
+        store.save(3, tree, rolling=True)
+    (tmp_path / "m" / "latest" / "7").mkdir()
+    (tmp_path / "m" / "9").mkdir()
+    (tmp_path / "m" / "9" / "junk").write_text("x")
+    store = CheckpointStore(tmp_path / "m")
+    assert store.latest_epoch() == 3 and store.rolling_epochs() == [3]
+    assert store.saved_epochs() == []
+    with pytest.warns(checkpoints.CheckpointWarning):
+        epoch, restored = store.restore_latest(tree)
+    assert epoch == 3 and _equal(restored, tree)
+    reasons = {s.epoch: s.reason for s in store.skipped}
+    assert set(reasons) == {7, 9} and "empty" in reasons[7] and "partial" in reasons[9]
+    store.save(4, tree, rolling=True)  # the next rolling save clears the rolling folder
+    assert sorted(p.name for p in (tmp_path / "m" / "latest").iterdir()) == ["4"]
+
+
+def test_save_never_skips_an_existing_or_older_epoch(tmp_path):
+    """Orbax returned without saving when the epoch was not newer than the newest one."""
+    a, b = _tree(0), _tree(1)
+    with CheckpointStore(tmp_path / "m") as store:
+        store.save(2, a)
+        with pytest.raises(CheckpointError, match="epoch 2 is already saved.*replace=True"):
+            store.save(2, b)
+        store.save(5, a, rolling=True)
+        with pytest.raises(CheckpointError, match=r"older than the newest checkpoint \(epoch 5\)"):
+            store.save(4, b)
+        with pytest.raises(CheckpointError, match="older than the newest"):
+            store.save(3, b, rolling=True)
+        with pytest.raises(CheckpointError, match="epoch 5 is already saved"):
+            store.save(5, b, rolling=True)
+        assert _equal(store.restore(2, a), a)  # the refused saves changed nothing
+        store.save(2, b, replace=True)
+        assert _equal(store.restore(2, a), b) and store.saved_epochs() == [2]
+        store.save(4, b, rolling=True, replace=True)
+        assert store.rolling_epochs() == [4] and _equal(store.restore(4, a), b)
+
+
+def _resource_exhausted(*args, **kwargs):
+    raise ValueError(
+        'RESOURCE_EXHAUSTED: Error writing local file "/x/d/4f1e.__lock":\n'
+        "No space left on device [OS error: No space left on device]"
+    )
+
+
+def test_full_disk_during_save_is_one_line_and_keeps_finished_steps(
+    tmp_path, monkeypatch, capfd, caplog
+):
+    """Tensorstore reports a full disk as a ValueError, which escaped with orbax's tracebacks."""
+    import tensorstore
+
+    tree = _tree()
+    store = CheckpointStore(tmp_path / "m")
+    store.save(2, tree)
+    monkeypatch.setattr(tensorstore, "open", _resource_exhausted)
+    capfd.readouterr()
+    with pytest.raises(CheckpointError, match="could not save checkpoint .*RESOURCE_EXHAUSTED"):
+        try:
+            store.save(3, tree, rolling=True)
+        except CheckpointError as err:
+            _assert_one_quiet_line(str(err), capfd, caplog)
+            raise
+    monkeypatch.undo()
+    assert incomplete_checkpoints(tmp_path / "m") == []  # the partial save was cleaned up
+    assert store.latest_epoch() == 2 and _equal(store.restore(2, tree), tree)
+
+
+def test_storage_failure_during_restore_is_one_line(tmp_path, monkeypatch, capfd, caplog):
+    import tensorstore
+
+    tree = _tree()
+    with CheckpointStore(tmp_path / "m") as store:
+        store.save(2, tree)
+        monkeypatch.setattr(tensorstore, "open", _resource_exhausted)
+        capfd.readouterr()
+        with pytest.raises(CheckpointError, match="could not read it: RESOURCE_EXHAUSTED") as info:
+            store.restore(2, tree)
+    _assert_one_quiet_line(str(info.value), capfd, caplog)
