@@ -502,3 +502,51 @@ def test_split_is_stratified_80_20():
     assert np.all(np.bincount(labels[test]) == 140)
     np.testing.assert_array_equal(split_80_20(labels, seed=0)[1], test)
     assert np.all(np.bincount(labels[take_stratified(test, labels, 50)]) == 5)
+
+
+# ------------------------------------------------------------ the cache verifies its contents
+
+
+def _only_cache(cache: Path) -> Path:
+    (ckpt,) = [p for p in (cache / "converted").iterdir() if p.is_dir()]
+    return ckpt
+
+
+def _flip_4k_in_largest_file(folder: Path) -> None:
+    """Invert 4 KiB in the middle of the folder's largest file (an OCDBT data file)."""
+    path = max((p for p in folder.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    data = bytearray(path.read_bytes())
+    mid = len(data) // 2
+    data[mid : mid + 4096] = bytes(b ^ 0xFF for b in data[mid : mid + 4096])
+    path.write_bytes(bytes(data))
+
+
+def test_corrupt_cache_is_refused_in_one_line(keras_h5, tmp_path):
+    """Orbax restored 4 KiB of flipped bytes silently (the head then scored 0.10)."""
+    from jnn.checkpoints import CheckpointError
+
+    vgg_weights.fetch_pretrained("keras", tmp_path / "cache", weights_file=keras_h5)
+    ckpt = _only_cache(tmp_path / "cache")
+    _flip_4k_in_largest_file(ckpt)
+    with pytest.raises(CheckpointError, match=f"checkpoint {ckpt} is unusable.*checksum") as info:
+        vgg_weights.restore_params(ckpt)
+    assert "\n" not in str(info.value)
+
+
+def test_corrupt_or_partial_cache_is_rebuilt_from_the_weight_file(keras_h5, tmp_path):
+    from jnn.checkpoints import CheckpointWarning
+
+    first = vgg_weights.fetch_pretrained("keras", tmp_path / "cache", weights_file=keras_h5)
+    ckpt = _only_cache(tmp_path / "cache")
+    _flip_4k_in_largest_file(ckpt)
+    with pytest.warns(CheckpointWarning, match="checksum.*rebuilding the converted VGG16"):
+        again = vgg_weights.fetch_pretrained("keras", tmp_path / "cache", weights_file=keras_h5)
+    assert not again.from_cache
+    (ckpt / "checksums.json").unlink()  # as an interrupted older save left it
+    with pytest.warns(CheckpointWarning, match="partial.*rebuilding"):
+        vgg_weights.fetch_pretrained("keras", tmp_path / "cache", weights_file=keras_h5)
+    third = vgg_weights.fetch_pretrained("keras", tmp_path / "cache", weights_file=keras_h5)
+    assert third.from_cache
+    for layer in vgg.CONV_LAYERS:
+        for name in ("kernel", "bias"):
+            np.testing.assert_array_equal(third.params[layer][name], first.params[layer][name])
