@@ -15,8 +15,11 @@ arrive pickled from the parent (the split is made once).
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 import warnings
+from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from multiprocessing import get_context
 from typing import Any
@@ -96,23 +99,45 @@ def train_sklearn(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _one_thread() -> None:
-    """Each worker's BLAS on one thread: the workers and JAX already fill the cores, and
-    oversubscribed OpenBLAS threads made sklearn several times slower here."""
+def _worker_init(parent_pid: int) -> None:
+    """Each worker: BLAS on one thread, and tied to the process that started it.
+
+    One BLAS thread: the workers and JAX already fill the cores, and oversubscribed OpenBLAS
+    threads made sklearn several times slower here. Tied: multiprocessing workers outlive a parent
+    killed by SIGKILL or SIGTERM (measured: over a minute of orphaned computing), so a daemon
+    thread watches the parent and ends the worker within ~0.2 s of the parent's death, however it
+    died (the worker is re-parented, so ``getppid`` changes).
+    """
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(1)
+    threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
 
 
-def start_pool(specs: list[dict[str, Any]], workers: int) -> tuple[ProcessPoolExecutor, dict]:
-    """Submit one job per spec to a spawn-based process pool (fork is unsafe once JAX runs).
+def _exit_with_parent(parent_pid: int, poll_s: float = 0.2) -> None:
+    while os.getppid() == parent_pid:
+        time.sleep(poll_s)
+    os._exit(1)
 
-    Returns the pool and {activation: Future}; the caller collects and shuts the pool down.
+
+def start_pool(
+    specs: list[dict[str, Any]],
+    workers: int,
+    fn: Callable[[dict[str, Any]], Any] = None,  # type: ignore[assignment]
+) -> tuple[ProcessPoolExecutor, dict]:
+    """Submit one job ``fn(spec)`` per spec (default :func:`train_sklearn`) to a spawn-based
+    process pool (fork is unsafe once JAX runs); the workers die with this process.
+
+    Returns the pool and {spec["activation"]: Future}; the caller collects and shuts it down.
     """
     pool = ProcessPoolExecutor(
-        max_workers=max(1, workers), mp_context=get_context("spawn"), initializer=_one_thread
+        max_workers=max(1, workers),
+        mp_context=get_context("spawn"),
+        initializer=_worker_init,
+        initargs=(os.getpid(),),
     )
-    futures: dict[str, Future] = {s["activation"]: pool.submit(train_sklearn, s) for s in specs}
+    job = fn or train_sklearn
+    futures: dict[str, Future] = {s["activation"]: pool.submit(job, s) for s in specs}
     return pool, futures
 
 
