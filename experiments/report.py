@@ -87,6 +87,49 @@ def device_info() -> dict[str, Any]:
     }
 
 
+RUN_MARKER = ".jnn-run"  # written into every run folder jnn creates: what --overwrite may delete
+LOCK_FILE = ".jnn-lock"  # flock()ed by the process using the folder: one run per folder at a time
+_STUB_FILES = {RUN_MARKER, LOCK_FILE, "run.json"}
+_LOCKS: dict[Path, int] = {}  # folder -> open fd holding its lock (released by release_run_dirs)
+_CREATED: set[Path] = set()  # folders this process created (removed again if left as stubs)
+
+
+def check_run_dir(
+    out: str | os.PathLike,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    markers: Sequence[str] = ("results.json",),
+) -> Path:
+    """Refuse an output folder that cannot be used as asked; writes nothing. Returns the path.
+
+    A non-empty folder is refused unless ``resume`` (continue it) or ``overwrite`` (replace it);
+    ``overwrite`` replaces only a folder that jnn made (it holds the ``.jnn-run`` marker): any
+    other non-empty folder is the user's, and jnn never deletes it.
+    """
+    path = Path(out).expanduser().resolve()
+    if path.exists() and not path.is_dir():
+        raise RunDirError(f"output path {path} exists and is not a folder; pass another --out")
+    blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise RunDirError(f"--out {path} lies under {blocker}, which is a file; pass another --out")
+    if not (path.is_dir() and any(path.iterdir())):
+        return path
+    ours = (path / RUN_MARKER).is_file() or (path / LOCK_FILE).is_file()
+    if overwrite and not ours:
+        raise RunDirError(
+            f"--overwrite refused: {path} holds files that are not a jnn run (no {RUN_MARKER} "
+            "marker), and jnn never deletes files it did not make; pass another --out"
+        )
+    if not (overwrite or resume):
+        held = [m for m in markers if (path / m).exists()] or ["files"]
+        raise RunDirError(
+            f"output folder {path} already holds another run ({', '.join(held)}); "
+            "pass --resume to continue it, --overwrite to replace it, or another --out"
+        )
+    return path
+
+
 def prepare_run_dir(
     out: str | os.PathLike,
     *,
@@ -94,25 +137,58 @@ def prepare_run_dir(
     overwrite: bool = False,
     markers: Sequence[str] = ("results.json",),
 ) -> Path:
-    """Create (or reuse) the absolute run folder ``out``.
+    """Create (or reuse) the absolute run folder ``out``, marked as jnn's and locked.
 
-    A folder that already holds another run (any file in it) is refused unless ``resume`` (keep
-    it, continue) or ``overwrite`` (delete it first) is given; nothing is ever deleted silently.
+    Checks as :func:`check_run_dir`; then takes an exclusive lock on ``out/.jnn-lock`` held until
+    :func:`release_run_dirs` (or the process ends), so a second run on the same folder is refused
+    in one line instead of corrupting the first; then ``overwrite`` empties the folder (it is
+    ours, see above). Storage errors (read-only, no space) become one-line ``RunDirError``.
     """
-    path = Path(out).expanduser().resolve()
-    if path.exists() and not path.is_dir():
-        raise RunDirError(f"output path {path} exists and is not a folder; pass another --out")
-    if path.exists() and any(path.iterdir()):
+    path = check_run_dir(out, resume=resume, overwrite=overwrite, markers=markers)
+    try:
+        if not path.exists():
+            path.mkdir(parents=True)
+            _CREATED.add(path)
+        _lock(path)
         if overwrite:
-            shutil.rmtree(path)
-        elif not resume:
-            held = [m for m in markers if (path / m).exists()] or ["files"]
-            raise RunDirError(
-                f"output folder {path} already holds another run ({', '.join(held)}); "
-                "pass --resume to continue it, --overwrite to replace it, or another --out"
-            )
-    path.mkdir(parents=True, exist_ok=True)
+            for child in path.iterdir():
+                if child.name != LOCK_FILE:
+                    shutil.rmtree(child) if child.is_dir() else child.unlink()
+        if not (path / RUN_MARKER).exists():
+            (path / RUN_MARKER).write_text("a jnn run folder: --overwrite may replace it\n")
+    except OSError as err:
+        raise RunDirError(f"cannot use output folder {path}: {err.strerror or err}") from None
     return path
+
+
+def _lock(path: Path) -> None:
+    import fcntl
+
+    if path in _LOCKS:
+        return
+    fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise RunDirError(
+            f"output folder {path} is in use by another running jnn process (it holds the "
+            f"lock {LOCK_FILE}); wait for it to finish or pass another --out"
+        ) from None
+    _LOCKS[path] = fd
+
+
+def release_run_dirs(*, failed: bool = False) -> None:
+    """Release every run-folder lock this process holds. After a failed run, a folder this
+    process created that holds nothing but jnn's own bookkeeping (marker, lock, run.json) is
+    removed, so a refused command leaves no stub behind; anything else in it is kept."""
+    for path, fd in list(_LOCKS.items()):
+        os.close(fd)
+        del _LOCKS[path]
+    for path in list(_CREATED):
+        _CREATED.discard(path)
+        if failed and path.is_dir() and {p.name for p in path.iterdir()} <= _STUB_FILES:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _jsonable(obj: Any) -> Any:
@@ -182,16 +258,18 @@ def cli_main(main: Callable[[Sequence[str] | None], Any]) -> Callable[[Sequence[
 
     @functools.wraps(main)
     def wrapped(argv: Sequence[str] | None = None) -> int:
+        failed = True
         try:
             result = main(argv)
+            failed = False
         except (ValueError, FileNotFoundError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:
-            print(
-                "interrupted: finished checkpoints are kept; rerun with --resume", file=sys.stderr
-            )
+            print("interrupted: finished checkpoints are kept", file=sys.stderr)
             return 130
+        finally:
+            release_run_dirs(failed=failed)
         return result if isinstance(result, int) else 0
 
     return wrapped

@@ -11,6 +11,15 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def _no_internet(monkeypatch):
+    """Tests never reach the real mirrors: a download goes to a closed port on 127.0.0.1 (refused
+    at once, like offline) unless a test serves files itself (the ``mirror`` fixture)."""
+    from jnn import data
+
+    monkeypatch.setattr(data, "MIRRORS", ("http://127.0.0.1:9/",))
+
+
 @pytest.fixture(scope="session")
 def fashion_dir() -> pathlib.Path:
     """Folder with the four official .gz files: $JNN_DATA_DIR, else <repo>/../shared/data/..."""

@@ -19,7 +19,7 @@ from typing import NamedTuple
 import numpy as np
 import pytest
 
-from experiments import mlp_sweep
+from experiments import mlp_sweep, report, vgg_transfer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -83,11 +83,39 @@ def resume_foreign(tmp: Path, data: Path) -> list[str]:
     return [*sweep()(tmp, data), "--resume"]
 
 
+def users_folder(*args: str) -> Callable[[Path, Path], list[str]]:
+    """--out a folder of the user's (no jnn marker) holding thesis.txt."""
+
+    def build(tmp: Path, data: Path) -> list[str]:
+        (tmp / "out").mkdir()
+        (tmp / "out" / "thesis.txt").write_text("three years of work")
+        return [*sweep()(tmp, data), *args]
+
+    return build
+
+
+def out_under_file(tmp: Path, data: Path) -> list[str]:
+    (tmp / "afile").write_text("x")
+    return [*sweep()(tmp, data)[:-4], "--out", str(tmp / "afile" / "run"), "--data-dir", str(data)]
+
+
+def vgg(*args: str) -> Callable[[Path, Path], list[str]]:
+    """argv for a quick random-weights VGG16 transfer run into tmp_path/out, plus ``args``."""
+    return lambda tmp, data: [
+        "--quick", "--weights", "random", "--out", str(tmp / "out"), "--data-dir", str(data),
+        *args,
+    ]  # fmt: skip
+
+
+def vgg_case(id: str, args: tuple[str, ...], message: str) -> Case:
+    return Case(id, vgg(*args), message, vgg_transfer.cli, "experiments.vgg_transfer")
+
+
 CASES = [
     Case("missing-data-dir", lambda t, d: [*sweep()(t, d)[:-2], "--data-dir", str(t / "nope")],
          "is not a folder"),
     Case("empty-data-dir", with_data(lambda t, d: (t / "empty").mkdir() or t / "empty"),
-         "is missing from"),
+         "could not download"),
     Case("truncated-gz", with_data(lambda t, d: data_copy(t, d, "train-labels-idx1-ubyte.gz")),
          "truncated"),
     Case("corrupt-gz", with_data(
@@ -118,6 +146,17 @@ CASES = [
     Case("resume-other-lr", resume_changed("--lr", "0.05"), "--lr: run has 0.1, now 0.05"),
     Case("resume-other-init", resume_changed("--init", "he"), "--init: run has 'normal'"),
     Case("resume-not-a-run", resume_foreign, "holds no run.json"),
+    Case("overwrite-users-folder", users_folder("--overwrite"), "never deletes files"),
+    Case("out-under-a-file", out_under_file, "which is a file"),
+    vgg_case("vgg-nan-lr", ("--lr", "nan"), "--lr must be a positive number"),
+    vgg_case("vgg-inf-lr", ("--lr", "inf"), "--lr must be a positive number"),
+    vgg_case("vgg-negative-lr", ("--lr", "-1"), "--lr must be a positive number"),
+    vgg_case("vgg-nan-finetune-lr", ("--finetune-lr", "nan"), "--finetune-lr must be a positive"),
+    vgg_case("vgg-negative-train-size", ("--train-size", "-5"), "--train-size must be at least 1"),
+    vgg_case("vgg-zero-train-size", ("--train-size", "0"), "--train-size must be at least 1"),
+    vgg_case("vgg-zero-test-size", ("--test-size", "0"), "--test-size must be at least 1"),
+    vgg_case("vgg-huge-feature-batch", ("--feature-batch", "100000"), "at most 4096"),
+    vgg_case("vgg-huge-seed", ("--seed", str(2**63)), "--seed must be in"),
 ]  # fmt: skip
 
 
@@ -183,3 +222,65 @@ def test_refused_folder_is_left_untouched(tmp_path, fashion_dir):
     assert mlp_sweep.main(argv) == 2
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
     shutil.rmtree(tmp_path / "out")
+
+
+def test_overwrite_never_deletes_the_users_files(tmp_path, fashion_dir):
+    """--help says --overwrite replaces a folder holding another run: a folder with the user's
+    thesis.txt in it was emptied. Now only folders jnn marked as its own are replaced."""
+    argv = users_folder("--overwrite")(tmp_path, fashion_dir)
+    assert mlp_sweep.main(argv) == 2
+    assert (tmp_path / "out" / "thesis.txt").read_text() == "three years of work"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["thesis.txt"]
+
+
+def test_overwrite_replaces_a_jnn_run(tmp_path):
+    out = report.prepare_run_dir(tmp_path / "out")
+    (out / "results.json").write_text("{}")
+    report.release_run_dirs()
+    assert report.prepare_run_dir(out, overwrite=True) == out
+    assert not (out / "results.json").exists() and (out / report.RUN_MARKER).is_file()
+    report.release_run_dirs()
+
+
+def test_a_second_run_on_the_same_folder_is_refused(tmp_path):
+    """Two runs on one --out corrupted each other: a lock held by the first refuses the second."""
+    out = tmp_path / "out"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from experiments import report; "
+         f"report.prepare_run_dir({str(out)!r}); print('locked', flush=True); time.sleep(60)"],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(report.RunDirError, match="in use by another running jnn process"):
+            report.prepare_run_dir(out, resume=True)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert report.prepare_run_dir(out, resume=True) == out.resolve()  # free once it ended
+    report.release_run_dirs()
+
+
+def test_a_refused_run_leaves_no_stub(tmp_path, fashion_dir, capsys):
+    """A run refused after its folder was made (here: the data folder is empty) removes the
+    folder again when it holds nothing but jnn's own bookkeeping."""
+    (tmp_path / "empty").mkdir()
+    argv = [*sweep()(tmp_path, fashion_dir)[:-2], "--data-dir", str(tmp_path / "empty")]
+    report.prepare_run_dir(tmp_path / "out")  # as the sweep does before reading the data
+    report._CREATED.add((tmp_path / "out").resolve())
+    assert mlp_sweep.main(argv) == 2
+    assert not (tmp_path / "out").exists()
+
+
+def test_nan_weights_are_refused(tmp_path, capsys):
+    from tests.test_vgg import random_params, write_keras_h5
+
+    params = random_params()
+    first = next(iter(params))
+    params[first]["kernel"] = np.full_like(params[first]["kernel"], np.nan)
+    h5 = write_keras_h5(tmp_path / "my_vgg16_notop.h5", params)  # not the published name
+    argv = ["--quick", "--weights", str(h5), "--cache-dir", str(tmp_path / "cache"),
+            "--out", str(tmp_path / "out")]  # fmt: skip
+    assert vgg_transfer.cli(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "NaN/inf" in err and "\n" not in err, err
