@@ -22,6 +22,7 @@ tf_kernels_notop.h5                                              # offline: a lo
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -40,6 +41,7 @@ from jax.sharding import PartitionSpec as P
 from experiments import report
 from jnn import vgg, vgg_weights
 from jnn.data import CLASS_NAMES, load_fashion_mnist
+from jnn.errors import InputError
 from jnn.parallel import check_divisible, data_mesh
 
 RANDOM_LABEL = "random init, not pretrained"
@@ -493,6 +495,7 @@ def load_weights(spec: str, cache_dir: str | None, seed: int) -> dict[str, Any]:
             w = vgg_weights.fetch_pretrained(fmt, cache_dir, weights_file=path, progress=progress)
     except (vgg_weights.WeightsUnavailableError, ImportError) as e:
         raise ValueError(f"{e} (or run with --weights random for a random-feature floor)") from None
+    check_finite_weights(w.params)
     label = f"pretrained ImageNet VGG16 ({'Keras' if w.fmt == 'keras' else 'torchvision'})"
     return {
         "params": w.params,
@@ -609,19 +612,59 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Run the study; returns the results dict (also written to --out/results.json)."""
-    args = build_parser().parse_args(argv)
+MAX_FEATURE_BATCH = 4096  # 4096 images at 64x64 through VGG16 need ~3 GB of activations
+
+
+def check_args(args: argparse.Namespace) -> argparse.Namespace:
+    """Refuse values that cannot work, before anything is read or written; fill --quick's
+    defaults only where a flag was not given (an explicit 0 is refused, never replaced)."""
     if args.quick:
-        args.train_size = args.train_size or QUICK["train_size"]
-        args.test_size = args.test_size or QUICK["test_size"]
+        for name in ("train_size", "test_size"):
+            if getattr(args, name) is None:
+                setattr(args, name, QUICK[name])
     if args.epochs is None:
         args.epochs = QUICK["epochs"] if args.quick else 10
     if args.size < vgg.MIN_SIZE:
-        raise ValueError(f"--size must be at least {vgg.MIN_SIZE} (VGG16 pools 5 times)")
-    for name in ("epochs", "batch_size", "feature_batch"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
+        raise InputError(f"--size must be at least {vgg.MIN_SIZE} (VGG16 pools 5 times)")
+    for name in ("epochs", "batch_size", "feature_batch", "train_size", "test_size"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    if args.feature_batch > MAX_FEATURE_BATCH:
+        raise InputError(
+            f"--feature-batch {args.feature_batch} would need tens of GB of activations; "
+            f"use at most {MAX_FEATURE_BATCH}"
+        )
+    for name in ("lr", "finetune_lr"):
+        value = getattr(args, name)
+        if not (math.isfinite(value) and value > 0):
+            raise InputError(f"--{name.replace('_', '-')} must be a positive number, got {value}")
+    if not 0 <= args.seed < 2**32:
+        raise InputError(f"--seed must be in [0, 2**32), got {args.seed}")
+    return args
+
+
+def check_finite_weights(params: dict) -> None:
+    """Refuse weights with NaN or inf (they would give chance accuracy, labelled pretrained)."""
+    bad = {k: int(np.size(v) - np.isfinite(v).sum()) for k, v in _flat(params).items()}
+    bad = {k: n for k, n in bad.items() if n}
+    if bad:
+        first = next(iter(bad))
+        raise InputError(
+            f"the VGG16 weights hold {sum(bad.values())} NaN/inf values ({bad[first]} in {first}"
+            f"{f' and {len(bad) - 1} more arrays' if len(bad) > 1 else ''}); the weight file is "
+            "corrupt: download it again"
+        )
+
+
+def _flat(tree: Any) -> dict[str, np.ndarray]:
+    leaves = jax.tree_util.tree_leaves_with_path(tree)
+    return {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in leaves}
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Run the study; returns the results dict (also written to --out/results.json)."""
+    args = check_args(build_parser().parse_args(argv))
     mesh = None
     if args.devices is not None:
         mesh = data_mesh(args.devices)  # clear error when that many devices do not exist
