@@ -89,7 +89,8 @@ def device_info() -> dict[str, Any]:
 
 RUN_MARKER = ".jnn-run"  # written into every run folder jnn creates: what --overwrite may delete
 LOCK_FILE = ".jnn-lock"  # flock()ed by the process using the folder: one run per folder at a time
-_STUB_FILES = {RUN_MARKER, LOCK_FILE, "run.json"}
+BOOKKEEPING = frozenset({RUN_MARKER, LOCK_FILE})  # jnn's own files in every run folder
+_STUB_FILES = BOOKKEEPING | {"run.json"}
 _LOCKS: dict[Path, int] = {}  # folder -> open fd holding its lock (released by release_run_dirs)
 _CREATED: set[Path] = set()  # folders this process created (removed again if left as stubs)
 

@@ -36,6 +36,7 @@ from jnn.conv_cost import (
     count_params,
     numpy_init,
 )
+from jnn.errors import InputError
 
 OUTPUT_FILES = ("theory.md", "theory.json")
 # Tolerances the identities are held to, per dtype: absolute for losses up to 1 nat, relative
@@ -393,7 +394,8 @@ def _prepare_out(out: str, overwrite: bool) -> Path:
     in seconds); anything else there is refused unless ``--overwrite`` (which deletes it)."""
     path = Path(out).expanduser().resolve()
     if path.is_dir() and not overwrite:
-        foreign = sorted(p.name for p in path.iterdir() if p.name not in OUTPUT_FILES)
+        mine = set(OUTPUT_FILES) | report.BOOKKEEPING
+        foreign = sorted(p.name for p in path.iterdir() if p.name not in mine)
         if foreign:
             raise report.RunDirError(
                 f"output folder {path} holds files this command did not write "
@@ -420,7 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--overwrite",
         action="store_true",
-        help="delete --out first even if it holds other files",
+        help="replace --out even if it holds other outputs, when it is a jnn run folder "
+        "(jnn never deletes a folder it did not make)",
     )
     parser.add_argument(
         "--seed", type=int, default=0, help="numpy seed for all random inputs and weights"
@@ -441,15 +444,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+LIMITS = {"rows": 100_000, "classes": 100_000, "batch": 256, "repeats": 1_000}
+MAX_Q1_VALUES = 10_000_000  # rows x classes: a few hundred MB across the f32/f64 checks
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Refuse sizes that cannot work (or would allocate tens of GB) before anything runs."""
+    for name, limit in LIMITS.items():
+        value = getattr(args, name)
+        if not 1 <= value <= limit:
+            raise InputError(f"--{name} must be between 1 and {limit:,}, got {value}")
+    if args.classes < 2:
+        raise InputError("--classes must be at least 2")
+    if args.rows * args.classes > MAX_Q1_VALUES:
+        raise InputError(
+            f"--rows x --classes = {args.rows * args.classes:,} values is more than the "
+            f"{MAX_Q1_VALUES:,} these checks need; lower one of them"
+        )
+    if not 0.0 < args.smoothing < 1.0:
+        raise InputError(f"--smoothing must be in (0, 1), got {args.smoothing}")
+    if not 0 <= args.seed < 2**32:
+        raise InputError(f"--seed must be in [0, 2**32), got {args.seed}")
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run both questions, print the tables, write theory.md/json. Returns the result dict."""
-    for name in ("rows", "classes", "batch", "repeats"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name} must be at least 1, got {getattr(args, name)}")
-    if args.classes < 2:
-        raise ValueError("--classes must be at least 2")
-    if not 0.0 < args.smoothing < 1.0:
-        raise ValueError(f"--smoothing must be in (0, 1), got {args.smoothing}")
+    check_args(args)
     out = _prepare_out(args.out, args.overwrite)
 
     t0 = time.perf_counter()

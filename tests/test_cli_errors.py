@@ -19,7 +19,7 @@ from typing import NamedTuple
 import numpy as np
 import pytest
 
-from experiments import mlp_sweep, report, vgg_transfer
+from experiments import mlp_sweep, report, theory, vgg_transfer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -111,6 +111,11 @@ def vgg_case(id: str, args: tuple[str, ...], message: str) -> Case:
     return Case(id, vgg(*args), message, vgg_transfer.cli, "experiments.vgg_transfer")
 
 
+def theory_case(id: str, args: tuple[str, ...], message: str) -> Case:
+    argv = lambda tmp, data: ["--out", str(tmp / "out"), *args]  # noqa: E731
+    return Case(id, argv, message, theory.cli, "experiments.theory")
+
+
 CASES = [
     Case("missing-data-dir", lambda t, d: [*sweep()(t, d)[:-2], "--data-dir", str(t / "nope")],
          "is not a folder"),
@@ -157,6 +162,10 @@ CASES = [
     vgg_case("vgg-zero-test-size", ("--test-size", "0"), "--test-size must be at least 1"),
     vgg_case("vgg-huge-feature-batch", ("--feature-batch", "100000"), "at most 4096"),
     vgg_case("vgg-huge-seed", ("--seed", str(2**63)), "--seed must be in"),
+    theory_case("theory-huge-classes", ("--classes", str(10**8)), "--classes must be between"),
+    theory_case("theory-huge-product", ("--rows", "10000", "--classes", "10000"), "lower one"),
+    theory_case("theory-huge-seed", ("--seed", str(2**63)), "--seed must be in"),
+    theory_case("theory-zero-rows", ("--rows", "0"), "--rows must be between 1"),
 ]  # fmt: skip
 
 

@@ -298,7 +298,8 @@ def test_out_folder_reuse_and_refusal(tmp_path) -> None:
         theory._prepare_out(str(out), overwrite=False)
     assert theory.cli(["--out", str(out)]) == 2  # one-line error, no traceback
     assert theory._prepare_out(str(out), overwrite=True) == out
-    assert not any(out.iterdir())
+    assert {p.name for p in out.iterdir()} == report.BOOKKEEPING  # marker + lock only
+    report.release_run_dirs()
 
 
 def test_cli_rejects_bad_arguments(tmp_path) -> None:
