@@ -34,6 +34,7 @@ import optax
 
 from experiments import baselines
 from experiments.report import (
+    BOOKKEEPING,
     RunDirError,
     cli_main,
     device_info,
@@ -1099,7 +1100,7 @@ def prepare_out(out: str) -> Path:
     """The output folder: new, empty, or holding only earlier benchmark output (overwritten)."""
     path = Path(out).expanduser().resolve()
     if path.is_dir() and any(path.iterdir()):
-        others = [p.name for p in path.iterdir() if p.name not in OUTPUT_FILES]
+        others = [p.name for p in path.iterdir() if p.name not in {*OUTPUT_FILES, *BOOKKEEPING}]
         if others:
             raise RunDirError(
                 f"output folder {path} holds files that are not benchmark output "
