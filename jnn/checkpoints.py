@@ -242,7 +242,19 @@ def _commit(staging: Path, path: Path) -> None:
         _remove(aside)
 
 
+def _discard(path: Path) -> None:
+    """Delete a step so that it disappears at once: renamed to a temporary name, then removed
+    (a process killed meanwhile leaves a temporary folder, never a half-deleted step)."""
+    aside = path.with_name(f"{path.name}{_TMP_MARK}-old-{time.time_ns()}")
+    try:
+        os.rename(path, aside)
+    except OSError:
+        aside = path
+    _remove(aside)
+
+
 def _remove(path: Path) -> None:
+    """Best-effort removal of a folder or file (cleanup must not hide the original error)."""
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
     else:
@@ -456,7 +468,7 @@ class CheckpointStore:
         if rolling:
             for other, path in self._numbered(True).items():
                 if other != epoch:
-                    _remove(path)
+                    _discard(path)
                     self._unusable.discard(path)
 
     def _check_can_save(self, epoch: int, target: Path, replace: bool) -> None:
