@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
-from jnn.losses import one_hot, softmax_cross_entropy, softmax_cross_entropy_backward
+from jnn.losses import softmax_cross_entropy, softmax_cross_entropy_backward, targets_for
 
 Shape = tuple[int, ...]
 Params = Any
@@ -124,13 +124,6 @@ def apply(model: Layer, params: Params, state: State, x: Array) -> Array:
     return model.forward(params, state, x, key=None, train=False)[0]
 
 
-def _targets(y: Array, logits: Array) -> Array:
-    """Int labels (B,) -> one-hot rows like the logits; target rows (B, C) cast to their dtype."""
-    if y.ndim == 1:
-        return one_hot(y, logits.shape[-1], logits.dtype)
-    return y.astype(logits.dtype)
-
-
 LossStep = tuple[tuple[Array, Array, State], Params]  # ((loss, logits, new_state), grads)
 
 
@@ -148,7 +141,7 @@ def value_and_grad(model: Layer, method: str = "manual") -> Callable[..., LossSt
 
     def loss_of(params, state, x, y, key, train):
         logits, cache, new_state = model.forward(params, state, x, key=key, train=train)
-        loss, ce_cache = softmax_cross_entropy(logits, _targets(y, logits))
+        loss, ce_cache = softmax_cross_entropy(logits, targets_for(y, logits))
         return loss, (logits, cache, new_state, ce_cache)
 
     def manual(params, state, x, y, *, key=None, train=True) -> LossStep:
