@@ -9,7 +9,8 @@
 
 Each has ``train_epoch(x, y) -> mean loss`` (shuffles, drops the last partial batch except
 sklearn, which keeps it) and ``predict(x) -> logits or probabilities``. The numpy and torch ones
-start from the same weights as a jnn parameter list (``[{"w": (in, out), "b": (out,)}, ...]``).
+start from the same weights as a jnn dense parameter list (``jnn.mlp.dense_params(params)``,
+``[{"w": (in, out), "b": (out,)}, ...]``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ MLPWeights = list[tuple[np.ndarray, np.ndarray]]  # [(w (in, out), b (out,)), ..
 
 
 def weights_from_jnn(params: Sequence[dict[str, Any]]) -> MLPWeights:
-    """Copy a jnn parameter list into float32 numpy (w, b) pairs."""
+    """Copy the dense layers' ``{"w", "b"}`` into float32 numpy (w, b) pairs: pass
+    ``jnn.mlp.dense_params(params)`` of an ``mlp.mlp`` model's params."""
     return [
         (np.array(layer["w"], np.float32, copy=True), np.array(layer["b"], np.float32, copy=True))
         for layer in params

@@ -44,7 +44,8 @@ from experiments.report import (
     write_json,
     write_text_atomic,
 )
-from jnn.mlp import GRADIENT_METHODS, STUDY_SIZES, init_mlp, mlp_apply
+from jnn import core
+from jnn.mlp import STUDY_SIZES, dense_params, mlp
 from jnn.train import epoch_step, init_train_state, make_epoch_fn
 
 SIZES: tuple[int, ...] = tuple(STUDY_SIZES)
@@ -52,6 +53,7 @@ BATCH_SIZE = 32
 LEARNING_RATE = 0.1
 ACTIVATION = "relu"
 INIT = "normal"
+MODEL = mlp(SIZES, ACTIVATION, INIT)  # the study's MLP, the one network every jnn case runs
 CEILING_N = 2048
 OUTPUT_FILES = ("benchmark.json", "benchmark.md", "benchmark.png")
 SECTIONS = ("train_epoch", "evaluation", "ceiling", "vgg", "models_per_program", "devices")
@@ -263,9 +265,14 @@ def environment(torch_device: str | None) -> dict[str, Any]:
 # Builders for the jnn cases
 
 
-def fresh_params(seed: int) -> list[dict[str, jax.Array]]:
-    """The study's MLP with its default initializer."""
-    return init_mlp(jax.random.key(seed), SIZES, init=INIT)
+def fresh_params(seed: int) -> Any:
+    """The study's MLP's params (``MODEL.init`` from ``key(seed)``, its default initializer)."""
+    return MODEL.init(jax.random.key(seed), (SIZES[0],))[1]
+
+
+def fresh_state(seed: int, optimizer: optax.GradientTransformation) -> Any:
+    """A ``train.TrainState`` of the study's MLP from ``key(seed)``."""
+    return init_train_state(jax.random.key(seed), MODEL, optimizer, (SIZES[0],))
 
 
 def make_step_fn(optimizer: optax.GradientTransformation, gradients: str = "manual") -> Any:
@@ -274,11 +281,12 @@ def make_step_fn(optimizer: optax.GradientTransformation, gradients: str = "manu
     It gathers batch ``i`` of the (num_batches, batch) index array inside the program, so each
     Python-loop iteration is exactly one dispatch. params and opt_state are donated.
     """
-    value_and_grad = GRADIENT_METHODS[gradients]
+    value_and_grad = core.value_and_grad(MODEL, gradients)
+    model_state = MODEL.init(jax.random.key(0), (SIZES[0],))[2]  # the MLP's: empty tuples
 
     def step(params, opt_state, x, y, batches, i):
         idx = batches[i]
-        (loss, _), grads = value_and_grad(params, x[idx], y[idx], ACTIVATION)
+        (loss, _, _), grads = value_and_grad(params, model_state, x[idx], y[idx])
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
@@ -301,10 +309,9 @@ def make_vmapped_epoch_fn(optimizer: optax.GradientTransformation, gradients: st
     """``jax.vmap`` of :func:`jnn.train.epoch_step` over stacked states; data shared; jitted."""
     fn = partial(
         epoch_step,
-        activation=ACTIVATION,
+        value_and_grad=core.value_and_grad(MODEL, gradients),
         optimizer=optimizer,
         batch_size=BATCH_SIZE,
-        gradients=gradients,
     )
     return jax.jit(jax.vmap(fn, in_axes=(0, None, None)), donate_argnums=0)
 
@@ -313,8 +320,7 @@ def stacked_states(seed: int, num_models: int, optimizer: optax.GradientTransfor
     """``num_models`` TrainStates from different keys, stacked along a leading axis."""
 
     def one(key):
-        pkey, skey = jax.random.split(key)
-        return init_train_state(skey, init_mlp(pkey, SIZES, init=INIT), optimizer)
+        return init_train_state(key, MODEL, optimizer, (SIZES[0],))
 
     return jax.vmap(one)(jax.random.split(jax.random.key(seed), num_models))
 
@@ -411,14 +417,14 @@ def section_train_epoch(
     n_used = n // BATCH_SIZE * BATCH_SIZE
     x, y = jax.device_put(x_np), jax.device_put(y_np)
     params0 = fresh_params(args.seed)
-    weights0 = baselines.weights_from_jnn(params0)
+    weights0 = baselines.weights_from_jnn(dense_params(params0))
     cases: dict[str, Callable[[int], Any]] = {}
     compile_s: dict[str, float] = {}
     skipped: dict[str, str] = {}
 
     for name, gradients in (("jnn_scan_manual", "manual"), ("jnn_scan_autodiff", "autodiff")):
-        epoch_fn = make_epoch_fn(ACTIVATION, optimizer, BATCH_SIZE, gradients)
-        state = init_train_state(jax.random.key(args.seed), fresh_params(args.seed), optimizer)
+        epoch_fn = make_epoch_fn(MODEL, optimizer, BATCH_SIZE, gradients)
+        state = fresh_state(args.seed, optimizer)
         compiled, compile_s[name] = compile_timed(epoch_fn, state, x, y)
         box = Holder(state)
 
@@ -499,12 +505,13 @@ def section_evaluation(
     n = x_np.shape[0]
     x = jax.device_put(x_np)
     params = fresh_params(args.seed)
-    weights = baselines.weights_from_jnn(params)
-    forward = jax.jit(partial(mlp_apply, activation=ACTIVATION))
-    forward_c, compile_s = compile_timed(forward, params, x)
+    weights = baselines.weights_from_jnn(dense_params(params))
+    model_state = MODEL.init(jax.random.key(0), (SIZES[0],))[2]
+    forward = jax.jit(partial(core.apply, MODEL))
+    forward_c, compile_s = compile_timed(forward, params, model_state, x)
 
     def jnn_forward(calls: int) -> None:
-        jax.block_until_ready([forward_c(params, x) for _ in range(calls)])
+        jax.block_until_ready([forward_c(params, model_state, x) for _ in range(calls)])
 
     cases: dict[str, Callable[[int], Any]] = {"jnn_forward": jnn_forward}
     skipped: dict[str, str] = {}
@@ -543,8 +550,8 @@ def section_models_per_program(
     compile_s: dict[str, float] = {}
     models: dict[str, int] = {}
 
-    plain = make_epoch_fn(ACTIVATION, optimizer, BATCH_SIZE)
-    state = init_train_state(jax.random.key(args.seed), fresh_params(args.seed), optimizer)
+    plain = make_epoch_fn(MODEL, optimizer, BATCH_SIZE)
+    state = fresh_state(args.seed, optimizer)
     compiled, compile_s["1_plain"] = compile_timed(plain, state, x, y)
     plain_box = Holder(state)
 

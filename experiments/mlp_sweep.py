@@ -471,11 +471,11 @@ def train_group(
         t0 = time.perf_counter()
         x, y, xv, yv = data[device]
         optimizer = optax.sgd(cfg.lr)
-        kwargs = {INIT_SCALE_NAME[cfg.init]: cfg.init_scale} if cfg.init_scale else {}
+        model = sweep_model(cfg, activation)
         mesh = getattr(device, "mesh", None)  # set with --data-parallel
         with jax.default_device(device if mesh is None else mesh.devices.flat[0]):
-            state = train.init_model_states(
-                model_keys(cfg.seed, cfg.seeds), cfg.sizes, optimizer, cfg.init, **kwargs
+            state = train.init_train_states(
+                model_keys(cfg.seed, cfg.seeds), model, optimizer, cfg.sizes[:1]
             )
         history = train.empty_history(cfg.epochs, cfg.seeds)
         template = {"state": jax.device_get(state), "history": history}
@@ -489,7 +489,8 @@ def train_group(
                 history = {k: np.array(v) for k, v in tree["history"].items()}
         state = jax.device_put(state, device)
         start = int(np.max(np.asarray(state.epoch)))
-        epoch_fn = _epoch_fn(activation, cfg.lr, cfg.batch_size, cfg.gradients, mesh)
+        epoch_fn = _epoch_fn(model, cfg.lr, cfg.batch_size, cfg.gradients, mesh)
+        eval_fn = _eval_fn(model)
         bar = report.progress(
             total=cfg.epochs,
             initial=start,
@@ -525,7 +526,7 @@ def train_group(
                 epoch_fn,
                 (x, y),
                 (xv, yv),
-                activation=activation,
+                eval_fn=eval_fn,
                 epochs=cfg.epochs,
                 history=history,
                 on_epoch=on_epoch,
@@ -559,14 +560,15 @@ def train_group(
         for epoch in store.saved_epochs():
             if epoch not in cfg.save_at:
                 continue
-            params = jax.device_put(store.restore(epoch, template)["state"].params, device)
+            restored = store.restore(epoch, template)["state"]
+            params, model_state = jax.device_put((restored.params, restored.model_state), device)
             row: dict[str, Any] = {"path": str(run_dir / activation / str(epoch))}
             for name, (xs, ys) in (
                 ("train", (x, y)),
                 ("val", (xv, yv)),
                 ("test", data[("test", device)]),
             ):
-                loss, acc = jax.device_get(train.evaluate_stacked(params, xs, ys, activation))
+                loss, acc = jax.device_get(eval_fn(params, model_state, xs, ys))
                 row[f"{name}_loss"], row[f"{name}_accuracy"] = loss, acc
             checkpoints[str(epoch)] = summarize(row)
         store.close()
@@ -587,8 +589,30 @@ def train_group(
         devices.put(device)
 
 
+def sweep_model(cfg: Config, activation: str) -> Any:
+    """The study's network for ``activation``: ``mlp.mlp(cfg.sizes, activation, cfg.init, ...)``
+    (the same Layer value for the same settings, so the compiled functions below are reused)."""
+    scale = ((INIT_SCALE_NAME[cfg.init], cfg.init_scale),) if cfg.init_scale else ()
+    return _mlp(tuple(cfg.sizes), activation, cfg.init, scale)
+
+
 @functools.lru_cache(maxsize=32)
-def _epoch_fn(activation: str, lr: float, batch_size: int, gradients: str, mesh: Any = None) -> Any:
+def _mlp(sizes: tuple[int, ...], activation: str, init: str, scale: tuple) -> Any:
+    from jnn import mlp
+
+    return mlp.mlp(sizes, activation, init, **dict(scale))
+
+
+@functools.lru_cache(maxsize=32)
+def _eval_fn(model: Any) -> Any:
+    """The jitted, seed-vmapped evaluation of ``model`` (``train.make_eval_fn``), built once."""
+    from jnn import train
+
+    return train.make_eval_fn(model, stacked=True)
+
+
+@functools.lru_cache(maxsize=32)
+def _epoch_fn(model: Any, lr: float, batch_size: int, gradients: str, mesh: Any = None) -> Any:
     """The jitted, seed-vmapped epoch, built once per process and setting (reused on resume).
 
     With a data ``mesh`` every model's batches are split along its ``data`` axis; the state and
@@ -599,9 +623,9 @@ def _epoch_fn(activation: str, lr: float, batch_size: int, gradients: str, mesh:
     from jnn import parallel, train
 
     if mesh is None:
-        return train.make_epoch_fn(activation, optax.sgd(lr), batch_size, gradients, stacked=True)
+        return train.make_epoch_fn(model, optax.sgd(lr), batch_size, gradients, stacked=True)
     return parallel.make_sharded_epoch_fn(
-        activation, optax.sgd(lr), batch_size, mesh, gradients, stacked=True
+        model, optax.sgd(lr), batch_size, mesh, gradients, stacked=True
     )
 
 

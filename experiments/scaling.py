@@ -80,6 +80,7 @@ def _worker(num_devices: int, quick: bool, models: int | None) -> dict[str, Any]
 
     from jnn import parallel as par
     from jnn import train
+    from jnn.mlp import mlp
 
     devices = jax.devices()
     out: dict[str, Any] = {
@@ -98,13 +99,15 @@ def _worker(num_devices: int, quick: bool, models: int | None) -> dict[str, Any]
     y_host = rng.integers(0, SIZES[-1], n).astype(np.int32)
     optimizer = optax.sgd(0.1)
     key = jax.random.key(0)
+    model = mlp(SIZES, "relu")
+    shape = SIZES[:1]
 
     mesh = par.data_mesh(num_devices)
     x, y = par.replicate((x_host, y_host), mesh)
     data_parallel = {}
     for batch_size in BATCH_SIZES:
-        epoch = par.make_sharded_epoch_fn("relu", optimizer, batch_size, mesh)
-        state = par.replicate(par.single_state(key, SIZES, optimizer), mesh)
+        epoch = par.make_sharded_epoch_fn(model, optimizer, batch_size, mesh)
+        state = par.replicate(train.init_train_state(key, model, optimizer, shape), mesh)
         t = _time_epochs(epoch, state, x, y, reps)
         examples = (n // batch_size) * batch_size
         data_parallel[str(batch_size)] = {**t, "examples_per_s": examples / t["epoch_s"]}
@@ -115,9 +118,9 @@ def _worker(num_devices: int, quick: bool, models: int | None) -> dict[str, Any]
         m = num_devices * -(-m // num_devices)  # round up to a multiple of the device count
     mmesh = par.model_mesh(num_devices)
     xm, ym = par.replicate((x_host, y_host), mmesh)
-    epoch = par.make_per_device_models_fn("relu", optimizer, MODELS_BATCH, mmesh)
+    epoch = par.make_per_device_models_fn(model, optimizer, MODELS_BATCH, mmesh)
     states = par.shard_models(
-        par.init_stacked_states(jax.random.split(key, m), SIZES, optimizer), mmesh
+        par.init_stacked_states(jax.random.split(key, m), model, optimizer, shape), mmesh
     )
     t = _time_epochs(epoch, states, xm, ym, reps)
     out["per_device_models"] = {
@@ -131,8 +134,8 @@ def _worker(num_devices: int, quick: bool, models: int | None) -> dict[str, Any]
         baseline = {}
         x1, y1 = jax.device_put((x_host, y_host), devices[0])
         for batch_size in BATCH_SIZES:
-            epoch = train.make_epoch_fn("relu", optimizer, batch_size)
-            state = jax.device_put(par.single_state(key, SIZES, optimizer), devices[0])
+            epoch = train.make_epoch_fn(model, optimizer, batch_size)
+            state = jax.device_put(train.init_train_state(key, model, optimizer, shape), devices[0])
             t = _time_epochs(epoch, state, x1, y1, reps)
             examples = (n // batch_size) * batch_size
             baseline[str(batch_size)] = {**t, "examples_per_s": examples / t["epoch_s"]}

@@ -1,15 +1,15 @@
-"""A multilayer perceptron of any depth with a hand-written backward pass.
+"""A multilayer perceptron of any depth as a ``jnn.core`` model with a hand-written backward.
 
-``sizes = [784, 256, 128, 64, 10]`` builds dense layers 784->256->128->64->10. Every hidden layer
+``sizes = (784, 256, 128, 64, 10)`` builds dense layers 784->256->128->64->10. Every hidden layer
 is followed by the named activation; the last layer emits logits that go through a fused
-softmax + cross-entropy, whose backward is ``(p - y) / B``.
+softmax + cross-entropy, whose backward is ``(p - t) / B``.
 
-    params = init_mlp(key, sizes, init="normal")          # list of {"w", "b"} dicts
-    loss, grads = loss_and_grad(params, x, y, "relu")     # manual backprop
-    loss, grads = autodiff_loss_and_grad(params, x, y, "relu")   # jax.grad, for checking
+    model = mlp(sizes, "relu", init="normal")               # a serial Layer value
+    _, params, state = model.init(key, (784,))              # params: tuple, {"w", "b"} per Dense
+    (loss, logits, state), grads = value_and_grad(model)(params, state, x, y)   # jnn.core
+    dense_params(params)                                    # [{"w", "b"}, ...] for numpy/torch
 
-``activation`` is a Python string: mark it static when you jit (``static_argnames``).
-Targets ``y`` are int labels (B,) or probability rows (B, C).
+Targets ``y`` are int labels (B,) or probability rows (B, C). Training: ``jnn.train``.
 """
 
 from __future__ import annotations
@@ -24,8 +24,7 @@ from jax import Array
 from jnn.activations import activation_layer, get_activation
 from jnn.core import Layer, Shape, serial
 from jnn.initializers import get_initializer
-from jnn.layers.dense import Dense, DenseParams, dense_backward, dense_forward, dense_init
-from jnn.losses import one_hot, softmax_cross_entropy, softmax_cross_entropy_backward
+from jnn.layers.dense import Dense, DenseParams, dense_init
 
 MLPParams = list[DenseParams]
 
@@ -86,99 +85,3 @@ def mlp(
 def dense_params(params: Any) -> list[DenseParams]:
     """The ``{"w", "b"}`` entries of a serial model's params, in order (for numpy/torch copies)."""
     return [p for p in params if isinstance(p, dict) and set(p) == {"w", "b"}]
-
-
-def _check_input(params: MLPParams, x: Array) -> None:
-    expected = params[0]["w"].shape[0]
-    if x.ndim != 2 or x.shape[1] != expected:
-        raise ValueError(
-            f"MLP input must have shape (batch, {expected}), got {tuple(x.shape)}; "
-            "flatten images first (e.g. jnn.data.to_float(images, flatten=True))"
-        )
-
-
-def _targets(y: Array, num_classes: int, dtype: Any) -> Array:
-    return one_hot(y, num_classes, dtype) if y.ndim == 1 else y.astype(dtype)
-
-
-def mlp_forward(params: MLPParams, x: Array, activation: str) -> tuple[Array, list[Any]]:
-    """x: (B, sizes[0]) -> logits (B, sizes[-1]) and the per-layer caches for the backward."""
-    _check_input(params, x)
-    act = get_activation(activation)
-    caches = []
-    h = x
-    for i, layer in enumerate(params):
-        h, dense_cache = dense_forward(layer, h)
-        act_cache = None
-        if i < len(params) - 1:
-            h, act_cache = act.forward(h)
-        caches.append((dense_cache, act_cache))
-    return h, caches
-
-
-def mlp_backward(
-    params: MLPParams, caches: list[Any], dlogits: Array, activation: str
-) -> MLPParams:
-    """Walk the layers in reverse; returns grads shaped like ``params``."""
-    act = get_activation(activation)
-    grads: MLPParams = [None] * len(params)  # type: ignore[list-item]
-    d = dlogits
-    for i in reversed(range(len(params))):
-        dense_cache, act_cache = caches[i]
-        if i < len(params) - 1:
-            d = act.backward(act_cache, d)
-        grads[i], d = dense_backward(params[i], dense_cache, d)
-    return grads
-
-
-def mlp_apply(params: MLPParams, x: Array, activation: str) -> Array:
-    """Forward only: x (B, sizes[0]) -> logits (B, sizes[-1])."""
-    return mlp_forward(params, x, activation)[0]
-
-
-def manual_value_and_grad(
-    params: MLPParams, x: Array, y: Array, activation: str
-) -> tuple[tuple[Array, Array], MLPParams]:
-    """((mean loss, logits (B, C)), grads) by manual backprop; the logits come for free."""
-    logits, caches = mlp_forward(params, x, activation)
-    loss, ce_cache = softmax_cross_entropy(logits, _targets(y, logits.shape[-1], logits.dtype))
-    grads = mlp_backward(params, caches, softmax_cross_entropy_backward(ce_cache), activation)
-    return (loss, logits), grads
-
-
-def loss_and_grad(
-    params: MLPParams, x: Array, y: Array, activation: str
-) -> tuple[Array, MLPParams]:
-    """Mean softmax cross-entropy and its gradient by manual backprop."""
-    (value, _), grads = manual_value_and_grad(params, x, y, activation)
-    return value, grads
-
-
-def _loss_with_logits(
-    params: MLPParams, x: Array, y: Array, activation: str
-) -> tuple[Array, Array]:
-    logits = mlp_apply(params, x, activation)
-    return softmax_cross_entropy(logits, _targets(y, logits.shape[-1], logits.dtype))[0], logits
-
-
-def loss(params: MLPParams, x: Array, y: Array, activation: str) -> Array:
-    """Mean softmax cross-entropy of the MLP (the function jax.grad differentiates)."""
-    return _loss_with_logits(params, x, y, activation)[0]
-
-
-def autodiff_value_and_grad(
-    params: MLPParams, x: Array, y: Array, activation: str
-) -> tuple[tuple[Array, Array], MLPParams]:
-    """((mean loss, logits), grads) through ``jax.value_and_grad``: the reference."""
-    return jax.value_and_grad(_loss_with_logits, has_aux=True)(params, x, y, activation)
-
-
-def autodiff_loss_and_grad(
-    params: MLPParams, x: Array, y: Array, activation: str
-) -> tuple[Array, MLPParams]:
-    """The reference: ``jax.value_and_grad`` of :func:`loss`."""
-    return jax.value_and_grad(loss)(params, x, y, activation)
-
-
-# Both return ((loss, logits), grads); training picks one by name.
-GRADIENT_METHODS = {"manual": manual_value_and_grad, "autodiff": autodiff_value_and_grad}

@@ -3,8 +3,9 @@
 Data parallel (one model, global batch split along a ``data`` axis)::
 
     mesh = data_mesh(4)                                   # 4 devices, axis "data"
-    epoch = make_sharded_epoch_fn("relu", optax.sgd(0.1), batch_size=256, mesh=mesh)
-    state = replicate(init_train_state(key, params, optax.sgd(0.1)), mesh)
+    model = mlp(sizes, "relu")                            # any jnn.core Layer
+    epoch = make_sharded_epoch_fn(model, optax.sgd(0.1), batch_size=256, mesh=mesh)
+    state = replicate(init_train_state(key, model, optax.sgd(0.1), (784,)), mesh)
     x, y = replicate((x_train, y_train), mesh)            # the dataset lives on every device
     state, metrics = epoch(state, x, y)                   # same contract as train.make_epoch_fn
 
@@ -19,11 +20,11 @@ axis, vmapped, and sharded ``P("model")`` so each device trains its own group wi
 communication::
 
     mesh = model_mesh(4)
-    states = stack_trees([init_train_state(k, init_mlp(k, sizes), opt) for k in keys])
-    epoch = make_per_device_models_fn("relu", opt, batch_size=32, mesh=mesh)
+    states = init_stacked_states(keys, model, opt, (784,))    # M models, leaves (M, ...)
+    epoch = make_per_device_models_fn(model, opt, batch_size=32, mesh=mesh)
     states, metrics = epoch(shard_models(states, mesh), *replicate((x, y), mesh))
 
-Models that differ in something static (e.g. the activation) are separate programs: commit each
+Models that differ in their network (e.g. the activation) are separate programs: commit each
 one's state and data to its own device with ``jax.device_put(tree, device)`` and call a
 ``train.make_epoch_fn`` per model; dispatch is asynchronous, so they run concurrently.
 
@@ -48,10 +49,12 @@ from jax import Array
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jnn.mlp import GRADIENT_METHODS, init_mlp
+from jnn.core import Layer, Shape
 from jnn.train import (
     EpochMetrics,
     TrainState,
+    ValueAndGrad,
+    as_value_and_grad,
     epoch_step,
     init_train_state,
     validate_hyperparameters,
@@ -60,8 +63,6 @@ from jnn.train import (
 DATA_AXIS = "data"
 MODEL_AXIS = "model"
 FORCE_DEVICES_FLAG = "--xla_force_host_platform_device_count"
-
-EpochFn = Callable[[TrainState, Array, Array], tuple[TrainState, EpochMetrics]]
 
 
 # --------------------------------------------------------------------------------------------
@@ -191,28 +192,17 @@ def unstack_tree(stacked: Any) -> list[Any]:
 
 
 def init_stacked_states(
-    keys: Array, sizes: Sequence[int], optimizer: optax.GradientTransformation, init: str = "normal"
+    keys: Array, model: Layer, optimizer: optax.GradientTransformation, input_shape: Shape
 ) -> TrainState:
-    """M independent MLPs, stacked: model i is :func:`single_state` of ``keys[i]``."""
-    return stack_trees([single_state(k, sizes, optimizer, init) for k in list(keys)])
-
-
-def single_state(
-    key: Array, sizes: Sequence[int], optimizer: optax.GradientTransformation, init: str = "normal"
-) -> TrainState:
-    """One model from one key: ``init_key, shuffle_key = split(key)``; params from ``init_key``."""
-    init_key, shuffle_key = jax.random.split(key)
-    return init_train_state(shuffle_key, init_mlp(init_key, sizes, init), optimizer)
+    """M independent models, stacked: model i is exactly ``train.init_train_state(keys[i], ...)``
+    (each initialised on its own, eagerly, unlike the one vmapped program of
+    ``train.init_train_states``)."""
+    return stack_trees([init_train_state(k, model, optimizer, input_shape) for k in list(keys)])
 
 
 # --------------------------------------------------------------------------------------------
 # Data-parallel epoch
 # --------------------------------------------------------------------------------------------
-
-
-def _check_gradients(gradients: str) -> None:
-    if gradients not in GRADIENT_METHODS:
-        raise ValueError(f"gradients must be one of {sorted(GRADIENT_METHODS)}, got {gradients!r}")
 
 
 class PlacedEpochFn:
@@ -247,7 +237,7 @@ class PlacedEpochFn:
 
 
 def make_sharded_epoch_fn(
-    activation: str,
+    model: Layer | ValueAndGrad,
     optimizer: optax.GradientTransformation,
     batch_size: int,
     mesh: Mesh,
@@ -257,25 +247,26 @@ def make_sharded_epoch_fn(
 ) -> PlacedEpochFn:
     """Data-parallel ``epoch(state, x, y) -> (state, metrics)`` over ``axis`` of ``mesh``.
 
-    ``batch_size`` is the global batch; it must divide by the number of devices on ``axis``.
-    state, x (N, D), y (N,) are replicated on the mesh (placed there if they are not), every step's
-    batch is sharded along ``axis`` (``train.epoch_step(batch_sharding=...)``, the very function
-    single-device training runs); outputs are replicated. The placed state is donated.
+    ``model``: a ``jnn.core.Layer`` (gradients by ``gradients``) or a value-and-grad function,
+    as in ``train.make_epoch_fn``. ``batch_size`` is the global batch; it must divide by the
+    number of devices on ``axis``. state, x (N, ...), y (N,) are replicated on the mesh (placed
+    there if they are not), every step's batch is sharded along ``axis``
+    (``train.epoch_step(batch_sharding=...)``, the very function single-device training runs);
+    outputs are replicated. The placed state is donated.
     ``stacked=True``: the state holds M models along a leading axis (as in
     ``train.make_epoch_fn``), vmapped, each model's batches split the same way.
     """
     validate_hyperparameters(batch_size)
-    _check_gradients(gradients)
+    value_and_grad = as_value_and_grad(model, gradients)
     axis = _single_axis(mesh, axis)
     check_divisible(batch_size, mesh, axis)
     replicated = NamedSharding(mesh, P())
     epoch = functools.partial(
         epoch_step,
-        activation=activation,
+        value_and_grad=value_and_grad,
         optimizer=optimizer,
         batch_size=batch_size,
         batch_sharding=NamedSharding(mesh, P(axis)),
-        gradients=gradients,
     )
     jitted = jax.jit(
         jax.vmap(epoch, in_axes=(0, None, None)) if stacked else epoch,
@@ -296,7 +287,7 @@ def make_sharded_epoch_fn(
 
 
 def make_per_device_models_fn(
-    activation: str,
+    model: Layer | ValueAndGrad,
     optimizer: optax.GradientTransformation,
     batch_size: int,
     mesh: Mesh,
@@ -307,19 +298,16 @@ def make_per_device_models_fn(
 
     states: a TrainState whose leaves have a leading axis M (see :func:`stack_trees`,
     :func:`init_stacked_states`), M divisible by the devices on ``axis``; sharded ``P(axis)`` so
-    each device holds and trains M / devices models. x (N, D), y (N,) replicated. Returns stacked
+    each device holds and trains M / devices models. x (N, ...), y (N,) replicated. ``model``
+    and ``gradients`` as in ``train.make_epoch_fn``. Returns stacked
     states (sharded the same way) and EpochMetrics with leaves of shape (M,). No collectives.
     """
     validate_hyperparameters(batch_size)
-    _check_gradients(gradients)
+    value_and_grad = as_value_and_grad(model, gradients)
     axis = _single_axis(mesh, axis)
     size = mesh.shape[axis]
     per_model = functools.partial(
-        epoch_step,
-        activation=activation,
-        optimizer=optimizer,
-        batch_size=batch_size,
-        gradients=gradients,
+        epoch_step, value_and_grad=value_and_grad, optimizer=optimizer, batch_size=batch_size
     )
     by_model = NamedSharding(mesh, P(axis))
     replicated = NamedSharding(mesh, P())
@@ -417,7 +405,6 @@ __all__ = [
     "replicate",
     "shard_batch",
     "shard_models",
-    "single_state",
     "stack_trees",
     "tree_max_diff",
     "unstack_tree",

@@ -1,26 +1,44 @@
-"""Training: a whole epoch as one XLA program.
+"""Training any ``jnn.core`` model: a whole epoch as one XLA program, and the epoch loop.
 
-    state = init_train_state(key, params, optax.sgd(0.1))
-    epoch = make_epoch_fn("relu", optax.sgd(0.1), batch_size=32)      # jitted, state donated
-    state, metrics = epoch(state, x_train, y_train)                    # metrics: loss, accuracy
+Train any ``serial`` model (an MLP, a CNN, a head on frozen features) in five lines::
 
-Several independent models of one activation (seeds, initialisations) train in one program:
-``init_model_states`` stacks them along a leading axis M and ``make_epoch_fn(..., stacked=True)``
-vmaps the epoch over that axis (the data are shared, not copied). ``fit`` runs the epochs, records
-the per-epoch history, stops at the first non-finite loss and calls back after every epoch (the
-sweep saves its checkpoints there).
+    model = serial(Flatten, Dense(128), ReLU, Dropout(0.5), Dense(10))  # jnn.core, jnn.layers
+    state = init_train_state(jax.random.key(0), model, optax.sgd(0.1), input_shape=(28, 28, 1))
+    epoch = make_epoch_fn(model, optax.sgd(0.1), batch_size=32)  # jitted, state donated
+    result = fit(state, epoch, (x, y), (xv, yv), eval_fn=make_eval_fn(model), epochs=10)
+    result.state.params, result.history["val_accuracy"], result.diverged_at
 
-Inside the epoch: a fresh permutation from the state's PRNG key, then ``lax.scan`` over batches;
-each step gathers its batch from the device-resident arrays, computes the gradients (manual
-backprop by default, ``jax.grad`` on request) and applies an optax update. No Python loop runs
-per step. The last ``N % batch_size`` examples of each permutation are dropped (a different
-remainder every epoch), so every step has the same shape.
+x is (N, *input_shape) (e.g. (N, 784) or (N, 28, 28, 1)), y (N,) int labels. The model object
+is the only description of the network: the epoch function and the evaluation function are both
+built from it, so training and evaluation cannot disagree about the network.
+
+Several independent models (seeds, initialisations) train in one program:
+``init_train_states(keys, model, ...)`` stacks them along a leading axis M and
+``make_epoch_fn(..., stacked=True)`` / ``make_eval_fn(..., stacked=True)`` vmap over that axis
+(the data are shared, not copied). ``fit`` runs the epochs, records the per-epoch history, stops
+a model whose loss or params became non-finite, and calls back after every epoch (the sweep
+saves its checkpoints there).
+
+Inside the epoch: a fresh permutation from the state's shuffle key, then ``lax.scan`` over
+batches; each step gathers its batch from the device-resident arrays, runs the model with
+``train=True`` and a per-step key for its randomness (Dropout), computes the gradients (manual
+backprop by default, ``jax.grad`` on request, or any function of the
+``jnn.core.value_and_grad`` signature), applies an optax update and threads the layer state
+(BatchNorm statistics) to the next step. No Python loop runs per step. The last
+``N % batch_size`` examples of each permutation are dropped (a different remainder every epoch),
+so every step has the same shape. At the end the epoch checks inside the program that every
+param is finite (``EpochMetrics.params_finite``).
+
+PRNG streams (fixed, so results are reproducible and the study's numbers never move): a model key
+``k`` gives ``init_key, shuffle_key = split(k)``; params from ``model.init(init_key, shape)``;
+each epoch ``key, perm_key = split(state.key)``. Layer randomness has its own stream,
+``dropout_key = fold_in(k, 1)``, split once per epoch, ``fold_in(epoch_key, step)`` per step.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -31,80 +49,126 @@ from jax import Array
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jnn.losses import one_hot, softmax_cross_entropy
-from jnn.mlp import GRADIENT_METHODS, MLPParams, init_mlp, mlp_apply
+from jnn import core
+from jnn.errors import InputError
+from jnn.losses import check_labels, one_hot, softmax_cross_entropy
+
+ValueAndGrad = Callable[..., core.LossStep]  # the signature of jnn.core.value_and_grad(model)
+EvalFn = Callable[[core.Params, core.State, Array, Array], tuple[Array, Array]]
 
 
 class TrainState(NamedTuple):
-    """Everything needed to continue training bit-identically."""
+    """Everything needed to continue training bit-identically (leaves (M, ...) when stacked)."""
 
-    params: MLPParams
+    params: core.Params
     opt_state: optax.OptState
+    model_state: core.State  # the layers' state from model.init (BatchNorm statistics; () if none)
     key: Array  # PRNG key for the next epoch's permutation
+    dropout_key: Array  # PRNG key for the next epoch's layer randomness (Dropout masks)
     epoch: Array  # int32 scalar: epochs completed
 
 
 class EpochMetrics(NamedTuple):
     loss: Array  # mean training loss over the epoch's batches
     accuracy: Array  # fraction of the epoch's examples classified right (before each update)
+    params_finite: Array  # bool: every param is finite after the epoch
+
+
+EpochFn = Callable[[TrainState, Array, Array], tuple[TrainState, EpochMetrics]]
 
 
 def init_train_state(
-    key: Array, params: MLPParams, optimizer: optax.GradientTransformation
-) -> TrainState:
-    """Wrap freshly initialised params with the optimizer state and the shuffling key."""
-    return TrainState(params, optimizer.init(params), key, jnp.zeros((), jnp.int32))
-
-
-def init_model_state(
     key: Array,
-    sizes: Sequence[int],
+    model: core.Layer,
     optimizer: optax.GradientTransformation,
-    init: str = "normal",
-    **init_kwargs: Any,
+    input_shape: core.Shape,
 ) -> TrainState:
-    """One model from one key: ``init_key, shuffle_key = split(key)``; params from ``init_key``.
-
-    The same convention as ``jnn.parallel.single_state``, plus the initializer's keyword arguments
-    (``stddev`` for normal, ``limit`` for random).
-    """
+    """One model from one key: ``init_key, shuffle_key = split(key)``; params and layer state
+    from ``model.init(init_key, input_shape)`` (per-example shape, e.g. ``(784,)``); the dropout
+    stream ``fold_in(key, 1)``; the optimizer state from ``optimizer.init(params)``."""
     init_key, shuffle_key = jax.random.split(key)
-    params = init_mlp(init_key, sizes, init, **init_kwargs)
-    return init_train_state(shuffle_key, params, optimizer)
+    _, params, model_state = model.init(init_key, tuple(input_shape))
+    return TrainState(
+        params,
+        optimizer.init(params),
+        model_state,
+        shuffle_key,
+        jax.random.fold_in(key, 1),
+        jnp.zeros((), jnp.int32),
+    )
 
 
-def init_model_states(
+def init_train_states(
     keys: Array,
-    sizes: Sequence[int],
+    model: core.Layer,
     optimizer: optax.GradientTransformation,
-    init: str = "normal",
-    **init_kwargs: Any,
+    input_shape: core.Shape,
 ) -> TrainState:
-    """M models stacked along a leading axis: keys (M, 2) -> TrainState with leaves (M, ...).
+    """M models stacked along a leading axis: keys (M, ...) -> TrainState with leaves (M, ...).
 
-    Model i equals ``init_model_state(keys[i], ...)``. The params come from one compiled program
-    shared by every caller with the same sizes and init (eager vmap would compile each primitive).
+    Model i equals ``init_train_state(keys[i], ...)`` (to float rounding: the params are drawn in
+    one compiled, vmapped program, which is what the study has always used).
     """
     init_keys, shuffle_keys = jnp.moveaxis(jax.vmap(jax.random.split)(keys), 1, 0)
-    params = _stacked_params(init_keys, tuple(sizes), init, tuple(sorted(init_kwargs.items())))
-    opt_state = jax.vmap(optimizer.init)(params)
-    epochs = jnp.zeros((len(keys),), jnp.int32)
-    return TrainState(params, opt_state, shuffle_keys, epochs)
-
-
-@functools.partial(jax.jit, static_argnums=(1, 2, 3))
-def _stacked_params(
-    keys: Array, sizes: tuple[int, ...], init: str, init_kwargs: tuple[tuple[str, Any], ...]
-) -> MLPParams:
-    return jax.vmap(lambda k: init_mlp(k, sizes, init, **dict(init_kwargs)))(keys)
+    shape = tuple(input_shape)
+    params, model_state = jax.jit(jax.vmap(lambda k: model.init(k, shape)[1:]))(init_keys)
+    dropout_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
+    return TrainState(
+        params,
+        jax.vmap(optimizer.init)(params),
+        model_state,
+        shuffle_keys,
+        dropout_keys,
+        jnp.zeros((len(keys),), jnp.int32),
+    )
 
 
 def validate_hyperparameters(batch_size: int, num_examples: int | None = None) -> None:
-    """Raise a clear ValueError for a batch size that cannot work."""
-    if int(batch_size) != batch_size or batch_size <= 0:
-        raise ValueError(f"batch size must be a positive integer, got {batch_size!r}")
+    """Raise a clear InputError for a batch size that cannot work."""
+    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size <= 0:
+        raise InputError(f"batch size must be a positive integer, got {batch_size!r}")
     if num_examples is not None and batch_size > num_examples:
-        raise ValueError(f"batch size {batch_size} exceeds the {num_examples} training examples")
+        raise InputError(f"batch size {batch_size} exceeds the {num_examples} training examples")
+
+
+def as_value_and_grad(model: core.Layer | ValueAndGrad, gradients: str = "manual") -> ValueAndGrad:
+    """A ``jnn.core.Layer`` -> ``jnn.core.value_and_grad(model, gradients)``; a function of that
+    signature (``fn(params, state, x, y, *, key, train) -> ((loss, logits, state), grads)``)
+    is returned as it is (then ``gradients`` must stay "manual": it picks nothing)."""
+    if isinstance(model, core.Layer):
+        if gradients not in core.GRADIENT_METHODS:
+            raise InputError(
+                f"gradients must be one of {list(core.GRADIENT_METHODS)}, got {gradients!r}"
+            )
+        return core.value_and_grad(model, gradients)
+    if not callable(model):
+        raise TypeError(f"expected a jnn.core.Layer or a value-and-grad function, got {model!r}")
+    if gradients != "manual":
+        raise InputError(f"gradients={gradients!r} needs a Layer; a value-and-grad fn is given")
+    return model
+
+
+def _all_finite(tree: Any) -> Array:
+    """bool scalar: every float leaf of ``tree`` is finite (one reduction per leaf)."""
+    flags = [
+        jnp.all(jnp.isfinite(leaf))
+        for leaf in jax.tree.leaves(tree)
+        if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)
+    ]
+    return jnp.all(jnp.stack(flags)) if flags else jnp.array(True)
+
+
+def _epoch_batches(key: Array, n: int, batch_size: int, sharding: NamedSharding | None) -> Array:
+    """(num_batches, batch_size) example indices of one epoch, from a permutation of ``n``."""
+    num_batches = n // batch_size
+    batches = jax.random.permutation(key, n)[: num_batches * batch_size]
+    batches = batches.reshape(num_batches, batch_size)
+    if sharding is not None:
+        # (num_batches, B) indices with B split over the data axis: each device gathers its rows.
+        batches = jax.lax.with_sharding_constraint(
+            batches, NamedSharding(sharding.mesh, P(None, *sharding.spec))
+        )
+    return batches
 
 
 def epoch_step(
@@ -112,104 +176,151 @@ def epoch_step(
     x: Array,
     y: Array,
     *,
-    activation: str,
+    value_and_grad: ValueAndGrad,
     optimizer: optax.GradientTransformation,
     batch_size: int,
-    gradients: str = "manual",
     batch_sharding: NamedSharding | None = None,
 ) -> tuple[TrainState, EpochMetrics]:
-    """One epoch, un-jitted (jit it, vmap it over states, or shard it). x: (N, D), y: (N,) int.
+    """One epoch, un-jitted (jit it, vmap it over states, or shard it). x: (N, ...), y: (N,) int.
 
     ``batch_sharding`` (data parallelism, see ``jnn.parallel``) constrains every step's batch rows
     to that sharding, so each device gathers and computes its own share and XLA inserts the
     gradient all-reduce; ``None`` leaves placement to XLA. The arithmetic is the same either way.
     """
-    value_and_grad = GRADIENT_METHODS[gradients]
     n = x.shape[0]
-    num_batches = n // batch_size
     key, perm_key = jax.random.split(state.key)
-    batches = jax.random.permutation(perm_key, n)[: num_batches * batch_size]
-    batches = batches.reshape(num_batches, batch_size)
+    dropout_key, epoch_dropout_key = jax.random.split(state.dropout_key)
+    batches = _epoch_batches(perm_key, n, batch_size, batch_sharding)
+    num_batches = batches.shape[0]
 
     def constrain(rows: Array) -> Array:
         if batch_sharding is None:
             return rows
         return jax.lax.with_sharding_constraint(rows, batch_sharding)
 
-    if batch_sharding is not None:
-        # (num_batches, B) indices with B split over the data axis: each device gathers its rows.
-        batches = jax.lax.with_sharding_constraint(
-            batches, NamedSharding(batch_sharding.mesh, P(None, *batch_sharding.spec))
-        )
-
-    def step(carry, idx):
-        params, opt_state = carry
+    def step(carry, inputs):
+        params, opt_state, model_state = carry
+        i, idx = inputs
         xb, yb = constrain(x[idx]), constrain(y[idx])
-        (loss, logits), grads = value_and_grad(params, xb, yb, activation)
+        step_key = jax.random.fold_in(epoch_dropout_key, i)
+        (loss, logits, model_state), grads = value_and_grad(
+            params, model_state, xb, yb, key=step_key, train=True
+        )
         updates, opt_state = optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
         correct = jnp.sum(jnp.argmax(logits, axis=-1) == yb)
-        return (params, opt_state), (loss, correct)
+        return (params, opt_state, model_state), (loss, correct)
 
-    (params, opt_state), (losses, correct) = jax.lax.scan(
-        step, (state.params, state.opt_state), batches
+    carry = (state.params, state.opt_state, state.model_state)
+    steps = jnp.arange(num_batches, dtype=jnp.uint32)
+    (params, opt_state, model_state), (losses, correct) = jax.lax.scan(
+        step, carry, (steps, batches)
     )
-    metrics = EpochMetrics(jnp.mean(losses), jnp.sum(correct) / (num_batches * batch_size))
-    return TrainState(params, opt_state, key, state.epoch + 1), metrics
+    metrics = EpochMetrics(
+        jnp.mean(losses), jnp.sum(correct) / (num_batches * batch_size), _all_finite(params)
+    )
+    new_state = TrainState(params, opt_state, model_state, key, dropout_key, state.epoch + 1)
+    return new_state, metrics
 
 
 def make_epoch_fn(
-    activation: str,
+    model: core.Layer | ValueAndGrad,
     optimizer: optax.GradientTransformation,
     batch_size: int,
     gradients: str = "manual",
     *,
     stacked: bool = False,
-) -> Callable[[TrainState, Array, Array], tuple[TrainState, EpochMetrics]]:
+) -> EpochFn:
     """A jitted ``epoch(state, x, y) -> (state, metrics)``; the incoming state is donated.
 
-    ``stacked=True``: ``state`` holds M models along a leading axis (``init_model_states``); the
-    epoch is vmapped over them with x (N, D), y (N,) shared, and the metrics have shape (M,).
+    ``model``: a ``jnn.core.Layer`` (its gradients by ``gradients``: "manual" backprop or
+    "autodiff") or a value-and-grad function of the ``jnn.core.value_and_grad`` signature.
+    x (N, *input_shape), y (N,) int labels. ``stacked=True``: ``state`` holds M models along a
+    leading axis (``init_train_states``); the epoch is vmapped over them with x, y shared, and the
+    metrics have shape (M,).
     """
     validate_hyperparameters(batch_size)
-    if gradients not in GRADIENT_METHODS:
-        raise ValueError(f"gradients must be one of {sorted(GRADIENT_METHODS)}, got {gradients!r}")
-
-    def epoch(state: TrainState, x: Array, y: Array) -> tuple[TrainState, EpochMetrics]:
-        return epoch_step(
-            state,
-            x,
-            y,
-            activation=activation,
-            optimizer=optimizer,
-            batch_size=batch_size,
-            gradients=gradients,
-        )
-
+    epoch = functools.partial(
+        epoch_step,
+        value_and_grad=as_value_and_grad(model, gradients),
+        optimizer=optimizer,
+        batch_size=batch_size,
+    )
     return jax.jit(jax.vmap(epoch, in_axes=(0, None, None)) if stacked else epoch, donate_argnums=0)
 
 
-def evaluate(params: MLPParams, x: Array, y: Array, activation: str) -> tuple[Array, Array]:
-    """Mean cross-entropy and accuracy of ``params`` on (x (N, D), y (N,) int) in one pass."""
-    return _evaluate(params, x, y, activation)
-
-
-@jax.jit(static_argnames="activation")
-def _evaluate(params: MLPParams, x: Array, y: Array, activation: str) -> tuple[Array, Array]:
-    logits = mlp_apply(params, x, activation)
+def evaluate(
+    model: core.Layer, params: core.Params, model_state: core.State, x: Array, y: Array
+) -> tuple[Array, Array]:
+    """Mean cross-entropy and accuracy of ``model`` on (x (N, ...), y (N,) int) in one pass, with
+    ``train=False`` (no dropout, BatchNorm on its running statistics). Un-jitted."""
+    logits = core.apply(model, params, model_state, x)
     loss, _ = softmax_cross_entropy(logits, one_hot(y, logits.shape[-1], logits.dtype))
     accuracy = jnp.mean(jnp.argmax(logits, axis=-1) == y)
     return loss, accuracy
 
 
-@jax.jit(static_argnames="activation")
-def evaluate_stacked(params: MLPParams, x: Array, y: Array, activation: str) -> tuple[Array, Array]:
-    """:func:`evaluate` for M stacked models: params leaves (M, ...) -> loss, accuracy (M,)."""
+def make_eval_fn(model: core.Layer, *, stacked: bool = False) -> EvalFn:
+    """A jitted ``eval_fn(params, model_state, x, y) -> (loss, accuracy)`` (see :func:`evaluate`).
 
-    def one(p: MLPParams) -> tuple[Array, Array]:
-        return _evaluate.__wrapped__(p, x, y, activation)
+    ``stacked=True``: params and model_state hold M models along a leading axis; x, y are shared
+    and loss, accuracy have shape (M,). The function carries ``.model`` and ``.stacked`` (``fit``
+    reads the number of classes from the model to check the labels).
+    """
+    one = functools.partial(evaluate, model)
+    fn = jax.jit(jax.vmap(one, in_axes=(0, 0, None, None)) if stacked else one)
 
-    return jax.vmap(one)(params)
+    def eval_fn(params: core.Params, model_state: core.State, x: Array, y: Array):
+        return fn(params, model_state, x, y)
+
+    eval_fn.model, eval_fn.stacked = model, stacked  # type: ignore[attr-defined]
+    return eval_fn
+
+
+# --------------------------------------------------------------------------------------------
+# Input checks, once per fit, outside the jitted programs
+# --------------------------------------------------------------------------------------------
+
+
+def _num_classes(eval_fn: EvalFn, state: TrainState, x: Any) -> int | None:
+    """The model's number of outputs (C of its (B, C) logits), when ``eval_fn`` names its model."""
+    model = getattr(eval_fn, "model", None)
+    if model is None:
+        return None
+    params, model_state = state.params, state.model_state
+    if getattr(eval_fn, "stacked", False):
+        params, model_state = jax.tree.map(lambda a: a[0], (params, model_state))
+    batch = jax.ShapeDtypeStruct((1, *np.shape(x)[1:]), jnp.result_type(x))
+    out = jax.eval_shape(functools.partial(core.apply, model), params, model_state, batch)
+    return int(out.shape[-1])
+
+
+def _is_finite(x: Any) -> bool:
+    """All of ``x`` finite: on its device for a jax array (no host copy), else with numpy."""
+    if isinstance(x, jax.Array):
+        return bool(jnp.all(jnp.isfinite(x))) if jnp.issubdtype(x.dtype, jnp.inexact) else True
+    x = np.asarray(x)
+    return bool(np.isfinite(x).all()) if np.issubdtype(x.dtype, np.inexact) else True
+
+
+def check_data(x: Any, y: Any, num_classes: int | None, what: str = "training") -> None:
+    """Refuse data that would train silently wrong: x and y of different lengths (the gather
+    clamps out-of-range indices), labels that are not ints in ``[0, num_classes)`` (one_hot makes
+    them zero rows), non-finite x. One-line :class:`InputError`; arrays spread over several
+    processes are left to the caller."""
+    if any(isinstance(a, jax.Array) and not a.is_fully_addressable for a in (x, y)):
+        return
+    n_x = np.shape(x)[0] if np.ndim(x) else None
+    if n_x is None or np.ndim(y) < 1 or np.shape(y)[0] != n_x:
+        raise InputError(
+            f"{what} x and y must have one label per example: x has shape {np.shape(x)}, "
+            f"y has shape {np.shape(y)}"
+        )
+    if num_classes is None:
+        num_classes = int(np.iinfo(np.int32).max)  # without a model: ints >= 0 only
+    check_labels(y, num_classes, what=f"{what} labels")
+    if not _is_finite(x):
+        raise InputError(f"{what} x holds NaN or inf values; clean or drop those examples first")
 
 
 # --------------------------------------------------------------------------------------------
@@ -230,43 +341,49 @@ def empty_history(epochs: int, num_models: int | None = None) -> History:
 class FitResult(NamedTuple):
     state: TrainState | None  # None when training diverged (the bad state is not kept)
     history: History
-    diverged_at: int | None  # 1-based epoch whose loss was not finite, else None
+    diverged_at: int | None  # 1-based epoch whose loss or params were not finite, else None
 
 
 def fit(
     state: TrainState,
-    epoch_fn: Callable[[TrainState, Array, Array], tuple[TrainState, EpochMetrics]],
+    epoch_fn: EpochFn,
     train_data: tuple[Array, Array],
     val_data: tuple[Array, Array],
     *,
-    activation: str,
+    eval_fn: EvalFn,
     epochs: int,
     history: History | None = None,
     on_epoch: Callable[[int, TrainState, History], None] | None = None,
 ) -> FitResult:
     """Train from ``state.epoch`` up to ``epochs`` epochs, one jitted epoch per call.
 
-    After every epoch the mean training loss/accuracy (during the epoch) and the validation loss/
-    accuracy (after it) go into ``history`` (arrays indexed by epoch - 1; single or stacked
-    models, as built by :func:`empty_history`), then ``on_epoch(epoch, state, history)`` runs
-    (epoch 1-based). A non-finite training or validation loss of any model stops training at that
-    epoch: the result has ``state=None`` and ``diverged_at=epoch`` and ``on_epoch`` is not called
-    for it, so no checkpoint of a diverged model is ever written.
+    ``eval_fn(params, model_state, x, y) -> (loss, accuracy)``: from :func:`make_eval_fn` (with
+    ``stacked=True`` for stacked states). The data are checked once up front
+    (:func:`check_data`). After every epoch the mean training loss/accuracy (during the epoch)
+    and the validation loss/accuracy (after it) go into ``history`` (arrays indexed by epoch - 1;
+    single or stacked models, as built by :func:`empty_history`), then
+    ``on_epoch(epoch, state, history)`` runs (epoch 1-based). A non-finite training or
+    validation loss, or a non-finite param, of any model stops training at that epoch: the result
+    has ``state=None`` and ``diverged_at=epoch`` and ``on_epoch`` is not called for it, so no
+    checkpoint of a diverged model is ever written.
     """
     x, y = train_data
     xv, yv = val_data
+    num_classes = _num_classes(eval_fn, state, x)
+    check_data(x, y, num_classes, "training")
+    check_data(xv, yv, num_classes, "validation")
     stacked = np.ndim(state.epoch) == 1
-    evaluate_fn = evaluate_stacked if stacked else evaluate
     start = int(np.max(np.asarray(state.epoch)))
     if history is None:
         history = empty_history(epochs, len(state.epoch) if stacked else None)
     for epoch in range(start + 1, epochs + 1):
         state, metrics = epoch_fn(state, x, y)
-        val_loss, val_acc = evaluate_fn(state.params, xv, yv, activation)
+        val_loss, val_acc = eval_fn(state.params, state.model_state, xv, yv)
         row = jax.device_get((metrics.loss, metrics.accuracy, val_loss, val_acc))
         for name, value in zip(HISTORY_KEYS, row):
             history[name][..., epoch - 1] = value
-        if not (np.all(np.isfinite(row[0])) and np.all(np.isfinite(row[2]))):
+        finite = np.all(np.isfinite(row[0])) and np.all(np.isfinite(row[2]))
+        if not (finite and np.all(jax.device_get(metrics.params_finite))):
             return FitResult(None, history, epoch)
         if on_epoch is not None:
             on_epoch(epoch, state, history)

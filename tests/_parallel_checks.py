@@ -28,10 +28,12 @@ import optax  # noqa: E402
 
 from jnn import parallel as par  # noqa: E402
 from jnn import train  # noqa: E402
+from jnn.mlp import mlp  # noqa: E402
 
 SIZES = (784, 256, 128, 64, 10)
 N = 1024
 ACTIVATION = "relu"
+MODEL = mlp(SIZES, ACTIVATION, "he")  # one value for every epoch function and state below
 
 
 def dataset() -> tuple[np.ndarray, np.ndarray]:
@@ -56,7 +58,7 @@ def mesh_sizes(tree) -> list[int]:
 
 
 def run_reference(state, x, y, optimizer, batch_size, epochs, gradients="manual"):
-    epoch = train.make_epoch_fn(ACTIVATION, optimizer, batch_size, gradients)
+    epoch = train.make_epoch_fn(MODEL, optimizer, batch_size, gradients)
     out = []
     state = fresh(state)
     for _ in range(epochs):
@@ -80,11 +82,11 @@ def check_data_parallel(x, y) -> dict:
         ("sgd_autodiff_b64", optax.sgd(0.1), 64, "autodiff", (4,)),
     ]
     for name, optimizer, batch_size, gradients, device_counts in cases:
-        state0 = par.single_state(jax.random.key(1), SIZES, optimizer, init="he")
+        state0 = train.init_train_state(jax.random.key(1), MODEL, optimizer, SIZES[:1])
         ref = run_reference(state0, x, y, optimizer, batch_size, 2, gradients)
         for devices in device_counts:
             mesh = par.data_mesh(devices)
-            epoch = par.make_sharded_epoch_fn(ACTIVATION, optimizer, batch_size, mesh, gradients)
+            epoch = par.make_sharded_epoch_fn(MODEL, optimizer, batch_size, mesh, gradients)
             xs, ys = par.replicate((x, y), mesh)
             state = par.replicate(fresh(state0), mesh)
             run = epoch
@@ -141,14 +143,16 @@ def check_per_device_models(x, y) -> dict:
     singles = [
         s
         for s, _ in (
-            run_reference(par.single_state(k, SIZES, optimizer, "he"), x, y, optimizer, 32, 1)[0]
+            run_reference(
+                train.init_train_state(k, MODEL, optimizer, SIZES[:1]), x, y, optimizer, 32, 1
+            )[0]
             for k in keys
         )
     ]
     for num_models in (4, 8):
         mesh = par.model_mesh(4)
-        epoch = par.make_per_device_models_fn(ACTIVATION, optimizer, 32, mesh)
-        stacked = par.init_stacked_states(keys[:num_models], SIZES, optimizer, "he")
+        epoch = par.make_per_device_models_fn(MODEL, optimizer, 32, mesh)
+        stacked = par.init_stacked_states(keys[:num_models], MODEL, optimizer, SIZES[:1])
         placed = epoch.place(stacked, x, y)
         compiled = epoch.compile(*placed)
         hlo = compiled.as_text()
@@ -178,12 +182,14 @@ def check_errors() -> dict:
     for name, thunk in {
         "too_many_devices": lambda: par.data_mesh(8),
         "batch_not_divisible": lambda: par.make_sharded_epoch_fn(
-            ACTIVATION, optax.sgd(0.1), 30, par.data_mesh(4)
+            MODEL, optax.sgd(0.1), 30, par.data_mesh(4)
         ),
         "models_not_divisible": lambda: par.make_per_device_models_fn(
-            ACTIVATION, optax.sgd(0.1), 32, par.model_mesh(4)
+            MODEL, optax.sgd(0.1), 32, par.model_mesh(4)
         )(
-            par.init_stacked_states(jax.random.split(jax.random.key(0), 6), SIZES, optax.sgd(0.1)),
+            par.init_stacked_states(
+                jax.random.split(jax.random.key(0), 6), MODEL, optax.sgd(0.1), SIZES[:1]
+            ),
             *dataset(),
         ),
         "shard_batch_not_divisible": lambda: par.shard_batch(np.zeros((6, 3)), par.data_mesh(4)),
@@ -201,8 +207,9 @@ def small_epoch() -> dict:
     x, y = dataset()
     optimizer = optax.sgd(0.1)
     mesh = par.data_mesh()
-    epoch = par.make_sharded_epoch_fn(ACTIVATION, optimizer, 32, mesh)
-    state = par.replicate(par.single_state(jax.random.key(3), (784, 64, 10), optimizer, "he"), mesh)
+    model = mlp((784, 64, 10), ACTIVATION, "he")
+    epoch = par.make_sharded_epoch_fn(model, optimizer, 32, mesh)
+    state = par.replicate(train.init_train_state(jax.random.key(3), model, optimizer, (784,)), mesh)
     state, metrics = epoch(state, *par.replicate(dataset(), mesh))
     w = np.asarray(state.params[0]["w"].addressable_data(0), np.float64)
     return {

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from experiments import baselines, benchmark
-from jnn.mlp import init_mlp, manual_value_and_grad, mlp_apply
+from jnn import core
+from jnn.mlp import dense_params, mlp
 
 SIZES = [784, 256, 128, 64, 10]
 TINY = [
@@ -41,10 +42,13 @@ def _batch(n=32, seed=0):
 
 
 def test_numpy_reference_matches_jnn_manual_backprop():
-    params = init_mlp(jax.random.key(0), SIZES, init="he")
+    model = mlp(SIZES, "relu", "he")
+    _, params, state = model.init(jax.random.key(0), (784,))
     x, y = _batch()
-    (loss, logits), grads = manual_value_and_grad(params, jnp.asarray(x), jnp.asarray(y), "relu")
-    ref = baselines.NumpyMLP(baselines.weights_from_jnn(params))
+    step = core.value_and_grad(model)
+    (loss, logits, _), grads = step(params, state, jnp.asarray(x), jnp.asarray(y))
+    grads = dense_params(grads)
+    ref = baselines.NumpyMLP(baselines.weights_from_jnn(dense_params(params)))
     np.testing.assert_allclose(ref.predict(x), np.asarray(logits), rtol=1e-4, atol=1e-5)
     ref_loss, ref_grads = ref.loss_and_grads(x, y)
     assert ref_loss == pytest.approx(float(loss), rel=1e-5)
@@ -69,12 +73,13 @@ def test_torch_reference_matches_jnn_forward():
     ok, why = baselines.torch_status()
     if not ok:
         pytest.skip(why)
-    params = init_mlp(jax.random.key(1), SIZES, init="he")
+    net = mlp(SIZES, "relu", "he")
+    _, params, state = net.init(jax.random.key(1), (784,))
     x, y = _batch()
-    model = baselines.TorchMLP(baselines.weights_from_jnn(params), device="cpu")
+    model = baselines.TorchMLP(baselines.weights_from_jnn(dense_params(params)), device="cpu")
     xt, yt = model.to_device(x, y)
     np.testing.assert_allclose(
-        model.predict(xt).numpy(), np.asarray(mlp_apply(params, jnp.asarray(x), "relu")),
+        model.predict(xt).numpy(), np.asarray(core.apply(net, params, state, jnp.asarray(x))),
         rtol=1e-4, atol=1e-5,
     )  # fmt: skip
     assert math.isfinite(model.train_epoch(xt, yt))

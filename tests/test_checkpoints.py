@@ -17,15 +17,16 @@ import pytest
 
 from jnn import checkpoints, train
 from jnn.checkpoints import CheckpointError, CheckpointStore, incomplete_checkpoints
+from jnn.mlp import mlp
 
 # Big enough that the largest file of a step is an OCDBT data file (as in the real study).
 SIZES = (100, 64, 10)
 
 
 def _tree(seed: int = 0, epochs: int = 5) -> dict:
-    state = train.init_model_states(
-        jax.random.split(jax.random.PRNGKey(seed), 2), SIZES, optax.sgd(0.1), "glorot"
-    )
+    model = mlp(SIZES, "relu", "glorot")
+    keys = jax.random.split(jax.random.PRNGKey(seed), 2)
+    state = train.init_train_states(keys, model, optax.sgd(0.1), SIZES[:1])
     history = train.empty_history(epochs, 2)
     history["train_loss"][:, 0] = [1.5, 2.5]
     return {"state": jax.device_get(state), "history": history}

@@ -1,5 +1,6 @@
-"""jnn.mlp: manual backprop through the whole MLP equals jax.grad, for every hidden activation,
-every initializer and several architectures, in float32 and float64, jitted and not.
+"""jnn.mlp: manual backprop through the whole MLP (``mlp.mlp(...)``, a ``jnn.core.serial`` model,
+through ``jnn.core.value_and_grad``) equals jax.grad, for every hidden activation, every
+initializer and several architectures, in float32 and float64, jitted and not.
 
 Tolerances (tests/gradcheck.py): per-leaf relative error <= 1e-5 in float32, <= 1e-10 in float64;
 a leaf whose reference is exactly zero (zero init) must match to that tolerance in absolute terms.
@@ -16,18 +17,10 @@ from absl.testing import parameterized
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from jnn import core
 from jnn.activations import ACTIVATIONS
 from jnn.initializers import INITIALIZERS
-from jnn.mlp import (
-    STUDY_SIZES,
-    autodiff_loss_and_grad,
-    autodiff_value_and_grad,
-    init_mlp,
-    loss,
-    loss_and_grad,
-    manual_value_and_grad,
-    mlp_apply,
-)
+from jnn.mlp import STUDY_SIZES, dense_params, init_mlp, mlp
 from tests.gradcheck import assert_tree_close, rel_err
 
 ACTS = sorted(ACTIVATIONS)
@@ -45,26 +38,43 @@ def make_batch(seed, batch, n_in, n_classes, dtype, scale=1.0, soft=False):
     return x, jnp.asarray(rng.integers(0, n_classes, batch), jnp.int32)
 
 
-# The reference, jax.grad of the loss, always compiled: the code under test is the manual
-# backprop, which the chex variants below run both under jax.jit and eagerly.
-reference_value_and_grad = jax.jit(autodiff_value_and_grad, static_argnames="activation")
+@functools.cache
+def network(sizes, activation):
+    """One model value per (sizes, activation), so the jitted functions below compile once per
+    shape (the init is irrelevant here: params come from :func:`init_all`)."""
+    return mlp(sizes, activation)
+
+
+def manual_value_and_grad(sizes, activation):
+    """The code under test: the model's hand-written backward (``core.value_and_grad``)."""
+    return core.value_and_grad(network(tuple(sizes), activation))
+
+
+# The reference, jax.grad of the same forward and loss, always compiled: the code under test is
+# the manual backprop, which the chex variants below run both under jax.jit and eagerly.
+@functools.cache
+def reference_value_and_grad(sizes, activation):
+    return jax.jit(core.value_and_grad(network(sizes, activation), "autodiff"))
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2))
 def init_all(key, sizes, dtype):
-    """{init name: init_mlp(key, sizes, init, dtype)} for every initializer, in one compile
-    (eager init would compile the random draws once per layer shape, dtype and initializer)."""
-    return {init: init_mlp(key, sizes, init, dtype) for init in INITS}
+    """{init name: (params, state)} of ``mlp(sizes, ..., init, dtype)`` for every initializer,
+    in one compile (eager init would compile the random draws once per layer shape, dtype and
+    initializer)."""
+    shape = (sizes[0],)
+    return {init: mlp(sizes, "linear", init, dtype).init(key, shape)[1:] for init in INITS}
 
 
 def check_against_autodiff(manual, sizes, activation, init, dtype, seed=0, batch=8, **data):
-    """Build a net and a batch in ``dtype``; require ``manual`` (a variant of
-    manual_value_and_grad) == jax.grad to tol(dtype), for the grads, the loss and the logits."""
+    """Build a net and a batch in ``dtype``; require ``manual`` (a variant of the model's
+    ``core.value_and_grad``) == jax.grad to tol(dtype), for the grads, the loss and the logits."""
     with jax.enable_x64(dtype == "float64"):
-        params = init_all(jax.random.PRNGKey(seed), tuple(sizes), jnp.dtype(dtype))[init]
+        params, state = init_all(jax.random.PRNGKey(seed), tuple(sizes), jnp.dtype(dtype))[init]
         x, y = make_batch(seed, batch, sizes[0], sizes[-1], dtype, **data)
-        (value, logits), grads = manual(params, x, y, activation)
-        (ref_value, ref_logits), ref_grads = reference_value_and_grad(params, x, y, activation)
+        (value, logits, _), grads = manual(params, state, x, y)
+        reference = reference_value_and_grad(tuple(sizes), activation)
+        (ref_value, ref_logits, _), ref_grads = reference(params, state, x, y)
         what = f"{activation}/{init}/{list(sizes)}/{dtype}"
         assert_tree_close(grads, ref_grads, dtype, what)
         assert_tree_close([value, logits], [ref_value, ref_logits], dtype, what + " loss, logits")
@@ -79,7 +89,7 @@ class ManualEqualsAutodiff(chex.TestCase):
     def test_grid(self, activation, arch, dtype):
         """Every init inside one test: they share one compile (the shapes do not change), which
         pytest-xdist would otherwise repeat on each worker. Failures are collected, not hidden."""
-        manual = self.variant(manual_value_and_grad, static_argnames="activation")
+        manual = self.variant(manual_value_and_grad(ARCHS[arch], activation))
         failures = []
         for init in INITS:
             try:
@@ -104,7 +114,7 @@ class ManualEqualsAutodiff(chex.TestCase):
     def test_random_shapes_and_values(
         self, sizes, batch, scale, soft, activation, init, dtype, seed
     ):
-        manual = self.variant(manual_value_and_grad, static_argnames="activation")
+        manual = self.variant(manual_value_and_grad(sizes, activation))
         check_against_autodiff(
             manual, sizes, activation, init, dtype, seed, batch, scale=scale, soft=soft
         )
@@ -118,14 +128,39 @@ def test_chex_variants_ran_under_pytest(request):
     assert any("with_jit" in n for n in names) and any("without_jit" in n for n in names)
 
 
-def test_loss_and_grad_wrappers_agree():
-    params = init_mlp(jax.random.PRNGKey(3), (6, 5, 4), "glorot")
+def _serial(dense):
+    """[{"w", "b"}, ...] -> the serial MLP's params: the dense entries with () between them."""
+    out = []
+    for i, layer in enumerate(dense):
+        out += [(), layer] if i else [layer]
+    return tuple(out)
+
+
+def _state(params):
+    return ((),) * len(params)
+
+
+def _loss(sizes, activation, params, x, y):
+    """The MLP's mean softmax cross-entropy (the value, whichever gradient method)."""
+    step = core.value_and_grad(network(sizes, activation), "autodiff")
+    return step(params, _state(params), x, y)[0][0]
+
+
+def _grads(sizes, activation, params, x, y):
+    """(loss, grads) by the MLP's manual backprop."""
+    (loss, _, _), grads = manual_value_and_grad(sizes, activation)(params, _state(params), x, y)
+    return loss, grads
+
+
+def test_value_is_the_loss_of_the_inference_logits():
+    model = mlp((6, 5, 4), "tanh", "glorot")
+    _, params, state = model.init(jax.random.PRNGKey(3), (6,))
     x, y = make_batch(3, 4, 6, 4, "float32")
-    value, grads = loss_and_grad(params, x, y, "tanh")
-    ref_value, ref_grads = autodiff_loss_and_grad(params, x, y, "tanh")
-    assert_tree_close(grads, ref_grads, "float32", "loss_and_grad")
-    np.testing.assert_allclose(value, ref_value, rtol=1e-6)
-    np.testing.assert_allclose(value, loss(params, x, y, "tanh"), rtol=1e-6)
+    (value, logits, new_state), _ = core.value_and_grad(model)(params, state, x, y)
+    np.testing.assert_array_equal(logits, core.apply(model, params, state, x))
+    expected = -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(4), y])
+    np.testing.assert_allclose(value, expected, rtol=1e-6)
+    assert new_state == state
 
 
 @pytest.mark.parametrize("activation", ACTS)
@@ -133,13 +168,13 @@ def test_central_differences_agree_in_float64(activation):
     """An independent third opinion: (L(t + h v) - L(t - h v)) / 2h vs <grad L, v>."""
     with jax.enable_x64(True):
         sizes = (5, 8, 6, 3)
-        params = init_mlp(jax.random.PRNGKey(7), sizes, "glorot", jnp.float64)
+        params = _serial(init_mlp(jax.random.PRNGKey(7), sizes, "glorot", jnp.float64))
         params = jax.tree.map(lambda p: p + 0.1, params)  # nonzero biases, too
         x, y = make_batch(7, 6, sizes[0], sizes[-1], "float64")
-        _, grads = loss_and_grad(params, x, y, activation)
+        _, grads = _grads(sizes, activation, params, x, y)
 
         def along(v, t):  # the loss at params + t v
-            return loss(jax.tree.map(lambda p, d: p + t * d, params, v), x, y, activation)
+            return _loss(sizes, activation, jax.tree.map(lambda p, d: p + t * d, params, v), x, y)
 
         h = 1e-5
         rng = np.random.default_rng(0)
@@ -151,10 +186,12 @@ def test_central_differences_agree_in_float64(activation):
 
 
 def _constant_params(sizes, value, dtype=jnp.float32):
-    return [
-        {"w": jnp.full((a, b), value, dtype), "b": jnp.zeros((b,), dtype)}
-        for a, b in zip(sizes[:-1], sizes[1:])
-    ]
+    return _serial(
+        [
+            {"w": jnp.full((a, b), value, dtype), "b": jnp.zeros((b,), dtype)}
+            for a, b in zip(sizes[:-1], sizes[1:])
+        ]
+    )
 
 
 @pytest.mark.parametrize("activation", ACTS)
@@ -164,16 +201,17 @@ def test_equal_weights_never_break_symmetry(activation, start):
     case), every unit gets the same gradient, so gradient descent keeps them equal forever."""
     sizes = (6, 5, 4, 3)
     if start == "zero init":
-        params = init_mlp(jax.random.PRNGKey(0), sizes, "zero")
+        params = _serial(init_mlp(jax.random.PRNGKey(0), sizes, "zero"))
     else:
         params = _constant_params(sizes, 0.1)
     x, y = make_batch(0, 8, sizes[0], sizes[-1], "float32")
     for _ in range(3):
-        _, grads = loss_and_grad(params, x, y, activation)
-        for i, g in enumerate(grads[:-1]):  # hidden layers: unit j owns column j of w and b[j]
+        _, grads = _grads(sizes, activation, params, x, y)
+        dense = dense_params(grads)
+        for i, g in enumerate(dense[:-1]):  # hidden layers: unit j owns column j of w and b[j]
             np.testing.assert_allclose(g["w"], g["w"][:, :1] * np.ones((1, sizes[i + 1])), 1e-6)
             np.testing.assert_allclose(g["b"], np.full_like(g["b"], g["b"][0]), 1e-6)
-        for g in grads[1:]:  # ... and row j of the next layer's w
+        for g in dense[1:]:  # ... and row j of the next layer's w
             np.testing.assert_allclose(g["w"], g["w"][:1] * np.ones_like(g["w"]), 1e-6)
         params = jax.tree.map(lambda p, d: p - 0.5 * d, params, grads)
     hidden = np.asarray(jax.nn.relu(x @ params[0]["w"]))  # still one distinct unit
@@ -182,44 +220,52 @@ def test_equal_weights_never_break_symmetry(activation, start):
 
 def test_zero_init_leaves_only_the_output_layer_learning():
     """With zero weights every hidden gradient is exactly zero; only the last layer moves."""
-    params = init_mlp(jax.random.PRNGKey(0), (6, 5, 4, 3), "zero")
+    sizes = (6, 5, 4, 3)
+    params = _serial(init_mlp(jax.random.PRNGKey(0), sizes, "zero"))
     x, y = make_batch(0, 8, 6, 3, "float32")
-    _, grads = loss_and_grad(params, x, y, "relu")
-    for g in grads[:-1]:
+    _, grads = _grads(sizes, "relu", params, x, y)
+    dense = dense_params(grads)
+    for g in dense[:-1]:
         np.testing.assert_array_equal(g["w"], 0.0)
         np.testing.assert_array_equal(g["b"], 0.0)
-    assert np.abs(grads[-1]["b"]).sum() > 0
+    assert np.abs(dense[-1]["b"]).sum() > 0
 
 
 @pytest.mark.parametrize(
     "shape", [(8, 5), (16,), (2, 4, 4), (2, 1, 16)], ids=["features", "1-D", "image", "3-D"]
 )
 def test_rejects_wrong_input_shape_clearly(shape):
-    params = init_mlp(jax.random.PRNGKey(0), (16, 3), "normal")
+    model = mlp((16, 3), "relu")
+    _, params, state = model.init(jax.random.PRNGKey(0), (16,))
     with pytest.raises(ValueError, match=r"shape \(batch, 16\)") as excinfo:
-        mlp_apply(params, jnp.zeros(shape), "relu")
+        core.apply(model, params, state, jnp.zeros(shape))
     assert str(shape) in str(excinfo.value) and "flatten" in str(excinfo.value)
 
 
 def test_rejects_wrong_input_shape_under_jit():
-    params = init_mlp(jax.random.PRNGKey(0), (16, 3), "normal")
+    model = mlp((16, 3), "relu")
+    _, params, state = model.init(jax.random.PRNGKey(0), (16,))
     with pytest.raises(ValueError, match=r"\(batch, 16\)"):
-        jax.jit(mlp_apply, static_argnames="activation")(params, jnp.zeros((2, 15)), "relu")
+        jax.jit(functools.partial(core.apply, model))(params, state, jnp.zeros((2, 15)))
 
 
-def test_init_mlp_needs_two_sizes_and_known_names():
+def test_mlp_needs_two_sizes_and_known_names():
     with pytest.raises(ValueError, match="at least"):
         init_mlp(jax.random.PRNGKey(0), [10], "normal")
+    with pytest.raises(ValueError, match="input and output sizes"):
+        mlp([10], "relu")
     with pytest.raises(ValueError, match="unknown initializer"):
-        init_mlp(jax.random.PRNGKey(0), [3, 2], "uniform")
-    params = init_mlp(jax.random.PRNGKey(0), (3, 2), "he")
+        mlp((3, 2), "relu", "uniform")
     with pytest.raises(ValueError, match="unknown activation"):
-        mlp_apply(params, jnp.zeros((1, 3)), "gelu")
+        mlp((3, 2), "gelu")
 
 
-def test_init_mlp_shapes_and_zero_biases():
-    params = init_mlp(jax.random.PRNGKey(0), STUDY_SIZES, "he")
-    assert [p["w"].shape for p in params] == list(zip(STUDY_SIZES[:-1], STUDY_SIZES[1:]))
-    for p in params:
+def test_mlp_shapes_and_zero_biases():
+    model = mlp(STUDY_SIZES, "relu", "he")
+    out_shape, params, state = model.init(jax.random.PRNGKey(0), (784,))
+    dense = dense_params(params)
+    assert out_shape == (10,) and state == ((),) * 7
+    assert [p["w"].shape for p in dense] == list(zip(STUDY_SIZES[:-1], STUDY_SIZES[1:]))
+    for p in dense:
         np.testing.assert_array_equal(p["b"], 0.0)
-    assert mlp_apply(params, jnp.zeros((2, 784)), "relu").shape == (2, 10)
+    assert core.apply(model, params, state, jnp.zeros((2, 784))).shape == (2, 10)

@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 
 from experiments import mlp_sweep
+from jnn import train
 from jnn.checkpoints import CheckpointStore
-from jnn.train import empty_history, evaluate_stacked
+from jnn.train import empty_history
 
 REPO = mlp_sweep.Path(__file__).resolve().parents[1]
 ACTS = ("relu", "tanh")
@@ -51,11 +52,8 @@ def restored_params(run_dir, act: str, epoch: int, seeds: int = 1, epochs: int =
     cfg = mlp_sweep.parse_config(["--quick", "--activations", act, "--out", str(run_dir)])
     import optax
 
-    from jnn import train
-
-    state = train.init_model_states(
-        mlp_sweep.model_keys(0, seeds), cfg.sizes, optax.sgd(0.1), "normal"
-    )
+    model = mlp_sweep.sweep_model(cfg, act)
+    state = train.init_train_states(mlp_sweep.model_keys(0, seeds), model, optax.sgd(0.1), (784,))
     like = {"state": jax.device_get(state), "history": empty_history(epochs, seeds)}
     with CheckpointStore(run_dir / act, create=False) as store:
         return store.restore(epoch, like)
@@ -107,7 +105,9 @@ def test_reported_accuracy_comes_from_the_restored_checkpoint(quick_run, fashion
     )
     cfg = mlp_sweep.parse_config(quick(out, fashion_dir))
     data = mlp_sweep.load_data(cfg)
-    loss, acc = evaluate_stacked(tree["state"].params, data[4], data[5], "tanh")
+    state = tree["state"]
+    eval_fn = train.make_eval_fn(mlp_sweep.sweep_model(cfg, "tanh"), stacked=True)
+    loss, acc = eval_fn(state.params, state.model_state, data[4], data[5])
     assert float(acc[0]) == r["models"]["tanh"]["checkpoints"]["3"]["test_accuracy"]
 
 
@@ -271,3 +271,14 @@ def test_sweep_offline_says_which_flag(tmp_path, mirror, monkeypatch, capsys):
     assert rc == 2 and len(err) == 1, err
     for needle in ("could not download", "JNN_DATA_DIR", "--data-dir"):
         assert needle in err[0]
+
+
+def test_relu_at_huge_lr_is_stopped_not_saved_with_nan_weights(fashion_dir, tmp_path):
+    """--lr 1e30 on ReLU once exited 0 with NaN weights in its checkpoints; now the model is
+    stopped at its first epoch (non-finite loss or params) and nothing of it is saved."""
+    out = tmp_path / "huge"
+    argv = quick(out, fashion_dir, "--activations", "relu", "--lr", "1e30", "--no-sklearn")
+    assert mlp_sweep.main(argv) == mlp_sweep.EXIT_DIVERGED
+    relu = json.loads((out / "results.json").read_text())["models"]["relu"]
+    assert relu["status"] == "diverged" and relu["diverged_at"] == 1
+    assert relu["checkpoints"] == {} and not (out / "relu" / "2").exists()

@@ -40,6 +40,7 @@ import pytest
 
 from jnn import parallel as par
 from jnn import train
+from jnn.mlp import mlp
 
 CHECKS = Path(__file__).with_name("_parallel_checks.py")
 SIZES = (784, 32, 10)
@@ -137,11 +138,13 @@ def test_data_mesh_too_many_devices_says_how_to_force_them():
 def test_bad_arguments_fail_early():
     mesh = par.data_mesh(1)
     with pytest.raises(ValueError, match="gradients must be one of"):
-        par.make_sharded_epoch_fn("relu", optax.sgd(0.1), 8, mesh, gradients="numeric")
+        par.make_sharded_epoch_fn(mlp(SIZES), optax.sgd(0.1), 8, mesh, gradients="numeric")
     with pytest.raises(ValueError, match="batch size"):
-        par.make_sharded_epoch_fn("relu", optax.sgd(0.1), 0, mesh)
+        par.make_sharded_epoch_fn(mlp(SIZES), optax.sgd(0.1), 0, mesh)
     with pytest.raises(ValueError, match="not 'data'"):
-        par.make_sharded_epoch_fn("relu", optax.sgd(0.1), 8, par.model_mesh(1), axis="data")
+        par.make_sharded_epoch_fn(mlp(SIZES), optax.sgd(0.1), 8, par.model_mesh(1), axis="data")
+    with pytest.raises(TypeError, match="Layer"):
+        par.make_per_device_models_fn("relu", optax.sgd(0.1), 8, par.model_mesh(1))
 
 
 def test_stack_unstack_roundtrip():
@@ -164,12 +167,16 @@ def test_one_device_mesh_is_bit_identical_to_train():
     x = rng.normal(size=(256, SIZES[0])).astype(np.float32)
     y = rng.integers(0, SIZES[-1], 256).astype(np.int32)
     opt = optax.sgd(0.1)
-    state = par.single_state(jax.random.key(0), SIZES, opt, init="he")
-    ref, ref_m = train.make_epoch_fn("relu", opt, 32)(jax.tree.map(jnp.copy, state), x, y)
-    epoch = par.make_sharded_epoch_fn("relu", opt, 32, par.data_mesh(1))
+    model = mlp(SIZES, "relu", "he")
+    state = train.init_train_state(jax.random.key(0), model, opt, SIZES[:1])
+    ref, ref_m = train.make_epoch_fn(model, opt, 32)(jax.tree.map(jnp.copy, state), x, y)
+    epoch = par.make_sharded_epoch_fn(model, opt, 32, par.data_mesh(1))
     out, m = epoch(jax.tree.map(jnp.copy, state), x, y)  # numpy in: placed on the mesh
     assert par.tree_max_diff(out.params, ref.params)["max_abs"] == 0.0
     assert float(m.loss) == float(ref_m.loss) and int(out.epoch) == 1
+    assert bool(m.params_finite) and np.array_equal(
+        jax.random.key_data(out.dropout_key), jax.random.key_data(ref.dropout_key)
+    )
 
 
 def test_initialize_distributed_is_a_no_op_single_host(monkeypatch):

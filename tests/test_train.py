@@ -1,6 +1,10 @@
-"""jnn.train: stacked (vmapped) models equal single ones, fit records history, stops on NaN."""
+"""jnn.train: any jnn.core model trains through one epoch loop; stacked (vmapped) models equal
+single ones; fit records history, stops on a non-finite loss or param, refuses bad data; the
+study's MLP trains bit-identically to the pre-``serial`` code (frozen digests)."""
 
 from __future__ import annotations
+
+import hashlib
 
 import jax
 import jax.numpy as jnp
@@ -8,9 +12,12 @@ import numpy as np
 import optax
 import pytest
 
-from jnn import train
+from jnn import core, train
+from jnn.errors import InputError
+from jnn.mlp import mlp
 
 SIZES = (20, 16, 8, 4)
+SHAPE = (SIZES[0],)
 
 
 @pytest.fixture(scope="module")
@@ -20,41 +27,42 @@ def data():
     return x, y
 
 
-def test_init_model_states_stacks_single_models():
+def _fit(model, state, data, epochs, *, stacked=False, lr=0.1, **kwargs):
+    """train.fit of ``model`` at batch 10 with plain SGD, evaluated on the training data."""
+    return train.fit(
+        state,
+        train.make_epoch_fn(model, optax.sgd(lr), 10, stacked=stacked),
+        data,
+        data,
+        eval_fn=train.make_eval_fn(model, stacked=stacked),
+        epochs=epochs,
+        **kwargs,
+    )
+
+
+def test_init_train_states_stacks_single_models():
     keys = jax.random.split(jax.random.PRNGKey(0), 3)
-    stacked = train.init_model_states(keys, SIZES, optax.sgd(0.1), "normal", stddev=0.3)
+    model = mlp(SIZES, "relu", "normal", stddev=0.3)
+    stacked = train.init_train_states(keys, model, optax.sgd(0.1), SHAPE)
     for i in range(3):
-        one = train.init_model_state(keys[i], SIZES, optax.sgd(0.1), "normal", stddev=0.3)
-        for a, b in zip(jax.tree.leaves(stacked), jax.tree.leaves(one)):
+        one = train.init_train_state(keys[i], model, optax.sgd(0.1), SHAPE)
+        for a, b in zip(jax.tree.leaves(stacked), jax.tree.leaves(one), strict=True):
             np.testing.assert_allclose(a[i], b, rtol=1e-6, atol=1e-7)  # jit vs eager: 1 ulp
-    assert stacked.epoch.shape == (3,)
+    assert stacked.epoch.shape == (3,) and stacked.model_state == ((),) * 5
     assert float(jnp.std(stacked.params[0]["w"][0])) == pytest.approx(0.3, rel=0.1)
 
 
 def test_stacked_fit_matches_single_fits(data):
-    x, y = data
-    opt = optax.sgd(0.1)
+    model = mlp(SIZES, "tanh", "glorot")
     keys = jax.random.split(jax.random.PRNGKey(0), 2)
-    stacked = train.fit(
-        train.init_model_states(keys, SIZES, opt, "glorot"),
-        train.make_epoch_fn("tanh", opt, 10, stacked=True),
-        (x, y),
-        (x, y),
-        activation="tanh",
-        epochs=3,
+    stacked = _fit(
+        model, train.init_train_states(keys, model, optax.sgd(0.1), SHAPE), data, 3, stacked=True
     )
     assert stacked.diverged_at is None
     assert stacked.history["train_loss"].shape == (2, 3)
     assert np.isfinite(stacked.history["val_accuracy"]).all()
     for i in range(2):
-        single = train.fit(
-            train.init_model_state(keys[i], SIZES, opt, "glorot"),
-            train.make_epoch_fn("tanh", opt, 10),
-            (x, y),
-            (x, y),
-            activation="tanh",
-            epochs=3,
-        )
+        single = _fit(model, train.init_train_state(keys[i], model, optax.sgd(0.1), SHAPE), data, 3)
         np.testing.assert_allclose(
             single.history["train_loss"], stacked.history["train_loss"][i], rtol=1e-5
         )
@@ -65,71 +73,236 @@ def test_stacked_fit_matches_single_fits(data):
 
 
 def test_fit_continues_from_state_epoch_and_calls_back(data):
-    x, y = data
-    opt = optax.sgd(0.1)
-    key = jax.random.PRNGKey(3)
-    full = train.fit(
-        train.init_model_state(key, SIZES, opt, "he"),
-        train.make_epoch_fn("relu", opt, 10),
-        (x, y),
-        (x, y),
-        activation="relu",
-        epochs=4,
-    )
+    model = mlp(SIZES, "relu", "he")
+    state = train.init_train_state(jax.random.PRNGKey(3), model, optax.sgd(0.1), SHAPE)
+    full = _fit(model, jax.tree.map(jnp.copy, state), data, 4)
     seen = []
-    first = train.fit(
-        train.init_model_state(key, SIZES, opt, "he"),
-        train.make_epoch_fn("relu", opt, 10),
-        (x, y),
-        (x, y),
-        activation="relu",
-        epochs=2,
-        on_epoch=lambda e, s, h: seen.append(e),
-    )
+    first = _fit(model, state, data, 2, on_epoch=lambda e, s, h: seen.append(e))
     assert seen == [1, 2] and int(first.state.epoch) == 2
     history = train.empty_history(4)
     history.update({k: np.concatenate([v, [np.nan] * 2]).astype(np.float32)
                     for k, v in first.history.items()})  # fmt: skip
-    rest = train.fit(
-        first.state,
-        train.make_epoch_fn("relu", opt, 10),
-        (x, y),
-        (x, y),
-        activation="relu",
-        epochs=4,
-        history=history,
-    )
-    for a, b in zip(jax.tree.leaves(full.state.params), jax.tree.leaves(rest.state.params)):
+    rest = _fit(model, first.state, data, 4, history=history)
+    for a, b in zip(jax.tree.leaves(full.state), jax.tree.leaves(rest.state), strict=True):
         np.testing.assert_array_equal(a, b)  # resuming from a state is bit-identical
     np.testing.assert_array_equal(full.history["val_loss"], rest.history["val_loss"])
 
 
 def test_fit_stops_at_first_non_finite_loss(data):
-    x, y = data
-    opt = optax.sgd(1e6)
+    model = mlp(SIZES, "linear", "normal", stddev=1.0)
+    state = train.init_train_state(jax.random.PRNGKey(0), model, optax.sgd(1e6), SHAPE)
     seen = []
-    result = train.fit(
-        train.init_model_state(jax.random.PRNGKey(0), SIZES, opt, "normal", stddev=1.0),
-        train.make_epoch_fn("linear", opt, 10),
-        (x, y),
-        (x, y),
-        activation="linear",
-        epochs=50,
-        on_epoch=lambda e, s, h: seen.append(e),
-    )
+    result = _fit(model, state, data, 50, lr=1e6, on_epoch=lambda e, s, h: seen.append(e))
     assert result.state is None and result.diverged_at is not None
     assert seen == list(range(1, result.diverged_at))  # no callback for the diverged epoch
     assert not np.isfinite(result.history["train_loss"][result.diverged_at - 1])
     assert np.isnan(result.history["train_loss"][result.diverged_at :]).all()
 
 
-def test_evaluate_stacked_matches_evaluate(data):
+def test_relu_at_huge_lr_is_stopped_not_kept_with_nan_weights(data):
+    """lr 1e30 on ReLU: the weights blow up to inf/NaN; fit must not return them as trained."""
+    model = mlp(SIZES, "relu", "he")
+    state = train.init_train_state(jax.random.PRNGKey(0), model, optax.sgd(1e30), SHAPE)
+    result = _fit(model, state, data, 5, lr=1e30)
+    assert result.state is None and result.diverged_at == 1
+
+
+def test_a_planted_nan_weight_stops_training(data):
+    model = mlp(SIZES, "relu", "he")
+    state = train.init_train_state(jax.random.PRNGKey(0), model, optax.sgd(0.1), SHAPE)
+    w = state.params[2]["w"].at[3, 1].set(jnp.nan)
+    params = (*state.params[:2], {**state.params[2], "w": w}, *state.params[3:])
+    result = _fit(model, state._replace(params=params), data, 3)
+    assert result.state is None and result.diverged_at == 1
+
+
+def test_non_finite_params_with_a_finite_loss_are_caught(data):
+    """The epoch checks the params themselves: here the loss stays finite (it is computed before
+    each update) but the last update writes NaN into the params."""
+    model = mlp(SIZES, "tanh", "glorot")
+    manual = core.value_and_grad(model)
+
+    def nan_grads(params, state, x, y, *, key=None, train=True):
+        (loss, logits, state), grads = manual(params, state, x, y, key=key, train=train)
+        return (loss, logits, state), jax.tree.map(lambda g: g * jnp.nan, grads)
+
+    state = train.init_train_state(jax.random.PRNGKey(0), model, optax.sgd(0.1), SHAPE)
+    epoch = train.make_epoch_fn(nan_grads, optax.sgd(0.1), 120)  # one step: the loss is finite
     x, y = data
+    _, metrics = epoch(jax.tree.map(jnp.copy, state), x, y)
+    assert np.isfinite(float(metrics.loss)) and not bool(metrics.params_finite)
+
+    def eval_fn(params, model_state, x, y):  # a model-free evaluation that never sees the NaN
+        return jnp.float32(1.0), jnp.float32(0.5)
+
+    result = train.fit(state, epoch, data, data, eval_fn=eval_fn, epochs=3)
+    assert result.state is None and result.diverged_at == 1
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (lambda x, y: (x, y[:-5]), "one label per example"),
+        (lambda x, y: (x, y.at[7].set(SIZES[-1])), r"\[0, 4\)"),
+        (lambda x, y: (x, y.at[7].set(-1)), r"\[0, 4\)"),
+        (lambda x, y: (x, y.astype(jnp.float32)), "integer"),
+        (lambda x, y: (x.at[3, 2].set(jnp.nan), y), "NaN or inf"),
+        (lambda x, y: (np.asarray(x.at[3, 2].set(jnp.inf)), np.asarray(y)), "NaN or inf"),
+    ],
+    ids=["short y", "label = C", "label -1", "float labels", "nan x", "inf x numpy"],
+)
+def test_fit_refuses_bad_data_in_one_line(data, bad, match):
+    model = mlp(SIZES, "relu", "he")
+    state = train.init_train_state(jax.random.PRNGKey(0), model, optax.sgd(0.1), SHAPE)
+    with pytest.raises(InputError, match=match) as err:
+        _fit(model, state, bad(*data), 1)
+    assert "\n" not in str(err.value)
+    with pytest.raises(InputError, match=match):  # the validation data are checked too
+        train.fit(state, None, data, bad(*data), eval_fn=train.make_eval_fn(model), epochs=1)
+
+
+def test_make_eval_fn_stacked_matches_single(data):
+    x, y = data
+    model = mlp(SIZES, "sigmoid", "glorot")
     keys = jax.random.split(jax.random.PRNGKey(0), 2)
-    states = train.init_model_states(keys, SIZES, optax.sgd(0.1), "glorot")
-    loss, acc = train.evaluate_stacked(states.params, x, y, "sigmoid")
+    states = train.init_train_states(keys, model, optax.sgd(0.1), SHAPE)
+    loss, acc = train.make_eval_fn(model, stacked=True)(states.params, states.model_state, x, y)
     for i in range(2):
-        params = jax.tree.map(lambda a, i=i: a[i], states.params)
-        one_loss, one_acc = train.evaluate(params, x, y, "sigmoid")
+        params, model_state = jax.tree.map(lambda a, i=i: a[i], (states.params, states.model_state))
+        one_loss, one_acc = train.make_eval_fn(model)(params, model_state, x, y)
         assert float(loss[i]) == pytest.approx(float(one_loss), rel=1e-5)
         assert float(acc[i]) == pytest.approx(float(one_acc))
+
+
+# --------------------------------------------------------------------------------------------
+# Any model: image-shaped x, layer state and the per-step key are threaded through the scan
+# --------------------------------------------------------------------------------------------
+
+
+def _noisy_counter() -> core.Layer:
+    """A test layer: adds key-dependent noise in training (like Dropout, it needs the per-step
+    key) and counts its training calls in its state (like BatchNorm's running statistics)."""
+
+    def init(key, input_shape):
+        return tuple(input_shape), (), jnp.zeros((), jnp.int32)
+
+    def forward(params, state, x, *, key=None, train=False):
+        if not train:
+            return x, None, state
+        return x + 0.1 * jax.random.normal(key, x.shape), None, state + 1
+
+    return core.Layer(init, forward, lambda params, cache, dy: ((), dy), "noisy_counter")
+
+
+def _image_model() -> core.Layer:
+    flatten = core.stateless(
+        "flatten",
+        lambda x: (x.reshape(x.shape[0], -1), x.shape),
+        lambda shape, dy: dy.reshape(shape),
+        lambda shape: (int(np.prod(shape)),),
+    )
+    return core.serial(flatten, _noisy_counter(), mlp((16, 8, 4), "tanh", "glorot"))
+
+
+def test_any_model_image_input_state_and_step_keys():
+    x = jax.random.normal(jax.random.PRNGKey(5), (60, 4, 4, 1))
+    y = (jnp.arange(60) % 4).astype(jnp.int32)
+    model = _image_model()
+    state = train.init_train_state(jax.random.PRNGKey(0), model, optax.sgd(0.1), (4, 4, 1))
+    assert state.model_state[1] == 0
+    result = _fit(model, jax.tree.map(jnp.copy, state), (x, y), 2)
+    assert result.diverged_at is None and int(result.state.model_state[1]) == 2 * 6  # steps
+    again = _fit(model, jax.tree.map(jnp.copy, state), (x, y), 2)
+    for a, b in zip(jax.tree.leaves(result.state), jax.tree.leaves(again.state), strict=True):
+        np.testing.assert_array_equal(a, b)  # same keys, same noise
+    other = _fit(model, state._replace(dropout_key=jax.random.PRNGKey(9)), (x, y), 2)
+    assert not np.array_equal(other.state.params[2][0]["w"], result.state.params[2][0]["w"])
+    assert np.array_equal(other.state.key, result.state.key)  # the shuffle stream is separate
+
+
+def test_real_layers_dropout_and_batchnorm_train_through_the_loop():
+    """The module docstring's recipe with jnn.layers: image x, Dropout's per-step key, BatchNorm's
+    running statistics threaded through the scan and used (train=False) by the evaluation."""
+    from jnn.layers import BatchNorm, Dense, Dropout, Flatten, ReLU
+
+    x = jax.random.normal(jax.random.PRNGKey(5), (60, 4, 4, 1))
+    y = (jnp.arange(60) % 4).astype(jnp.int32)
+    model = core.serial(Flatten, Dense(16), BatchNorm(), ReLU, Dropout(0.5), Dense(4))
+    state = train.init_train_state(jax.random.PRNGKey(0), model, optax.sgd(0.1), (4, 4, 1))
+    result = _fit(model, state, (x, y), 2)
+    assert result.diverged_at is None and np.isfinite(result.history["val_loss"]).all()
+    stats = result.state.model_state[2]
+    assert not np.allclose(stats["mean"], 0.0) and not np.allclose(stats["var"], 1.0)
+
+
+def test_per_step_keys_differ():
+    """Every step of an epoch draws different noise (fold_in(epoch_key, step))."""
+    seen = []
+
+    def spy(params, state, x, y, *, key=None, train=True):
+        jax.debug.callback(lambda k: seen.append(np.asarray(k)), key)  # raw uint32 keys
+        return core.value_and_grad(mlp((3, 2), "relu"))(params, state, x, y, key=key, train=train)
+
+    state = train.init_train_state(jax.random.PRNGKey(0), mlp((3, 2)), optax.sgd(0.1), (3,))
+    epoch = train.make_epoch_fn(spy, optax.sgd(0.1), 2)
+    state, _ = epoch(state, jnp.ones((6, 3)), jnp.zeros((6,), jnp.int32))
+    state, _ = epoch(state, jnp.ones((6, 3)), jnp.zeros((6,), jnp.int32))
+    jax.effects_barrier()
+    assert len(seen) == 6 and len({k.tobytes() for k in seen}) == 6
+
+
+def test_make_epoch_fn_checks_its_arguments():
+    with pytest.raises(InputError, match="gradients"):
+        train.make_epoch_fn(mlp((3, 2)), optax.sgd(0.1), 2, "numeric")
+    with pytest.raises(InputError, match="batch size"):
+        train.make_epoch_fn(mlp((3, 2)), optax.sgd(0.1), 0)
+    with pytest.raises(TypeError, match="Layer"):
+        train.make_epoch_fn("relu", optax.sgd(0.1), 2)
+
+
+# --------------------------------------------------------------------------------------------
+# The study does not move: digests of the pre-serial code (jnn.mlp's activation-string API, git
+# f34eb19), 3 epochs of 2 stacked models per activation and one single model, lr 0.1, batch 32
+# --------------------------------------------------------------------------------------------
+
+FROZEN = {  # activation: (history digest, params digest, model 0's last train loss)
+    "relu": ("6de9b0560edbfff9", "d792e08ddd59a2ca", "0x1.25dd7a0000000p+1"),
+    "tanh": ("a7e1090121218935", "5767c43973f7274a", "0x1.246a0a0000000p+1"),
+    "relu-single": ("c3ce30aa78618a1a", "9c277f699de6eda7", "0x1.2573b60000000p+1"),
+}
+
+
+def _digest(tree) -> str:
+    h = hashlib.sha256()
+    for leaf in jax.tree.leaves(tree):
+        h.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
+    return h.hexdigest()[:16]
+
+
+@pytest.mark.parametrize("case", sorted(FROZEN))
+def test_study_mlp_trains_bit_identically_to_the_old_code(case):
+    rng = np.random.default_rng(0)
+    sizes = (784, 32, 16, 10)
+    x = rng.random((300, 784), dtype=np.float32) * 0.1
+    y = rng.integers(0, 10, 300).astype(np.int32)
+    xv = rng.random((50, 784), dtype=np.float32)
+    yv = rng.integers(0, 10, 50).astype(np.int32)
+    keys = jnp.stack([jax.random.fold_in(jax.random.PRNGKey(0), i) for i in range(2)])
+    opt, stacked = optax.sgd(0.1), case != "relu-single"
+    model = mlp(sizes, case.split("-")[0], "glorot")
+    if stacked:
+        state = train.init_train_states(keys, model, opt, (784,))
+    else:
+        state = train.init_train_state(keys[1], model, opt, (784,))
+    result = train.fit(
+        state,
+        train.make_epoch_fn(model, opt, 32, stacked=stacked),
+        (x, y),
+        (xv, yv),
+        eval_fn=train.make_eval_fn(model, stacked=stacked),
+        epochs=3,
+    )
+    history = [result.history[k] for k in train.HISTORY_KEYS]
+    last = result.history["train_loss"][..., -1].ravel()[0]
+    got = (_digest(history), _digest(result.state.params), float(last).hex())
+    assert got == FROZEN[case]
