@@ -1,0 +1,51 @@
+"""experiments.cnn: --quick end to end on the real files (outputs written, the manual and the
+jax.grad twins agree epoch by epoch), and bad flags as one-line errors."""
+
+import json
+
+import numpy as np
+import pytest
+
+from experiments import cnn
+
+
+def test_quick_run_end_to_end(fashion_dir, tmp_path, capsys):
+    out = tmp_path / "cnn"
+    assert cnn.main(["--quick", "--data-dir", str(fashion_dir), "--out", str(out)]) == 0
+    assert {p.name for p in out.iterdir()} >= {"results.json", "results.md", "curves.png"}
+    res = json.loads((out / "results.json").read_text())
+    assert res["sizes"] == dict(zip(("train", "val", "test"), cnn.QUICK_SUBSET))
+    man, auto = res["networks"]["manual"], res["networks"]["autodiff"]
+    assert len(man["times"]) == len(auto["times"]) == 2
+    for key in ("train_loss", "val_loss", "val_accuracy"):
+        np.testing.assert_allclose(man["history"][key], auto["history"][key], rtol=1e-4)
+    assert abs(man["test_accuracy"] - auto["test_accuracy"]) <= 1 / 128 + 1e-9
+    assert res["epoch_time_ratio_manual_over_autodiff"] > 0
+    assert "Manual / autodiff epoch time" in (out / "results.md").read_text()
+    assert cnn.main(["--quick", "--data-dir", str(fashion_dir), "--out", str(out)]) == 2
+    assert "already holds another run" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--epochs", "0"], "--epochs must be positive"),
+        (["--epochs", "3", "--autodiff-epochs", "4"], "--autodiff-epochs"),
+        (["--batch-size", "0"], "--batch-size must be positive"),
+        (["--quick", "--batch-size", "1000"], "exceeds the training examples"),
+        (["--lr", "nan"], "--lr must be a positive number"),
+        (["--seed", "-1"], "--seed must be non-negative"),
+        (["--epoch-loop", "while"], "--epoch-loop must be one of"),
+        (["--data-dir", "/nonexistent/jnn"], "is not a folder"),
+    ],
+)
+def test_bad_flags_are_one_line_errors(argv, message, capsys, tmp_path):
+    assert cnn.main([*argv, "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and not (tmp_path / "x").exists()
+
+
+def test_median_ratio_skips_the_compiling_epoch():
+    assert cnn.median_ratio([10.0, 2.0, 2.2, 2.0], [9.0, 2.0, 2.0]) == pytest.approx(1.05)
+    assert cnn.median_ratio([3.0], [2.0]) == pytest.approx(1.5)
+    assert cnn.median_ratio([], [1.0]) is None
