@@ -1,0 +1,51 @@
+"""jnn.bottleneck: the Q2 networks built from jnn's Conv2D have the parameter and MAC counts
+tests/test_theory.py pins for the Flax networks, and compute the same function given the same
+weights (Flax's nn.Conv kernel is HWIO like Conv2D's)."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jnn.bottleneck import (
+    INPUT_SHAPE,
+    as_model,
+    bottleneck_conv_layers,
+    conv_costs,
+    direct_conv_layers,
+)
+from jnn.conv_cost import BottleneckConv, DirectConv, numpy_init
+
+
+def test_counts_match_the_pinned_flax_numbers():
+    c1, c2 = conv_costs(direct_conv_layers()), conv_costs(bottleneck_conv_layers())
+    assert [c["params"] for c in c1] == [153_632]
+    assert [c["params"] for c in c2] == [3_088, 12_832]
+    assert [c["macs"] for c in c1] == [120_422_400]
+    assert [c["macs"] for c in c2] == [2_408_448, 10_035_200]
+    assert [c["output_shape"] for c in c2] == [(28, 28, 16), (28, 28, 32)]
+    ratio = sum(c["macs"] for c in c1) / sum(c["macs"] for c in c2)
+    assert ratio == pytest.approx(9.677, abs=1e-3)
+
+
+def test_counts_follow_the_layers():
+    (c,) = conv_costs(direct_conv_layers(24, 3), (10, 10, 8))
+    assert c["params"] == 3 * 3 * 8 * 24 + 24 and c["macs"] == 10 * 10 * 24 * 3 * 3 * 8
+
+
+@pytest.mark.parametrize(
+    "flax_model, layers, names",
+    [
+        (DirectConv(), direct_conv_layers(), ["conv5x5"]),
+        (BottleneckConv(), bottleneck_conv_layers(), ["conv1x1", "conv5x5"]),
+    ],
+    ids=["direct", "bottleneck"],
+)
+def test_same_function_as_the_flax_network(flax_model, layers, names):
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((1, *INPUT_SHAPE)), jnp.float32)
+    variables = numpy_init(flax_model, x)
+    params = tuple(
+        {"w": variables["params"][n]["kernel"], "b": variables["params"][n]["bias"]} for n in names
+    )
+    model = as_model(layers)
+    y = model.forward(params, ((),) * len(layers), x)[0]
+    np.testing.assert_allclose(y, flax_model.apply(variables, x), rtol=1e-4, atol=1e-4)
