@@ -1,0 +1,146 @@
+"""Figures of the MLP grid (``experiments.mlp_grid``): a heatmap of mean test accuracy per cell
+and validation curves with +-1 std bands over seeds, in the style of ``experiments.plots``.
+
+Input is the grid's results dict (results.json): ``cells`` with per-save-epoch stats and
+``models`` with per-model histories (NaN/None from a model's divergence on).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from experiments.plots import _mean_std, _save, write_on_panel
+
+INIT_COLORS = ("tab:gray", "tab:orange", "tab:blue", "tab:green", "tab:purple", "tab:brown")
+
+
+def _cell_grid(results: dict[str, Any], lr: float, epoch: int) -> tuple[np.ndarray, list]:
+    """(activations, inits) mean test accuracy (NaN: every seed diverged) and text per cell."""
+    cfg = results["config"]
+    acts, inits = cfg["activations"], cfg["inits"]
+    mean = np.full((len(acts), len(inits)), np.nan)
+    text = [["" for _ in inits] for _ in acts]
+    for c in results["cells"]:
+        if c["cell"]["lr"] != lr:
+            continue
+        i, j = acts.index(c["cell"]["activation"]), inits.index(c["cell"]["init"])
+        s = c["at"][str(epoch)]["test_accuracy"]
+        if s["mean"] is not None:
+            mean[i, j] = s["mean"]
+            text[i][j] = f"{s['mean']:.3f}" + (f"\n±{s['std']:.3f}" if c["seeds"] > 1 else "")
+        if c["diverged"]:
+            text[i][j] += f"\n{c['diverged']}/{c['seeds']} diverged"
+    return mean, text
+
+
+def plot_heatmap(path: str | Path, results: dict[str, Any], epoch: int) -> Path:
+    """Activation (rows) x init (columns), one panel per lr: colour and number = mean test
+    accuracy over the seeds that did not diverge (± std); diverged counts written in red."""
+    cfg = results["config"]
+    lrs, acts, inits = cfg["lrs"], cfg["activations"], cfg["inits"]
+    fig = Figure(figsize=(1.0 + 3.3 * len(lrs) + 0.8, 1.0 + 0.75 * len(acts)), layout="constrained")
+    axes = fig.subplots(1, len(lrs), squeeze=False)[0]
+    image = None
+    for ax, lr in zip(axes, lrs):
+        mean, text = _cell_grid(results, lr, epoch)
+        image = ax.imshow(np.ma.masked_invalid(mean), cmap="viridis", vmin=0.0, vmax=1.0)
+        ax.set_facecolor("0.85")  # cells where every seed diverged
+        for i in range(len(acts)):
+            for j in range(len(inits)):
+                bright = np.isfinite(mean[i, j]) and mean[i, j] > 0.7
+                color = "darkred" if "diverged" in text[i][j] else ("black" if bright else "white")
+                ax.text(j, i, text[i][j], ha="center", va="center", fontsize=7, color=color)
+        ax.set_xticks(range(len(inits)), inits)
+        ax.set_yticks(range(len(acts)), acts)
+        ax.set_title(f"lr = {lr:g}")
+        ax.set_xlabel("initializer")
+    axes[0].set_ylabel("hidden activation")
+    bar = fig.colorbar(image, ax=list(axes), shrink=0.9)
+    bar.set_label(f"mean test accuracy, epoch {epoch}")
+    fig.suptitle(
+        f"Test accuracy after {epoch} epochs: mean ± std over the {cfg['seeds']} seeds that did "
+        f"not diverge (chance = 0.1; grey = every seed diverged)\n{_settings(results)}"
+    )
+    return _save(fig, Path(path))
+
+
+def _settings(results: dict[str, Any]) -> str:
+    """One line of what was trained: network, data sizes, optimizer."""
+    cfg, n = results["config"], results["sizes"]
+    net = "-".join(map(str, cfg["sizes"]))
+    return (
+        f"MLP {net}, plain SGD batch {cfg['batch_size']}, {n['train']:,} training examples "
+        f"(split {cfg['split']}), {n['val']:,} val, {n['test']:,} test"
+    )
+
+
+def _histories(results: dict[str, Any], activation: str, init: str, lr: float) -> dict:
+    rows = [
+        m for m in results["models"]
+        if m["cell"] == {"activation": activation, "init": init, "lr": lr}
+    ]  # fmt: skip
+    keys = rows[0]["history"] if rows else {}
+    as_float = lambda v: np.array([np.nan if x is None else x for x in v], np.float64)  # noqa: E731
+    return {k: np.stack([as_float(m["history"][k]) for m in rows]) for k in keys}, rows
+
+
+def _draw_band(ax: Any, values: np.ndarray, color: str) -> None:
+    mean, std = _mean_std(values)
+    epochs = np.arange(1, len(mean) + 1)
+    ax.plot(epochs, mean, color=color, marker="o" if len(mean) < 15 else None, ms=3)
+    ax.fill_between(epochs, mean - std, mean + std, color=color, alpha=0.2, linewidth=0)
+    ax.set_xlim(0.5, len(mean) + 0.5)
+
+
+def plot_bands(path: str | Path, results: dict[str, Any], lr: float) -> Path:
+    """One lr: a column per activation, validation loss (top) and accuracy (bottom) vs epoch,
+    one colour per init, mean ± std over the seeds still training (diverged ones drop out)."""
+    cfg = results["config"]
+    acts, inits = cfg["activations"], cfg["inits"]
+    fig = Figure(figsize=(3.3 * len(acts), 6.2), layout="constrained")
+    axes = fig.subplots(2, len(acts), squeeze=False, sharex=True)
+    for ax in axes[1, 1:]:
+        ax.sharey(axes[1, 0])  # accuracies comparable across activations; losses differ in range
+    for col, act in enumerate(acts):
+        notes = []
+        for init, color in zip(inits, INIT_COLORS):
+            hist, rows = _histories(results, act, init, lr)
+            _draw_band(axes[0, col], hist["val_loss"], color)
+            _draw_band(axes[1, col], hist["val_accuracy"], color)
+            div = [m["diverged_at"] for m in rows if m["diverged_at"]]
+            if div:
+                notes.append(f"{init}: {len(div)}/{len(rows)} diverged (epoch {min(div)})")
+        write_on_panel(axes[0, col], "\n".join(notes))
+        axes[0, col].set_title(act)
+        axes[0, col].set_ylabel("validation cross-entropy" if col == 0 else "")
+        axes[1, col].set_ylabel("validation accuracy" if col == 0 else "")
+        axes[1, col].set_xlabel("epoch")
+        for ax in axes[:, col]:
+            ax.grid(True, alpha=0.3)
+            ax.xaxis.get_major_locator().set_params(integer=True)
+    handles = [Line2D([], [], color=c, label=f"init {i}") for i, c in zip(inits, INIT_COLORS)]
+    handles.append(
+        Line2D([], [], lw=6, alpha=0.3, color="0.5", label=f"±1 std, {cfg['seeds']} seeds")
+    )
+    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles))
+    fig.suptitle(
+        f"Validation curves per activation (columns) and init (colours), lr = {lr:g}: mean ± std "
+        f"over seeds still training\n{_settings(results)}"
+    )
+    return _save(fig, Path(path))
+
+
+def plot_grid(out: str | Path, results: dict[str, Any], epochs: Sequence[int]) -> list[Path]:
+    """Every grid figure into ``out``: heatmap-e<epoch>.png per save epoch, bands-lr<lr>.png."""
+    out = Path(out)
+    paths = [plot_heatmap(out / f"heatmap-e{e}.png", results, e) for e in epochs]
+    paths += [
+        plot_bands(out / f"bands-lr{lr:g}.png", results, lr) for lr in results["config"]["lrs"]
+    ]
+    return paths

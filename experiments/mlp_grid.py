@@ -1,0 +1,404 @@
+"""The MLP study's whole design space (activation x init x lr, several seeds) in one program.
+
+    python -m experiments.mlp_grid --activations relu,sigmoid,tanh,linear \\
+        --inits zero,random,normal,he,glorot --lrs 0.01,0.05,0.1 --seeds 5 --epochs 100
+
+Every model (cell x seed) of the grid trains in one vmapped XLA program per device
+(``jnn.grid``), the model axis sharded over ``--devices`` (all host CPU devices by default). Per
+cell it reports mean +- std and min/max of the test accuracy at the save epochs, and how many
+seeds diverged; the unit spread shows whether hidden units stayed copies of each other (zero
+init). Outputs in ``--out``: results.json (every model), results.md, heatmap.png (activation x
+init, a panel per lr) and bands-lr<lr>.png (validation curves, mean +- std over seeds).
+Config -> ``run(cfg)`` -> ``render(result, out)``; bad input is one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from experiments import report
+from jnn.errors import InputError
+
+ACTIVATIONS = ("relu", "sigmoid", "tanh", "linear")
+INITS = ("zero", "random", "normal", "he", "glorot")
+LRS = (0.01, 0.05, 0.1)
+SIZES = (784, 256, 128, 64, 10)
+QUICK_SIZES = (784, 32, 10)
+QUICK_SUBSET = (256, 128, 128)
+
+
+@dataclass(frozen=True)
+class Config:
+    activations: tuple[str, ...] = ACTIVATIONS
+    inits: tuple[str, ...] = INITS
+    lrs: tuple[float, ...] = LRS
+    seeds: int = 5
+    epochs: int = 100
+    save_at: tuple[int, ...] = (50, 100)
+    batch_size: int = 32
+    split: str = "original"
+    seed: int = 0
+    data_dir: str | None = None
+    out: str = "results/mlp_grid"
+    overwrite: bool = False
+    devices: int | None = None
+    sizes: tuple[int, ...] = SIZES
+    subset: tuple[int, int, int] | None = None
+    quick: bool = False
+    train_size: int | None = None  # first N training examples of the split (CPU-sized runs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m experiments.mlp_grid",
+        description=(
+            "Train every (activation, init, lr) cell of the MLP study with several seeds in one "
+            "vmapped program per device (784-256-128-64-10, manual backprop, plain SGD, batch "
+            "32, the original 48,600/5,400/6,000 split); mean +- std over seeds per cell."
+        ),
+        epilog="Exit codes: 0 done (diverged models are reported, not errors), 2 bad input.",
+    )
+    a = p.add_argument
+    a("--activations", default=",".join(ACTIVATIONS), help="hidden activations [%(default)s]")
+    a("--inits", default=",".join(INITS), help="initializers [%(default)s]")
+    a("--lrs", default=",".join(map(str, LRS)), help="SGD learning rates [%(default)s]")
+    a("--seeds", type=int, default=None, help="seeds per cell [5; 2 with --quick]")
+    a("--epochs", type=int, default=None, help="epochs [100; 2 with --quick]")
+    a("--save-at", default=None, help="epochs to evaluate on test [epochs/2,epochs]")
+    a("--batch-size", type=int, default=32, help="[32]")
+    a("--split", default="original", help="data protocol: original, pooled70k, official [original]")
+    a("--train-size", type=int, default=None, help="use the first N training examples [all]")
+    a("--seed", type=int, default=0, help="base seed of the split and the model keys [0]")
+    a("--data-dir", default=None, help="folder with the Fashion-MNIST files")
+    a("--out", default=None, help="run folder [results/mlp_grid; checkpoints/mlp_grid-quick]")
+    a("--overwrite", action="store_true", help="replace a previous jnn run in --out")
+    a("--devices", type=int, default=None, help="devices for the model axis [all CPU cores]")
+    a("--quick", action="store_true", help="a seconds-long grid: 784-32-10, 256 examples")
+    return p
+
+
+def _split_list(text: str, what: str) -> tuple[str, ...]:
+    items = tuple(t.strip().lower() for t in text.split(",") if t.strip())
+    if not items:
+        raise InputError(f"--{what} needs at least one comma-separated name")
+    return items
+
+
+def _lrs(text: str) -> tuple[float, ...]:
+    try:
+        lrs = tuple(float(t) for t in _split_list(text, "lrs"))
+    except ValueError:
+        raise InputError(f"--lrs must be comma-separated numbers, got {text!r}") from None
+    bad = [lr for lr in lrs if not math.isfinite(lr) or lr <= 0]
+    if bad:
+        raise InputError(f"--lrs must be positive finite numbers, got {bad[0]}")
+    return lrs
+
+
+def _positive(value: int, flag: str) -> int:
+    if value <= 0:
+        raise InputError(f"{flag} must be a positive integer, got {value}")
+    return value
+
+
+def parse_config(argv: Sequence[str] | None) -> Config:
+    """Command line -> a checked Config; every bad value is a one-line InputError."""
+    from jnn.data import canonical_protocol
+
+    args = build_parser().parse_args(argv)
+    quick = bool(args.quick)
+    epochs = _positive(
+        args.epochs if args.epochs is not None else (2 if quick else 100), "--epochs"
+    )
+    seeds = _positive(args.seeds if args.seeds is not None else (2 if quick else 5), "--seeds")
+    save_at = (
+        tuple(sorted({max(1, epochs // 2), epochs}))
+        if args.save_at is None
+        else tuple(sorted({int(t) for t in _split_list(args.save_at, "save-at") if t.isdigit()}))
+    )
+    if not save_at or not all(1 <= e <= epochs for e in save_at):
+        raise InputError(f"--save-at must be epochs in [1, {epochs}], got {args.save_at!r}")
+    _positive(args.batch_size, "--batch-size")
+    for flag, value in (("--devices", args.devices), ("--train-size", args.train_size)):
+        if value is not None:
+            _positive(value, flag)
+    canonical_protocol(args.split)
+    cfg = Config(
+        activations=_split_list(args.activations, "activations"),
+        inits=_split_list(args.inits, "inits"),
+        lrs=_lrs(args.lrs),
+        seeds=seeds,
+        epochs=epochs,
+        save_at=save_at,
+        batch_size=args.batch_size,
+        split=args.split,
+        seed=args.seed,
+        data_dir=args.data_dir,
+        out=args.out or ("checkpoints/mlp_grid-quick" if quick else "results/mlp_grid"),
+        overwrite=args.overwrite,
+        devices=args.devices,
+        sizes=QUICK_SIZES if quick else SIZES,
+        subset=QUICK_SUBSET if quick else None,
+        quick=quick,
+        train_size=args.train_size,
+    )
+    grid_spec(cfg)  # names, lrs, seeds checked by jnn.grid (InputError)
+    return cfg
+
+
+def grid_spec(cfg: Config) -> Any:
+    from jnn.grid import GridSpec
+
+    return GridSpec(cfg.activations, cfg.inits, cfg.lrs, cfg.seeds, cfg.sizes, cfg.seed)
+
+
+# Only the command line may change XLA_FLAGS: an in-process main() (tests) must not alter the
+# device count of the process that called it.
+_MAY_REQUEST_DEVICES = False
+
+
+def request_host_devices(n: int) -> None:
+    """Ask XLA for ``n`` CPU devices; only possible before JAX's backend starts (else a no-op)."""
+    from jax._src import xla_bridge
+
+    if not _MAY_REQUEST_DEVICES or xla_bridge.backends_are_initialized():
+        return
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "force_host_platform" not in f]
+    os.environ["XLA_FLAGS"] = " ".join([*flags, f"--xla_force_host_platform_device_count={n}"])
+
+
+def load_data(cfg: Config) -> tuple[np.ndarray, ...]:
+    """(x_train, y_train, x_val, y_val, x_test, y_test): float32 (N, 784) in [0, 1], int32."""
+    from jnn.data import DataError, load_splits
+
+    try:
+        s = load_splits(cfg.split, seed=cfg.seed, data_dir=cfg.data_dir, download=True)
+    except DataError as err:
+        raise DataError(f"{err}; or pass --data-dir DIR").with_traceback(None) from None
+    n = cfg.subset or (len(s.y_train), len(s.y_val), len(s.y_test))
+    data = (s.x_train, s.y_train, s.x_val, s.y_val, s.x_test, s.y_test)
+    data = tuple(a[: n[i // 2]] for i, a in enumerate(data))
+    if cfg.train_size is not None:
+        if cfg.train_size > len(data[1]):
+            raise InputError(f"--train-size {cfg.train_size} exceeds the {len(data[1])} examples")
+        data = (data[0][: cfg.train_size], data[1][: cfg.train_size], *data[2:])
+    if cfg.batch_size > len(data[1]):
+        raise InputError(f"--batch-size {cfg.batch_size} exceeds the {len(data[1])} examples")
+    if len(data[3]) == 0:
+        raise InputError(f"split {cfg.split!r} has no validation set; use original or pooled70k")
+    return data
+
+
+def time_one_model(cfg: Config, data: tuple[np.ndarray, ...], epochs: int = 3) -> dict[str, Any]:
+    """Seconds per epoch of one model alone (relu, normal, lr 0.1) with ``train.make_epoch_fn``
+    on the same data and machine: the first epoch (compiling) is left out of the median."""
+    import jax
+    import optax
+
+    from jnn import grid, train
+    from jnn.mlp import mlp
+
+    model, opt = mlp(cfg.sizes, "relu", "normal"), optax.sgd(0.1)
+    state = train.init_train_state(grid.model_key(cfg.seed, 0), model, opt, cfg.sizes[:1])
+    epoch = train.make_epoch_fn(model, opt, cfg.batch_size)
+    seconds = []
+    for _ in range(epochs):
+        t0 = time.perf_counter()
+        state, metrics = epoch(state, data[0], data[1])
+        jax.block_until_ready(metrics)
+        seconds.append(time.perf_counter() - t0)
+    return {"epoch_seconds": seconds, "epoch_s": float(np.median(seconds[1:]))}
+
+
+def _nan_stats(values: np.ndarray) -> dict[str, float | None]:
+    """mean, std, min, max over the finite values (seeds that did not diverge); None if none."""
+    v = np.asarray(values, np.float64)
+    v = v[np.isfinite(v)]
+    if not v.size:
+        return {"mean": None, "std": None, "min": None, "max": None, "n": 0}
+    return {
+        "mean": float(v.mean()), "std": float(v.std()), "min": float(v.min()),
+        "max": float(v.max()), "n": int(v.size),
+    }  # fmt: skip
+
+
+def model_records(cfg: Config, res: Any) -> list[dict[str, Any]]:
+    """One record per model (cell, seed): history, diverged_at (None: never), save-epoch evals."""
+    spec = grid_spec(cfg)
+    records = []
+    for mi, (cell, s) in enumerate((c, s) for c in spec.cells() for s in range(cfg.seeds)):
+        evals = {str(e): {k: v[mi] for k, v in ev.items()} for e, ev in res.evals.items()}
+        records.append({
+            "cell": cell._asdict(), "seed": s,
+            "diverged_at": int(res.diverged_at[mi]) or None,
+            "history": {k: v[mi] for k, v in res.history.items()},
+            "evals": evals,
+        })  # fmt: skip
+    return records
+
+
+def cell_summaries(cfg: Config, models: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per cell: diverged count and, per save epoch, test/val accuracy stats over the seeds
+    that did not diverge, and the largest unit spread per hidden layer over those seeds."""
+    out = []
+    for cell in grid_spec(cfg).cells():
+        rows = [m for m in models if m["cell"] == cell._asdict()]
+        per_epoch = {}
+        for e in map(str, cfg.save_at):
+            ev = [m["evals"][e] for m in rows]
+            stats = {
+                k: _nan_stats(np.array([r[k] for r in ev], np.float64))
+                for k in ("test_accuracy", "test_loss", "val_accuracy")
+            }
+            spread = np.array([r["unit_spread"] for r in ev], np.float64)
+            ok = np.isfinite(spread).all(axis=1)
+            stats["unit_spread_max"] = spread[ok].max(axis=0).tolist() if ok.any() else None
+            per_epoch[e] = stats
+        diverged = [m["diverged_at"] for m in rows if m["diverged_at"]]
+        out.append({
+            "cell": cell._asdict(), "seeds": len(rows), "diverged": len(diverged),
+            "diverged_at": diverged, "at": per_epoch,
+        })  # fmt: skip
+    return out
+
+
+def _timing(cfg: Config, res: Any, alone: dict[str, Any], models: int) -> dict[str, Any]:
+    """Throughput of the grid program vs one model alone (same data, same machine, same run)."""
+    steady = res.epoch_seconds[1:] or res.epoch_seconds
+    grid_epoch = float(np.median(steady))
+    grid_rate, alone_rate = models / grid_epoch, 1.0 / alone["epoch_s"]
+    return {
+        "grid_epoch_seconds": res.epoch_seconds, "grid_epoch_s": grid_epoch,
+        "grid_model_epochs_per_s": grid_rate, "alone": alone,
+        "alone_model_epochs_per_s": alone_rate, "speedup": grid_rate / alone_rate,
+        "note": "medians without the first (compiling) epoch; grid epochs include validation",
+    }  # fmt: skip
+
+
+def _progress(cfg: Config, models: int, t0: float) -> Any:
+    """An on_epoch callback printing one line per epoch to stderr (long runs go to log files)."""
+
+    def on_epoch(epoch: int, metrics: Any) -> None:
+        acc = np.asarray(metrics.val_accuracy)[:models]
+        best = float(np.nanmax(acc)) if np.isfinite(acc).any() else float("nan")
+        print(
+            f"epoch {epoch}/{cfg.epochs}: {time.perf_counter() - t0:.0f} s, {models} models, "
+            f"best val accuracy {best:.4f}, "
+            f"{int(np.isnan(acc).sum())} stopped",
+            file=sys.stderr, flush=True,
+        )  # fmt: skip
+
+    return on_epoch
+
+
+def run(cfg: Config) -> dict[str, Any]:
+    """Train the grid of ``cfg``, write results.json and render it; returns the results dict."""
+    from jnn import grid
+
+    spec = grid_spec(cfg)
+    n_eval = 6000 if cfg.subset is None else max(cfg.subset[1:])
+    grid.check_memory(spec, cfg.batch_size, n_eval)  # before any data is read
+    request_host_devices(cfg.devices or max(1, os.cpu_count() or 1))
+    from jnn import parallel
+
+    mesh = parallel.model_mesh(cfg.devices)
+    run_dir = report.prepare_run_dir(cfg.out, overwrite=cfg.overwrite)
+    data = load_data(cfg)
+    t0 = time.perf_counter()
+    res = grid.train_grid(
+        spec, data[0:2], data[2:4], data[4:6], epochs=cfg.epochs, save_at=cfg.save_at,
+        batch_size=cfg.batch_size, mesh=mesh, on_epoch=_progress(cfg, spec.num_models, t0),
+    )  # fmt: skip
+    wall = time.perf_counter() - t0
+    models = model_records(cfg, res)
+    results = {
+        "config": asdict(cfg), "num_models": spec.num_models, "devices": mesh.size,
+        "sizes": {"train": len(data[1]), "val": len(data[3]), "test": len(data[5])},
+        "timing": {**_timing(cfg, res, time_one_model(cfg, data), spec.num_models), "wall_s": wall},
+        "device": report.device_info(), "versions": report.versions(),
+        "cells": cell_summaries(cfg, models), "models": models,
+    }  # fmt: skip
+    report.write_json(run_dir / "results.json", results)
+    render(results, run_dir)
+    return results
+
+
+def _acc(s: dict[str, Any]) -> str:
+    if s["mean"] is None:
+        return "n/a"
+    return f"{s['mean']:.4f} ± {s['std']:.4f} [{s['min']:.4f}, {s['max']:.4f}]"
+
+
+def results_markdown(results: dict[str, Any]) -> str:
+    """Per cell: test accuracy mean ± std [min, max] over non-diverged seeds at each save
+    epoch, diverged count, and the hidden layers' unit spread (0 = all units identical)."""
+    cfg, t, n = results["config"], results["timing"], results["sizes"]
+    last = str(cfg["save_at"][-1])
+    lines = [
+        "# MLP grid: activation x init x lr, several seeds, one vmapped program\n",
+        f"{results['num_models']} models = {len(results['cells'])} cells x {cfg['seeds']} "
+        f"seeds; {cfg['epochs']} epochs; sizes {cfg['sizes']}; plain SGD, batch "
+        f"{cfg['batch_size']}; split `{cfg['split']}` ({n['train']:,} train / {n['val']:,} val / "
+        f"{n['test']:,} test); model axis over {results['devices']} device(s) of "
+        f"{results['device']['cpu']}. Test accuracy: mean ± std [min, max] over the seeds that "
+        "did not diverge. Unit spread: per hidden layer, max over units j of |w_j - w_0| "
+        "(incoming weights and bias); exactly 0 means every hidden unit is a copy of the first.\n",
+        f"Throughput: the grid ran {t['grid_model_epochs_per_s']:.3f} model-epochs/s "
+        f"({t['grid_epoch_s']:.1f} s per grid epoch incl. validation); one model alone with "
+        f"`train.make_epoch_fn` {t['alone_model_epochs_per_s']:.3f} model-epochs/s "
+        f"({t['alone']['epoch_s']:.2f} s/epoch): {t['speedup']:.2f}x. Wall {t['wall_s']:.0f} s.\n",
+    ]
+    if cfg.get("train_size") or cfg["seeds"] < 5 or cfg["epochs"] < 100:
+        lines.append(
+            f"**Reduced run** (sized for the machine): {cfg['seeds']} seeds, {cfg['epochs']} "
+            f"epochs, {n['train']:,} training examples (the first of the split's training set); "
+            "the full design is 5 seeds, 100 epochs, all 48,600. Validation and test sets are "
+            "complete.\n"
+        )
+    head = ["activation", "init", "lr", "diverged"]
+    head += [f"test acc @{e}" for e in cfg["save_at"]] + [f"unit spread @{last}"]
+    rows = []
+    for c in results["cells"]:
+        cell = c["cell"]
+        spread = c["at"][last]["unit_spread_max"]
+        rows.append([
+            cell["activation"], cell["init"], f"{cell['lr']:g}", f"{c['diverged']}/{c['seeds']}",
+            *(_acc(c["at"][str(e)]["test_accuracy"]) for e in cfg["save_at"]),
+            "n/a" if spread is None else ", ".join(f"{v:.3g}" for v in spread),
+        ])  # fmt: skip
+    lines.append(report.markdown_table(head, rows))
+    return "\n".join(lines)
+
+
+def render(results: dict[str, Any], out: str | Path) -> list[Path]:
+    """results.md and the PNGs (heatmap per save epoch, bands per lr) into ``out``."""
+    from experiments import grid_plots
+
+    out = Path(out)
+    report.write_text_atomic(out / "results.md", results_markdown(results))
+    return [out / "results.md", *grid_plots.plot_grid(out, results, results["config"]["save_at"])]
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    cfg = parse_config(argv)
+    results = run(cfg)
+    print(results_markdown(results))
+    print(f"outputs in {Path(cfg.out).resolve()}")
+    return 0
+
+
+main = report.cli_main(_main)
+
+if __name__ == "__main__":
+    _MAY_REQUEST_DEVICES = True
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""experiments.mlp_grid end to end: a tiny --quick grid on the real data, and bad input as one
+line with exit code 2 (before any data is read or any folder is made)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from experiments import mlp_grid
+
+TINY = ["--quick", "--activations", "relu,linear", "--inits", "zero,he", "--lrs", "0.1"]
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory, fashion_dir):
+    out = tmp_path_factory.mktemp("grid") / "run"
+    rc = mlp_grid.main([*TINY, "--out", str(out), "--data-dir", str(fashion_dir), "--devices", "1"])
+    assert rc == 0
+    return out
+
+
+def test_quick_grid_writes_every_output(quick_run):
+    names = {p.name for p in quick_run.iterdir()}
+    assert {"results.json", "results.md", "heatmap-e1.png", "heatmap-e2.png"} <= names
+    assert "bands-lr0.1.png" in names
+    results = json.loads((quick_run / "results.json").read_text())
+    assert results["num_models"] == 2 * 2 * 1 * 2 == len(results["models"])
+    assert len(results["cells"]) == 4
+    for m in results["models"]:
+        spread = m["evals"]["2"]["unit_spread"]
+        assert (max(spread) == 0.0) == (m["cell"]["init"] == "zero"), m["cell"]
+        assert len(m["history"]["val_accuracy"]) == 2
+    assert results["timing"]["grid_model_epochs_per_s"] > 0
+    md = (quick_run / "results.md").read_text()
+    assert "| relu | zero | 0.1 | 0/2 |" in md
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--activations", "relu,swish"], "unknown activation 'swish'"),
+        (["--inits", "zeros"], "unknown initializer 'zeros'"),
+        (["--lrs", "0.1,nan"], "--lrs must be positive finite numbers"),
+        (["--lrs", "-0.1"], "--lrs must be positive finite numbers"),
+        (["--lrs", "fast"], "--lrs must be comma-separated numbers"),
+        (["--seeds", "0"], "--seeds must be a positive integer"),
+        (["--epochs", "0"], "--epochs must be a positive integer"),
+        (["--epochs", "2", "--save-at", "5"], "--save-at must be epochs in [1, 2]"),
+        (["--split", "bogus"], "unknown split protocol 'bogus'"),
+        (["--train-size", "-3"], "--train-size must be a positive integer"),
+        (["--quick", "--seeds", "100000000"], "GiB"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(extra, message, tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = mlp_grid.main([*extra, "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert err.startswith("error: ") and "\n" not in err and message in err, err
+    assert not out.exists()
