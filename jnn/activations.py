@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-import jax
 import jax.numpy as jnp
 from jax import Array
 
@@ -30,14 +29,14 @@ class Activation(NamedTuple):
 
 
 def relu_forward(x: Array) -> tuple[Array, Array]:
-    """max(x, 0) as ``jax.nn.relu`` computes it (the backward below stays hand-written). The cache
-    is x itself.
+    """max(x, 0), with NaN passed through. The cache is x itself.
 
-    It propagates NaN: ``where(x > 0, x, 0)`` would map a NaN to 0 and hide a diverged weight from
-    the loss (and so from the divergence check). Differentiating ``jax.nn.relu`` gives 0 at
-    exactly 0 (its custom JVP); plain ``jnp.maximum`` would give 0.5 there.
+    ``where(x > 0, x, 0)`` alone maps a NaN to 0 and hid a diverged weight from the loss (and so
+    from the divergence check); NaN now propagates as in ``jax.nn.relu``. Written as a select, not
+    ``jnp.maximum``: the numbers are those of the study's original forward bit for bit, and its
+    derivative at exactly 0 is 0 (``maximum``'s would be 0.5), matching the backward below.
     """
-    return jax.nn.relu(x), x
+    return jnp.where((x > 0) | jnp.isnan(x), x, jnp.zeros_like(x)), x
 
 
 def relu_backward(x: Array, dy: Array) -> Array:
