@@ -35,7 +35,8 @@ def _cell_grid(results: dict[str, Any], lr: float, epoch: int) -> tuple[np.ndarr
             mean[i, j] = s["mean"]
             text[i][j] = f"{s['mean']:.3f}" + (f"\n±{s['std']:.3f}" if c["seeds"] > 1 else "")
         if c["diverged"]:
-            text[i][j] += f"\n{c['diverged']}/{c['seeds']} diverged"
+            sep = "\n" if text[i][j] else ""
+            text[i][j] += f"{sep}{c['diverged']}/{c['seeds']}\ndiverged"
     return mean, text
 
 
@@ -98,6 +99,21 @@ def _draw_band(ax: Any, values: np.ndarray, color: str) -> None:
     ax.set_xlim(0.5, len(mean) + 0.5)
 
 
+def _chance_note(ax: Any, results: dict[str, Any], act: str, lr: float) -> None:
+    """Name the inits whose curves lie on top of each other at chance (last epoch < 0.15), so a
+    hidden curve is not read as a missing one."""
+    low = []
+    for init in results["config"]["inits"]:
+        acc = _mean_std(_histories(results, act, init, lr)[0]["val_accuracy"])[0]
+        if np.isfinite(acc[-1]) and acc[-1] < 0.15:
+            low.append(init)
+    if low:
+        ax.text(
+            0.98, 0.1, "at chance (curves overlap):\n" + ", ".join(low), transform=ax.transAxes,
+            ha="right", va="bottom", fontsize="small", color="0.25",
+        )  # fmt: skip
+
+
 def plot_bands(path: str | Path, results: dict[str, Any], lr: float) -> Path:
     """One lr: a column per activation, validation loss (top) and accuracy (bottom) vs epoch,
     one colour per init, mean ± std over the seeds still training (diverged ones drop out)."""
@@ -117,6 +133,7 @@ def plot_bands(path: str | Path, results: dict[str, Any], lr: float) -> Path:
             if div:
                 notes.append(f"{init}: {len(div)}/{len(rows)} diverged (epoch {min(div)})")
         write_on_panel(axes[0, col], "\n".join(notes))
+        _chance_note(axes[1, col], results, act, lr)
         axes[0, col].set_title(act)
         axes[0, col].set_ylabel("validation cross-entropy" if col == 0 else "")
         axes[1, col].set_ylabel("validation accuracy" if col == 0 else "")
