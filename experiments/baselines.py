@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from jnn.errors import InputError
+
 MLPWeights = list[tuple[np.ndarray, np.ndarray]]  # [(w (in, out), b (out,)), ...] float32
 
 
@@ -121,9 +123,9 @@ def resolve_torch_device(requested: str = "auto") -> str:
     if requested == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if requested == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--torch-device cuda asked for, but torch.cuda.is_available() is False")
+        raise InputError("--torch-device cuda asked for, but torch.cuda.is_available() is False")
     if requested not in ("cpu", "cuda"):
-        raise ValueError(f"torch device must be auto, cpu or cuda, got {requested!r}")
+        raise InputError(f"torch device must be auto, cpu or cuda, got {requested!r}")
     return requested
 
 

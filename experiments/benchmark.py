@@ -45,6 +45,7 @@ from experiments.report import (
     write_text_atomic,
 )
 from jnn import core
+from jnn.errors import InputError
 from jnn.mlp import STUDY_SIZES, dense_params, mlp
 from jnn.train import epoch_step, init_train_state, make_epoch_fn
 
@@ -198,7 +199,7 @@ def get_data(kind: str, n_train: int, n_eval: int, seed: int) -> tuple[dict[str,
             s = load_splits("seed", download=False)
         except Exception as err:  # missing module or files: fall back (auto) or fail (fashion)
             if kind == "fashion":
-                raise ValueError(f"--data fashion: cannot load Fashion-MNIST ({err})") from err
+                raise InputError(f"--data fashion: cannot load Fashion-MNIST ({err})") from err
         else:
             x_eval = np.concatenate([s.x_val, s.x_test])[:n_eval]
             y_eval = np.concatenate([s.y_val, s.y_test])[:n_eval]
@@ -618,7 +619,7 @@ def section_vgg(args: argparse.Namespace) -> dict[str, Any]:
     batch = 32 if args.quick else 64
     n_images = args.vgg_images or (96 if args.quick else 512)
     if n_images <= batch:
-        raise ValueError(f"--vgg-images must exceed the batch size {batch} (one untimed batch)")
+        raise InputError(f"--vgg-images must exceed the batch size {batch} (one untimed batch)")
     params = vgg.init_params(jax.random.key(args.seed), image_size=size)
     images = np.random.default_rng(args.seed).integers(0, 256, (n_images, 28, 28), np.uint8)
     extract = vgg_transfer.make_extractor(params, fmt, size)
@@ -1080,26 +1081,45 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--seed", type=int, default=0, help="seed for data, weights and shuffling")
     args = p.parse_args(argv)
-    args.reps = args.reps or (3 if args.quick else 5)
+    return check_args(args)
+
+
+def _default(value: Any, quick: bool, quick_default: Any, full_default: Any) -> Any:
+    """A flag's value, or its default when it was not given; an explicit 0 stays 0 (refused)."""
+    return value if value is not None else (quick_default if quick else full_default)
+
+
+def _counts(text: str, flag: str, example: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        values = ()
+    if not values or min(values) < 1:
+        raise InputError(f"{flag} needs comma-separated positive integers, e.g. {example}")
+    return values
+
+
+def check_args(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill the --quick/full defaults of flags not given and refuse values that cannot work
+    (--reps 0, --train-examples 0, --sections '' used to be replaced by defaults silently)."""
+    args.reps = _default(args.reps, args.quick, 3, 5)
     if args.reps < 1 or args.warmup < 0:
-        raise ValueError("--reps must be >= 1 and --warmup >= 0")
-    args.train_examples = args.train_examples or (4_800 if args.quick else 48_000)
-    args.eval_examples = args.eval_examples or (2_000 if args.quick else 10_000)
+        raise InputError(f"--reps must be >= 1 and --warmup >= 0, got {args.reps}, {args.warmup}")
+    args.train_examples = _default(args.train_examples, args.quick, 4_800, 48_000)
+    args.eval_examples = _default(args.eval_examples, args.quick, 2_000, 10_000)
     if args.train_examples < BATCH_SIZE or args.eval_examples < 1:
-        raise ValueError(f"need at least {BATCH_SIZE} training and 1 evaluation example")
-    models = args.models or ("1,4" if args.quick else "1,2,4,8")
-    args.models = tuple(int(m) for m in models.split(",") if m.strip())
-    if not args.models or min(args.models) < 1:
-        raise ValueError("--models needs positive integers, e.g. 1,2,4,8")
-    args.devices = tuple(
-        int(d) for d in (args.devices or ("1,2" if args.quick else "1,2,4")).split(",")
-    )
-    if min(args.devices) < 1:
-        raise ValueError("--devices needs positive integers, e.g. 1,2,4")
+        raise InputError(
+            f"--train-examples must be >= {BATCH_SIZE} and --eval-examples >= 1, got "
+            f"{args.train_examples}, {args.eval_examples}"
+        )
+    args.models = _counts(_default(args.models, args.quick, "1,4", "1,2,4,8"), "--models", "1,4")
+    args.devices = _counts(_default(args.devices, args.quick, "1,2", "1,2,4"), "--devices", "1,2")
     args.sections = tuple(s.strip() for s in args.sections.split(",") if s.strip())
+    if not args.sections:
+        raise InputError(f"--sections is empty; choose from {', '.join(SECTIONS)}")
     unknown = set(args.sections) - set(SECTIONS)
     if unknown:
-        raise ValueError(f"unknown sections {sorted(unknown)}; choose from {SECTIONS}")
+        raise InputError(f"unknown sections {sorted(unknown)}; choose from {SECTIONS}")
     return args
 
 

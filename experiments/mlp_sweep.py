@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from experiments import report
+from jnn.errors import InputError
 
 STUDY_ACTIVATIONS = ("relu", "sigmoid", "linear", "tanh")
 SIZES = (784, 256, 128, 64, 10)
@@ -232,9 +233,9 @@ def _ints(text: str, what: str) -> tuple[int, ...]:
     try:
         values = tuple(int(t) for t in text.split(",") if t.strip())
     except ValueError:
-        raise ValueError(f"{what} must be comma-separated integers, got {text!r}") from None
+        raise InputError(f"{what} must be comma-separated integers, got {text!r}") from None
     if not values:
-        raise ValueError(f"{what} is empty")
+        raise InputError(f"{what} is empty")
     return values
 
 
@@ -248,20 +249,20 @@ def parse_config(argv: Sequence[str] | None) -> Config:
     allowed = [n for n in ACTIVATIONS if n != "softmax"]
     bad = [t for t in acts if t not in allowed]
     if not acts or bad:
-        raise ValueError(f"unknown activation {bad or acts!r}: choose from {', '.join(allowed)}")
+        raise InputError(f"unknown activation {bad or acts!r}: choose from {', '.join(allowed)}")
     if len(set(acts)) != len(acts):
-        raise ValueError(f"--activations lists one twice: {args.activations!r}")
+        raise InputError(f"--activations lists one twice: {args.activations!r}")
     init = args.init.lower()
     if init not in INITIALIZERS:
-        raise ValueError(f"unknown init {args.init!r}: choose from {', '.join(INITIALIZERS)}")
+        raise InputError(f"unknown init {args.init!r}: choose from {', '.join(INITIALIZERS)}")
     if args.init_scale is not None:
         if init not in INIT_SCALE_NAME:
-            raise ValueError(f"--init-scale applies to normal and random, not to --init {init}")
+            raise InputError(f"--init-scale applies to normal and random, not to --init {init}")
         if not (math.isfinite(args.init_scale) and args.init_scale > 0):
-            raise ValueError(f"--init-scale must be a positive number, got {args.init_scale}")
+            raise InputError(f"--init-scale must be a positive number, got {args.init_scale}")
     epochs = args.epochs if args.epochs is not None else (QUICK_EPOCHS if args.quick else 100)
     if epochs <= 0:
-        raise ValueError(f"--epochs must be positive, got {epochs}")
+        raise InputError(f"--epochs must be positive, got {epochs}")
     if args.save_at is not None:
         save_at = _ints(args.save_at, "--save-at")
     elif args.quick and args.epochs is None:
@@ -269,32 +270,32 @@ def parse_config(argv: Sequence[str] | None) -> Config:
     else:
         save_at = tuple(sorted({e for e in (epochs // 2, epochs) if e > 0}))
     if any(e <= 0 for e in save_at):
-        raise ValueError(f"--save-at epochs must be positive, got {list(save_at)}")
+        raise InputError(f"--save-at epochs must be positive, got {list(save_at)}")
     if any(e > epochs for e in save_at):
-        raise ValueError(f"--save-at {max(save_at)} is beyond --epochs {epochs}")
+        raise InputError(f"--save-at {max(save_at)} is beyond --epochs {epochs}")
     save_at = tuple(sorted(set(save_at)))
     if not (math.isfinite(args.lr) and args.lr > 0):
-        raise ValueError(f"--lr must be a positive number, got {args.lr}")
+        raise InputError(f"--lr must be a positive number, got {args.lr}")
     for name in ("batch_size", "seeds", "sklearn_workers"):
         if getattr(args, name) <= 0:
-            raise ValueError(
+            raise InputError(
                 f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}"
             )
     if args.seed < 0:
-        raise ValueError(f"--seed must be non-negative, got {args.seed}")
+        raise InputError(f"--seed must be non-negative, got {args.seed}")
     if args.devices is not None and args.devices <= 0:
-        raise ValueError(f"--devices must be positive, got {args.devices}")
+        raise InputError(f"--devices must be positive, got {args.devices}")
     if args.checkpoint_every < 0:
-        raise ValueError(f"--checkpoint-every must be >= 0, got {args.checkpoint_every}")
+        raise InputError(f"--checkpoint-every must be >= 0, got {args.checkpoint_every}")
     if args.resume and args.overwrite:
-        raise ValueError("--resume and --overwrite contradict each other; pick one")
+        raise InputError("--resume and --overwrite contradict each other; pick one")
     subset = QUICK_SUBSET if args.quick else None
     if subset and args.batch_size > subset[0]:  # the full sets are checked once loaded
-        raise ValueError(f"--batch-size {args.batch_size} exceeds the training examples")
+        raise InputError(f"--batch-size {args.batch_size} exceeds the training examples")
     out = args.out or default_out(args.split, init, args.init_scale, args.quick)
     data_dir = args.data_dir
     if data_dir is not None and not Path(data_dir).expanduser().is_dir():
-        raise FileNotFoundError(f"--data-dir {data_dir} is not a folder")
+        raise InputError(f"--data-dir {data_dir} is not a folder")
     return Config(
         activations=acts,
         epochs=epochs,
@@ -383,9 +384,9 @@ def load_data(cfg: Config) -> tuple[np.ndarray, ...]:
     )
     for name, x in zip(("train", "validation", "test"), data[::2]):
         if not np.all(np.isfinite(x)):
-            raise ValueError(f"the {name} images contain NaN or inf values; check the data files")
+            raise InputError(f"the {name} images contain NaN or inf values; check the data files")
     if cfg.batch_size > len(data[1]):
-        raise ValueError(
+        raise InputError(
             f"--batch-size {cfg.batch_size} exceeds the training examples ({len(data[1])} in "
             f"split {cfg.split})"
         )

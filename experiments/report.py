@@ -18,6 +18,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from jnn.errors import InputError
+
 _PACKAGES = (
     "jax",
     "jaxlib",
@@ -46,7 +48,7 @@ _ENV_VARS = (
 )
 
 
-class RunDirError(ValueError):
+class RunDirError(InputError):
     """The output folder cannot be used as asked (holds another run, not a folder, ...)."""
 
 
@@ -252,9 +254,10 @@ def progress(iterable: Iterable | None = None, **kwargs: Any) -> tqdm:
 def cli_main(main: Callable[[Sequence[str] | None], Any]) -> Callable[[Sequence[str] | None], int]:
     """Wrap a CLI ``main(argv)`` so that bad input ends in one line on stderr and exit code 2.
 
-    ValueError (this covers jnn.data.DataError, RunDirError and the library's argument checks),
-    FileNotFoundError and KeyboardInterrupt are reported plainly; anything else is a bug and keeps
-    its traceback.
+    Bad input is :class:`jnn.errors.InputError` (data, checkpoint and weight files, run folders,
+    every argument check of jnn and the experiments). Anything else, a ``ValueError`` from deep
+    inside JAX or numpy included, is a bug and keeps its traceback. Ctrl-C is one line, exit 130.
+    Either way the run-folder locks are released and a stub folder of a failed run is removed.
     """
 
     @functools.wraps(main)
@@ -263,7 +266,7 @@ def cli_main(main: Callable[[Sequence[str] | None], Any]) -> Callable[[Sequence[
         try:
             result = main(argv)
             failed = False
-        except (ValueError, FileNotFoundError) as err:
+        except InputError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:

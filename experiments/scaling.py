@@ -38,6 +38,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from jnn.errors import InputError
+
 REPO = Path(__file__).resolve().parents[1]
 SIZES = (784, 256, 128, 64, 10)
 FULL_EXAMPLES, QUICK_EXAMPLES = 48_000, 8_192
@@ -200,7 +202,7 @@ def measure_scaling(
     """
     devices = [int(d) for d in devices]
     if not devices or min(devices) <= 0:
-        raise ValueError(f"device counts must be positive integers, got {devices}")
+        raise InputError(f"device counts must be positive integers, got {devices}")
     runs = {str(d): run_one(d, quick, platform, models) for d in devices}
     config = {
         "sizes": list(SIZES),

@@ -141,7 +141,7 @@ def feature_throughput(
         _, timing = extract_features(make_extractor(params, fmt, size), images, batch_size)
         return {"backend": "jnn (jax.jit)", **timing}
     if backend != "torch":
-        raise ValueError(f"unknown backend {backend!r}; choose jnn or torch")
+        raise InputError(f"unknown backend {backend!r}; choose jnn or torch")
     import torch
 
     model = torch_vgg16_features(params)
@@ -301,7 +301,7 @@ def train_head(
     x_train, y_train = jnp.asarray(feats), jnp.asarray(labels)
     n_batches = len(feats) // batch_size
     if n_batches == 0:
-        raise ValueError(f"--batch-size {batch_size} exceeds the {len(feats)} training images")
+        raise InputError(f"--batch-size {batch_size} exceeds the {len(feats)} training images")
     batch_sharding = None
     if mesh is not None:
         check_divisible(batch_size, mesh, what="--batch-size")
@@ -487,14 +487,14 @@ def load_weights(spec: str, cache_dir: str | None, seed: int) -> dict[str, Any]:
         else:
             path = Path(spec).expanduser()
             if not path.is_file():
-                raise ValueError(
+                raise InputError(
                     f"--weights {spec}: no such file; use keras, torch, random or a path to "
                     "a Keras .h5 / torchvision .pth file"
                 )
             fmt = vgg_weights.detect_format(path)
             w = vgg_weights.fetch_pretrained(fmt, cache_dir, weights_file=path, progress=progress)
     except (vgg_weights.WeightsUnavailableError, ImportError) as e:
-        raise ValueError(f"{e} (or run with --weights random for a random-feature floor)") from None
+        raise InputError(f"{e} (or run with --weights random for a random-feature floor)") from None
     check_finite_weights(w.params)
     label = f"pretrained ImageNet VGG16 ({'Keras' if w.fmt == 'keras' else 'torchvision'})"
     return {

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from jax import Array
 
 from jnn.core import Layer, stateless
+from jnn.errors import InputError
 
 
 class Activation(NamedTuple):
@@ -123,7 +124,7 @@ def get_activation(name: str) -> Activation:
     """Look an activation up by name (case-insensitive); unknown names raise a clear ValueError."""
     key = str(name).lower()
     if key not in ACTIVATIONS:
-        raise ValueError(
+        raise InputError(
             f"unknown activation {name!r}: choose one of {', '.join(sorted(ACTIVATIONS))}"
         )
     return ACTIVATIONS[key]

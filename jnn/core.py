@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
+from jnn.errors import InputError
 from jnn.losses import softmax_cross_entropy, softmax_cross_entropy_backward, targets_for
 
 Shape = tuple[int, ...]
@@ -84,7 +85,7 @@ def serial(*layers: Layer, name: str | None = None) -> Layer:
     """Compose layers in sequence; the result is itself a layer (params and state are tuples with
     one entry per layer, the cache a tuple of the layers' caches)."""
     if not layers:
-        raise ValueError("serial() needs at least one layer")
+        raise InputError("serial() needs at least one layer")
     bad = [i for i, layer in enumerate(layers) if not isinstance(layer, Layer)]
     if bad:
         raise TypeError(
@@ -137,7 +138,7 @@ def value_and_grad(model: Layer, method: str = "manual") -> Callable[..., LossSt
     (the reference the tests compare against; Dropout draws the same masks from the same key).
     """
     if method not in GRADIENT_METHODS:
-        raise ValueError(f"gradients must be one of {GRADIENT_METHODS}, got {method!r}")
+        raise InputError(f"gradients must be one of {GRADIENT_METHODS}, got {method!r}")
 
     def loss_of(params, state, x, y, key, train):
         logits, cache, new_state = model.forward(params, state, x, key=key, train=train)

@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
+from jnn.errors import InputError
+
 Initializer = Callable[..., Array]
 
 NORMAL_DEFAULT_STDDEV = 0.01
@@ -30,7 +32,7 @@ RANDOM_DEFAULT_LIMIT = 0.05
 
 def _fans(shape: Sequence[int]) -> tuple[int, int]:
     if len(shape) < 2:
-        raise ValueError(f"weight shape must have at least 2 dims (fan_in, fan_out), got {shape}")
+        raise InputError(f"weight shape must have at least 2 dims (fan_in, fan_out), got {shape}")
     receptive = math.prod(shape[:-2])
     return shape[-2] * receptive, shape[-1] * receptive
 
@@ -85,7 +87,7 @@ def get_initializer(name: str) -> Initializer:
     """Look an initializer up by name; unknown names raise a clear ValueError."""
     key = str(name).lower()
     if key not in INITIALIZERS:
-        raise ValueError(
+        raise InputError(
             f"unknown initializer {name!r}: choose one of {', '.join(sorted(INITIALIZERS))}"
         )
     return INITIALIZERS[key]

@@ -23,6 +23,7 @@ from jax import Array
 
 from jnn.activations import activation_layer, get_activation
 from jnn.core import Layer, Shape, serial
+from jnn.errors import InputError
 from jnn.initializers import get_initializer
 from jnn.layers.dense import Dense, DenseParams, dense_init
 
@@ -37,7 +38,7 @@ def init_mlp(
     """One dense layer per consecutive pair in ``sizes``; kernels from ``init``, biases zero."""
     sizes = [int(s) for s in sizes]
     if len(sizes) < 2:
-        raise ValueError(f"an MLP needs at least an input and an output size, got {sizes}")
+        raise InputError(f"an MLP needs at least an input and an output size, got {sizes}")
     keys = jax.random.split(key, len(sizes) - 1)
     return [
         dense_init(k, n_in, n_out, init, dtype, **init_kwargs)
@@ -62,7 +63,7 @@ def mlp(
     """
     sizes = tuple(int(s) for s in sizes)
     if len(sizes) < 2 or min(sizes) <= 0:
-        raise ValueError(f"an MLP needs positive input and output sizes, got {sizes}")
+        raise InputError(f"an MLP needs positive input and output sizes, got {sizes}")
     get_activation(activation)
     get_initializer(init)
     layers: list[Layer] = []
@@ -74,7 +75,7 @@ def mlp(
 
     def init_fn(key: Array, input_shape: Shape) -> tuple[Shape, Any, Any]:
         if tuple(input_shape) != sizes[:1]:
-            raise ValueError(f"this MLP takes inputs of shape ({sizes[0]},), got {input_shape}")
+            raise InputError(f"this MLP takes inputs of shape ({sizes[0]},), got {input_shape}")
         dense = init_mlp(key, sizes, init, dtype, **init_kwargs)
         params = tuple(dense[i // 2] if i % 2 == 0 else () for i in range(len(layers)))
         return sizes[-1:], params, ((),) * len(layers)

@@ -50,6 +50,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jnn.core import Layer, Shape
+from jnn.errors import InputError
 from jnn.train import (
     EpochMetrics,
     TrainState,
@@ -75,10 +76,10 @@ def _devices(num_devices: int | None) -> list[jax.Device]:
     if num_devices is None:
         return devices
     if int(num_devices) != num_devices or num_devices <= 0:
-        raise ValueError(f"num_devices must be a positive integer or None, got {num_devices!r}")
+        raise InputError(f"num_devices must be a positive integer or None, got {num_devices!r}")
     if num_devices > len(devices):
         platform = devices[0].platform
-        raise ValueError(
+        raise InputError(
             f"asked for {num_devices} devices but only {len(devices)} {platform} device(s) "
             f"exist; to test with more on CPU, set JAX_PLATFORMS=cpu and "
             f"XLA_FLAGS={FORCE_DEVICES_FLAG}={num_devices} in the environment before JAX "
@@ -100,10 +101,10 @@ def model_mesh(num_devices: int | None = None, axis: str = MODEL_AXIS) -> Mesh:
 def _single_axis(mesh: Mesh, axis: str | None) -> str:
     if axis is None:
         if len(mesh.axis_names) != 1:
-            raise ValueError(f"mesh has axes {mesh.axis_names}; name the one to shard along")
+            raise InputError(f"mesh has axes {mesh.axis_names}; name the one to shard along")
         return mesh.axis_names[0]
     if axis not in mesh.axis_names:
-        raise ValueError(f"mesh has axes {mesh.axis_names}, not {axis!r}")
+        raise InputError(f"mesh has axes {mesh.axis_names}, not {axis!r}")
     return axis
 
 
@@ -115,7 +116,7 @@ def check_divisible(
     axis = _single_axis(mesh, axis)
     size = mesh.shape[axis]
     if batch_size % size:
-        raise ValueError(
+        raise InputError(
             f"{what} {batch_size} does not divide by the {size} devices of mesh axis "
             f"{axis!r}; use a multiple of {size} (each device gets batch_size / {size} rows)"
         )
@@ -164,7 +165,7 @@ def shard_batch(x: Any, mesh: Mesh, axis: str | None = None) -> Any:
     size = mesh.shape[axis]
     for leaf in jax.tree.leaves(x):
         if np.ndim(leaf) == 0 or np.shape(leaf)[0] % size:
-            raise ValueError(
+            raise InputError(
                 f"leading dimension of shape {np.shape(leaf)} does not divide by the {size} "
                 f"devices of mesh axis {axis!r}"
             )
@@ -179,7 +180,7 @@ def shard_models(stacked: Any, mesh: Mesh, axis: str | None = None) -> Any:
 def stack_trees(trees: Sequence[Any]) -> Any:
     """[tree_0, ..., tree_{M-1}] (same structure) -> one tree whose leaves have a leading axis M."""
     if not trees:
-        raise ValueError("need at least one tree to stack")
+        raise InputError("need at least one tree to stack")
     return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
 
 
@@ -322,13 +323,13 @@ def make_per_device_models_fn(
         validate_hyperparameters(batch_size, np.shape(x)[0])
         counts = {np.shape(leaf)[0] if np.ndim(leaf) else None for leaf in jax.tree.leaves(states)}
         if len(counts) != 1 or None in counts:
-            raise ValueError(
+            raise InputError(
                 "states must be stacked models: every leaf needs the same leading axis M "
                 f"(got leading sizes {sorted(map(str, counts))}); use stack_trees"
             )
         (m,) = counts
         if m % size:
-            raise ValueError(
+            raise InputError(
                 f"{m} models do not split evenly over the {size} devices of mesh axis {axis!r}; "
                 f"use a multiple of {size} models"
             )
@@ -381,7 +382,7 @@ def initialize_distributed() -> bool:
     address = os.environ.get("JAX_COORDINATOR_ADDRESS")
     pid = os.environ.get("JAX_PROCESS_ID")
     if not address or pid is None:
-        raise ValueError(
+        raise InputError(
             "multi-host run needs JAX_COORDINATOR_ADDRESS=host:port and JAX_PROCESS_ID=0..N-1 "
             f"alongside JAX_NUM_PROCESSES={num}"
         )

@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jnn.errors import InputError
+
 # (block, number of convs, output channels) — the VGG16 "D" configuration.
 BLOCKS: tuple[tuple[int, int, int], ...] = (
     (1, 2, 64),
@@ -132,19 +134,19 @@ class VGG16(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         if not 1 <= self.first_block <= self.last_block <= 5:
-            raise ValueError(
+            raise InputError(
                 f"need 1 <= first_block <= last_block <= 5, got {self.first_block}, "
                 f"{self.last_block}"
             )
         cin = block_input_channels(self.first_block)
         min_size = 2 ** (5 - self.first_block + 1)
         if x.ndim != 4 or x.shape[-1] != cin:
-            raise ValueError(
+            raise InputError(
                 f"VGG16 block{self.first_block} expects NHWC input (N, H, W, {cin}), "
                 f"got shape {tuple(x.shape)}"
             )
         if x.shape[1] < min_size or x.shape[2] < min_size:
-            raise ValueError(
+            raise InputError(
                 f"VGG16 needs images of at least {min_size}x{min_size} at block"
                 f"{self.first_block} (five 2x2 pools), got {x.shape[1]}x{x.shape[2]}"
             )
@@ -155,9 +157,9 @@ class VGG16(nn.Module):
             x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
         if self.include_top:
             if (self.first_block, self.last_block) != (1, 5):
-                raise ValueError("include_top needs the full base (first_block=1, last_block=5)")
+                raise InputError("include_top needs the full base (first_block=1, last_block=5)")
             if x.shape[1:] != (7, 7, 512):
-                raise ValueError(
+                raise InputError(
                     "the ImageNet classifier needs a 7x7x512 feature map (224x224 input), "
                     f"got {tuple(x.shape[1:])}"
                 )
@@ -199,13 +201,13 @@ def preprocess(images: jax.Array | np.ndarray, fmt: str) -> jax.Array:
     """
     x = jnp.asarray(images)
     if x.shape[-1] != 3:
-        raise ValueError(f"preprocess expects RGB images (..., 3), got shape {tuple(x.shape)}")
+        raise InputError(f"preprocess expects RGB images (..., 3), got shape {tuple(x.shape)}")
     x = x.astype(jnp.float32)
     if fmt == "keras":
         return x[..., ::-1] - CAFFE_BGR_MEAN
     if fmt == "torch":
         return (x / 255.0 - TORCH_MEAN) / TORCH_STD
-    raise ValueError(f"unknown preprocessing format {fmt!r}; choose one of {FORMATS}")
+    raise InputError(f"unknown preprocessing format {fmt!r}; choose one of {FORMATS}")
 
 
 def gray_to_rgb_resized(images: jax.Array | np.ndarray, size: int) -> jax.Array:
@@ -217,9 +219,9 @@ def gray_to_rgb_resized(images: jax.Array | np.ndarray, size: int) -> jax.Array:
     if x.ndim == 4 and x.shape[-1] == 1:
         x = x[..., 0]
     if x.ndim != 3:
-        raise ValueError(f"expected grayscale images (N, H, W), got shape {tuple(x.shape)}")
+        raise InputError(f"expected grayscale images (N, H, W), got shape {tuple(x.shape)}")
     if size < MIN_SIZE:
-        raise ValueError(f"VGG16 needs images of at least {MIN_SIZE}x{MIN_SIZE}, got size {size}")
+        raise InputError(f"VGG16 needs images of at least {MIN_SIZE}x{MIN_SIZE}, got size {size}")
     if x.shape[1:] != (size, size):
         x = jax.image.resize(x, (x.shape[0], size, size), method="bilinear")
     return jnp.repeat(x[..., None], 3, axis=-1)

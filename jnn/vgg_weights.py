@@ -270,7 +270,7 @@ def load_weight_file(path: str | os.PathLike, fmt: str | None = None, include_to
         return load_keras_h5(path, include_top)
     if fmt == "torch":
         return load_torch_pth(path, include_top)
-    raise ValueError(f"unknown weight format {fmt!r}; choose one of {FORMATS}")
+    raise InputError(f"unknown weight format {fmt!r}; choose one of {FORMATS}")
 
 
 def detect_format(path: str | os.PathLike) -> str:
@@ -454,9 +454,9 @@ def fetch_pretrained(
     raises :class:`WeightsUnavailableError` saying how to supply the file.
     """
     if fmt not in FORMATS:
-        raise ValueError(f"unknown weight format {fmt!r}; choose one of {FORMATS}")
+        raise InputError(f"unknown weight format {fmt!r}; choose one of {FORMATS}")
     if include_top and fmt == "keras" and weights_file is None:
-        raise ValueError("the official Keras file is the notop one; pass weights_file= for a top")
+        raise InputError("the official Keras file is the notop one; pass weights_file= for a top")
     cache = Path(cache_dir).expanduser().absolute() if cache_dir else default_cache_dir()
     top = "top" if include_top else "notop"
     official = OFFICIAL[fmt]

@@ -19,7 +19,7 @@ from typing import NamedTuple
 import numpy as np
 import pytest
 
-from experiments import mlp_sweep, report, theory, vgg_transfer
+from experiments import benchmark, mlp_sweep, report, theory, vgg_transfer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -116,6 +116,11 @@ def theory_case(id: str, args: tuple[str, ...], message: str) -> Case:
     return Case(id, argv, message, theory.cli, "experiments.theory")
 
 
+def bench_case(id: str, args: tuple[str, ...], message: str) -> Case:
+    argv = lambda tmp, data: ["--quick", "--out", str(tmp / "out"), *args]  # noqa: E731
+    return Case(id, argv, message, benchmark.cli_main(benchmark.main), "experiments.benchmark")
+
+
 CASES = [
     Case("missing-data-dir", lambda t, d: [*sweep()(t, d)[:-2], "--data-dir", str(t / "nope")],
          "is not a folder"),
@@ -166,6 +171,10 @@ CASES = [
     theory_case("theory-huge-product", ("--rows", "10000", "--classes", "10000"), "lower one"),
     theory_case("theory-huge-seed", ("--seed", str(2**63)), "--seed must be in"),
     theory_case("theory-zero-rows", ("--rows", "0"), "--rows must be between 1"),
+    bench_case("bench-zero-reps", ("--reps", "0"), "--reps must be >= 1"),
+    bench_case("bench-zero-train", ("--train-examples", "0"), "--train-examples must be >= 32"),
+    bench_case("bench-empty-sections", ("--sections", ""), "--sections is empty"),
+    bench_case("bench-bad-models", ("--models", "1,x"), "--models needs"),
 ]  # fmt: skip
 
 

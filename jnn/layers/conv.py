@@ -29,6 +29,7 @@ import jax.numpy as jnp
 from jax import Array, lax
 
 from jnn.core import Layer, Shape
+from jnn.errors import InputError
 from jnn.initializers import get_initializer
 
 ConvParams = dict[str, Array]
@@ -101,7 +102,7 @@ def axis_geometry_from_pads(n: int, k: int, s: int, pad: tuple[int, int]) -> tup
 def _pair(v: int | tuple[int, int], what: str) -> tuple[int, int]:
     pair = (v, v) if isinstance(v, int) else tuple(v)
     if len(pair) != 2 or not all(isinstance(i, int) and i > 0 for i in pair):
-        raise ValueError(f"Conv2D {what} must be a positive int or a pair of them, got {v!r}")
+        raise InputError(f"Conv2D {what} must be a positive int or a pair of them, got {v!r}")
     return pair  # type: ignore[return-value]
 
 
@@ -120,23 +121,23 @@ def Conv2D(  # noqa: N802 - layers are named like classes, as in stax and Flax
     (output ceil(H / s)) or "VALID" (output (H - kh) // s + 1).
     """
     if int(features) != features or features <= 0:
-        raise ValueError(f"Conv2D needs a positive integer number of features, got {features!r}")
+        raise InputError(f"Conv2D needs a positive integer number of features, got {features!r}")
     ksize, stride = _pair(kernel_size, "kernel_size"), _pair(strides, "strides")
     pad_mode = str(padding).upper()
     if pad_mode not in PADDINGS:
-        raise ValueError(f"Conv2D padding must be 'SAME' or 'VALID', got {padding!r}")
+        raise InputError(f"Conv2D padding must be 'SAME' or 'VALID', got {padding!r}")
     initializer = get_initializer(init)
     label = f"Conv2D({features}, {ksize}, strides={stride}, {pad_mode})"
 
     def geometry(hw: tuple[int, int]) -> tuple[tuple[int, int], Pads]:
         g = [axis_geometry(n, k, s, pad_mode) for n, k, s in zip(hw, ksize, stride)]
         if any(out <= 0 for out, *_ in g):
-            raise ValueError(f"{label}: input {hw} is smaller than the kernel {ksize}")
+            raise InputError(f"{label}: input {hw} is smaller than the kernel {ksize}")
         return (g[0][0], g[1][0]), ((g[0][1], g[0][2]), (g[1][1], g[1][2]))
 
     def init_fn(key: Array, input_shape: Shape) -> tuple[Shape, ConvParams, tuple]:
         if len(input_shape) != 3:
-            raise ValueError(f"{label} needs per-example shape (H, W, C), got {input_shape}")
+            raise InputError(f"{label} needs per-example shape (H, W, C), got {input_shape}")
         (oh, ow), _ = geometry(tuple(input_shape[:2]))
         w = initializer(key, (*ksize, input_shape[2], int(features)), dtype)
         return (oh, ow, int(features)), {"w": w, "b": jnp.zeros((int(features),), dtype)}, ()
@@ -144,7 +145,7 @@ def Conv2D(  # noqa: N802 - layers are named like classes, as in stax and Flax
     def forward(params, state, x, *, key=None, train=False):
         del key, train
         if x.ndim != 4:
-            raise ValueError(f"{label} expects (batch, H, W, C) input, got {tuple(x.shape)}")
+            raise InputError(f"{label} expects (batch, H, W, C) input, got {tuple(x.shape)}")
         _, pads = geometry(tuple(x.shape[1:3]))
         y, cache = conv_forward(params, x, stride, pads)
         return y, cache, state

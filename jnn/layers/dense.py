@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from jax import Array
 
 from jnn.core import Layer, Shape
+from jnn.errors import InputError
 from jnn.initializers import get_initializer
 
 DenseParams = dict[str, Array]
@@ -32,7 +33,7 @@ def dense_init(
 ) -> DenseParams:
     """Kernel (in_dim, out_dim) drawn by the named initializer, bias (out_dim,) zeros."""
     if in_dim <= 0 or out_dim <= 0:
-        raise ValueError(f"dense layer sizes must be positive, got {in_dim} -> {out_dim}")
+        raise InputError(f"dense layer sizes must be positive, got {in_dim} -> {out_dim}")
     w = get_initializer(init)(key, (in_dim, out_dim), dtype, **init_kwargs)
     return {"w": w, "b": jnp.zeros((out_dim,), dtype)}
 
@@ -56,12 +57,12 @@ def Dense(  # noqa: N802 - layers are named like classes, as in stax and Flax
     ``init`` names the kernel initializer (``jnn.initializers``; e.g. ``stddev=`` for normal).
     """
     if int(features) != features or features <= 0:
-        raise ValueError(f"Dense needs a positive integer number of features, got {features!r}")
+        raise InputError(f"Dense needs a positive integer number of features, got {features!r}")
     get_initializer(init)  # unknown names fail here, when the model is built
 
     def init_fn(key: Array, input_shape: Shape) -> tuple[Shape, DenseParams, tuple]:
         if len(input_shape) != 1:
-            raise ValueError(
+            raise InputError(
                 f"Dense({features}) needs flat inputs (features,), got per-example shape "
                 f"{tuple(input_shape)}; put Flatten() before it"
             )
@@ -71,7 +72,7 @@ def Dense(  # noqa: N802 - layers are named like classes, as in stax and Flax
     def forward(params, state, x, *, key=None, train=False):
         del key, train
         if x.ndim != 2 or x.shape[1] != params["w"].shape[0]:
-            raise ValueError(
+            raise InputError(
                 f"Dense({features}) expects input of shape (batch, {params['w'].shape[0]}), got "
                 f"{tuple(x.shape)}; flatten images first (jnn.data.to_float(images, flatten=True))"
             )

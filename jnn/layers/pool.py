@@ -28,6 +28,7 @@ import numpy as np
 from jax import Array, lax
 
 from jnn.core import Layer, Shape
+from jnn.errors import InputError
 from jnn.layers.conv import PADDINGS, axis_geometry
 
 Pads = tuple[tuple[int, int], tuple[int, int]]
@@ -89,7 +90,7 @@ def maxpool_backward(
 def _pair(v: int | tuple[int, int], what: str) -> tuple[int, int]:
     pair = (v, v) if isinstance(v, int) else tuple(v)
     if len(pair) != 2 or not all(isinstance(i, int) and i > 0 for i in pair):
-        raise ValueError(f"MaxPool2D {what} must be a positive int or a pair of them, got {v!r}")
+        raise InputError(f"MaxPool2D {what} must be a positive int or a pair of them, got {v!r}")
     return pair  # type: ignore[return-value]
 
 
@@ -105,26 +106,26 @@ def MaxPool2D(  # noqa: N802 - layers are named like classes
     stride = win if strides is None else _pair(strides, "strides")
     pad_mode = str(padding).upper()
     if pad_mode not in PADDINGS:
-        raise ValueError(f"MaxPool2D padding must be 'SAME' or 'VALID', got {padding!r}")
+        raise InputError(f"MaxPool2D padding must be 'SAME' or 'VALID', got {padding!r}")
     label = f"MaxPool2D({win}, strides={stride}, {pad_mode})"
 
     def geometry(hw: tuple[int, int]) -> tuple[tuple[int, int], Pads]:
         g = [axis_geometry(n, k, s, pad_mode) for n, k, s in zip(hw, win, stride)]
         if any(out <= 0 for out, *_ in g):
-            raise ValueError(f"{label}: input {hw} is smaller than the window")
+            raise InputError(f"{label}: input {hw} is smaller than the window")
         return (g[0][0], g[1][0]), ((g[0][1], g[0][2]), (g[1][1], g[1][2]))
 
     def init(key: Array, input_shape: Shape) -> tuple[Shape, tuple, tuple]:
         del key
         if len(input_shape) != 3:
-            raise ValueError(f"{label} needs per-example shape (H, W, C), got {input_shape}")
+            raise InputError(f"{label} needs per-example shape (H, W, C), got {input_shape}")
         (oh, ow), _ = geometry(tuple(input_shape[:2]))
         return (oh, ow, input_shape[2]), (), ()
 
     def forward(params, state, x, *, key=None, train=False):
         del params, key, train
         if x.ndim != 4:
-            raise ValueError(f"{label} expects (batch, H, W, C) input, got {tuple(x.shape)}")
+            raise InputError(f"{label} expects (batch, H, W, C) input, got {tuple(x.shape)}")
         y, cache = maxpool_forward(x, win, stride, geometry(tuple(x.shape[1:3]))[1])
         return y, cache, state
 

@@ -21,6 +21,7 @@ from jax import Array, lax
 
 from jnn.activations import get_activation
 from jnn.core import Layer, Shape
+from jnn.errors import InputError
 
 
 def _uniform_backward(name: str):
@@ -44,11 +45,11 @@ def SelectActivation(names: Sequence[str], index: int = 0) -> Layer:  # noqa: N8
     """
     names = tuple(str(n).lower() for n in names)
     if not names:
-        raise ValueError("SelectActivation needs at least one activation name")
+        raise InputError("SelectActivation needs at least one activation name")
     forwards = [get_activation(n).forward for n in names]  # unknown names fail here
     backwards = [_uniform_backward(n) for n in names]
     if not 0 <= int(index) < len(names):
-        raise ValueError(f"index {index} is out of range for the {len(names)} names {names}")
+        raise InputError(f"index {index} is out of range for the {len(names)} names {names}")
 
     def init(key: Array, input_shape: Shape) -> tuple[Shape, tuple, dict[str, Array]]:
         del key
