@@ -49,6 +49,7 @@ PLATEAU_NOTE = (
     "learn in seconds)"
 )
 EXIT_DIVERGED = 3
+MAX_EPOCHS, MAX_SEEDS = 100_000, 1_024  # refuse before allocating (10**12 epochs tried 3.6 TiB)
 # The original study's test accuracies (its own 80/10/10 split), for the results table.
 ORIGINAL_TEST_ACCURACY = {
     ("relu", 100): 0.8865,
@@ -283,6 +284,13 @@ def parse_config(argv: Sequence[str] | None) -> Config:
             )
     if args.seed < 0:
         raise InputError(f"--seed must be non-negative, got {args.seed}")
+    if args.seed >= 2**32:
+        raise InputError(f"--seed must be below 2**32 (a PRNG seed), got {args.seed}")
+    if epochs > MAX_EPOCHS or args.seeds > MAX_SEEDS:
+        raise InputError(
+            f"--epochs must be at most {MAX_EPOCHS:,} and --seeds at most {MAX_SEEDS:,} "
+            f"(got {epochs:,} and {args.seeds:,}); the per-epoch history alone would not fit"
+        )
     if args.devices is not None and args.devices <= 0:
         raise InputError(f"--devices must be positive, got {args.devices}")
     if args.checkpoint_every < 0:
@@ -413,7 +421,7 @@ def check_run_dir(cfg: Config, *, create: bool = True) -> Path:
 
         try:
             stored = json.loads(run_json.read_text())["identity"]
-        except (ValueError, KeyError) as err:
+        except (ValueError, KeyError, TypeError) as err:
             raise report.RunDirError(f"--resume: {run_json} is unreadable ({err})") from None
         mine = cfg.identity()
         differ = [k for k in IDENTITY if _plain(stored.get(k)) != mine[k]]

@@ -156,6 +156,11 @@ CASES = [
     Case("resume-other-lr", resume_changed("--lr", "0.05"), "--lr: run has 0.1, now 0.05"),
     Case("resume-other-init", resume_changed("--init", "he"), "--init: run has 'normal'"),
     Case("resume-not-a-run", resume_foreign, "holds no run.json"),
+    Case("huge-seed", sweep("--seed", str(2**63)), "--seed must be below 2**32"),
+    Case("huge-epochs", sweep("--epochs", str(10**12)), "--epochs must be at most"),
+    Case("resume-run-json-wrong-structure", lambda t, d: (t / "out").mkdir() or
+         (t / "out" / "run.json").write_text("[1, 2]") and [*sweep()(t, d), "--resume"],
+         "is unreadable"),
     Case("overwrite-users-folder", users_folder("--overwrite"), "never deletes files"),
     Case("out-under-a-file", out_under_file, "which is a file"),
     vgg_case("vgg-nan-lr", ("--lr", "nan"), "--lr must be a positive number"),
