@@ -17,6 +17,7 @@ from jnn.layers.dense import Dense, DenseParams, dense_backward, dense_forward, 
 from jnn.layers.dropout import Dropout
 from jnn.layers.flatten import Flatten
 from jnn.layers.pool import MaxPool2D, maxpool_backward, maxpool_forward
+from jnn.layers.select import SelectActivation
 
 __all__ = [
     "BatchNorm",
@@ -28,6 +29,7 @@ __all__ = [
     "Linear",
     "MaxPool2D",
     "ReLU",
+    "SelectActivation",
     "Sigmoid",
     "Softmax",
     "Tanh",
