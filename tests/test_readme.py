@@ -21,3 +21,11 @@ def test_layer_protocol_example_runs_and_agrees_with_jax_grad(capsys):
     worst = float(re.search(r"worst rel err ([0-9.e+-]+)", printed).group(1))
     assert worst < 1e-5, printed
     assert bool(namespace["metrics"].params_finite)
+
+
+def test_multi_host_script_runs_as_printed(capsys):
+    """The Scaling section's train.py, single-host here (initialize_distributed is a no-op)."""
+    exec(compile(_python_block("Scaling"), "README.md", "exec"), {})  # noqa: S102
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("epoch ")]
+    assert len(lines) == 3
+    assert float(lines[-1].rsplit(" ", 1)[1]) > 0.7  # val accuracy after 3 epochs
