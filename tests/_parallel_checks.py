@@ -93,7 +93,14 @@ def check_data_parallel(x, y) -> dict:
             if name == "sgd":  # one compile serves both the HLO checks and the run
                 compiled = epoch.compile(state, xs, ys)
                 run = functools.partial(run_compiled, compiled, epoch)
-            entry = {"epochs": []}
+            # One step from the same state on the same batch (an epoch of ``batch_size`` examples):
+            # the per-step agreement, whatever the trajectory does later (see test_parallel.py).
+            one = slice(0, batch_size)
+            r_one, _ = train.make_epoch_fn(MODEL, optimizer, batch_size, gradients)(
+                fresh(state0), x[one], y[one]
+            )
+            s_one, _ = epoch(par.replicate(fresh(state0), mesh), x[one], y[one])
+            entry = {"epochs": [], "first_step": par.tree_max_diff(s_one.params, r_one.params)}
             for r_state, r_metrics in ref:
                 donated = state
                 state, metrics = run(state, xs, ys)

@@ -8,11 +8,26 @@ the test session has (one CPU device is enough).
 Documented float32 tolerances (1024 synthetic examples, 784-256-128-64-10 ReLU, He init):
 
 * Data-parallel SGD on 2 or 4 devices vs single-device ``train.make_epoch_fn`` with the same
-  global batch (32 and 64, manual and autodiff gradients), after 2 epochs (64 / 32 steps):
+  global batch (32, manual gradients), after 2 epochs (64 steps):
   params ``max|a - b| <= 1e-6`` and ``<= 1e-5`` of each leaf's largest magnitude (measured:
   <= 2.1e-7 abs, <= 6e-7 rel); loss and accuracy agree to 1e-6 (measured: equal); the shuffling
   key is bit-identical. The only difference is the order of the batch sums (per-device partial
   sums, then an all-reduce).
+* ReLU kinks: a pre-activation within float32 rounding of 0 may come out positive in one program
+  and not in the other (the two programs' dots sum in different orders), and that one unit's
+  gradient then differs by a whole example's share, not by rounding. Measured on an AMD EPYC
+  (jax 0.10.2, XLA CPU, 4 forced devices) with batch 64: step 8 of epoch 1 hits layer 1, example
+  35, unit 46 with exact (float64) pre-activation -7.7e-8 against a rounding bound of
+  eps * sum|x_i w_i| = 2.8e-6; one program gets it > 0, the other <= 0, so column 46 of that
+  step's gradient differs by 3.6e-3 (params by 3.6e-4) where steps 0-7 agree to 6e-8; the ReLU
+  dynamics then carry it to 1.9e-3 (2% rel) after epoch 1 and 4.9e-3 after epoch 2. Manual
+  backprop with batch 64 flips the same unit at the same step (it is the trajectory, not
+  jax.grad, and not a sharding error: with identical params the step-8 gradients agree to 1e-7).
+  Batch 32 (the cases above) meets no such tie in 2 epochs on the machines measured so far, so
+  their params stay within 1e-6. What holds for any trajectory is checked for every SGD case:
+  one step from the same state on the same batch, params within 1e-6 abs and 1e-5 rel (measured
+  3e-8 abs, 2.7e-7 rel); for the batch-64 case over 2 epochs only the loss (measured 1.3e-5,
+  then 5.9e-4 on a loss of 1.78) and the accuracy (measured 0 and 2/1024) are compared.
 * Adam (default eps=1e-8) amplifies that rounding noise wherever a gradient is ~1e-8 (the step
   there is ~lr * g / (|g| + eps)), so params differ by up to ~lr per step at such elements
   (measured 7e-4 after 1 epoch at lr 1e-3) while the loss agrees to 1e-4 (measured 7e-5). The
@@ -47,6 +62,7 @@ SIZES = (784, 32, 10)
 
 SGD_ABS, SGD_REL = 1e-6, 1e-5
 ADAM_LOSS = 1e-4
+KINK_LOSS, KINK_ACCURACY = 2e-3, 1e-2  # a trajectory split at a ReLU kink (see the docstring)
 MODELS_ABS = 1e-6
 
 
@@ -198,6 +214,14 @@ def test_subprocess_had_four_devices(report):
 
 @multi
 @pytest.mark.parametrize("case", ["sgd/2", "sgd/4", "sgd_autodiff_b64/4"])
+def test_data_parallel_sgd_first_step_matches_single_device(report, case):
+    """One SGD step from the same state on the same batch: only the summation order differs."""
+    first = report["data_parallel"][case]["first_step"]
+    assert first["max_abs"] <= SGD_ABS and first["max_rel"] <= SGD_REL, first
+
+
+@multi
+@pytest.mark.parametrize("case", ["sgd/2", "sgd/4"])
 def test_data_parallel_sgd_matches_single_device(report, case):
     entry = report["data_parallel"][case]
     assert entry["final_loss"] < entry["initial_loss"] - 0.3  # it really trained
@@ -205,6 +229,19 @@ def test_data_parallel_sgd_matches_single_device(report, case):
         assert e["params"]["max_abs"] <= SGD_ABS, e
         assert e["params"]["max_rel"] <= SGD_REL, e
         assert e["loss"] <= 1e-6 and e["accuracy"] <= 1e-6, e
+        assert e["key_equal"]
+    assert [e["epoch"] for e in entry["epochs"]] == [1, 2]
+
+
+@multi
+def test_data_parallel_autodiff_b64_trains_like_single_device(report):
+    """jax.grad, batch 64, 2 epochs: this trajectory meets a ReLU pre-activation within rounding
+    of 0 (module docstring: step 8, params then differ by 1.9e-3), so after the first step (checked
+    above to 1e-6) the two runs are compared by their losses and accuracies, not their params."""
+    entry = report["data_parallel"]["sgd_autodiff_b64/4"]
+    assert entry["final_loss"] < entry["initial_loss"] - 0.3  # it really trained
+    for e in entry["epochs"]:
+        assert e["loss"] <= KINK_LOSS and e["accuracy"] <= KINK_ACCURACY, e
         assert e["key_equal"]
     assert [e["epoch"] for e in entry["epochs"]] == [1, 2]
 
