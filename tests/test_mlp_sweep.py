@@ -227,19 +227,24 @@ def test_data_parallel_matches_one_device(fashion_dir, tmp_path):
         assert proc.returncode == 0, proc.stderr
         runs[name] = json.loads((out / "results.json").read_text())
     assert "'data': 2" in runs["dp"]["devices_used"][0]
+    # tanh is smooth: the two programs differ by float32 summation order only, so they agree
+    # tightly. ReLU has a kink: a pre-activation within rounding of 0 (measured: -7.7e-8 against
+    # a float32 bound of 2.8e-6, see tests/test_parallel.py) lands on opposite sides in the two
+    # summation orders and the runs part ways after that step, so for ReLU this end-to-end test
+    # asks only that both train alike; the library's one-step agreement (1e-6) is tested there.
+    bounds = {"tanh": (1e-5, 1e-4, 2.5e-3), "relu": (0.1, 0.1, 0.05)}
     for act in ACTS:
+        loss_rtol, ckpt_loss, ckpt_acc = bounds[act]
         one, dp = runs["one"]["models"][act], runs["dp"]["models"][act]
         np.testing.assert_allclose(
-            dp["history"]["train_loss"], one["history"]["train_loss"], rtol=1e-5
+            dp["history"]["train_loss"], one["history"]["train_loss"], rtol=loss_rtol
         )
         for epoch, c in one["checkpoints"].items():
             for split in ("train", "val", "test"):
-                assert abs(dp["checkpoints"][epoch][f"{split}_loss"] - c[f"{split}_loss"]) < 1e-4
+                d = dp["checkpoints"][epoch]
+                assert abs(d[f"{split}_loss"] - c[f"{split}_loss"]) < ckpt_loss, (act, split)
                 # a 1e-7 weight difference may flip a borderline example: 1 in 500 is 2e-3
-                assert (
-                    abs(dp["checkpoints"][epoch][f"{split}_accuracy"] - c[f"{split}_accuracy"])
-                    <= 2.5e-3
-                )
+                assert abs(d[f"{split}_accuracy"] - c[f"{split}_accuracy"]) <= ckpt_acc
 
 
 def test_sweep_downloads_its_data_on_first_use(tmp_path, mirror, monkeypatch):
