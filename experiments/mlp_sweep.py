@@ -819,7 +819,8 @@ def panel_notes(results: dict[str, Any]) -> dict[str, str]:
         if s.get("status") == "diverged":
             lines.append(f"sklearn diverged at epoch {s.get('diverged_at')}")
         elif s.get("status") == "failed":
-            lines.append("sklearn failed: " + str(s.get("error", "")).split(":")[-1].strip()[:60])
+            reason = str(s.get("error", "")).split(":", 1)[-1].strip().split(". ")[0]
+            lines.append(f"sklearn failed: {reason[:70]}")
         if lines:
             notes[act] = "\n".join(lines)
     return notes
