@@ -344,7 +344,6 @@ def results_markdown(result: dict[str, Any]) -> str:
 
 def plot_curves(path: Path, result: dict[str, Any]) -> Path:
     """Loss and accuracy per epoch: train/val, manual (solid) and autodiff (dashed)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
@@ -368,12 +367,9 @@ def plot_curves(path: Path, result: dict[str, Any]) -> Path:
         ax.legend(fontsize="small")
     quick = " (quick)" if result["config"]["quick"] else ""
     fig.suptitle(f"CNN on Fashion-MNIST{quick}: manual backprop vs jax.grad, same init and keys")
-    FigureCanvasAgg(fig)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    tmp.replace(path)
-    return path
+    from experiments.plots import save_figure
+
+    return save_figure(fig, path)
 
 
 def render(result: dict[str, Any], run_dir: Path) -> None:

@@ -15,7 +15,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from experiments.plots import _mean_std, _save, write_on_panel
+from experiments.plots import _mean_std, save_figure, write_on_panel
 
 INIT_COLORS = ("tab:gray", "tab:orange", "tab:blue", "tab:green", "tab:purple", "tab:brown")
 
@@ -68,7 +68,7 @@ def plot_heatmap(path: str | Path, results: dict[str, Any], epoch: int) -> Path:
         f"Test accuracy after {epoch} epochs: mean ± std over the {cfg['seeds']} seeds that did "
         f"not diverge (chance = 0.1; grey = every seed diverged)\n{_settings(results)}"
     )
-    return _save(fig, Path(path))
+    return save_figure(fig, Path(path))
 
 
 def _settings(results: dict[str, Any]) -> str:
@@ -150,7 +150,7 @@ def plot_bands(path: str | Path, results: dict[str, Any], lr: float) -> Path:
         f"Validation curves per activation (columns) and init (colours), lr = {lr:g}: mean ± std "
         f"over seeds still training\n{_settings(results)}"
     )
-    return _save(fig, Path(path))
+    return save_figure(fig, Path(path))
 
 
 def plot_grid(out: str | Path, results: dict[str, Any], epochs: Sequence[int]) -> list[Path]:

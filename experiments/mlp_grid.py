@@ -162,21 +162,6 @@ def grid_spec(cfg: Config) -> Any:
     return GridSpec(cfg.activations, cfg.inits, cfg.lrs, cfg.seeds, cfg.sizes, cfg.seed)
 
 
-# Only the command line may change XLA_FLAGS: an in-process main() (tests) must not alter the
-# device count of the process that called it.
-_MAY_REQUEST_DEVICES = False
-
-
-def request_host_devices(n: int) -> None:
-    """Ask XLA for ``n`` CPU devices; only possible before JAX's backend starts (else a no-op)."""
-    from jax._src import xla_bridge
-
-    if not _MAY_REQUEST_DEVICES or xla_bridge.backends_are_initialized():
-        return
-    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "force_host_platform" not in f]
-    os.environ["XLA_FLAGS"] = " ".join([*flags, f"--xla_force_host_platform_device_count={n}"])
-
-
 def load_data(cfg: Config) -> tuple[np.ndarray, ...]:
     """(x_train, y_train, x_val, y_val, x_test, y_test): float32 (N, 784) in [0, 1], int32."""
     from jnn.data import DataError, load_splits
@@ -308,7 +293,7 @@ def run(cfg: Config) -> dict[str, Any]:
     spec = grid_spec(cfg)
     n_eval = 6000 if cfg.subset is None else max(cfg.subset[1:])
     grid.check_memory(spec, cfg.batch_size, n_eval)  # before any data is read
-    request_host_devices(cfg.devices or max(1, os.cpu_count() or 1))
+    report.request_host_devices(cfg.devices or max(1, os.cpu_count() or 1))
     from jnn import parallel
 
     mesh = parallel.model_mesh(cfg.devices)
@@ -400,5 +385,5 @@ def _main(argv: Sequence[str] | None = None) -> int:
 main = report.cli_main(_main)
 
 if __name__ == "__main__":
-    _MAY_REQUEST_DEVICES = True
+    report.allow_device_requests()
     sys.exit(main())

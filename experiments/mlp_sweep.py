@@ -337,21 +337,6 @@ def default_out(split: str, init: str, scale: float | None, quick: bool) -> str:
 # ------------------------------------------------------------------------------------ setup
 
 
-# Only the command line may change XLA_FLAGS: an in-process main() (tests) must not alter the
-# device count of the process that called it.
-_MAY_REQUEST_DEVICES = False
-
-
-def request_host_devices(n: int) -> None:
-    """Ask XLA for ``n`` CPU devices; only possible before JAX's backend starts (else a no-op)."""
-    from jax._src import xla_bridge
-
-    if not _MAY_REQUEST_DEVICES or xla_bridge.backends_are_initialized():
-        return
-    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "force_host_platform" not in f]
-    os.environ["XLA_FLAGS"] = " ".join([*flags, f"--xla_force_host_platform_device_count={n}"])
-
-
 def choose_devices(cfg: Config) -> list[Any]:
     """Where the activation programs go (asked for before JAX starts): a list of devices, or,
     with --data-parallel, one replicated sharding over a data mesh that every program shares."""
@@ -362,12 +347,12 @@ def choose_devices(cfg: Config) -> list[Any]:
     from jnn.parallel import _devices, check_divisible, data_mesh
 
     if cfg.data_parallel:
-        request_host_devices(cfg.devices or max(1, os.cpu_count() or 1))
+        report.request_host_devices(cfg.devices or max(1, os.cpu_count() or 1))
         mesh = data_mesh(cfg.devices)
         check_divisible(cfg.batch_size, mesh, what="--batch-size")
         return [NamedSharding(mesh, P())]
     want = cfg.devices or max(1, min(os.cpu_count() or 1, len(cfg.activations)))
-    request_host_devices(want)  # CPU only; a no-op once JAX runs (e.g. in-process tests)
+    report.request_host_devices(want)  # CPU only; a no-op once JAX runs (e.g. in-process tests)
     if cfg.devices is None:
         return jax.devices()[:want]
     return _devices(cfg.devices)
@@ -962,5 +947,5 @@ def _main(argv: Sequence[str] | None = None) -> int:
 main = report.cli_main(_main)
 
 if __name__ == "__main__":
-    _MAY_REQUEST_DEVICES = True
+    report.allow_device_requests()
     sys.exit(main())

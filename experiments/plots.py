@@ -109,7 +109,8 @@ def _seeds(history: Mapping[str, Any]) -> int:
     return int(np.atleast_2d(np.asarray(first, dtype=np.float64)).shape[0])
 
 
-def _save(fig: Figure, path: Path) -> Path:
+def save_figure(fig: Figure, path: Path) -> Path:
+    """Render ``fig`` with Agg and write it to ``path`` atomically (a temp file, then rename)."""
     FigureCanvasAgg(fig)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
@@ -137,7 +138,7 @@ def plot_activation(
     fig.suptitle(f"{activation}{': ' + settings if settings else ''}")
     handles = legend_handles(save_at, bool(sklearn_history), _seeds(history))
     axes[1].legend(handles=handles, fontsize="small", loc="lower right")
-    return _save(fig, Path(path))
+    return save_figure(fig, Path(path))
 
 
 def plot_overview(
@@ -165,4 +166,4 @@ def plot_overview(
     fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 6))
     if title:
         fig.suptitle(title)
-    return _save(fig, Path(path))
+    return save_figure(fig, Path(path))

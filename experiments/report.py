@@ -52,6 +52,27 @@ class RunDirError(InputError):
     """The output folder cannot be used as asked (holds another run, not a folder, ...)."""
 
 
+_MAY_REQUEST_DEVICES = False  # only a command line may change XLA_FLAGS (see below)
+
+
+def allow_device_requests() -> None:
+    """Called by an experiment's ``__main__``: from now on :func:`request_host_devices` may set
+    XLA_FLAGS. An in-process ``main()`` (the tests) must not change the device count of the
+    process that called it, so the default is off."""
+    global _MAY_REQUEST_DEVICES
+    _MAY_REQUEST_DEVICES = True
+
+
+def request_host_devices(n: int) -> None:
+    """Ask XLA for ``n`` CPU devices; only possible before JAX's backend starts (else a no-op)."""
+    from jax._src import xla_bridge
+
+    if not _MAY_REQUEST_DEVICES or xla_bridge.backends_are_initialized():
+        return
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "force_host_platform" not in f]
+    os.environ["XLA_FLAGS"] = " ".join([*flags, f"--xla_force_host_platform_device_count={n}"])
+
+
 def versions() -> dict[str, str]:
     """Installed versions of the packages that matter for reproducing a result."""
     found = {"python": platform.python_version()}
