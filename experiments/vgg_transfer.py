@@ -40,7 +40,7 @@ from jax.sharding import PartitionSpec as P
 
 from experiments import report
 from jnn import vgg, vgg_weights
-from jnn.data import CLASS_NAMES, load_fashion_mnist
+from jnn.data import CLASS_NAMES, load_fashion_mnist, split_indices
 from jnn.errors import InputError
 from jnn.parallel import check_divisible, data_mesh
 
@@ -50,18 +50,6 @@ QUICK = {"train_size": 2000, "test_size": 500, "epochs": 2}
 
 
 # ------------------------------------------------------------------------------------- data
-
-
-def split_80_20(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Stratified 80/20 (train, test) index split of ``labels``, each in seeded random order."""
-    rng = np.random.default_rng(seed)
-    train, test = [], []
-    for c in np.unique(labels):
-        idx = rng.permutation(np.flatnonzero(labels == c))
-        n_test = int(round(0.2 * len(idx)))
-        test.append(idx[:n_test])
-        train.append(idx[n_test:])
-    return rng.permutation(np.concatenate(train)), rng.permutation(np.concatenate(test))
 
 
 def take_stratified(indices: np.ndarray, labels: np.ndarray, n: int | None) -> np.ndarray:
@@ -685,7 +673,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ds = load_fashion_mnist(args.data_dir)
     images = np.concatenate([ds.train_images, ds.test_images])
     labels = np.concatenate([ds.train_labels, ds.test_labels]).astype(np.int32)
-    train_idx, test_idx = split_80_20(labels, args.seed)
+    # The original VGG16 study's split: 48,000 / 12,000 of the 60,000 official training images.
+    train_idx, _, test_idx = split_indices(ds, "original-vgg", seed=args.seed, stratify=True)
     train_idx = take_stratified(train_idx, labels, args.train_size)
     test_idx = take_stratified(test_idx, labels, args.test_size)
 
@@ -735,7 +724,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "size": args.size,
             "train": len(train_idx),
             "test": len(test_idx),
-            "split": "stratified 80/20 of the 70,000 official train+test images",
+            "split": "original-vgg: stratified 48,000 / 12,000 of the 60,000 training images",
         },
         "accuracy": accuracy,
         "per_class_accuracy": dict(zip(CLASS_NAMES, per_class.tolist(), strict=True)),

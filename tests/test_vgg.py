@@ -493,14 +493,18 @@ def test_transfer_experiment_offline_is_one_line_exit_2(tmp_path, capsys, monkey
     assert vgg_transfer.cli(["--weights", str(tmp_path / "nope.h5"), "--out", str(tmp_path)]) == 2
 
 
-def test_split_is_stratified_80_20():
-    from experiments.vgg_transfer import split_80_20, take_stratified
+def test_split_is_the_original_vgg_studys_and_subsets_stay_stratified(fashion):
+    """vgg_transfer trains on the original VGG16 study's split: 48,000 / 12,000 of the 60,000
+    official training images (indices into train+test), stratified; --test-size subsets keep
+    the classes balanced."""
+    from experiments.vgg_transfer import take_stratified
+    from jnn.data import split_indices
 
-    labels = np.repeat(np.arange(10), 700)
-    train, test = split_80_20(labels, seed=0)
-    assert len(train) == 5600 and len(test) == 1400 and not set(train) & set(test)
-    assert np.all(np.bincount(labels[test]) == 140)
-    np.testing.assert_array_equal(split_80_20(labels, seed=0)[1], test)
+    labels = np.concatenate([fashion.train_labels, fashion.test_labels])
+    train, val, test = split_indices(fashion, "original-vgg", seed=0, stratify=True)
+    assert (len(train), len(val), len(test)) == (48_000, 0, 12_000)
+    assert max(train.max(), test.max()) < 60_000 and not set(train) & set(test)
+    assert np.all(np.bincount(labels[test]) == 1_200)
     assert np.all(np.bincount(labels[take_stratified(test, labels, 50)]) == 5)
 
 
