@@ -137,9 +137,7 @@ def build_model() -> Any:
 
 def load_data(cfg: Config) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Official split as NHWC float32 (N, 28, 28, 1) in [0, 1]; --quick keeps the first few."""
-    from jnn.data import load_splits
-
-    s = load_splits("official", data_dir=cfg.data_dir, flatten=False)
+    s = report.load_splits("official", data_dir=cfg.data_dir, flatten=False)
     parts = {
         "train": (s.x_train, s.y_train),
         "val": (s.x_val, s.y_val),

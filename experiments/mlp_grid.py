@@ -164,12 +164,7 @@ def grid_spec(cfg: Config) -> Any:
 
 def load_data(cfg: Config) -> tuple[np.ndarray, ...]:
     """(x_train, y_train, x_val, y_val, x_test, y_test): float32 (N, 784) in [0, 1], int32."""
-    from jnn.data import DataError, load_splits
-
-    try:
-        s = load_splits(cfg.split, seed=cfg.seed, data_dir=cfg.data_dir, download=True)
-    except DataError as err:
-        raise DataError(f"{err}; or pass --data-dir DIR").with_traceback(None) from None
+    s = report.load_splits(cfg.split, seed=cfg.seed, data_dir=cfg.data_dir)
     n = cfg.subset or (len(s.y_train), len(s.y_val), len(s.y_test))
     data = (s.x_train, s.y_train, s.x_val, s.y_val, s.x_test, s.y_test)
     data = tuple(a[: n[i // 2]] for i, a in enumerate(data))

@@ -360,12 +360,7 @@ def choose_devices(cfg: Config) -> list[Any]:
 
 def load_data(cfg: Config) -> tuple[np.ndarray, ...]:
     """(x_train, y_train, x_val, y_val, x_test, y_test) as numpy; checked finite."""
-    from jnn.data import DataError, load_splits
-
-    try:  # downloads (checksummed) into the cache on first use, like every other experiment
-        s = load_splits(cfg.split, seed=cfg.seed, data_dir=cfg.data_dir, download=True)
-    except DataError as err:
-        raise DataError(f"{err}; or pass --data-dir DIR").with_traceback(None) from None
+    s = report.load_splits(cfg.split, seed=cfg.seed, data_dir=cfg.data_dir)
     n = cfg.subset or (len(s.y_train), len(s.y_val), len(s.y_test))
     data = (
         s.x_train[: n[0]],

@@ -73,6 +73,17 @@ def request_host_devices(n: int) -> None:
     os.environ["XLA_FLAGS"] = " ".join([*flags, f"--xla_force_host_platform_device_count={n}"])
 
 
+def load_splits(protocol: str, *, data_dir: str | None, **kwargs: Any) -> Any:
+    """``jnn.data.load_splits`` for a CLI with a ``--data-dir`` flag: downloads (checksummed)
+    into the cache on first use; offline, the one-line error also names the flag."""
+    from jnn import data
+
+    try:
+        return data.load_splits(protocol, data_dir=data_dir, download=True, **kwargs)
+    except data.DataError as err:
+        raise data.DataError(f"{err}; or pass --data-dir DIR").with_traceback(None) from None
+
+
 def versions() -> dict[str, str]:
     """Installed versions of the packages that matter for reproducing a result."""
     found = {"python": platform.python_version()}
