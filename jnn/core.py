@@ -101,7 +101,15 @@ def serial(*layers: Layer, name: str | None = None) -> Layer:
             states.append(s)
         return shape, tuple(params), tuple(states)
 
+    def check(params: Params, state: State) -> None:  # zip would silently run fewer layers
+        if len(params) != len(layers) or len(state) != len(layers):
+            raise InputError(
+                f"{label} has {len(layers)} layers but got {len(params)} params and "
+                f"{len(state)} states; pass the params and state its init returned"
+            )
+
     def forward(params, state, x, *, key=None, train=False):
+        check(params, state)
         caches, new_states = [], []
         for layer, p, s, k in zip(layers, params, state, _split(key, len(layers))):
             x, cache, s = layer.forward(p, s, x, key=k, train=train)

@@ -134,3 +134,11 @@ def test_apply_is_the_inference_forward():
 def test_unknown_gradient_method():
     with pytest.raises(ValueError, match="manual"):
         value_and_grad(Dense(2), "finite-differences")
+
+
+def test_serial_refuses_params_or_state_of_another_length():
+    """zip() would have run zero layers on state=() and returned x unchanged."""
+    model = serial(Dense(4), ReLU)
+    _, params, state = model.init(jax.random.key(0), (3,))
+    with pytest.raises(ValueError, match="2 layers but got 2 params and 0 states"):
+        model.forward(params, (), jnp.ones((1, 3)))
