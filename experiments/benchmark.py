@@ -17,10 +17,8 @@ counted, so GFLOP/s is matmul work per second.
 from __future__ import annotations
 
 import argparse
-import gc
 import math
 import os
-import statistics
 import time
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -44,6 +42,7 @@ from experiments.report import (
     write_json,
     write_text_atomic,
 )
+from experiments.timing import compile_timed, repeated, summarize, time_interleaved
 from jnn import core
 from jnn.errors import InputError
 from jnn.mlp import STUDY_SIZES, dense_params, mlp
@@ -116,68 +115,6 @@ def backward_flops_per_example(sizes: Sequence[int]) -> int:
 def train_flops_per_example(sizes: Sequence[int]) -> int:
     """Forward + backward matmul FLOPs of one example: 6 * MACs - 2 * n_0 * n_1."""
     return forward_flops_per_example(sizes) + backward_flops_per_example(sizes)
-
-
-# --------------------------------------------------------------------------------------------
-# Timing
-
-
-def summarize(samples: Sequence[float]) -> dict[str, Any]:
-    """Median, min, max and the raw samples (seconds)."""
-    return {
-        "median_s": statistics.median(samples),
-        "min_s": min(samples),
-        "max_s": max(samples),
-        "reps": len(samples),
-        "samples_s": list(samples),
-    }
-
-
-def repeated(fn: Callable[[], Any]) -> Callable[[int], None]:
-    """Turn a blocking one-shot case into ``case(calls)`` that runs it ``calls`` times."""
-
-    def run(calls: int) -> None:
-        for _ in range(calls):
-            fn()
-
-    return run
-
-
-def time_interleaved(
-    cases: dict[str, Callable[[int], Any]], reps: int, warmup: int, min_sample_s: float = 0.0
-) -> dict[str, dict[str, Any]]:
-    """Run ``warmup`` untimed rounds, then ``reps`` timed rounds of every case in turn.
-
-    ``case(calls)`` runs its work ``calls`` times and blocks until all of it is done. With
-    ``min_sample_s`` > 0 each case is first calibrated so that one timed sample lasts about that
-    long (short GPU kernels would otherwise time the launch); samples are divided by the calls.
-    Returns :func:`summarize` per case, in seconds per call, plus ``calls_per_sample``.
-    """
-    for _ in range(warmup):
-        for fn in cases.values():
-            fn(1)
-    calls = dict.fromkeys(cases, 1)
-    if min_sample_s > 0:
-        for name, fn in cases.items():
-            start = time.perf_counter()
-            fn(1)
-            once = max(time.perf_counter() - start, 1e-7)
-            calls[name] = int(min(1000, max(1, math.ceil(min_sample_s / once))))
-    samples: dict[str, list[float]] = {name: [] for name in cases}
-    for _ in range(reps):
-        gc.collect()
-        for name, fn in cases.items():
-            start = time.perf_counter()
-            fn(calls[name])
-            samples[name].append((time.perf_counter() - start) / calls[name])
-    return {name: summarize(s) | {"calls_per_sample": calls[name]} for name, s in samples.items()}
-
-
-def compile_timed(jitted: Any, *args: Any) -> tuple[Any, float]:
-    """AOT-compile ``jitted`` for ``args``: (compiled function, lower + compile seconds)."""
-    start = time.perf_counter()
-    compiled = jitted.lower(*args).compile()
-    return compiled, time.perf_counter() - start
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,154 @@
+"""The one harness under every experiment: config -> ``run`` -> ``render``, one output root.
+
+An experiment is a value (like a layer is): an :class:`Experiment` holding
+
+- ``parse(argv) -> cfg``: the command line turned into a frozen, checked config dataclass (every
+  problem an :class:`jnn.errors.InputError` naming the flag);
+- ``run(cfg, run_dir) -> result``: the work; returns a JSON-able dict with a ``"status"``
+  (``"ok"`` or ``"diverged"``); may write checkpoints into ``run_dir`` but no report files;
+- ``render(result, run_dir) -> paths``: results.json, results.md and the plots, from ``result``
+  alone (so a report can be re-rendered without re-running);
+- ``console(result) -> str``: what is printed at the end (usually the Markdown table).
+
+:func:`cli` wires one into a command: it parses, takes the run folder (one policy for all:
+``runs/<name>`` by default, the ``.jnn-run`` marker, the lock, ``--overwrite`` only of our own
+folders, see :mod:`experiments.report`), stamps the versions and the device into the result,
+renders, prints a last line with the wall time and where the outputs are, and returns the exit
+code: 0 done, 2 bad input (one line, via :func:`experiments.report.cli_main`), 3 a model diverged.
+The library (``jnn``) never prints and never names a flag; this module and the experiments do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from experiments import report
+from jnn.errors import InputError
+
+OUTPUT_ROOT = Path("runs")  # every experiment's default output folder lies under it
+EXIT_OK, EXIT_BAD_INPUT, EXIT_DIVERGED = 0, 2, 3
+MAX_SEED = 2**32 - 1  # jax.random.key takes a uint32 seed; larger ones would wrap silently
+
+
+class Experiment(NamedTuple):
+    """One experiment: see the module docstring for the contract of each function."""
+
+    name: str
+    parse: Callable[[Sequence[str] | None], Any]
+    run: Callable[[Any, Path], dict[str, Any]]
+    render: Callable[[dict[str, Any], Path], Sequence[Path]]
+    console: Callable[[dict[str, Any]], str] = lambda result: ""
+
+
+def default_out(name: str, *suffixes: str) -> str:
+    """``runs/<name>[-suffix...]``: the default ``--out`` of experiment ``name``."""
+    return str(OUTPUT_ROOT / "-".join((name, *filter(None, suffixes))))
+
+
+def stamp() -> dict[str, Any]:
+    """The one place for what ran a result: package versions and the device/CPU/env stamps."""
+    return {"versions": report.versions(), "device": report.device_info()}
+
+
+def exit_code(result: dict[str, Any]) -> int:
+    """0 for a finished run, 3 when any model diverged (its last good state is kept)."""
+    return EXIT_DIVERGED if result.get("status") == "diverged" else EXIT_OK
+
+
+def execute(exp: Experiment, argv: Sequence[str] | None = None) -> int:
+    """Parse, take the run folder, run, stamp, render, print; returns the exit code."""
+    t0 = time.perf_counter()
+    cfg = exp.parse(argv)
+    run_dir = report.prepare_run_dir(
+        cfg.out,
+        resume=getattr(cfg, "resume", False),
+        overwrite=getattr(cfg, "overwrite", False),
+        markers=("results.json", "run.json"),
+    )
+    result = exp.run(cfg, run_dir)
+    result.update({k: v for k, v in stamp().items() if k not in result})
+    result.setdefault("wall_s", time.perf_counter() - t0)
+    exp.render(result, run_dir)
+    text = exp.console(result)
+    if text:
+        print(text.rstrip())
+    status = "" if result.get("status", "ok") == "ok" else f" (status: {result['status']})"
+    print(f"done in {time.perf_counter() - t0:.0f} s{status}; outputs in {run_dir}", flush=True)
+    return exit_code(result)
+
+
+def cli(exp: Experiment) -> Callable[[Sequence[str] | None], int]:
+    """The command for ``exp``: :func:`execute` behind the one-line error handler."""
+
+    def main(argv: Sequence[str] | None = None) -> int:
+        return execute(exp, argv)
+
+    main.__name__ = main.__qualname__ = f"{exp.name}_main"
+    return report.cli_main(main)
+
+
+# ----------------------------------------------------------------- shared flags and checks
+
+
+def add_output_flags(p: argparse.ArgumentParser, name: str, *, resume: bool = False) -> None:
+    """``--out`` (default ``runs/<name>``), ``--overwrite`` and, where supported, ``--resume``."""
+    p.add_argument("--out", default=None, help=f"output folder (default {default_out(name)})")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier jnn run in --out (never a folder jnn did not make)",
+    )
+    if resume:
+        p.add_argument("--resume", action="store_true", help="continue the run in --out")
+
+
+def add_data_flag(p: argparse.ArgumentParser) -> None:
+    """``--data-dir``: a folder with the four Fashion-MNIST .gz files (else download + cache)."""
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="folder with the four Fashion-MNIST .gz files (default: $JNN_DATA_DIR, or "
+        "download once into ~/.cache/jnn/fashion-mnist)",
+    )
+
+
+def positive_int(value: int, flag: str, *, maximum: int | None = None) -> int:
+    """``value`` if 1 <= value <= maximum, else an InputError naming ``flag``."""
+    if value < 1:
+        raise InputError(f"{flag} must be a positive integer, got {value}")
+    if maximum is not None and value > maximum:
+        raise InputError(f"{flag} must be at most {maximum:,}, got {value:,}")
+    return value
+
+
+def positive_float(value: float, flag: str) -> float:
+    """``value`` if finite and > 0 (learning rates, scales), else an InputError naming ``flag``."""
+    if not (math.isfinite(value) and value > 0):
+        raise InputError(f"{flag} must be a finite number > 0, got {value}")
+    return value
+
+
+def seed(value: int, flag: str = "--seed") -> int:
+    """A seed jax.random.key takes without wrapping: 0 <= value < 2**32."""
+    if not 0 <= value <= MAX_SEED:
+        raise InputError(f"{flag} must be in [0, {MAX_SEED}], got {value}")
+    return value
+
+
+def data_dir(value: str | None) -> str | None:
+    """``--data-dir`` must name an existing folder (None: the default lookup and download)."""
+    if value is not None and not Path(value).expanduser().is_dir():
+        raise InputError(f"--data-dir {value} is not a folder; pass the folder with the .gz files")
+    return value
+
+
+def choice(value: str, options: Sequence[str], flag: str) -> str:
+    """``value`` if it is one of ``options``, else an InputError listing them."""
+    if value not in options:
+        raise InputError(f"{flag} must be one of {', '.join(options)}, got {value!r}")
+    return value
