@@ -9,7 +9,8 @@ cell it reports mean +- std and min/max of the test accuracy at the save epochs,
 seeds diverged; the unit spread shows whether hidden units stayed copies of each other (zero
 init). Outputs in ``--out``: results.json (every model), results.md, heatmap.png (activation x
 init, a panel per lr) and bands-lr<lr>.png (validation curves, mean +- std over seeds).
-Config -> ``run(cfg)`` -> ``render(result, out)``; bad input is one line and exit 2.
+On the harness (``experiments.harness``): ``parse_config`` -> ``run(cfg, run_dir)`` ->
+``render(result, run_dir)``; default ``--out runs/mlp_grid``; bad input is one line and exit 2.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from experiments import report
+from experiments import harness, report
+from experiments.timing import Stopwatch
 from jnn.errors import InputError
 
 ACTIVATIONS = ("relu", "sigmoid", "tanh", "linear")
@@ -49,7 +51,7 @@ class Config:
     split: str = "original"
     seed: int = 0
     data_dir: str | None = None
-    out: str = "results/mlp_grid"
+    out: str = "runs/mlp_grid"
     overwrite: bool = False
     devices: int | None = None
     sizes: tuple[int, ...] = SIZES
@@ -79,9 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--split", default="original", help="data protocol: original, pooled70k, official [original]")
     a("--train-size", type=int, default=None, help="use the first N training examples [all]")
     a("--seed", type=int, default=0, help="base seed of the split and the model keys [0]")
-    a("--data-dir", default=None, help="folder with the Fashion-MNIST files")
-    a("--out", default=None, help="run folder [results/mlp_grid; checkpoints/mlp_grid-quick]")
-    a("--overwrite", action="store_true", help="replace a previous jnn run in --out")
+    harness.add_data_flag(p)
+    harness.add_output_flags(p, "mlp_grid")
     a("--devices", type=int, default=None, help="devices for the model axis [all CPU cores]")
     a("--quick", action="store_true", help="a seconds-long grid: 784-32-10, 256 examples")
     return p
@@ -105,22 +106,18 @@ def _lrs(text: str) -> tuple[float, ...]:
     return lrs
 
 
-def _positive(value: int, flag: str) -> int:
-    if value <= 0:
-        raise InputError(f"{flag} must be a positive integer, got {value}")
-    return value
-
-
 def parse_config(argv: Sequence[str] | None) -> Config:
     """Command line -> a checked Config; every bad value is a one-line InputError."""
     from jnn.data import canonical_protocol
 
     args = build_parser().parse_args(argv)
     quick = bool(args.quick)
-    epochs = _positive(
+    epochs = harness.positive_int(
         args.epochs if args.epochs is not None else (2 if quick else 100), "--epochs"
     )
-    seeds = _positive(args.seeds if args.seeds is not None else (2 if quick else 5), "--seeds")
+    seeds = harness.positive_int(
+        args.seeds if args.seeds is not None else (2 if quick else 5), "--seeds"
+    )
     save_at = (
         tuple(sorted({max(1, epochs // 2), epochs}))
         if args.save_at is None
@@ -128,11 +125,13 @@ def parse_config(argv: Sequence[str] | None) -> Config:
     )
     if not save_at or not all(1 <= e <= epochs for e in save_at):
         raise InputError(f"--save-at must be epochs in [1, {epochs}], got {args.save_at!r}")
-    _positive(args.batch_size, "--batch-size")
+    harness.positive_int(args.batch_size, "--batch-size")
     for flag, value in (("--devices", args.devices), ("--train-size", args.train_size)):
         if value is not None:
-            _positive(value, flag)
+            harness.positive_int(value, flag)
     canonical_protocol(args.split)
+    harness.seed(args.seed)
+    harness.data_dir(args.data_dir)
     cfg = Config(
         activations=_split_list(args.activations, "activations"),
         inits=_split_list(args.inits, "inits"),
@@ -144,7 +143,7 @@ def parse_config(argv: Sequence[str] | None) -> Config:
         split=args.split,
         seed=args.seed,
         data_dir=args.data_dir,
-        out=args.out or ("checkpoints/mlp_grid-quick" if quick else "results/mlp_grid"),
+        out=args.out or harness.default_out("mlp_grid", "quick" if quick else ""),
         overwrite=args.overwrite,
         devices=args.devices,
         sizes=QUICK_SIZES if quick else SIZES,
@@ -193,10 +192,10 @@ def time_one_model(cfg: Config, data: tuple[np.ndarray, ...], epochs: int = 3) -
     epoch = train.make_epoch_fn(model, opt, cfg.batch_size)
     seconds = []
     for _ in range(epochs):
-        t0 = time.perf_counter()
-        state, metrics = epoch(state, data[0], data[1])
-        jax.block_until_ready(metrics)
-        seconds.append(time.perf_counter() - t0)
+        with Stopwatch() as sw:
+            state, metrics = epoch(state, data[0], data[1])
+            jax.block_until_ready(metrics)
+        seconds.append(sw.s)
     return {"epoch_seconds": seconds, "epoch_s": float(np.median(seconds[1:]))}
 
 
@@ -281,18 +280,20 @@ def _progress(cfg: Config, models: int, t0: float) -> Any:
     return on_epoch
 
 
-def run(cfg: Config) -> dict[str, Any]:
-    """Train the grid of ``cfg``, write results.json and render it; returns the results dict."""
+def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
+    """Train the grid of ``cfg`` (the memory check comes before any data is read); returns the
+    results dict: every model, the per-cell summaries and the throughput vs one model alone.
+    Diverged models are results of the study (masked in the program, counted per cell): the
+    status stays "ok" and the exit code 0."""
     from jnn import grid
 
     spec = grid_spec(cfg)
     n_eval = 6000 if cfg.subset is None else max(cfg.subset[1:])
-    grid.check_memory(spec, cfg.batch_size, n_eval)  # before any data is read
+    grid.check_memory(spec, cfg.batch_size, n_eval)
     report.request_host_devices(cfg.devices or max(1, os.cpu_count() or 1))
     from jnn import parallel
 
     mesh = parallel.model_mesh(cfg.devices)
-    run_dir = report.prepare_run_dir(cfg.out, overwrite=cfg.overwrite)
     data = load_data(cfg)
     t0 = time.perf_counter()
     res = grid.train_grid(
@@ -301,16 +302,14 @@ def run(cfg: Config) -> dict[str, Any]:
     )  # fmt: skip
     wall = time.perf_counter() - t0
     models = model_records(cfg, res)
-    results = {
-        "config": asdict(cfg), "num_models": spec.num_models, "devices": mesh.size,
+    return {
+        "study": "mlp_grid", "status": "ok", "config": asdict(cfg),
+        "num_models": spec.num_models, "devices": mesh.size,
+        "diverged_models": sum(1 for m in models if m["diverged_at"]),
         "sizes": {"train": len(data[1]), "val": len(data[3]), "test": len(data[5])},
         "timing": {**_timing(cfg, res, time_one_model(cfg, data), spec.num_models), "wall_s": wall},
-        "device": report.device_info(), "versions": report.versions(),
-        "cells": cell_summaries(cfg, models), "models": models,
+        **harness.stamp(), "cells": cell_summaries(cfg, models), "models": models,
     }  # fmt: skip
-    report.write_json(run_dir / "results.json", results)
-    render(results, run_dir)
-    return results
 
 
 def _acc(s: dict[str, Any]) -> str:
@@ -361,23 +360,18 @@ def results_markdown(results: dict[str, Any]) -> str:
 
 
 def render(results: dict[str, Any], out: str | Path) -> list[Path]:
-    """results.md and the PNGs (heatmap per save epoch, bands per lr) into ``out``."""
+    """results.json, results.md and the PNGs (heatmap per save epoch, bands per lr) in ``out``."""
     from experiments import grid_plots
 
     out = Path(out)
+    report.write_json(out / "results.json", results)
     report.write_text_atomic(out / "results.md", results_markdown(results))
-    return [out / "results.md", *grid_plots.plot_grid(out, results, results["config"]["save_at"])]
+    plots = grid_plots.plot_grid(out, results, results["config"]["save_at"])
+    return [out / "results.json", out / "results.md", *plots]
 
 
-def _main(argv: Sequence[str] | None = None) -> int:
-    cfg = parse_config(argv)
-    results = run(cfg)
-    print(results_markdown(results))
-    print(f"outputs in {Path(cfg.out).resolve()}")
-    return 0
-
-
-main = report.cli_main(_main)
+EXPERIMENT = harness.Experiment("mlp_grid", parse_config, run, render, results_markdown)
+main = harness.cli(EXPERIMENT)
 
 if __name__ == "__main__":
     report.allow_device_requests()

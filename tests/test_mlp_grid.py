@@ -50,6 +50,8 @@ def test_quick_grid_writes_every_output(quick_run):
         (["--split", "bogus"], "unknown split protocol 'bogus'"),
         (["--train-size", "-3"], "--train-size must be a positive integer"),
         (["--quick", "--seeds", "100000000"], "GiB"),
+        (["--seed", str(2**32)], "--seed must be in [0, 4294967295]"),
+        (["--data-dir", "/nonexistent/jnn"], "--data-dir /nonexistent/jnn is not a folder"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(extra, message, tmp_path, capsys):
