@@ -1,10 +1,13 @@
-"""The benchmark's plumbing: FLOP formula, reference trainers, and a tiny end-to-end run whose
-JSON must hold only positive, finite measurements. No timing thresholds here."""
+"""The benchmark's plumbing: FLOP formula, reference trainers, flag checks, targets, and one tiny
+end-to-end run over every section whose JSON must hold only positive, finite measurements.
+No timing thresholds here."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -13,16 +16,20 @@ import pytest
 
 from experiments import baselines, benchmark
 from jnn import core
+from jnn.errors import InputError
 from jnn.mlp import dense_params, mlp
 
 SIZES = [784, 256, 128, 64, 10]
 TINY = [
     "--quick",
-    "--train-examples", "320",
-    "--eval-examples", "200",
-    "--reps", "2",
-    "--models", "1,2",
+    "--train-examples", "64",
+    "--eval-examples", "32",
+    "--reps", "1",
+    "--warmup", "0",
+    "--models", "2",
     "--vgg-images", "64",
+    "--cnn-steps", "1",
+    "--devices", "1,2",
 ]  # fmt: skip
 
 
@@ -96,6 +103,85 @@ def test_sklearn_reference_is_plain_sgd_and_runs_one_epoch():
     assert model.predict(x).shape == (96, 10)
 
 
+def test_flags_fill_quick_defaults_and_refuse_what_cannot_work():
+    cfg = benchmark.parse(["--quick"])
+    assert (cfg.reps, cfg.train_examples, cfg.models, cfg.cnn_steps) == (3, 4_800, (1, 4), 2)
+    assert cfg.out == "runs/benchmark" and cfg.sections == benchmark.SECTIONS
+    full = benchmark.parse(["--sections", "cnn, vgg", "--reps", "2"])
+    assert (full.reps, full.train_examples, full.sections) == (2, 48_000, ("cnn", "vgg"))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        full.reps = 3
+    for argv, message in (
+        (["--reps", "0"], "--reps must be >= 1"),
+        (["--warmup", "-1"], "--warmup >= 0"),
+        (["--train-examples", "0"], "--train-examples must be >= 32"),
+        (["--eval-examples", "0"], "--eval-examples >= 1"),
+        (["--sections", ""], "--sections is empty"),
+        (["--sections", "train_epoch,gpu"], "unknown sections"),
+        (["--models", "1,0"], "--models needs"),
+        (["--devices", "x"], "--devices needs"),
+        (["--cnn-steps", "0"], "--cnn-steps must be a positive"),
+        (["--vgg-images", "0"], "--vgg-images must be a positive"),
+        (["--seed", str(2**40)], "--seed must be in"),
+    ):
+        with pytest.raises(InputError, match=re.escape(message)):
+            benchmark.parse(argv)
+
+
+def test_bad_arguments_fail_in_one_line(capsys):
+    rc = benchmark.main(["--models", "0", "--out", "/tmp/unused-jnn-bench"])
+    assert rc == 2
+    assert "error: --models" in capsys.readouterr().err
+
+
+def _sections_with(**ratios):
+    def sec(**results):
+        return {"status": "ok", "results": {k: dict(v) for k, v in results.items()}}
+
+    return {
+        "train_epoch": sec(
+            jnn_scan_manual={"median_s": 1.0, "fraction_of_xla_ceiling": 0.5},
+            jnn_scan_autodiff={"median_s": ratios["mlp_auto"]},
+            torch_eager={"time_vs_jnn": ratios["torch"]},
+            numpy_loop={"time_vs_jnn": ratios["numpy"]},
+        ),
+        "models_per_program": sec(
+            **{"4_vmap": {"speedup_vs_1": 1.7, "fraction_of_xla_ceiling": 0.8}}
+        ),
+        "vgg": sec(torch_eager={"time_vs_jnn": 1.1}),
+        "cnn": {"status": "ok", "ratios": {"manual_over_autodiff": ratios["cnn"]}},
+        "ceiling": {"status": "skipped", "reason": "test"},
+    }
+
+
+def test_targets_follow_the_issue_thresholds():
+    got = {t["name"]: t for t in benchmark.targets(
+        _sections_with(mlp_auto=0.9, torch=2.4, numpy=1.6, cnn=1.09))}  # fmt: skip
+    assert got["jnn vs PyTorch eager"]["met"] is False  # 2.5x needed
+    assert got["jnn vs numpy loop"]["met"] is True
+    assert got["MLP manual backprop vs jax.grad"]["measured"] == pytest.approx(1 / 0.9)
+    assert got["MLP manual backprop vs jax.grad"]["met"] is False  # 1.11 > 1.05
+    assert got["CNN manual backprop vs jax.grad"]["met"] is True  # 1.09 <= 1.10
+    assert got["models per program"]["met"] is True
+    share = got["share of the matmul ceiling"]
+    assert share["measured"] == 0.8 and share["met"] is True and "4_vmap" in share["note"]
+    assert got["VGG16 features vs PyTorch eager"]["met"] is False  # 1.2x needed
+    none = benchmark.targets({})
+    assert len(none) == 7 and all(t["met"] is None and t["measured"] is None for t in none)
+
+
+def test_cnn_torch_twin_has_the_same_parameter_count():
+    torch = pytest.importorskip("torch")
+    from experiments.benchmark import cnn
+    from experiments.cnn import build_model
+
+    _, params, _ = build_model().init(jax.random.key(0), (28, 28, 1))
+    jnn_count = sum(p.size for p in jax.tree.leaves(params))
+    net = cnn.torch_net("cpu")
+    assert sum(p.numel() for p in net.parameters()) == jnn_count
+    assert net(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
 def _numbers(tree, path=""):
     if isinstance(tree, dict):
         for k, v in tree.items():
@@ -107,28 +193,43 @@ def _numbers(tree, path=""):
         yield path, tree
 
 
-OWN_SECTIONS = ("ceiling", "train_epoch", "evaluation", "models_per_program")
+OWN_SECTIONS = ("ceiling", "train_epoch", "evaluation", "models_per_program", "cnn")
+NOT_MEASUREMENTS = ("/sklearn_settings/", "/hlo_ops/")  # configuration and op counts
+
+
+def _fake_scaling(devices=(1, 2, 4), quick=False, **kwargs):
+    runs = {str(d): {"devices": d, "platform": "cpu"} for d in devices}
+    return {"config": {"quick": quick}, "note": "", "runs": runs, "summary": []}
 
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
+    """One tiny run of every section (experiments.scaling's subprocesses faked: see below)."""
+    from experiments import scaling
+
     out = tmp_path_factory.mktemp("bench")
-    sections = ",".join(s for s in benchmark.SECTIONS if s != "devices")  # see test below
-    assert benchmark.main([*TINY, "--sections", sections, "--out", str(out)]) == 0
-    return out, json.loads((out / "benchmark.json").read_text())
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(scaling, "measure_scaling", _fake_scaling)
+        mp.setattr(scaling, "markdown", lambda result: "| fake scaling |\n")
+        assert benchmark.main([*TINY, "--out", str(out), "--overwrite"]) == 0
+    return out, json.loads((out / "results.json").read_text())
 
 
 @pytest.mark.slow
 def test_quick_run_writes_json_markdown_and_chart(quick_run):
     out, result = quick_run
-    assert (out / "benchmark.md").read_text().startswith("# jnn benchmark")
+    text = (out / "results.md").read_text()
+    assert text.startswith("# jnn benchmark") and "## 6. CNN train step" in text
+    assert "| fake scaling |" in text
     assert (out / "benchmark.png").stat().st_size > 1000
     assert set(result["sections"]) == set(benchmark.SECTIONS)
     assert result["flops"]["train_per_example"] == 1_052_416
+    assert result["versions"] == result["environment"]["versions"]  # harness.stamp()
     env = result["environment"]
     assert env["jax"]["backend"] == jax.default_backend()
     assert "torch" in env and "blas" in env and "env" in env["device"]
-    assert len(result["targets"]) == 5
+    assert len(result["targets"]) == 7
+    assert result["sections"]["devices"]["measured"]["config"] == {"quick": True}
 
 
 @pytest.mark.slow
@@ -142,31 +243,25 @@ def test_quick_run_measurements_are_positive_and_finite(quick_run):
                         "sklearn_mlp"},
         "evaluation": {"jnn_forward", "numpy_loop", "sklearn_mlp"},
         "ceiling": {"xla_matmul", "numpy_matmul"},
-        "models_per_program": {"1_plain", "1_vmap", "2_vmap"},
+        "models_per_program": {"1_plain", "2_vmap"},
+        "cnn": {"jnn_manual", "jnn_autodiff"},
     }  # fmt: skip
     torch_ok = baselines.torch_status()[0]
     for name, cases in expected.items():
         got = set(secs[name]["results"])
         assert cases <= got, (name, got)
-        if torch_ok and name in ("train_epoch", "evaluation"):
+        if torch_ok and name in ("train_epoch", "evaluation", "cnn"):
             assert "torch_eager" in got
         for case in secs[name]["results"].values():
             assert case["median_s"] > 0
     checked = 0
     for name in OWN_SECTIONS:  # every number in these sections is a size, count or measurement
         for path, value in _numbers(secs[name]):
-            if "/sklearn_settings/" in path:  # configuration, not a measurement
+            if any(part in path for part in NOT_MEASUREMENTS):
                 continue
             assert math.isfinite(value) and value > 0, f"{name}{path} = {value}"
             checked += 1
     assert checked > 50
-    for name in ("vgg", "devices"):  # built on other modules: rates must still be sane
-        if secs[name]["status"] != "ok":
-            assert secs[name]["reason"]  # a skip always says why
-            continue
-        for path, value in _numbers(secs[name]):
-            if path.endswith(("per_s", "median_s")):
-                assert math.isfinite(value) and value > 0, f"{name}{path} = {value}"
     for t in result["targets"]:
         assert t["met"] in (True, False, None)
         if t["measured"] is not None:
@@ -174,36 +269,16 @@ def test_quick_run_measurements_are_positive_and_finite(quick_run):
 
 
 @pytest.mark.slow
-def test_missing_torch_is_skipped_with_a_reason(tmp_path, monkeypatch):
-    monkeypatch.setattr(baselines, "torch_status", lambda: (False, "torch not installed (test)"))
-    args = [*TINY, "--sections", "ceiling,evaluation", "--out", str(tmp_path)]
-    assert benchmark.main(args) == 0
-    result = json.loads((tmp_path / "benchmark.json").read_text())
-    for name, case in (("evaluation", "torch_eager"), ("ceiling", "torch_matmul")):
-        sec = result["sections"][name]
-        assert case not in sec["results"]
-        assert sec["skipped"][case] == "torch not installed (test)"
-    assert result["sections"]["train_epoch"]["status"] == "skipped"
-    assert result["environment"]["torch"] == {"unavailable": "torch not installed (test)"}
-    by_name = {t["name"]: t for t in result["targets"]}
-    assert by_name["jnn vs PyTorch eager"]["met"] is None
-
-
-@pytest.mark.slow
-def test_rerun_overwrites_own_output_but_refuses_foreign_folder(tmp_path):
-    args = [*TINY, "--sections", "evaluation"]
-    assert benchmark.main([*args, "--out", str(tmp_path)]) == 0
-    assert benchmark.main([*args, "--out", str(tmp_path)]) == 0  # rerunnable
-    (tmp_path / "results.json").write_text("{}")
-    with pytest.raises(benchmark.RunDirError):
-        benchmark.main([*args, "--out", str(tmp_path)])
-    assert (tmp_path / "results.json").exists()
-
-
-def test_bad_arguments_fail_in_one_line(capsys):
-    rc = benchmark.cli_main(benchmark.main)(["--models", "0", "--out", "/tmp/unused-jnn-bench"])
-    assert rc == 2
-    assert "error: --models" in capsys.readouterr().err
+def test_cnn_section_compares_the_same_step_both_ways(quick_run):
+    _, result = quick_run
+    sec = result["sections"]["cnn"]
+    assert sec["batch_size"] == 128 and sec["steps_per_sample"] == 1
+    r = sec["results"]
+    assert sec["ratios"]["manual_over_autodiff"] == pytest.approx(
+        r["jnn_manual"]["median_s"] / r["jnn_autodiff"]["median_s"]
+    )
+    for counts in sec["hlo_ops"].values():  # two 3x3 convs: forward, dx of the 2nd, dw of both
+        assert counts["convolution"] >= 4 and counts["dot"] >= 2
 
 
 @pytest.mark.slow
@@ -218,19 +293,53 @@ def test_vgg_section_ran_or_says_why(quick_run):
         assert sec["results"]["torch_eager"]["images_per_s"] > 0
 
 
+def test_missing_torch_is_skipped_with_a_reason(monkeypatch):
+    from experiments.benchmark import ceiling, evaluation
+
+    monkeypatch.setattr(baselines, "torch_status", lambda: (False, "torch not installed (test)"))
+    cfg = benchmark.parse([*TINY, "--sections", "ceiling,evaluation"])
+    ctx, env, _ = benchmark.context(cfg)
+    assert ctx.torch_device is None and env["torch"] == {
+        "unavailable": "torch not installed (test)"
+    }
+    for measure, case in ((evaluation.measure, "torch_eager"), (ceiling.measure, "torch_matmul")):
+        sec = measure(cfg, ctx)
+        assert case not in sec["results"]
+        assert sec["skipped"][case] == "torch not installed (test)"
+    by_name = {t["name"]: t for t in benchmark.targets({})}
+    assert by_name["jnn vs PyTorch eager"]["met"] is None
+
+
+def test_rerun_needs_overwrite_and_never_replaces_a_foreign_folder(tmp_path, monkeypatch, capsys):
+    fake = {"status": "ok", "results": {}, "examples": 1, "skipped": {}}
+    monkeypatch.setitem(benchmark.MEASURES, "evaluation", lambda cfg, ctx: dict(fake))
+    args = [*TINY, "--sections", "evaluation"]
+    out = tmp_path / "out"
+    assert benchmark.main([*args, "--out", str(out)]) == 0
+    assert benchmark.main([*args, "--out", str(out)]) == 2  # holds a run: --overwrite needed
+    assert "already holds another run" in capsys.readouterr().err
+    assert benchmark.main([*args, "--out", str(out), "--overwrite"]) == 0
+    assert json.loads((out / "results.json").read_text())["sections"]["evaluation"] == {
+        **fake, "section_s": pytest.approx(0, abs=1)}  # fmt: skip
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.txt").write_text("keep")
+    assert benchmark.main([*args, "--out", str(tmp_path / "mine"), "--overwrite"]) == 2
+    assert (tmp_path / "mine" / "thesis.txt").read_text() == "keep"
+
+
 def test_devices_section_reports_experiments_scaling(monkeypatch):
-    scaling = pytest.importorskip("experiments.scaling")
+    from experiments import scaling
+    from experiments.benchmark import devices
+
     calls = []
 
     def fake_measure(devices=(1, 2, 4), quick=False, **kwargs):
         calls.append((tuple(devices), quick))
-        runs = {str(d): {"devices": d, "platform": "cpu"} for d in devices}
-        return {"config": {}, "note": "", "runs": runs, "summary": []}
+        return _fake_scaling(devices, quick)
 
     monkeypatch.setattr(scaling, "measure_scaling", fake_measure)
     monkeypatch.setattr(scaling, "markdown", lambda result: "| fake |\n")
-    args = benchmark.parse_args(["--quick", "--devices", "1,2,4"])
-    sec = benchmark.section_devices(args)
+    sec = devices.measure(benchmark.parse(["--quick", "--devices", "1,2,4"]))
     assert calls == [((1, 2, 4), True)]
     assert sec["status"] == "ok" and sec["markdown"] == "| fake |\n"
     assert sec["measured"]["runs"]["4"]["devices"] == 4

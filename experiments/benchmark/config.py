@@ -1,0 +1,145 @@
+"""The benchmark's command line: a frozen :class:`Config` from :func:`parse`, every flag checked.
+
+``--quick`` only changes the defaults of flags not given; an explicit value is always checked
+(``--reps 0``, ``--train-examples 0`` and ``--sections ''`` are refused, not replaced).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+from experiments import harness
+from jnn.errors import InputError
+
+NAME = "benchmark"
+BATCH_SIZE = 32  # the MLP sections' batch (the study's)
+SECTIONS = ("train_epoch", "evaluation", "ceiling", "vgg", "models_per_program", "devices", "cnn")
+# (quick, full) defaults of the flags whose default depends on --quick
+DEFAULTS: dict[str, tuple[Any, Any]] = {
+    "reps": (3, 5),
+    "train_examples": (4_800, 48_000),
+    "eval_examples": (2_000, 10_000),
+    "models": ("1,4", "1,2,4,8"),
+    "devices": ("1,2", "1,2,4"),
+    "vgg_images": (96, 512),
+    "cnn_steps": (2, 5),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Everything a benchmark run depends on (the ``config`` block of results.json)."""
+
+    out: str
+    overwrite: bool = False
+    quick: bool = False
+    reps: int = 5
+    warmup: int = 1
+    train_examples: int = 48_000
+    eval_examples: int = 10_000
+    data: str = "synthetic"
+    torch_device: str = "auto"
+    models: tuple[int, ...] = (1, 2, 4, 8)
+    sections: tuple[str, ...] = SECTIONS
+    vgg_images: int = 512
+    devices: tuple[int, ...] = (1, 2, 4)
+    cnn_steps: int = 5
+    seed: int = 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m experiments.benchmark",
+        description=(
+            "Time one training epoch and the evaluation pass of the study's 784-256-128-64-10 "
+            "MLP in jnn (scanned epoch with manual backprop or jax.grad, jitted step loop) "
+            "against a numpy loop, PyTorch eager and scikit-learn; the machine's matmul "
+            "ceiling; VGG16 feature extraction; models per XLA program and devices scaling; "
+            "the CNN's train step (manual vs jax.grad vs PyTorch eager)."
+        ),
+    )
+    a = p.add_argument
+    a("--quick", action="store_true", help="CI smoke run: small sizes, 3 reps")
+    harness.add_output_flags(p, NAME)
+    a("--reps", type=int, default=None, help="timed repetitions per case (default 5, --quick 3)")
+    a("--warmup", type=int, default=1, help="untimed warm-up rounds (default 1)")
+    a("--train-examples", type=int, help="examples per MLP epoch (default 48,000; --quick 4,800)")
+    a("--eval-examples", type=int, help="examples in the evaluation pass (10,000; --quick 2,000)")
+    a(
+        "--data",
+        choices=("auto", "fashion", "synthetic"),
+        default="synthetic",
+        help="synthetic arrays of Fashion-MNIST's shapes (default), the real data "
+        "if already on disk (fashion), or fashion when available (auto)",
+    )
+    a(
+        "--torch-device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="device for the PyTorch reference (auto: cuda if torch sees a GPU)",
+    )
+    a("--models", help="models per XLA program, comma separated (default 1,2,4,8; --quick 1,4)")
+    a("--sections", default=",".join(SECTIONS), help=f"sections to run (default all: {SECTIONS})")
+    a("--vgg-images", type=int, help="images per VGG16 repetition (default 512; --quick 96)")
+    a("--devices", help="device counts for the data-parallel section (default 1,2,4; quick 1,2)")
+    a("--cnn-steps", type=int, help="CNN train steps per timed sample (default 5; --quick 2)")
+    a("--seed", type=int, default=0, help="seed for data, weights and shuffling")
+    return p
+
+
+def _counts(text: str, flag: str, example: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        values = ()
+    if not values or min(values) < 1:
+        raise InputError(f"{flag} needs comma-separated positive integers, e.g. {example}")
+    return values
+
+
+def _sections(text: str) -> tuple[str, ...]:
+    sections = tuple(s.strip() for s in text.split(",") if s.strip())
+    if not sections:
+        raise InputError(f"--sections is empty; choose from {', '.join(SECTIONS)}")
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        raise InputError(f"unknown sections {sorted(unknown)}; choose from {SECTIONS}")
+    return sections
+
+
+def check(args: argparse.Namespace) -> Config:
+    """Fill the --quick/full defaults of flags not given; refuse values that cannot work."""
+    v = {k: getattr(args, k) for k in DEFAULTS}
+    v = {k: val if val is not None else DEFAULTS[k][0 if args.quick else 1] for k, val in v.items()}
+    if v["reps"] < 1 or args.warmup < 0:
+        raise InputError(f"--reps must be >= 1 and --warmup >= 0, got {v['reps']}, {args.warmup}")
+    if v["train_examples"] < BATCH_SIZE or v["eval_examples"] < 1:
+        raise InputError(
+            f"--train-examples must be >= {BATCH_SIZE} and --eval-examples >= 1, got "
+            f"{v['train_examples']}, {v['eval_examples']}"
+        )
+    return Config(
+        out=args.out or harness.default_out(NAME),
+        overwrite=args.overwrite,
+        quick=args.quick,
+        reps=v["reps"],
+        warmup=args.warmup,
+        train_examples=v["train_examples"],
+        eval_examples=v["eval_examples"],
+        data=args.data,
+        torch_device=args.torch_device,
+        models=_counts(v["models"], "--models", "1,4"),
+        sections=_sections(args.sections),
+        vgg_images=harness.positive_int(v["vgg_images"], "--vgg-images"),
+        devices=_counts(v["devices"], "--devices", "1,2"),
+        cnn_steps=harness.positive_int(v["cnn_steps"], "--cnn-steps", maximum=1000),
+        seed=harness.seed(args.seed),
+    )
+
+
+def parse(argv: Sequence[str] | None = None) -> Config:
+    """The checked, frozen :class:`Config` of ``argv``."""
+    return check(_parser().parse_args(argv))

@@ -1,0 +1,279 @@
+"""results.md (one function per section), benchmark.png, and :func:`render` for the harness."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from experiments.benchmark.ceiling import CEILING_N
+from experiments.benchmark.common import (
+    FLOP_FORMULA,
+    SIZES,
+    forward_flops_per_example,
+    train_flops_per_example,
+)
+from experiments.report import markdown_table, write_json, write_text_atomic
+
+OUTPUT_FILES = ("results.json", "results.md", "benchmark.png")
+QUICK_NOTE = "QUICK run (smoke test, not for quoting)."
+LABELS = {
+    "jnn_scan_manual": "jnn, scanned epoch, manual backprop",
+    "jnn_scan_autodiff": "jnn, scanned epoch, jax.grad",
+    "jnn_step_loop": "jnn, jitted step in a Python loop",
+    "jnn_forward": "jnn, jitted forward",
+    "numpy_loop": "numpy float32 (training: Python loop over batches)",
+    "torch_eager": "PyTorch eager",
+    "sklearn_mlp": "scikit-learn MLPClassifier (plain SGD)",
+    "xla_matmul": "XLA matmul",
+    "numpy_matmul": "numpy matmul (OpenBLAS)",
+    "torch_matmul": "PyTorch matmul",
+    "jnn_manual": "jnn, jitted step, manual backprop",
+    "jnn_autodiff": "jnn, jitted step, jax.grad",
+    "jnn": "jnn",
+}
+SHORT_LABELS = {
+    "jnn_scan_manual": "jnn scan, manual",
+    "jnn_scan_autodiff": "jnn scan, jax.grad",
+    "jnn_step_loop": "jnn step loop",
+    "jnn_forward": "jnn",
+    "jnn": "jnn",
+    "numpy_loop": "numpy",
+    "torch_eager": "PyTorch eager",
+    "sklearn_mlp": "scikit-learn",
+    "jnn_manual": "jnn manual",
+    "jnn_autodiff": "jnn jax.grad",
+}
+
+
+def fmt(v: Any, digits: int = 3) -> str:
+    """A number for a table: n/a for None/inf/nan, thousands separators from 1000 up."""
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            return "n/a"
+        if abs(v) >= 1000:
+            return f"{v:,.0f}"
+        return f"{v:.{digits}g}" if abs(v) < 1 else f"{v:.{digits + 1}g}"
+    return str(v)
+
+
+def _pct(r: dict[str, Any]) -> str:
+    frac = r.get("fraction_of_xla_ceiling")
+    return "n/a" if frac is None else fmt(100 * frac) + "%"
+
+
+def _skipped(sec: dict[str, Any]) -> list[str]:
+    return [f"- skipped {k}: {v}" for k, v in sec.get("skipped", {}).items()]
+
+
+def header(result: dict[str, Any]) -> list[str]:
+    cfg, env = result["config"], result["environment"]
+    return [
+        "# jnn benchmark",
+        "",
+        f"Device: JAX `{env['jax']['backend']}` ({', '.join(env['device']['devices'])}), "
+        f"CPU {env['device']['cpu']} x {env['device']['cpu_count']} cores; "
+        f"torch: {env['torch'].get('device', env['torch'].get('unavailable'))}. "
+        f"Data: {cfg['data']}. {QUICK_NOTE if cfg['quick'] else ''}",
+        "",
+        f"Median of {cfg['reps']} interleaved repetitions after {cfg['warmup']} warm-up round(s); "
+        "compile time separate. Ratios are time / jnn time (higher = jnn faster). "
+        f"Timings from one run on a shared machine are noisy. Total run {result['total_s']:.0f} s"
+        f"; load average at the start {result.get('load_average', 'n/a')}.",
+        "",
+    ]
+
+
+def train_epoch(sec: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
+    lines = [
+        f"## 1. One training epoch ({sec['examples_per_epoch_used']:,} examples, batch "
+        f"{cfg['batch_size']}, SGD lr {cfg['learning_rate']}, {'-'.join(map(str, SIZES))})",
+        "",
+    ]
+    rows = [
+        [LABELS[name], fmt(r["median_s"]), fmt(r["examples_per_s"]), fmt(r["gflops"]), _pct(r),
+         fmt(r["time_vs_jnn"]) + "x", fmt(r.get("compile_s"))]
+        for name, r in sec["results"].items()
+    ]  # fmt: skip
+    headers = ["implementation", "epoch s", "examples/s", "GFLOP/s", "% XLA ceiling",
+               "time vs jnn", "compile s"]  # fmt: skip
+    lines += [markdown_table(headers, rows), *_skipped(sec)]
+    return lines + [f"- scikit-learn settings: `{sec['sklearn_settings']}`", ""]
+
+
+def evaluation(sec: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
+    lines = [f"## 2. Evaluation throughput (forward only, {sec['examples']:,} examples)", ""]
+    rows = [
+        [LABELS[name], fmt(r["median_s"]), fmt(r["examples_per_s"]), fmt(r["gflops"]),
+         fmt(r["time_vs_jnn"]) + "x"]
+        for name, r in sec["results"].items()
+    ]  # fmt: skip
+    headers = ["implementation", "s", "examples/s", "GFLOP/s", "time vs jnn"]
+    return lines + [markdown_table(headers, rows), *_skipped(sec), ""]
+
+
+def ceiling(sec: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
+    rows = [
+        [LABELS[name], fmt(r["median_s"]), fmt(r["gflops"])] for name, r in sec["results"].items()
+    ]
+    return [
+        f"## 3. Machine ceiling: float32 matmul {CEILING_N}^3",
+        "",
+        markdown_table(["implementation", "s", "GFLOP/s"], rows),
+        *_skipped(sec),
+        f"- {sec['note']}",
+        f"- FLOP count: {FLOP_FORMULA}",
+        f"- For {'-'.join(map(str, SIZES))}: forward {forward_flops_per_example(SIZES):,} "
+        f"FLOP/example, training {train_flops_per_example(SIZES):,} FLOP/example.",
+        "",
+    ]
+
+
+def vgg(sec: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
+    rows = [
+        [LABELS.get(name, name), fmt(r["median_s"]), fmt(r["images_per_s"]),
+         fmt(r["time_vs_jnn"]) + "x", fmt(r.get("compile_s"))]
+        for name, r in sec["results"].items()
+    ]  # fmt: skip
+    return [
+        markdown_table(["implementation", "s", "images/s", "time vs jnn", "compile s"], rows),
+        f"- {sec['images_timed']} images timed, batch {sec['batch_size']}; {sec['pipeline']}",
+        f"- torch: {sec['torch_backend']} ({sec['torch_note']})",
+        *_skipped(sec),
+        "",
+    ]
+
+
+def models_per_program(sec: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
+    rows = [
+        [r["models"], name.split("_", 1)[1], fmt(r["median_s"]), fmt(r["model_epochs_per_s"]),
+         fmt(r["speedup_vs_1"]) + "x", fmt(r["gflops"]), _pct(r), fmt(r["compile_s"])]
+        for name, r in sec["results"].items()
+    ]  # fmt: skip
+    headers = ["models", "program", "s", "model-epochs/s", "vs 1 model", "GFLOP/s",
+               "% XLA ceiling", "compile s"]  # fmt: skip
+    return [
+        "## 5a. Models per XLA program (jax.vmap of train.epoch_step, data shared)",
+        "",
+        markdown_table(headers, rows),
+        f"- baseline: {sec['baseline']}",
+        "",
+    ]
+
+
+def devices(sec: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
+    errors = [f"- error on {d} devices: {e[-300:]}" for d, e in sec.get("errors", {}).items()]
+    return [sec["markdown"], "", *errors]
+
+
+def cnn(sec: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
+    rows = [
+        [LABELS[name], fmt(r["median_s"]), fmt(r["examples_per_s"]),
+         fmt(r["time_vs_jnn"]) + "x", fmt(r.get("compile_s"))]
+        for name, r in sec["results"].items()
+    ]  # fmt: skip
+    ops = sorted({op for counts in sec["hlo_ops"].values() for op in counts})
+    hlo_rows = [[name, *(c.get(op, 0) for op in ops)] for name, c in sec["hlo_ops"].items()]
+    ratios = sec["ratios"]
+    torch = ratios.get("torch_over_jnn")
+    return [
+        f"Batch {sec['batch_size']}, {sec['optimizer']}, {sec['steps_per_sample']} steps per "
+        f"sample; {sec['model']}.",
+        "",
+        markdown_table(
+            ["implementation", "s / step", "examples/s", "time vs jnn", "compile s"], rows
+        ),  # fmt: skip
+        f"- manual / jax.grad step time: {fmt(ratios['manual_over_autodiff'])}x (ratio of "
+        f"medians; median of paired ratios {fmt(ratios['manual_over_autodiff_paired'])}x)",
+        f"- PyTorch eager / jnn manual: {fmt(torch) + 'x' if torch else 'n/a'}",
+        *_skipped(sec),
+        "",
+        "Ops in the optimized HLO of one jitted step:",
+        "",
+        markdown_table(["step", *ops], hlo_rows),
+        "",
+    ]
+
+
+SECTION_RENDERERS: Sequence[tuple[str, str, Callable[..., list[str]]]] = (
+    ("train_epoch", "", train_epoch),
+    ("evaluation", "", evaluation),
+    ("ceiling", "", ceiling),
+    ("vgg", "## 4. VGG16 frozen feature extraction (32x32, random weights shared)", vgg),
+    ("models_per_program", "", models_per_program),
+    ("devices", "## 5b. Data parallel over devices (experiments.scaling)", devices),
+    ("cnn", "## 6. CNN train step: manual backprop vs jax.grad vs PyTorch eager", cnn),
+)
+
+
+def sections_md(result: dict[str, Any]) -> list[str]:
+    """Every section's lines; a skipped section with a fixed heading says why."""
+    lines: list[str] = []
+    for name, heading, fn in SECTION_RENDERERS:
+        sec = result["sections"].get(name, {})
+        if sec.get("status") == "ok":
+            lines += ([heading, ""] if heading else []) + fn(sec, result["config"])
+        elif heading:
+            lines += [heading, "", f"Skipped: {sec.get('reason', 'not run')}", ""]
+    return lines
+
+
+def warnings_md(result: dict[str, Any]) -> list[str]:
+    secs = result["sections"]
+    fractions = [
+        r.get("fraction_of_xla_ceiling", 0.0)
+        for name in ("train_epoch", "models_per_program")
+        for r in secs.get(name, {}).get("results", {}).values()
+    ]
+    if not fractions or max(fractions) <= 1.0:
+        return []
+    return [
+        "**Warning:** a configuration measured above 100% of the matmul ceiling, so the "
+        "ceiling (or that configuration) was timed while the machine was busy. Rerun on a "
+        "quiet machine before quoting these numbers.",
+        "",
+    ]
+
+
+def targets_md(result: dict[str, Any]) -> list[str]:
+    verdict = {True: "met", False: "MISSED", None: "not measured"}
+    rows = [
+        [t["name"], t["goal"], fmt(t["measured"]), verdict[t["met"]], t["note"]]
+        for t in result["targets"]
+    ]
+    headers = ["target", "goal", "measured", "result", "note"]
+    return ["## Targets", "", markdown_table(headers, rows)]
+
+
+def environment_md(env: dict[str, Any]) -> list[str]:
+    return [
+        "## Environment",
+        "",
+        f"- versions: {', '.join(f'{k} {v}' for k, v in env['versions'].items())}",
+        f"- JAX devices: {env['jax']['devices']}; default matmul precision "
+        f"{env['jax']['default_matmul_precision']}; XLA_FLAGS `{env['jax']['xla_flags']}`",
+        f"- torch: {env['torch']}",
+        f"- BLAS (threadpoolctl): {env['blas']}; OPENBLAS_CORETYPE {env['openblas_coretype']}",
+        f"- threading env vars: {env['device']['env'] or '(none set)'}",
+        "",
+    ]
+
+
+def render_markdown(result: dict[str, Any]) -> str:
+    """results.md: the tables a person reads."""
+    lines = header(result) + sections_md(result) + warnings_md(result) + targets_md(result)
+    return "\n".join(lines + environment_md(result["environment"]))
+
+
+def render(result: dict[str, Any], run_dir: Path) -> list[Path]:
+    """results.json, results.md and benchmark.png into ``run_dir``, from ``result`` alone."""
+    from experiments.benchmark.chart import render_chart
+
+    run_dir = Path(run_dir)
+    write_json(run_dir / "results.json", result)
+    write_text_atomic(run_dir / "results.md", render_markdown(result))
+    render_chart(result, run_dir / "benchmark.png")
+    return [run_dir / name for name in OUTPUT_FILES]

@@ -1,0 +1,64 @@
+"""The project's speed targets (issue #13), each with the measured value and met / missed / n/a."""
+
+from __future__ import annotations
+
+from typing import Any
+
+TORCH_X, NUMPY_X, VMAP4_X, CEILING_SHARE, VGG_X = 2.5, 1.5, 1.6, 0.75, 1.2
+MLP_MANUAL_MAX, CNN_MANUAL_MAX = 1.05, 1.10
+
+
+def _get(sections: dict[str, Any], section: str, case: str, field: str) -> float | None:
+    sec = sections.get(section, {})
+    if sec.get("status") != "ok":
+        return None
+    return sec.get("results", {}).get(case, {}).get(field)
+
+
+def _entry(name: str, goal: str, value: float | None, threshold: float, at_most=False, note=""):
+    met = None if value is None else bool(value <= threshold if at_most else value >= threshold)
+    return {"name": name, "goal": goal, "measured": value, "met": met, "note": note}
+
+
+def _best_share(sections: dict[str, Any]) -> tuple[float | None, str]:
+    best_name, best = "", None
+    for section in ("train_epoch", "models_per_program"):
+        sec = sections.get(section, {})
+        for name, r in sec.get("results", {}).items():
+            frac = r.get("fraction_of_xla_ceiling")
+            if frac is not None and (best is None or frac > best):
+                best_name, best = f"{section}/{name}", frac
+    return best, f"best: {best_name}" if best_name else ""
+
+
+def _mlp_manual(sections: dict[str, Any]) -> float | None:
+    manual = _get(sections, "train_epoch", "jnn_scan_manual", "median_s")
+    auto = _get(sections, "train_epoch", "jnn_scan_autodiff", "median_s")
+    return None if manual is None or auto is None else manual / auto
+
+
+def targets(sections: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every target; ``measured`` is a ratio (or share), ``met`` None when not measured."""
+    best, best_note = _best_share(sections)
+    cnn = sections.get("cnn", {})
+    cnn_ok = cnn.get("status") == "ok"
+    cnn_ratio = cnn.get("ratios", {}).get("manual_over_autodiff") if cnn_ok else None
+    return [
+        _entry("jnn vs PyTorch eager", f"jnn scanned epoch >= {TORCH_X}x faster",
+               _get(sections, "train_epoch", "torch_eager", "time_vs_jnn"), TORCH_X),
+        _entry("jnn vs numpy loop", f"jnn scanned epoch >= {NUMPY_X}x faster",
+               _get(sections, "train_epoch", "numpy_loop", "time_vs_jnn"), NUMPY_X),
+        _entry("MLP manual backprop vs jax.grad",
+               f"manual epoch time <= {MLP_MANUAL_MAX} x jax.grad epoch time",
+               _mlp_manual(sections), MLP_MANUAL_MAX, at_most=True),
+        _entry("CNN manual backprop vs jax.grad",
+               f"manual train-step time <= {CNN_MANUAL_MAX} x jax.grad step time",
+               cnn_ratio, CNN_MANUAL_MAX, at_most=True),
+        _entry("models per program", f"model-epochs/s at 4 vmapped models >= {VMAP4_X} x one",
+               _get(sections, "models_per_program", "4_vmap", "speedup_vs_1"), VMAP4_X),
+        _entry("share of the matmul ceiling",
+               f"best training configuration >= {CEILING_SHARE:.0%} of the XLA 2048^3 matmul "
+               "GFLOP/s", best, CEILING_SHARE, note=best_note),
+        _entry("VGG16 features vs PyTorch eager", f"jnn images/s >= {VGG_X}x PyTorch eager",
+               _get(sections, "vgg", "torch_eager", "time_vs_jnn"), VGG_X),
+    ]  # fmt: skip

@@ -1,0 +1,92 @@
+"""Section ``vgg``: VGG16 frozen feature extraction images/s at 32x32, jnn vs PyTorch eager.
+
+Uses the VGG experiment's own pipeline (``experiments.vgg_transfer``): ``make_extractor`` /
+``extract_features`` for jnn (compiled once; each repetition times every batch after an untimed
+first one) and ``feature_throughput(backend="torch")`` for the torch reference built from the
+same (random) params. Repetitions alternate jnn, torch, jnn, torch, ...
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+
+from experiments.benchmark.common import Context
+from experiments.benchmark.config import Config
+from experiments.timing import Stopwatch, summarize
+from jnn.errors import InputError
+
+SIZE, FMT = 32, "keras"
+PIPELINE = (
+    "uint8 28x28 gray -> bilinear resize -> RGB -> caffe preprocessing -> "
+    "conv blocks 1-5 (features (B, 1, 1, 512))"
+)
+
+
+def _modules() -> tuple[Any, Any] | str:
+    """(vgg_transfer, jnn.vgg), or why they cannot be used."""
+    try:
+        from experiments import vgg_transfer
+        from jnn import vgg
+    except Exception as err:
+        return f"experiments.vgg_transfer not importable: {err}"
+    needed = ("make_extractor", "extract_features", "feature_throughput")
+    missing = [name for name in needed if not hasattr(vgg_transfer, name)]
+    return f"experiments.vgg_transfer lacks {missing}" if missing else (vgg_transfer, vgg)
+
+
+def _samples(cfg, ctx, vgg_transfer, extract, params, images, batch) -> tuple[dict, str]:
+    """Alternating jnn / torch repetitions (warm-ups dropped): seconds per repetition."""
+    samples: dict[str, list[float]] = {"jnn": []}
+    if ctx.torch_device is not None:
+        samples["torch_eager"] = []
+    torch_label = ""
+    for rep in range(cfg.warmup + cfg.reps):
+        _, timing = vgg_transfer.extract_features(extract, images, batch, desc="vgg")
+        if rep >= cfg.warmup:
+            samples["jnn"].append(timing["images_timed"] / timing["images_per_s"])
+        if "torch_eager" in samples:
+            t = vgg_transfer.feature_throughput(
+                params, SIZE, len(images), batch, backend="torch", fmt=FMT
+            )
+            torch_label = t.get("backend", "")
+            if rep >= cfg.warmup:
+                samples["torch_eager"].append(t["seconds"])
+    return samples, torch_label
+
+
+def measure(cfg: Config, ctx: Context) -> dict[str, Any]:
+    """images/s of both implementations on the same random weights; time vs jnn."""
+    mods = _modules()
+    if isinstance(mods, str):
+        return {"status": "skipped", "reason": mods}
+    vgg_transfer, vgg = mods
+    batch = 32 if cfg.quick else 64
+    if cfg.vgg_images <= batch:
+        raise InputError(f"--vgg-images must exceed the batch size {batch} (one untimed batch)")
+    params = vgg.init_params(jax.random.key(cfg.seed), image_size=SIZE)
+    images = np.random.default_rng(cfg.seed).integers(0, 256, (cfg.vgg_images, 28, 28), np.uint8)
+    extract = vgg_transfer.make_extractor(params, FMT, SIZE)
+    with Stopwatch() as sw:  # compile + first batch, as the VGG experiment reports it
+        jax.block_until_ready(extract(images[:batch]))
+    samples, torch_label = _samples(cfg, ctx, vgg_transfer, extract, params, images, batch)
+    timed = cfg.vgg_images - batch
+    results = {name: summarize(s) for name, s in samples.items()}
+    for r in results.values():
+        r["images_per_s"] = timed / r["median_s"]
+        r["time_vs_jnn"] = r["median_s"] / results["jnn"]["median_s"]
+    results["jnn"]["compile_s"] = sw.s
+    return {
+        "status": "ok",
+        "image_size": SIZE,
+        "images_timed": timed,
+        "batch_size": batch,
+        "weights": "random (vgg.init_params); both implementations get the same arrays",
+        "pipeline": PIPELINE,
+        "torch_backend": torch_label,
+        "torch_note": "feature_throughput runs torch on the CPU whatever --torch-device says",
+        "results": results,
+        "skipped": {} if ctx.torch_device is not None else {"torch_eager": ctx.torch_reason},
+    }
