@@ -4,20 +4,23 @@ Q1 (cross-entropy vs KL): H(P, Q) = H(P) + KL(P || Q), checked numerically with 
 random, one-hot and label-smoothed targets, in float32 and float64, including that the gradients
 w.r.t. the logits are identical.
 
-Q2 (1x1 bottleneck cost): both networks are built as Flax ``nn.Conv`` layers; output shapes,
-parameter counts, multiply-accumulates, XLA's own FLOP count and a measured forward-time ratio
-are read off the built models (see :mod:`jnn.conv_cost`).
+Q2 (1x1 bottleneck cost): both networks are built from jnn's own ``Conv2D`` layers
+(:mod:`jnn.bottleneck`); output shapes, parameter counts, multiply-accumulates, XLA's own FLOP
+count and a measured forward-time ratio are read off the built and run models.
 
-Writes ``theory.md`` and ``theory.json`` into ``--out`` (default ``runs/theory``) and prints the
-tables. Takes a few seconds on a laptop CPU.
+On the harness (:mod:`experiments.harness`): ``parse_config`` -> ``run`` -> ``render``. Writes
+``theory.md`` and ``theory.json`` into ``--out`` (default ``runs/theory``; the committed answers
+are in ``results/theory``, made with ``--out results/theory``) and prints the tables. A folder
+holding only this command's two files is regenerated in place; anything else there needs
+``--overwrite``. Takes a few seconds on a laptop CPU.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -26,16 +29,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import report
+from experiments import harness, report, timing
 from jnn import losses
-from jnn.conv_cost import (
-    BottleneckConv,
-    DirectConv,
-    compiled_flops,
-    conv_layer_costs,
-    count_params,
-    numpy_init,
+from jnn.bottleneck import (
+    INPUT_SHAPE,
+    as_model,
+    bottleneck_conv_layers,
+    conv_costs,
+    direct_conv_layers,
+    numpy_params,
 )
+from jnn.conv_cost import compiled_flops
 from jnn.errors import InputError
 
 OUTPUT_FILES = ("theory.md", "theory.json")
@@ -184,58 +188,51 @@ def q1_table(checks: dict[str, dict[str, float]]) -> str:
 # --------------------------------------------------------------------- Q2: bottleneck cost
 
 NETWORKS = {
-    "Network 1 (5x5, 32)": DirectConv(),
-    "Network 2 (1x1, 16 -> 5x5, 32)": BottleneckConv(),
+    "Network 1 (5x5, 32)": direct_conv_layers,
+    "Network 2 (1x1, 16 -> 5x5, 32)": bottleneck_conv_layers,
 }
-INPUT_SHAPE = (28, 28, 192)
 
 
-def _median_times(
-    fns: dict[str, Any], x: jax.Array, repeats: int, warmup: int = 2
-) -> dict[str, float]:
-    """Median wall time (s) per jitted fn on x, repetitions interleaved across fns."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn(x).block_until_ready()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn(x).block_until_ready()
-            times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(ts) for name, ts in times.items()}
+def _network_costs(layers: list, xb: jax.Array, seed: int) -> tuple[dict[str, Any], Any]:
+    """One network's counts (per example) and its compiled forward (params bound)."""
+    model, params = as_model(layers), numpy_params(layers, INPUT_SHAPE, seed)
+    states = ((),) * len(layers)
+    forward = jax.jit(lambda p, x: model.forward(p, states, x)[0])
+    compiled = forward.lower(params, xb).compile()
+    y = compiled(params, xb)
+    costs = [
+        dict(c, name=f"conv{c['kernel_shape'][0]}x{c['kernel_shape'][1]}")
+        for c in conv_costs(layers, INPUT_SHAPE)
+    ]
+    flops = compiled_flops(compiled) / xb.shape[0]  # XLA's count is linear in the batch
+    macs, valid, bias = (sum(c[k] for c in costs) for k in ("macs", "valid_macs", "bias_adds"))
+    net = {
+        "model": model.name,
+        "output_shape": tuple(y.shape[1:]),
+        "batch_output_shape": tuple(y.shape),
+        "params": sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(params)),
+        "macs": macs,
+        "valid_macs": valid,
+        "bias_adds": bias,
+        "xla_flops": flops,
+        "xla_flops_over_2macs": flops / (2 * macs),
+        "xla_flops_is_2valid_macs_plus_bias": flops == 2 * valid + bias,
+        "layers": costs,
+    }
+    return net, partial(compiled, params)
 
 
 def bottleneck_costs(seed: int = 0, batch: int = 8, repeats: int = 7) -> dict[str, Any]:
-    """Build both networks, run them, and cost them. Per-example counts; times for ``batch``."""
+    """Build both networks from jnn Conv2D layers, run them, and cost them. Per-example counts;
+    forward times for ``batch``, interleaved repetitions after two warm-up rounds."""
     rng = np.random.default_rng(seed)
     xb = jnp.asarray(rng.standard_normal((batch, *INPUT_SHAPE)), jnp.float32)
-    nets: dict[str, Any] = {}
-    fns = {}
-    for name, model in NETWORKS.items():
-        variables = numpy_init(model, xb[:1], seed)
-        y, layers = conv_layer_costs(model, variables, xb)
-        compiled = jax.jit(model.apply).lower(variables, xb).compile()
-        flops = compiled_flops(compiled) / batch  # XLA's count is linear in the batch
-        macs = sum(c.macs for c in layers)
-        valid = sum(c.valid_macs for c in layers)
-        bias = sum(c.bias_adds for c in layers)
-        nets[name] = {
-            "output_shape": tuple(y.shape[1:]),
-            "batch_output_shape": tuple(y.shape),
-            "params": count_params(variables["params"]),
-            "macs": macs,
-            "valid_macs": valid,
-            "bias_adds": bias,
-            "xla_flops": flops,
-            "xla_flops_over_2macs": flops / (2 * macs),
-            "xla_flops_is_2valid_macs_plus_bias": flops == 2 * valid + bias,
-            "layers": [c.as_dict() for c in layers],
-        }
-        fns[name] = partial(compiled, variables)
-    times = _median_times(fns, xb, repeats)
-    for name, t in times.items():
-        nets[name]["forward_median_s"] = t
+    nets, fns = {}, {}
+    for name, build in NETWORKS.items():
+        nets[name], fn = _network_costs(build(), xb, seed)
+        fns[name] = timing.repeated(lambda fn=fn: fn(xb).block_until_ready())
+    for name, t in timing.time_interleaved(fns, reps=repeats, warmup=2).items():
+        nets[name]["forward_median_s"] = t["median_s"]
     n1, n2 = (nets[name] for name in NETWORKS)
     ratios = {
         key: n1[key] / n2[key]
@@ -323,43 +320,46 @@ def _xla_sentence(n1: dict[str, Any], n2: dict[str, Any], backend: str) -> str:
     )
 
 
-def render_markdown(result: dict[str, Any]) -> str:
-    """theory.md: both answers, their assumptions, the tables and the run stamp."""
-    q1, q2 = result["q1"], result["q2"]
-    n1, n2 = (q2["networks"][name] for name in NETWORKS)
-    r = q2["ratio_network1_over_network2"]
-    eps = result["args"]["smoothing"]
-    dev = result["device"]
-    lines = [
-        "# Theory answers, computed",
-        "",
-        "Generated by `python -m experiments.theory`; rerun it to check every number below.",
-        "",
+def _q1_section(result: dict[str, Any]) -> list[str]:
+    """The Q1 answer, its assumptions and the table of checks."""
+    args = result["args"]
+    return [
         "## Q1: cross-entropy vs KL divergence",
         "",
         "KL(P||Q) = sum_y P(y) log(P(y)/Q(y)), H(P,Q) = -sum_y P(y) log Q(y), and "
         "**H(P,Q) = H(P) + KL(P||Q)**. In classification the target P(y|x) is a one-hot label, "
         "so H(P) = 0 and minimising cross-entropy is *exactly* minimising KL. With soft targets "
-        f"(e.g. label smoothing, eps = {eps}) the two differ by H(P), which does not depend on "
-        "the model's parameters, so their gradients are identical and training is the same.",
+        f"(e.g. label smoothing, eps = {args['smoothing']}) the two differ by H(P), which does "
+        "not depend on the model's parameters, so their gradients are identical and training is "
+        "the same.",
         "",
         "Assumptions:",
         "",
         *(f"- {a}" for a in ASSUMPTIONS),
         "",
-        f"Checked with `jnn.losses` on {result['args']['rows']} rows x "
-        f"{result['args']['classes']} classes, in float32 and float64:",
+        f"Checked with `jnn.losses` on {args['rows']} rows x {args['classes']} classes, in "
+        "float32 and float64:",
         "",
         "Loss deviations are divided by max(1, |loss|) (absolute below 1 nat, relative above: "
         "float32 resolves a 10-nat loss only to about 1e-6); gradient deviations are relative "
         "to the largest gradient entry. 0 means bit-exact.",
         "",
-        q1_table(q1),
+        q1_table(result["q1"]),
+    ]
+
+
+def _q2_section(result: dict[str, Any]) -> list[str]:
+    """The Q2 answer: the table and one bullet per quantity."""
+    q2, backend = result["q2"], result["device"]["backend"]
+    n1, n2 = (q2["networks"][name] for name in NETWORKS)
+    r = q2["ratio_network1_over_network2"]
+    return [
         "## Q2: cost of a 1x1 bottleneck convolution",
         "",
         "Input 28x28x192. Network 1: conv 5x5, same padding, 32 filters. Network 2: conv 1x1, "
-        "same, 16 filters, then conv 5x5, same, 32 filters. Both built as Flax `nn.Conv` (NHWC); "
-        "every number below is read off the built and run models.",
+        "same, 16 filters, then conv 5x5, same, 32 filters. Both built from jnn's own `Conv2D` "
+        "layers (NHWC, `jnn.bottleneck`); every number below is read off the built and run "
+        "models.",
         "",
         q2_table(q2),
         f"- **Output shapes**: both {'x'.join(map(str, n1['output_shape']))}. Same padding "
@@ -370,13 +370,26 @@ def render_markdown(result: dict[str, Any]) -> str:
         "original answer's 55,328 is wrong.",
         f"- **Multiply-accumulates** per example (every kernel tap, padding included): "
         f"{n1['macs']:,} vs {n2['macs']:,} ({r['macs']:.1f}x fewer).",
-        _xla_sentence(n1, n2, result["device"]["backend"]),
+        _xla_sentence(n1, n2, backend),
         f"- **Measured forward time** (batch {q2['batch']}, median of {q2['repeats']} "
-        f"interleaved runs after warm-up, on {result['device']['backend']}): "
+        f"interleaved runs after warm-up, on {backend}): "
         f"{1e3 * n1['forward_median_s']:.2f} ms vs {1e3 * n2['forward_median_s']:.2f} ms, "
         f"ratio {r['forward_median_s']:.2f}x. Wall-clock ratios depend on the machine and "
         "rarely reach the FLOP ratio: the 1x1 layer is memory-bound and small convs use the "
         "hardware less well.",
+    ]
+
+
+def render_markdown(result: dict[str, Any]) -> str:
+    """theory.md: both answers, their assumptions, the tables and the run stamp."""
+    dev = result["device"]
+    return "\n".join([
+        "# Theory answers, computed",
+        "",
+        "Generated by `python -m experiments.theory`; rerun it to check every number below.",
+        "",
+        *_q1_section(result),
+        *_q2_section(result),
         "",
         "## Run",
         "",
@@ -385,25 +398,20 @@ def render_markdown(result: dict[str, Any]) -> str:
         "- versions: " + ", ".join(f"{k} {v}" for k, v in result["versions"].items()),
         f"- took {result['seconds']:.1f} s; arguments: `{result['args']}`",
         "",
-    ]
-    return "\n".join(lines)
+    ])  # fmt: skip
 
 
-def _prepare_out(out: str, overwrite: bool) -> Path:
-    """Reuse ``out`` if it is empty or holds only this command's files (they are regenerated
-    in seconds); anything else there is refused unless ``--overwrite`` (which deletes it)."""
-    path = Path(out).expanduser().resolve()
-    if path.is_dir() and not overwrite:
-        mine = set(OUTPUT_FILES) | report.BOOKKEEPING
-        foreign = sorted(p.name for p in path.iterdir() if p.name not in mine)
-        if foreign:
-            raise report.RunDirError(
-                f"output folder {path} holds files this command did not write "
-                f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}); "
-                "pass --overwrite to replace the folder, or another --out"
-            )
-        return report.prepare_run_dir(path, resume=True)
-    return report.prepare_run_dir(path, overwrite=overwrite)
+@dataclass(frozen=True)
+class Config:
+    out: str = harness.default_out("theory")
+    overwrite: bool = False
+    resume: bool = False  # set by parse_config when --out holds only this command's outputs
+    seed: int = 0
+    rows: int = 256
+    classes: int = 10
+    smoothing: float = 0.1
+    batch: int = 8
+    repeats: int = 7
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -414,34 +422,15 @@ def build_parser() -> argparse.ArgumentParser:
         "writes theory.md and theory.json. Takes seconds.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument(
-        "--out",
-        default="runs/theory",
-        help="output folder; reused if it holds only theory.md/theory.json (always regenerable)",
-    )
-    parser.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace --out even if it holds other outputs, when it is a jnn run folder "
-        "(jnn never deletes a folder it did not make)",
-    )
-    parser.add_argument(
-        "--seed", type=int, default=0, help="numpy seed for all random inputs and weights"
-    )
-    parser.add_argument("--rows", type=int, default=256, help="Q1: distributions per check")
-    parser.add_argument("--classes", type=int, default=10, help="Q1: number of classes")
-    parser.add_argument("--smoothing", type=float, default=0.1, help="Q1: label smoothing eps")
-    parser.add_argument("--batch", type=int, default=8, help="Q2: batch size for timing")
-    parser.add_argument(
-        "--repeats", type=int, default=7, help="Q2: timed forward passes per network"
-    )
+    harness.add_output_flags(parser, "theory")
+    add = parser.add_argument
+    add("--seed", type=int, default=0, help="numpy seed for all random inputs and weights")
+    add("--rows", type=int, default=256, help="Q1: distributions per check")
+    add("--classes", type=int, default=10, help="Q1: number of classes")
+    add("--smoothing", type=float, default=0.1, help="Q1: label smoothing eps")
+    add("--batch", type=int, default=8, help="Q2: batch size for timing")
+    add("--repeats", type=int, default=7, help="Q2: timed forward passes per network")
     return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """CLI entry: parse ``argv``, :func:`run`, return the exit code 0."""
-    run(build_parser().parse_args(argv))
-    return 0
 
 
 LIMITS = {"rows": 100_000, "classes": 100_000, "batch": 256, "repeats": 1_000}
@@ -463,42 +452,82 @@ def check_args(args: argparse.Namespace) -> None:
         )
     if not 0.0 < args.smoothing < 1.0:
         raise InputError(f"--smoothing must be in (0, 1), got {args.smoothing}")
-    if not 0 <= args.seed < 2**32:
-        raise InputError(f"--seed must be in [0, 2**32), got {args.seed}")
+    harness.seed(args.seed)
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Run both questions, print the tables, write theory.md/json. Returns the result dict."""
+def regenerable(out: str, overwrite: bool) -> bool:
+    """True when ``out`` is a folder holding only this command's outputs (and jnn's marker and
+    lock): it is regenerated in place. Other files there are refused unless ``--overwrite``."""
+    path = Path(out).expanduser().resolve()
+    if not path.is_dir() or overwrite:
+        return False
+    mine = set(OUTPUT_FILES) | report.BOOKKEEPING
+    foreign = sorted(p.name for p in path.iterdir() if p.name not in mine)
+    if foreign:
+        raise report.RunDirError(
+            f"output folder {path} holds files this command did not write "
+            f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}); "
+            "pass --overwrite to replace the folder, or another --out"
+        )
+    return True
+
+
+def parse_config(argv: Sequence[str] | None) -> Config:
+    """Command line -> a checked Config (sizes within LIMITS, the output folder usable)."""
+    args = build_parser().parse_args(argv)
     check_args(args)
-    out = _prepare_out(args.out, args.overwrite)
+    out = args.out or harness.default_out("theory")
+    return Config(
+        out=out,
+        overwrite=args.overwrite,
+        resume=regenerable(out, args.overwrite),
+        seed=args.seed,
+        rows=args.rows,
+        classes=args.classes,
+        smoothing=args.smoothing,
+        batch=args.batch,
+        repeats=args.repeats,
+    )
 
+
+def run(cfg: Config, run_dir: Path | None = None) -> dict[str, Any]:
+    """Both questions; returns the result (the harness stamps versions and device)."""
     t0 = time.perf_counter()
     q1 = {
-        dtype: ce_kl_checks(args.seed, dtype, args.rows, args.classes, args.smoothing)
+        dtype: ce_kl_checks(cfg.seed, dtype, cfg.rows, cfg.classes, cfg.smoothing)
         for dtype in TOLERANCE
     }
-    q2 = bottleneck_costs(args.seed, args.batch, args.repeats)
-    result = {
-        "args": vars(args),
+    q2 = bottleneck_costs(cfg.seed, cfg.batch, cfg.repeats)
+    return {
+        "status": "ok",
+        "args": asdict(cfg),
         "tolerance": TOLERANCE,
         "assumptions": ASSUMPTIONS,
         "q1": q1,
         "q2": q2,
         "seconds": time.perf_counter() - t0,
-        "device": report.device_info(),
-        "versions": report.versions(),
     }
-    report.write_json(out / "theory.json", result)
-    report.write_text_atomic(out / "theory.md", render_markdown(result))
-    print("Q1: cross-entropy vs KL divergence\n")
-    print(q1_table(q1))
-    print("Q2: 1x1 bottleneck convolution cost\n")
-    print(q2_table(q2))
-    print(f"wrote {out / 'theory.md'} and theory.json in {result['seconds']:.1f} s")
-    return result
 
 
-cli = report.cli_main(main)
+def render(result: dict[str, Any], run_dir: Path) -> list[Path]:
+    """theory.json and theory.md in ``run_dir``."""
+    report.write_json(run_dir / "theory.json", result)
+    report.write_text_atomic(run_dir / "theory.md", render_markdown(result))
+    return [run_dir / name for name in ("theory.json", "theory.md")]
+
+
+def console(result: dict[str, Any]) -> str:
+    """The two tables, as printed at the end."""
+    return (
+        "Q1: cross-entropy vs KL divergence\n\n"
+        + q1_table(result["q1"])
+        + "\nQ2: 1x1 bottleneck convolution cost\n\n"
+        + q2_table(result["q2"])
+    )
+
+
+EXPERIMENT = harness.Experiment("theory", parse_config, run, render, console)
+cli = main = harness.cli(EXPERIMENT)
 
 if __name__ == "__main__":
     raise SystemExit(cli())

@@ -1,13 +1,20 @@
 """The two networks of the assignment's "1x1 bottleneck" question built from jnn's own Conv2D
-(the Flax versions are :class:`jnn.conv_cost.DirectConv` / :class:`jnn.conv_cost.BottleneckConv`).
+(the Flax versions, kept as a cross-check in the tests, are :class:`jnn.conv_cost.DirectConv` /
+:class:`jnn.conv_cost.BottleneckConv`).
 
     layers = direct_conv_layers()            # [Conv2D(32, 5)]              on (28, 28, 192)
     layers = bottleneck_conv_layers()        # [Conv2D(16, 1), Conv2D(32, 5)]
     costs = conv_costs(layers, (28, 28, 192))  # per conv: shapes, params, MACs per example
+    params = numpy_params(layers, (28, 28, 192), seed=0)  # N(0, 1/fan_in) kernels, zero biases
 
-Counts come from the shapes ``init`` returns (``jax.eval_shape``: nothing is drawn or run):
-params = kernel + bias sizes; MACs = H_out * W_out * C_out * kh * kw * C_in, every kernel tap
-counted, including taps on the zero padding (the textbook count, as ``jnn.conv_cost.macs``).
+Counts come from the layers themselves. Shapes, params and MACs from the shapes ``init``
+returns (``jax.eval_shape``: nothing is drawn): params = kernel + bias sizes; MACs =
+H_out * W_out * C_out * kh * kw * C_in, every kernel tap counted, including taps on the zero
+padding (the textbook count). ``valid_macs`` leaves out the taps on padding: it is read off the
+layer's own forward run on an all-ones input with an all-ones kernel (each output is then the
+number of its non-padding taps times C_in), so whatever padding and strides the layer uses are
+the ones counted. ``bias_adds``: one add per output element. XLA's CPU cost model counts a
+convolution as ``2 * valid_macs + bias_adds`` FLOPs (the tests check it).
 """
 
 from __future__ import annotations
@@ -17,6 +24,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 
 from jnn.core import Layer, Shape, serial
 from jnn.layers import Conv2D
@@ -47,18 +56,51 @@ def as_model(layers: Sequence[Layer]) -> Layer:
 
 def conv_costs(layers: Sequence[Layer], input_shape: Shape = INPUT_SHAPE) -> list[dict[str, Any]]:
     """Per layer with a 4-D kernel ``w`` (kh, kw, C_in, C_out): input/output shapes (per example),
-    kernel shape, params and MACs, read off each layer's ``init`` shapes in turn."""
+    kernel shape, params, MACs, padding-free MACs and bias adds, for each layer in turn."""
     costs, shape = [], tuple(input_shape)
     for layer in layers:
         out, params, _ = _init_shapes(layer, shape)
         kernel = tuple(params["w"].shape) if isinstance(params, dict) and "w" in params else ()
         if len(kernel) == 4:
-            n_params = sum(math.prod(p.shape) for p in jax.tree.leaves(params))
-            macs = math.prod(out[:2]) * out[2] * math.prod(kernel[:3])
-            costs.append({"name": layer.name, "input_shape": shape, "output_shape": out,
-                          "kernel_shape": kernel, "params": n_params, "macs": macs})  # fmt: skip
+            costs.append({
+                "name": layer.name,
+                "input_shape": shape,
+                "output_shape": out,
+                "kernel_shape": kernel,
+                "params": sum(math.prod(p.shape) for p in jax.tree.leaves(params)),
+                "macs": math.prod(out[:2]) * out[2] * math.prod(kernel[:3]),
+                "valid_macs": valid_macs(layer, shape, params),
+                "bias_adds": math.prod(out) if "b" in params else 0,
+            })  # fmt: skip
         shape = out
     return costs
+
+
+def valid_macs(layer: Layer, input_shape: Shape, param_shapes: Any) -> int:
+    """Multiply-accumulates per example on taps that land inside the input (not on padding):
+    the layer's forward on ones with a ones kernel and no bias, summed exactly in int64."""
+    ones = {k: jnp.ones(v.shape, v.dtype) for k, v in param_shapes.items()}
+    if "b" in ones:
+        ones["b"] = jnp.zeros_like(ones["b"])
+    x = jnp.ones((1, *input_shape), jnp.float32)
+    y = layer.forward(ones, (), x)[0]  # every entry a small integer: exact in float32
+    return int(np.rint(np.asarray(y, np.float64)).astype(np.int64).sum())
+
+
+def numpy_params(layers: Sequence[Layer], input_shape: Shape = INPUT_SHAPE, seed: int = 0) -> tuple:
+    """Params for ``as_model(layers)`` drawn with numpy (no PRNG compile): kernels N(0, 1/fan_in),
+    biases zero. The values change no count or speed; they only have to be real numbers."""
+    rng, shape, params = np.random.default_rng(seed), tuple(input_shape), []
+    for layer in layers:
+        out, shapes, _ = _init_shapes(layer, shape)
+        fill = {}
+        for k, v in shapes.items() if isinstance(shapes, dict) else ():
+            fan_in = math.prod(v.shape[:-1])
+            draw = rng.standard_normal(v.shape) / math.sqrt(fan_in) if k == "w" else 0.0
+            fill[k] = jnp.asarray(np.broadcast_to(draw, v.shape), v.dtype)
+        params.append(fill if isinstance(shapes, dict) else shapes)
+        shape = out
+    return tuple(params)
 
 
 def _init_shapes(layer: Layer, shape: Shape) -> tuple[Shape, Any, Any]:

@@ -2,6 +2,9 @@
 tests/test_theory.py pins for the Flax networks, and compute the same function given the same
 weights (Flax's nn.Conv kernel is HWIO like Conv2D's)."""
 
+import math
+
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -12,8 +15,10 @@ from jnn.bottleneck import (
     bottleneck_conv_layers,
     conv_costs,
     direct_conv_layers,
+    numpy_params,
 )
-from jnn.conv_cost import BottleneckConv, DirectConv, numpy_init
+from jnn.conv_cost import BottleneckConv, DirectConv, numpy_init, xla_flops
+from jnn.layers import Conv2D
 
 
 def test_counts_match_the_pinned_flax_numbers():
@@ -49,3 +54,43 @@ def test_same_function_as_the_flax_network(flax_model, layers, names):
     model = as_model(layers)
     y = model.forward(params, ((),) * len(layers), x)[0]
     np.testing.assert_allclose(y, flax_model.apply(variables, x), rtol=1e-4, atol=1e-4)
+
+
+ON_CPU = jax.default_device(jax.devices("cpu")[0])  # XLA's cost model below is the CPU one
+
+
+@pytest.mark.parametrize(
+    "layers, valid, flops",
+    [
+        (direct_conv_layers(), [134 * 134 * 192 * 32], 220_668_416),
+        (bottleneck_conv_layers(), [2_408_448, 134 * 134 * 16 * 32], 23_241_472),
+    ],
+    ids=["direct", "bottleneck"],
+)
+def test_padding_free_macs_and_xla_flops(layers, valid, flops):
+    """Padding-free MACs read off the layers (a 5-tap window over 28 positions, 2 zeros each
+    side: 134 taps per dim); XLA's CPU count is 2 per such MAC plus one add per bias."""
+    costs = conv_costs(layers)
+    assert [c["valid_macs"] for c in costs] == valid
+    assert [c["bias_adds"] for c in costs] == [math.prod(c["output_shape"]) for c in costs]
+    model, params = as_model(layers), numpy_params(layers)
+    assert [{k: v.shape for k, v in p.items()} for p in params] == [
+        {"w": c["kernel_shape"], "b": (c["kernel_shape"][-1],)} for c in costs
+    ]
+    x = np.zeros((1, *INPUT_SHAPE), np.float32)
+    with ON_CPU:
+        got = xla_flops(lambda p, x: model.forward(p, ((),) * len(layers), x)[0], params, x)
+    assert got == 2 * sum(valid) + sum(c["bias_adds"] for c in costs) == flops
+
+
+@pytest.mark.parametrize("strides, padding", [(2, "SAME"), (1, "VALID"), ((2, 3), "SAME")])
+def test_padding_free_macs_follow_strides_and_padding(strides, padding):
+    layers = [Conv2D(8, (3, 5), strides=strides, padding=padding)]
+    (c,) = conv_costs(layers, (13, 11, 16))
+    x = np.zeros((1, 13, 11, 16), np.float32)
+    with ON_CPU:
+        got = xla_flops(
+            lambda p, x: layers[0].forward(p[0], (), x)[0], numpy_params(layers, x.shape[1:]), x
+        )
+    assert got == 2 * c["valid_macs"] + c["bias_adds"]
+    assert (c["valid_macs"] == c["macs"]) == (padding == "VALID")

@@ -289,17 +289,19 @@ def test_cli_writes_theory_md_and_json(tmp_path, capsys) -> None:
 
 def test_out_folder_reuse_and_refusal(tmp_path) -> None:
     out = tmp_path / "theory"
-    assert theory._prepare_out(str(out), overwrite=False) == out  # new
+    assert not theory.regenerable(str(out), overwrite=False)  # new
+    out.mkdir()
     for name in theory.OUTPUT_FILES:
         (out / name).write_text("old")
-    assert theory._prepare_out(str(out), overwrite=False) == out  # only our files: reused
+    assert theory.regenerable(str(out), overwrite=False)  # only our files: regenerated in place
     (out / "results.json").write_text("{}")  # someone else's run
     with pytest.raises(report.RunDirError, match="--overwrite"):
-        theory._prepare_out(str(out), overwrite=False)
+        theory.regenerable(str(out), overwrite=False)
     assert theory.cli(["--out", str(out)]) == 2  # one-line error, no traceback
-    assert theory._prepare_out(str(out), overwrite=True) == out
-    assert {p.name for p in out.iterdir()} == report.BOOKKEEPING  # marker + lock only
-    report.release_run_dirs()
+    assert not theory.regenerable(str(out), overwrite=True)
+    cfg = theory.parse_config(["--out", str(out), "--overwrite"])
+    assert (cfg.overwrite, cfg.resume, cfg.out) == (True, False, str(out))
+    assert theory.parse_config([]).out == "runs/theory"
 
 
 def test_cli_rejects_bad_arguments(tmp_path) -> None:
