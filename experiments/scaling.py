@@ -21,8 +21,8 @@ a small CPU data parallel does not speed up and may slow down (smaller per-devic
 all-reduce per step). What the CPU run shows is that the same code runs and how large the
 partitioning overhead is; speed-ups need real devices (GPUs/TPUs, or a many-core host).
 
-``measure_scaling(devices=(1, 2, 4), quick=False) -> dict`` is the API experiments/benchmark.py
-calls; the CLI prints a Markdown table and optionally writes the JSON.
+``measure_scaling(devices=(1, 2, 4), quick=False) -> dict`` is the API the benchmark's
+``devices`` section calls; the CLI prints a Markdown table and optionally writes the JSON.
 """
 
 from __future__ import annotations
@@ -30,10 +30,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -62,27 +60,96 @@ def _time_epochs(epoch: Any, state: Any, x: Any, y: Any, reps: int) -> dict[str,
     """first_epoch_s (incl. compile), then the median and min of ``reps`` further epochs."""
     import jax
 
-    t0 = time.perf_counter()
-    state, _ = epoch(state, x, y)
-    jax.block_until_ready(state)
-    first = time.perf_counter() - t0
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        state, _ = epoch(state, x, y)
-        jax.block_until_ready(state)
-        times.append(time.perf_counter() - t0)
-    return {"first_epoch_s": first, "epoch_s": statistics.median(times), "min_epoch_s": min(times)}
+    from experiments.timing import Stopwatch, repeated, time_interleaved
+
+    box = [state]
+
+    def one() -> None:
+        box[0], metrics = epoch(box[0], x, y)
+        jax.block_until_ready((box[0], metrics))
+
+    with Stopwatch() as first:
+        one()
+    t = time_interleaved({"epoch": repeated(one)}, reps, warmup=0)["epoch"]
+    return {"first_epoch_s": first.s, "epoch_s": t["median_s"], "min_epoch_s": t["min_s"]}
 
 
-def _worker(num_devices: int, quick: bool, models: int | None) -> dict[str, Any]:
+def _setup(quick: bool) -> dict[str, Any]:
+    """The worker's shared pieces: data on the host, optimizer, key, model, reps."""
     import jax
     import numpy as np
     import optax
 
+    from jnn.mlp import mlp
+
+    n = QUICK_EXAMPLES if quick else FULL_EXAMPLES
+    rng = np.random.default_rng(0)
+    return {
+        "n": n,
+        "reps": QUICK_REPS if quick else FULL_REPS,
+        "x": rng.normal(size=(n, SIZES[0])).astype(np.float32),
+        "y": rng.integers(0, SIZES[-1], n).astype(np.int32),
+        "optimizer": optax.sgd(0.1),
+        "key": jax.random.key(0),
+        "model": mlp(SIZES, "relu"),
+        "shape": SIZES[:1],
+    }
+
+
+def _data_parallel(s: dict[str, Any], num_devices: int) -> dict[str, Any]:
+    """One model, global batch 32 and 256 split over the ``data`` axis: examples/s."""
     from jnn import parallel as par
     from jnn import train
-    from jnn.mlp import mlp
+
+    mesh = par.data_mesh(num_devices)
+    x, y = par.replicate((s["x"], s["y"]), mesh)
+    out = {}
+    for batch_size in BATCH_SIZES:
+        epoch = par.make_sharded_epoch_fn(s["model"], s["optimizer"], batch_size, mesh)
+        state = train.init_train_state(s["key"], s["model"], s["optimizer"], s["shape"])
+        t = _time_epochs(epoch, par.replicate(state, mesh), x, y, s["reps"])
+        examples = (s["n"] // batch_size) * batch_size
+        out[str(batch_size)] = {**t, "examples_per_s": examples / t["epoch_s"]}
+    return out
+
+
+def _per_device_models(s: dict[str, Any], num_devices: int, models: int | None) -> dict:
+    """Independent models (4, or one per device if more), one vmapped group per device."""
+    import jax
+
+    from jnn import parallel as par
+
+    m = models or max(4, num_devices)
+    if m % num_devices:
+        m = num_devices * -(-m // num_devices)  # round up to a multiple of the device count
+    mesh = par.model_mesh(num_devices)
+    x, y = par.replicate((s["x"], s["y"]), mesh)
+    epoch = par.make_per_device_models_fn(s["model"], s["optimizer"], MODELS_BATCH, mesh)
+    keys = jax.random.split(s["key"], m)
+    states = par.init_stacked_states(keys, s["model"], s["optimizer"], s["shape"])
+    t = _time_epochs(epoch, par.shard_models(states, mesh), x, y, s["reps"])
+    return {"models": m, "batch_size": MODELS_BATCH, **t, "model_epochs_per_s": m / t["epoch_s"]}
+
+
+def _single_device_baseline(s: dict[str, Any], device: Any) -> dict[str, Any]:
+    """The plain single-device ``train.make_epoch_fn`` at batch 32 and 256: examples/s."""
+    import jax
+
+    from jnn import train
+
+    x, y = jax.device_put((s["x"], s["y"]), device)
+    out = {}
+    for batch_size in BATCH_SIZES:
+        epoch = train.make_epoch_fn(s["model"], s["optimizer"], batch_size)
+        state = train.init_train_state(s["key"], s["model"], s["optimizer"], s["shape"])
+        t = _time_epochs(epoch, jax.device_put(state, device), x, y, s["reps"])
+        examples = (s["n"] // batch_size) * batch_size
+        out[str(batch_size)] = {**t, "examples_per_s": examples / t["epoch_s"]}
+    return out
+
+
+def _worker(num_devices: int, quick: bool, models: int | None) -> dict[str, Any]:
+    import jax
 
     devices = jax.devices()
     out: dict[str, Any] = {
@@ -94,54 +161,11 @@ def _worker(num_devices: int, quick: bool, models: int | None) -> dict[str, Any]
     if num_devices > len(devices):
         out["skipped"] = f"only {len(devices)} {devices[0].platform} device(s) here"
         return out
-    n = QUICK_EXAMPLES if quick else FULL_EXAMPLES
-    reps = QUICK_REPS if quick else FULL_REPS
-    rng = np.random.default_rng(0)
-    x_host = rng.normal(size=(n, SIZES[0])).astype(np.float32)
-    y_host = rng.integers(0, SIZES[-1], n).astype(np.int32)
-    optimizer = optax.sgd(0.1)
-    key = jax.random.key(0)
-    model = mlp(SIZES, "relu")
-    shape = SIZES[:1]
-
-    mesh = par.data_mesh(num_devices)
-    x, y = par.replicate((x_host, y_host), mesh)
-    data_parallel = {}
-    for batch_size in BATCH_SIZES:
-        epoch = par.make_sharded_epoch_fn(model, optimizer, batch_size, mesh)
-        state = par.replicate(train.init_train_state(key, model, optimizer, shape), mesh)
-        t = _time_epochs(epoch, state, x, y, reps)
-        examples = (n // batch_size) * batch_size
-        data_parallel[str(batch_size)] = {**t, "examples_per_s": examples / t["epoch_s"]}
-    out["data_parallel"] = data_parallel
-
-    m = models or max(4, num_devices)
-    if m % num_devices:
-        m = num_devices * -(-m // num_devices)  # round up to a multiple of the device count
-    mmesh = par.model_mesh(num_devices)
-    xm, ym = par.replicate((x_host, y_host), mmesh)
-    epoch = par.make_per_device_models_fn(model, optimizer, MODELS_BATCH, mmesh)
-    states = par.shard_models(
-        par.init_stacked_states(jax.random.split(key, m), model, optimizer, shape), mmesh
-    )
-    t = _time_epochs(epoch, states, xm, ym, reps)
-    out["per_device_models"] = {
-        "models": m,
-        "batch_size": MODELS_BATCH,
-        **t,
-        "model_epochs_per_s": m / t["epoch_s"],
-    }
-
+    s = _setup(quick)
+    out["data_parallel"] = _data_parallel(s, num_devices)
+    out["per_device_models"] = _per_device_models(s, num_devices, models)
     if num_devices == 1:
-        baseline = {}
-        x1, y1 = jax.device_put((x_host, y_host), devices[0])
-        for batch_size in BATCH_SIZES:
-            epoch = train.make_epoch_fn(model, optimizer, batch_size)
-            state = jax.device_put(train.init_train_state(key, model, optimizer, shape), devices[0])
-            t = _time_epochs(epoch, state, x1, y1, reps)
-            examples = (n // batch_size) * batch_size
-            baseline[str(batch_size)] = {**t, "examples_per_s": examples / t["epoch_s"]}
-        out["single_device_baseline"] = baseline
+        out["single_device_baseline"] = _single_device_baseline(s, devices[0])
     return out
 
 
