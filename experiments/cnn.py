@@ -28,7 +28,6 @@ and autodiff). Exit codes: 0 done; 2 bad input (one line on stderr); 3 a network
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import time
 from collections.abc import Sequence
@@ -38,11 +37,10 @@ from typing import Any
 
 import numpy as np
 
-from experiments import report
+from experiments import harness, report, timing
 from jnn.errors import InputError
 
 QUICK_SUBSET = (384, 128, 128)  # train / val / test examples of --quick
-EXIT_DIVERGED = 3
 METHODS = ("manual", "autodiff")
 EPOCH_LOOPS = ("steps", "scan")
 EVAL_CHUNK = 1000  # examples per evaluation call: bounds the conv activations' memory
@@ -56,7 +54,7 @@ class Config:
     lr: float = 1e-3
     seed: int = 0
     data_dir: str | None = None
-    out: str = "results/cnn"
+    out: str = harness.default_out("cnn")
     overwrite: bool = False
     quick: bool = False
     epoch_loop: str = "steps"
@@ -75,51 +73,40 @@ def build_parser() -> argparse.ArgumentParser:
     a("--batch-size", type=int, default=128)
     a("--lr", type=float, default=1e-3, help="Adam learning rate")
     a("--seed", type=int, default=0)
-    a("--data-dir", default=None, help="folder with the four Fashion-MNIST .gz files")
-    a("--out", default=None, help="output folder (default results/cnn, --quick results/cnn-quick)")
-    a("--overwrite", action="store_true", help="replace an earlier run in --out")
     a("--quick", action="store_true", help="a few hundred images, 2 epochs: seconds")
     a("--epoch-loop", default="steps", help="steps (jitted step, Python loop) or scan")
+    harness.add_data_flag(p)
+    harness.add_output_flags(p, "cnn")
     return p
 
 
 def parse_config(argv: Sequence[str] | None) -> Config:
     """Parse and check the command line; every problem is one InputError line."""
     args = build_parser().parse_args(argv)
-    epochs = args.epochs if args.epochs is not None else (2 if args.quick else 15)
+    epochs = harness.positive_int(
+        args.epochs if args.epochs is not None else (2 if args.quick else 15), "--epochs"
+    )
     autodiff_epochs = epochs if args.autodiff_epochs is None else args.autodiff_epochs
-    if epochs <= 0:
-        raise InputError(f"--epochs must be positive, got {epochs}")
     if not 0 < autodiff_epochs <= epochs:
         raise InputError(
             f"--autodiff-epochs must be in [1, --epochs={epochs}], got {autodiff_epochs}"
         )
-    if args.batch_size <= 0:
-        raise InputError(f"--batch-size must be positive, got {args.batch_size}")
-    if args.batch_size > (QUICK_SUBSET[0] if args.quick else 54_000):
-        raise InputError(f"--batch-size {args.batch_size} exceeds the training examples")
-    if not (math.isfinite(args.lr) and args.lr > 0):
-        raise InputError(f"--lr must be a positive number, got {args.lr}")
-    if args.seed < 0:
-        raise InputError(f"--seed must be non-negative, got {args.seed}")
-    if args.epoch_loop not in EPOCH_LOOPS:
+    train_size = QUICK_SUBSET[0] if args.quick else 54_000
+    if args.batch_size > train_size:
         raise InputError(
-            f"--epoch-loop must be one of {', '.join(EPOCH_LOOPS)}, got {args.epoch_loop!r}"
+            f"--batch-size {args.batch_size} exceeds the {train_size:,} training examples"
         )
-    if args.data_dir is not None and not Path(args.data_dir).expanduser().is_dir():
-        raise InputError(f"--data-dir {args.data_dir} is not a folder")
-    out = args.out or ("results/cnn-quick" if args.quick else "results/cnn")
     return Config(
-        epochs,
-        autodiff_epochs,
-        args.batch_size,
-        args.lr,
-        args.seed,
-        args.data_dir,
-        out,
-        args.overwrite,
-        args.quick,
-        args.epoch_loop,
+        epochs=epochs,
+        autodiff_epochs=autodiff_epochs,
+        batch_size=harness.positive_int(args.batch_size, "--batch-size"),
+        lr=harness.positive_float(args.lr, "--lr"),
+        seed=harness.seed(args.seed),
+        data_dir=harness.data_dir(args.data_dir),
+        out=args.out or harness.default_out("cnn", "quick" if args.quick else ""),
+        overwrite=args.overwrite,
+        quick=args.quick,
+        epoch_loop=harness.choice(args.epoch_loop, EPOCH_LOOPS, "--epoch-loop"),
     )
 
 
@@ -225,23 +212,12 @@ def timed(epoch_fn: Any, times: list[float]) -> Any:
     import jax
 
     def fn(state: Any, x: Any, y: Any) -> tuple[Any, Any]:
-        t0 = time.perf_counter()
-        state, metrics = epoch_fn(state, x, y)
-        jax.block_until_ready(metrics)
-        times.append(time.perf_counter() - t0)
+        with timing.Stopwatch() as sw:
+            state, metrics = jax.block_until_ready(epoch_fn(state, x, y))
+        times.append(sw.s)
         return state, metrics
 
     return fn
-
-
-def median_ratio(manual_s: list[float], autodiff_s: list[float]) -> float | None:
-    """Median manual/autodiff epoch time over the epochs both ran, the compiling first excluded
-    when there are later ones."""
-    n = min(len(manual_s), len(autodiff_s))
-    first = 1 if n > 1 else 0
-    if n == 0:
-        return None
-    return statistics.median(manual_s[first:n]) / statistics.median(autodiff_s[first:n])
 
 
 def train_twins(cfg: Config, data: dict[str, Any]) -> dict[str, Any]:
@@ -285,7 +261,7 @@ def train_twins(cfg: Config, data: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def run(cfg: Config) -> dict[str, Any]:
+def run(cfg: Config, run_dir: Path | None = None) -> dict[str, Any]:
     """Load the data, train both networks, return the results (nothing written)."""
     import jax
 
@@ -306,10 +282,9 @@ def run(cfg: Config) -> dict[str, Any]:
         "optimizer": f"adam(lr={cfg.lr:g}), batch {cfg.batch_size}",
         "sizes": {k: len(v[1]) for k, v in data.items()},
         "networks": nets,
-        "epoch_time_ratio_manual_over_autodiff": median_ratio(man["times"], auto["times"]),
+        "epoch_time_ratio_manual_over_autodiff": timing.median_ratio(man["times"], auto["times"]),
         "wall_s": time.perf_counter() - t0,
-        "versions": report.versions(),
-        "device": report.device_info(),
+        **harness.stamp(),
     }
 
 
@@ -370,24 +345,19 @@ def plot_curves(path: Path, result: dict[str, Any]) -> Path:
     return save_figure(fig, path)
 
 
-def render(result: dict[str, Any], run_dir: Path) -> None:
+def render(result: dict[str, Any], run_dir: Path) -> list[Path]:
     """Write results.json, results.md and curves.png into ``run_dir``."""
     report.write_json(run_dir / "results.json", result)
     report.write_text_atomic(run_dir / "results.md", results_markdown(result))
-    plot_curves(run_dir / "curves.png", result)
+    return [
+        run_dir / "results.json",
+        run_dir / "results.md",
+        plot_curves(run_dir / "curves.png", result),
+    ]
 
 
-def _main(argv: Sequence[str] | None = None) -> int:
-    cfg = parse_config(argv)
-    report.check_run_dir(cfg.out, overwrite=cfg.overwrite)  # refuse before training
-    result = run(cfg)
-    run_dir = report.prepare_run_dir(cfg.out, overwrite=cfg.overwrite)
-    render(result, run_dir)
-    print(results_markdown(result))
-    return EXIT_DIVERGED if result["status"] == "diverged" else 0
-
-
-main = report.cli_main(_main)
+EXPERIMENT = harness.Experiment("cnn", parse_config, run, render, results_markdown)
+main = harness.cli(EXPERIMENT)
 
 if __name__ == "__main__":
     raise SystemExit(main())
