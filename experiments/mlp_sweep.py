@@ -5,13 +5,19 @@
     python -m experiments.mlp_sweep --init glorot     # the fix for the Sigmoid failure
     python -m experiments.mlp_sweep --resume          # continue an interrupted run
 
-Per activation, every seed's model trains in one XLA program (vmap over seeds, the data shared);
-activations are separate programs, spread over ``--devices`` host devices and run from threads.
-Checkpoints (orbax) land in ``<out>/<activation>/<epoch>/`` at every ``--save-at`` epoch, plus a
-rolling ``<out>/<activation>/latest/`` every ``--checkpoint-every`` epochs for crash safety.
-The reported accuracies are computed from the restored checkpoints. ``<out>`` receives
+On the harness (``experiments.harness``): ``parse_config`` -> ``run(cfg, run_dir)`` ->
+``render(result, run_dir)``, one output root (``runs/``). Per activation, every seed's model
+trains in one XLA program (vmap over seeds, the data shared); activations are separate programs,
+spread over ``--devices`` host devices and run from threads. Checkpoints (orbax) land in
+``<out>/<activation>/<epoch>/`` at every ``--save-at`` epoch, plus a rolling
+``<out>/<activation>/latest/`` every ``--checkpoint-every`` epochs for crash safety. The reported
+accuracies are computed from the restored checkpoints; a ``--save-at`` checkpoint that is gone
+from a run already past it is refused (one line, exit 2), never reported. ``<out>`` receives
 ``run.json`` (the config, checked on ``--resume``), ``results.json``, ``results.md`` and the loss
 curves (``loss_<activation>.png``, ``loss_overview.png``).
+
+On a terminal: one progress bar per activation, an overall ETA line after the first epoch and
+scikit-learn's epochs per model; elsewhere (CI, logs) plain lines.
 
 Exit codes: 0 done; 2 bad input (one line on stderr); 3 done, but some model diverged.
 """
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import math
 import os
 import queue
@@ -30,11 +37,11 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from experiments import report
+from experiments import harness, report
 from jnn.errors import InputError
 
 STUDY_ACTIVATIONS = ("relu", "sigmoid", "linear", "tanh")
@@ -48,7 +55,7 @@ PLATEAU_NOTE = (
     "~6 epochs of 48,600 images; a smoke run is too short for that (try --init glorot to see it "
     "learn in seconds)"
 )
-EXIT_DIVERGED = 3
+EXIT_DIVERGED = harness.EXIT_DIVERGED
 MAX_EPOCHS, MAX_SEEDS = 100_000, 1_024  # refuse before allocating (10**12 epochs tried 3.6 TiB)
 # The original study's test accuracies (its own 80/10/10 split), for the results table.
 ORIGINAL_TEST_ACCURACY = {
@@ -118,6 +125,14 @@ def _plain(v: Any) -> Any:
     return list(v) if isinstance(v, tuple) else v
 
 
+def config_of(result: dict[str, Any]) -> Config:
+    """The :class:`Config` stored in a result (also one read back from results.json)."""
+    c = dict(result["config"])
+    for key in ("activations", "save_at", "sizes", "subset"):
+        c[key] = tuple(c[key]) if c.get(key) is not None else None
+    return Config(**c)
+
+
 # ------------------------------------------------------------------------------------ the CLI
 
 
@@ -134,6 +149,17 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         epilog="Exit codes: 0 done, 2 bad input, 3 done but a model diverged (see results.json).",
     )
+    _add_model_flags(p)
+    harness.add_data_flag(p)
+    harness.add_output_flags(p, "mlp_sweep", resume=True)
+    out = next(a for a in p._actions if "--out" in a.option_strings)
+    out.help = f"run folder [{default_out('<split>', '<init>', None, False)}[-<scale>][-quick]]"
+    _add_run_flags(p)
+    return p
+
+
+def _add_model_flags(p: argparse.ArgumentParser) -> None:
+    """The flags that define the numbers (IDENTITY)."""
     a = p.add_argument
     a(
         "--activations",
@@ -175,18 +201,11 @@ def build_parser() -> argparse.ArgumentParser:
         "(jnn's earlier default; 'seed' is its old name); official: 54k/6k + the official 10k "
         "test set [original]",
     )
-    a(
-        "--data-dir",
-        default=None,
-        help="folder with the four Fashion-MNIST .gz files [$JNN_DATA_DIR, ~/.cache/jnn/...]",
-    )
-    a(
-        "--out",
-        default=None,
-        help="run folder [checkpoints/mlp_sweep-<split>-<init>[-<scale>][-quick]]",
-    )
-    a("--resume", action="store_true", help="continue the run in --out from its checkpoints")
-    a("--overwrite", action="store_true", help="delete --out first if it holds another run")
+
+
+def _add_run_flags(p: argparse.ArgumentParser) -> None:
+    """How the run goes: smoke run, the sklearn comparison, devices, checkpoints."""
+    a = p.add_argument
     a(
         "--quick",
         action="store_true",
@@ -227,7 +246,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=10,
         help="also keep a rolling checkpoint every K epochs (crash safety), 0 for none [10]",
     )
-    return p
 
 
 def _ints(text: str, what: str) -> tuple[int, ...]:
@@ -240,30 +258,36 @@ def _ints(text: str, what: str) -> tuple[int, ...]:
     return values
 
 
-def parse_config(argv: Sequence[str] | None) -> Config:
-    """Parse and validate the command line; every problem is one ValueError."""
+def _activations(text: str) -> tuple[str, ...]:
     from jnn.activations import ACTIVATIONS
-    from jnn.initializers import INITIALIZERS
 
-    args = build_parser().parse_args(argv)
-    acts = tuple(t.strip().lower() for t in args.activations.split(",") if t.strip())
+    acts = tuple(t.strip().lower() for t in text.split(",") if t.strip())
     allowed = [n for n in ACTIVATIONS if n != "softmax"]
     bad = [t for t in acts if t not in allowed]
     if not acts or bad:
         raise InputError(f"unknown activation {bad or acts!r}: choose from {', '.join(allowed)}")
     if len(set(acts)) != len(acts):
-        raise InputError(f"--activations lists one twice: {args.activations!r}")
-    init = args.init.lower()
+        raise InputError(f"--activations lists one twice: {text!r}")
+    return acts
+
+
+def _init(name: str, scale: float | None) -> str:
+    from jnn.initializers import INITIALIZERS
+
+    init = name.lower()
     if init not in INITIALIZERS:
-        raise InputError(f"unknown init {args.init!r}: choose from {', '.join(INITIALIZERS)}")
-    if args.init_scale is not None:
+        raise InputError(f"unknown init {name!r}: choose from {', '.join(INITIALIZERS)}")
+    if scale is not None:
         if init not in INIT_SCALE_NAME:
             raise InputError(f"--init-scale applies to normal and random, not to --init {init}")
-        if not (math.isfinite(args.init_scale) and args.init_scale > 0):
-            raise InputError(f"--init-scale must be a positive number, got {args.init_scale}")
+        harness.positive_float(scale, "--init-scale")
+    return init
+
+
+def _epochs(args: argparse.Namespace) -> tuple[int, tuple[int, ...]]:
+    """--epochs and --save-at (defaults: 100 and 50,100; 3 and 2,3 with --quick)."""
     epochs = args.epochs if args.epochs is not None else (QUICK_EPOCHS if args.quick else 100)
-    if epochs <= 0:
-        raise InputError(f"--epochs must be positive, got {epochs}")
+    harness.positive_int(epochs, "--epochs", maximum=MAX_EPOCHS)
     if args.save_at is not None:
         save_at = _ints(args.save_at, "--save-at")
     elif args.quick and args.epochs is None:
@@ -274,25 +298,23 @@ def parse_config(argv: Sequence[str] | None) -> Config:
         raise InputError(f"--save-at epochs must be positive, got {list(save_at)}")
     if any(e > epochs for e in save_at):
         raise InputError(f"--save-at {max(save_at)} is beyond --epochs {epochs}")
-    save_at = tuple(sorted(set(save_at)))
-    if not (math.isfinite(args.lr) and args.lr > 0):
-        raise InputError(f"--lr must be a positive number, got {args.lr}")
-    for name in ("batch_size", "seeds", "sklearn_workers"):
-        if getattr(args, name) <= 0:
-            raise InputError(
-                f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}"
-            )
-    if args.seed < 0:
-        raise InputError(f"--seed must be non-negative, got {args.seed}")
-    if args.seed >= 2**32:
-        raise InputError(f"--seed must be below 2**32 (a PRNG seed), got {args.seed}")
-    if epochs > MAX_EPOCHS or args.seeds > MAX_SEEDS:
-        raise InputError(
-            f"--epochs must be at most {MAX_EPOCHS:,} and --seeds at most {MAX_SEEDS:,} "
-            f"(got {epochs:,} and {args.seeds:,}); the per-epoch history alone would not fit"
-        )
-    if args.devices is not None and args.devices <= 0:
-        raise InputError(f"--devices must be positive, got {args.devices}")
+    return epochs, tuple(sorted(set(save_at)))
+
+
+def parse_config(argv: Sequence[str] | None) -> Config:
+    """Parse and check the command line; every problem is one InputError naming the flag. On
+    --resume the run.json in --out must match (checked before anything is written there)."""
+    args = build_parser().parse_args(argv)
+    acts = _activations(args.activations)
+    init = _init(args.init, args.init_scale)
+    epochs, save_at = _epochs(args)
+    harness.positive_float(args.lr, "--lr")
+    harness.positive_int(args.batch_size, "--batch-size")
+    harness.positive_int(args.seeds, "--seeds", maximum=MAX_SEEDS)
+    harness.positive_int(args.sklearn_workers, "--sklearn-workers")
+    harness.seed(args.seed)
+    if args.devices is not None:
+        harness.positive_int(args.devices, "--devices")
     if args.checkpoint_every < 0:
         raise InputError(f"--checkpoint-every must be >= 0, got {args.checkpoint_every}")
     if args.resume and args.overwrite:
@@ -300,38 +322,58 @@ def parse_config(argv: Sequence[str] | None) -> Config:
     subset = QUICK_SUBSET if args.quick else None
     if subset and args.batch_size > subset[0]:  # the full sets are checked once loaded
         raise InputError(f"--batch-size {args.batch_size} exceeds the training examples")
-    out = args.out or default_out(args.split, init, args.init_scale, args.quick)
-    data_dir = args.data_dir
-    if data_dir is not None and not Path(data_dir).expanduser().is_dir():
-        raise InputError(f"--data-dir {data_dir} is not a folder")
-    return Config(
+    cfg = Config(
         activations=acts,
         epochs=epochs,
         save_at=save_at,
         init=init,
         init_scale=args.init_scale,
-        lr=args.lr,
-        batch_size=args.batch_size,
-        seeds=args.seeds,
-        seed=args.seed,
-        split=args.split,
-        data_dir=data_dir,
-        out=out,
-        resume=args.resume,
-        overwrite=args.overwrite,
-        quick=args.quick,
-        sklearn=args.sklearn,
+        **{k: getattr(args, k) for k in ("lr", "batch_size", "seeds", "seed", "split")},
+        data_dir=harness.data_dir(args.data_dir),
+        out=args.out or default_out(args.split, init, args.init_scale, args.quick),
+        **{k: getattr(args, k) for k in ("resume", "overwrite", "quick", "sklearn")},
         sklearn_workers=args.sklearn_workers,
         devices=args.devices,
         checkpoint_every=args.checkpoint_every,
         subset=subset,
         data_parallel=args.data_parallel,
     )
+    check_resume(cfg)
+    return cfg
 
 
 def default_out(split: str, init: str, scale: float | None, quick: bool) -> str:
-    name = f"mlp_sweep-{split}-{init}" + (f"-{scale:g}" if scale is not None else "")
-    return str(Path("checkpoints") / (name + ("-quick" if quick else "")))
+    """``runs/mlp_sweep-<split>-<init>[-<scale>][-quick]`` (harness.default_out)."""
+    scale_s = f"{scale:g}" if scale is not None else ""
+    return harness.default_out("mlp_sweep", split, init, scale_s, "quick" if quick else "")
+
+
+def check_resume(cfg: Config) -> None:
+    """On --resume, a folder holding files must be an mlp_sweep run with this config's
+    identity (run.json); reads only, so it can refuse before anything is written to --out."""
+    out = Path(cfg.out).expanduser().resolve()
+    if not (cfg.resume and out.is_dir()):
+        return
+    if not any(p.name not in report.BOOKKEEPING for p in out.iterdir()):
+        return  # a new (or emptied) folder: nothing to continue, nothing to compare
+    run_json = out / "run.json"
+    if not run_json.is_file():
+        raise report.RunDirError(
+            f"--resume: {out} holds no run.json, so it is not an mlp_sweep run"
+        )
+    try:
+        stored = json.loads(run_json.read_text())["identity"]
+        differ = [k for k in IDENTITY if _plain(stored.get(k)) != cfg.identity()[k]]
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise report.RunDirError(f"--resume: {run_json} is unreadable ({err})") from None
+    if differ:
+        mine = cfg.identity()
+        what = "; ".join(
+            f"--{k.replace('_', '-')}: run has {stored.get(k)!r}, now {mine[k]!r}" for k in differ
+        )
+        raise report.RunDirError(
+            f"--resume with a different config than the checkpointed run in {out} ({what})"
+        )
 
 
 # ------------------------------------------------------------------------------------ setup
@@ -381,46 +423,119 @@ def load_data(cfg: Config) -> tuple[np.ndarray, ...]:
     return data
 
 
-def check_run_dir(cfg: Config, *, create: bool = True) -> Path:
-    """Create or reuse the run folder; on --resume the stored config must match this one.
+# ------------------------------------------------------------------------------------ progress
 
-    ``create=False`` only checks (refusals come before the data are loaded, nothing is written).
-    """
-    out = Path(cfg.out).expanduser().resolve()
-    run_json = out / "run.json"
-    if not create:  # the one run-folder policy: ours to overwrite only if marked, ...
-        report.check_run_dir(
-            out, resume=cfg.resume, overwrite=cfg.overwrite, markers=("results.json", "run.json")
-        )
-    if cfg.resume and out.is_dir() and any(out.iterdir()):
-        if not run_json.is_file():
-            raise report.RunDirError(
-                f"--resume: {out} holds no run.json, so it is not an mlp_sweep run"
-            )
-        import json
 
-        try:
-            stored = json.loads(run_json.read_text())["identity"]
-        except (ValueError, KeyError, TypeError) as err:
-            raise report.RunDirError(f"--resume: {run_json} is unreadable ({err})") from None
-        mine = cfg.identity()
-        differ = [k for k in IDENTITY if _plain(stored.get(k)) != mine[k]]
-        if differ:
-            what = "; ".join(
-                f"--{k.replace('_', '-')}: run has {stored.get(k)!r}, now {mine[k]!r}"
-                for k in differ
-            )
-            raise report.RunDirError(
-                f"--resume with a different config than the checkpointed run in {out} ({what})"
-            )
-    if not create:
-        return out
-    path = report.prepare_run_dir(
-        out, resume=cfg.resume, overwrite=cfg.overwrite, markers=("results.json", "run.json")
+def duration(seconds: float) -> str:
+    """``45 s``, ``12 min``, ``2 h 05 min``: an ETA a person reads at a glance."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    minutes = round(seconds / 60)
+    return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+def eta_line(epochs_left: int, epoch_s: float, parallel: int, models: int, nth: int = 1) -> str:
+    """The overall ETA: every activation's epochs still to run, ``parallel`` programs at a time,
+    each epoch (of all ``models`` seeds) as long as this run's ``nth`` epoch (said after the
+    first, which includes compiling, and again after the second, which does not)."""
+    eta = epochs_left * epoch_s / max(1, parallel)
+    which = "first epoch took" if nth == 1 else "second epoch took"
+    extra = ", compilation included" if nth == 1 else ""
+    return (
+        f"eta: about {duration(eta)} for the {epochs_left} epochs left over all activations "
+        f"({models} model(s) each, {parallel} at a time; the {which} {epoch_s:.1f} s{extra})"
     )
-    if not run_json.is_file():
-        report.write_json(run_json, {"identity": cfg.identity(), "config": asdict(cfg)})
-    return path
+
+
+class SweepProgress:
+    """What a person watches while the sweep runs: one bar per activation (its own row), an
+    overall ETA after the first epoch, scikit-learn's finished epochs per model (a bar fed from
+    the workers' shared counter), and notices printed above the bars instead of through them.
+    Not a terminal (CI, logs, pipes): no bars, the same information as plain lines."""
+
+    def __init__(self, cfg: Config, parallel: int, sk_counter: Any = None) -> None:
+        self.cfg, self.parallel, self.sk_counter = cfg, parallel, sk_counter
+        self.lock = threading.Lock()
+        self.left = dict.fromkeys(cfg.activations, cfg.epochs)  # lowered as groups resume
+        self.eta_said = 0  # ETA lines said: after the first epoch and after the second
+        self.done = threading.Event()
+        self.sk_bar = self.sk_thread = None
+        if sk_counter is not None:
+            self.sk_bar = report.progress(
+                total=cfg.epochs * len(cfg.activations),
+                desc="sklearn",
+                position=len(cfg.activations),
+                unit="ep",
+                leave=True,
+            )
+            if not self.sk_bar.disable:  # no terminal: said when jnn waits for it
+                self.sk_thread = threading.Thread(target=self._poll_sklearn, daemon=True)
+                self.sk_thread.start()
+
+    def say(self, text: str, *, err: bool = False) -> None:
+        """One line above the bars (tqdm.write), on stdout or, for warnings, stderr."""
+        from tqdm.auto import tqdm
+
+        tqdm.write(text, file=sys.stderr if err else sys.stdout)
+        (sys.stderr if err else sys.stdout).flush()
+
+    def bar(self, activation: str, position: int, start: int) -> Any:
+        with self.lock:
+            self.left[activation] = self.cfg.epochs - start
+        return report.progress(
+            total=self.cfg.epochs,
+            initial=start,
+            desc=f"{activation:>7}",
+            position=position,
+            leave=True,
+            unit="ep",
+        )
+
+    def epoch(
+        self, activation: str, bar: Any, epoch: int, val_acc: float, epoch_s: float, nth: int
+    ) -> None:
+        """Epoch ``epoch`` of ``activation``, the ``nth`` this run trained, took ``epoch_s``."""
+        bar.update(1)
+        bar.set_postfix(val_acc=f"{val_acc:.4f}")
+        with self.lock:
+            self.left[activation] -= 1
+            say = nth == self.eta_said + 1 <= 2
+            self.eta_said += say
+            left = sum(self.left.values())
+        if say and left > 0:
+            self.say(eta_line(left, epoch_s, self.parallel, self.cfg.seeds, nth))
+        if epoch in self.cfg.save_at and bar.disable:  # no bars: one line per checkpoint
+            self.say(f"{activation}: epoch {epoch}/{self.cfg.epochs}, val acc {val_acc:.4f}")
+
+    def sklearn_epochs(self) -> list[int]:
+        return list(self.sk_counter) if self.sk_counter is not None else []
+
+    def sklearn_text(self) -> str:
+        done = self.sklearn_epochs()
+        return ", ".join(f"{a} {n}/{self.cfg.epochs}" for a, n in zip(self.cfg.activations, done))
+
+    def _poll_sklearn(self) -> None:
+        while not self.done.wait(0.5):
+            self._refresh_sklearn()
+
+    def _refresh_sklearn(self) -> None:
+        if self.sk_bar is not None and not self.sk_bar.disable:
+            self.sk_bar.n = sum(self.sklearn_epochs())
+            self.sk_bar.set_postfix_str(self.sklearn_text(), refresh=False)
+            self.sk_bar.refresh()
+
+    def waiting_for_sklearn(self, futures: dict[str, Any]) -> None:
+        """Said once when jnn is done and scikit-learn is not."""
+        if any(not f.done() for f in futures.values()):
+            self.say(f"jnn done; waiting for scikit-learn (epochs: {self.sklearn_text()})")
+
+    def close(self) -> None:
+        self.done.set()
+        if self.sk_thread is not None:
+            self.sk_thread.join()
+            self._refresh_sklearn()
+        if self.sk_bar is not None:
+            self.sk_bar.close()
 
 
 # ------------------------------------------------------------------------------------ training
@@ -449,6 +564,154 @@ class GroupResult:
     device: str
 
 
+class Group(NamedTuple):
+    """One activation's training, set up (and resumed) on its device."""
+
+    model: Any
+    state: Any
+    history: dict[str, np.ndarray]
+    template: Any  # the host-side tree a checkpoint restores into
+    store: Any
+    resumed_from: int | None
+    mesh: Any
+
+
+def setup_group(cfg: Config, activation: str, device: Any, run_dir: Path, say: Any) -> Group:
+    """Initial state of all seeds of ``activation`` on ``device``, or, with --resume, the newest
+    checkpoint that verifies; a ``--save-at`` checkpoint gone from before it is refused here."""
+    import jax
+    import optax
+
+    from jnn import train
+    from jnn.checkpoints import CheckpointStore
+
+    model = sweep_model(cfg, activation)
+    mesh = getattr(device, "mesh", None)  # set with --data-parallel
+    with jax.default_device(device if mesh is None else mesh.devices.flat[0]):
+        state = train.init_train_states(
+            model_keys(cfg.seed, cfg.seeds), model, optax.sgd(cfg.lr), cfg.sizes[:1]
+        )
+    history = train.empty_history(cfg.epochs, cfg.seeds)
+    template = {"state": jax.device_get(state), "history": history}
+    store = CheckpointStore(run_dir / activation)
+    resumed_from = None
+    if cfg.resume:
+        found = resume_from_store(store, template, activation, say)
+        if found is not None:
+            resumed_from, tree = found
+            state = tree["state"]
+            history = {k: np.array(v) for k, v in tree["history"].items()}
+            check_save_at(cfg, activation, store, resumed_from, run_dir)
+    state = jax.device_put(state, device)
+    return Group(model, state, history, template, store, resumed_from, mesh)
+
+
+def check_save_at(cfg: Config, activation: str, store: Any, reached: int, run_dir: Path) -> None:
+    """Every ``--save-at`` epoch up to ``reached`` must have its checkpoint: a number that
+    cannot be recomputed from this run is refused, never reported."""
+    saved = set(store.saved_epochs())
+    gone = [e for e in cfg.save_at if e <= reached and e not in saved]
+    if gone:
+        raise InputError(
+            f"{activation}: the --save-at checkpoint of epoch {gone[0]} "
+            f"({run_dir / activation / str(gone[0])}) is missing, but this run is already past "
+            f"it (epoch {reached}), so its accuracies cannot be reported; put the folder back, "
+            "or train again from scratch with --overwrite or another --out"
+        )
+
+
+def epoch_hook(
+    cfg: Config, activation: str, store: Any, bar: Any, progress: SweepProgress, stop: Any
+) -> Any:
+    """``on_epoch`` of ``train.fit``: progress, and the --save-at and rolling checkpoints."""
+    import jax
+
+    last = [time.perf_counter(), 0]  # when the previous epoch ended, epochs run so far
+
+    def on_epoch(epoch: int, st: Any, hist: dict[str, np.ndarray]) -> None:
+        if stop is not None and stop.is_set():
+            raise KeyboardInterrupt  # another group failed or the user pressed Ctrl-C
+        now = time.perf_counter()
+        epoch_s, last[0], last[1] = now - last[0], now, last[1] + 1
+        val_acc = float(np.nanmean(hist["val_accuracy"][:, epoch - 1]))
+        progress.epoch(activation, bar, epoch, val_acc, epoch_s, last[1])
+        chosen = epoch in cfg.save_at
+        rolling = not chosen and (
+            epoch == cfg.epochs or (cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0)
+        )
+        if chosen or rolling:
+            # Host copies: the device state is donated to the next epoch while orbax writes.
+            tree = {"state": jax.device_get(st), "history": {k: v.copy() for k, v in hist.items()}}
+            store.save(epoch, tree, rolling=bool(rolling))
+
+    return on_epoch
+
+
+def divergence_message(cfg: Config, activation: str, diverged_at: int, store: Any) -> str:
+    good = [e for e in store.saved_epochs() + store.rolling_epochs() if e < diverged_at]
+    return (
+        f"{activation}: the loss became NaN/inf at epoch {diverged_at} "
+        f"(lr {cfg.lr:g}, init {cfg.init}"
+        + (f" {cfg.init_scale:g}" if cfg.init_scale else "")
+        + "); stopped this model, last good checkpoint: "
+        + (f"epoch {max(good)}" if good else "none")
+        + "; try a lower --lr"
+        + (" or --init he/glorot" if cfg.init not in ("he", "glorot") else "")
+    )
+
+
+def evaluate_checkpoints(
+    cfg: Config, activation: str, g: Group, data: dict[str, Any], device: Any, run_dir: Path
+) -> dict[str, dict[str, Any]]:
+    """Every chosen checkpoint evaluated as restored from disk, not from memory."""
+    import jax
+
+    eval_fn = _eval_fn(g.model)
+    x, y, xv, yv = data[device]
+    checkpoints = {}
+    for epoch in g.store.saved_epochs():
+        if epoch not in cfg.save_at:
+            continue
+        restored = g.store.restore(epoch, g.template)["state"]
+        params, model_state = jax.device_put((restored.params, restored.model_state), device)
+        row: dict[str, Any] = {"path": str(run_dir / activation / str(epoch))}
+        for name, (xs, ys) in (
+            ("train", (x, y)),
+            ("val", (xv, yv)),
+            ("test", data[("test", device)]),
+        ):
+            loss, acc = jax.device_get(eval_fn(params, model_state, xs, ys))
+            row[f"{name}_loss"], row[f"{name}_accuracy"] = loss, acc
+        checkpoints[str(epoch)] = summarize(row)
+    return checkpoints
+
+
+def fit_group(
+    cfg: Config, activation: str, g: Group, data: dict[str, Any], device: Any, hook: Any
+) -> Any:
+    """``train.fit`` from the group's state; on any failure, started saves finish first."""
+    from jnn import train
+
+    x, y, xv, yv = data[device]
+    epoch_fn = _epoch_fn(g.model, cfg.lr, cfg.batch_size, cfg.gradients, g.mesh)
+    try:
+        result = train.fit(
+            g.state,
+            epoch_fn,
+            (x, y),
+            (xv, yv),
+            eval_fn=_eval_fn(g.model),
+            epochs=cfg.epochs,
+            history=g.history,
+            on_epoch=hook,
+        )
+    except BaseException:
+        g.store.close()  # let started saves finish: they are the ones to resume from
+        raise
+    g.store.wait()
+    return result
+
+
 def train_group(
     cfg: Config,
     activation: str,
@@ -456,130 +719,40 @@ def train_group(
     run_dir: Path,
     devices: queue.Queue,
     position: int,
+    progress: SweepProgress,
     stop: threading.Event | None = None,
 ) -> GroupResult:
     """Train (or resume) all seeds of one activation on a free device, then evaluate from disk."""
-    import jax
-    import optax
-
-    from jnn import train
-    from jnn.checkpoints import CheckpointStore
-
     device = devices.get()
     try:
         t0 = time.perf_counter()
-        x, y, xv, yv = data[device]
-        optimizer = optax.sgd(cfg.lr)
-        model = sweep_model(cfg, activation)
-        mesh = getattr(device, "mesh", None)  # set with --data-parallel
-        with jax.default_device(device if mesh is None else mesh.devices.flat[0]):
-            state = train.init_train_states(
-                model_keys(cfg.seed, cfg.seeds), model, optimizer, cfg.sizes[:1]
-            )
-        history = train.empty_history(cfg.epochs, cfg.seeds)
-        template = {"state": jax.device_get(state), "history": history}
-        store = CheckpointStore(run_dir / activation)
-        resumed_from = None
-        if cfg.resume:
-            found = resume_from_store(store, template, activation)
-            if found is not None:
-                resumed_from, tree = found
-                state = tree["state"]
-                history = {k: np.array(v) for k, v in tree["history"].items()}
-        state = jax.device_put(state, device)
-        start = int(np.max(np.asarray(state.epoch)))
-        epoch_fn = _epoch_fn(model, cfg.lr, cfg.batch_size, cfg.gradients, mesh)
-        eval_fn = _eval_fn(model)
-        bar = report.progress(
-            total=cfg.epochs,
-            initial=start,
-            desc=f"{activation:>7}",
-            position=position,
-            leave=True,
-            unit="ep",
-        )
-
-        def on_epoch(epoch: int, st: Any, hist: dict[str, np.ndarray]) -> None:
-            if stop is not None and stop.is_set():
-                raise KeyboardInterrupt  # another group failed or the user pressed Ctrl-C
-            bar.update(1)
-            bar.set_postfix(val_acc=f"{np.nanmean(hist['val_accuracy'][:, epoch - 1]):.4f}")
-            chosen = epoch in cfg.save_at
-            rolling = not chosen and (
-                epoch == cfg.epochs or (cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0)
-            )
-            if chosen and bar.disable:  # no progress bar (not a terminal): one line per save
-                acc = np.nanmean(hist["val_accuracy"][:, epoch - 1])
-                print(f"{activation}: epoch {epoch}/{cfg.epochs}, val acc {acc:.4f}", flush=True)
-            if chosen or rolling:
-                # Host copies: the device state is donated to the next epoch while orbax writes.
-                tree = {
-                    "state": jax.device_get(st),
-                    "history": {k: v.copy() for k, v in hist.items()},
-                }
-                store.save(epoch, tree, rolling=bool(rolling))
-
+        g = setup_group(cfg, activation, device, run_dir, progress.say)
+        start = int(np.max(np.asarray(g.state.epoch)))
+        bar = progress.bar(activation, position, start)
         try:
-            result = train.fit(
-                state,
-                epoch_fn,
-                (x, y),
-                (xv, yv),
-                eval_fn=eval_fn,
-                epochs=cfg.epochs,
-                history=history,
-                on_epoch=on_epoch,
-            )
-        except BaseException:
-            store.close()  # let started saves finish: they are the ones to resume from
-            raise
+            hook = epoch_hook(cfg, activation, g.store, bar, progress, stop)
+            result = fit_group(cfg, activation, g, data, device, hook)
         finally:
             bar.close()
-        store.wait()
         train_s = time.perf_counter() - t0
-        status, message = "ok", None
+        status, message, reached = "ok", None, cfg.epochs
         if result.diverged_at is not None:
-            status = "diverged"
-            good = [
-                e for e in store.saved_epochs() + store.rolling_epochs() if e < result.diverged_at
-            ]
-            message = (
-                f"{activation}: the loss became NaN/inf at epoch {result.diverged_at} "
-                f"(lr {cfg.lr:g}, init {cfg.init}"
-                + (f" {cfg.init_scale:g}" if cfg.init_scale else "")
-                + "); stopped this model, last good checkpoint: "
-                + (f"epoch {max(good)}" if good else "none")
-                + "; try a lower --lr"
-                + (" or --init he/glorot" if cfg.init not in ("he", "glorot") else "")
-            )
-            print(f"warning: {message}", file=sys.stderr, flush=True)
-        # Evaluate every chosen checkpoint as restored from disk, not from memory.
+            status, reached = "diverged", result.diverged_at - 1
+            message = divergence_message(cfg, activation, result.diverged_at, g.store)
+            progress.say(f"warning: {message}", err=True)
+        check_save_at(cfg, activation, g.store, reached, run_dir)
         t1 = time.perf_counter()
-        checkpoints = {}
-        for epoch in store.saved_epochs():
-            if epoch not in cfg.save_at:
-                continue
-            restored = store.restore(epoch, template)["state"]
-            params, model_state = jax.device_put((restored.params, restored.model_state), device)
-            row: dict[str, Any] = {"path": str(run_dir / activation / str(epoch))}
-            for name, (xs, ys) in (
-                ("train", (x, y)),
-                ("val", (xv, yv)),
-                ("test", data[("test", device)]),
-            ):
-                loss, acc = jax.device_get(eval_fn(params, model_state, xs, ys))
-                row[f"{name}_loss"], row[f"{name}_accuracy"] = loss, acc
-            checkpoints[str(epoch)] = summarize(row)
-        store.close()
+        checkpoints = evaluate_checkpoints(cfg, activation, g, data, device, run_dir)
+        g.store.close()
         return GroupResult(
             activation,
             status,
             result.diverged_at,
             message,
-            history,
+            g.history,
             checkpoints,
-            cfg.epochs - start if result.diverged_at is None else result.diverged_at - start,
-            resumed_from,
+            (result.diverged_at or cfg.epochs) - start,
+            g.resumed_from,
             train_s,
             time.perf_counter() - t1,
             str(device),
@@ -588,7 +761,9 @@ def train_group(
         devices.put(device)
 
 
-def resume_from_store(store: Any, template: Any, activation: str) -> tuple[int, Any] | None:
+def resume_from_store(
+    store: Any, template: Any, activation: str, say: Any = None
+) -> tuple[int, Any] | None:
     """The newest checkpoint of ``activation`` that verifies; every step skipped on the way
     (corrupt, partial, empty) is said in one line on stderr, with what it was and what we did."""
     import warnings
@@ -600,12 +775,11 @@ def resume_from_store(store: Any, template: Any, activation: str) -> tuple[int, 
         found = store.restore_latest(template)
     then = f"resumed from epoch {found[0]}" if found else "starting from epoch 0"
     for skipped in store.skipped:
-        print(
+        line = (
             f"warning: {activation}: checkpoint of epoch {skipped.epoch} ({skipped.path}) is "
-            f"unusable ({skipped.reason}); {then}",
-            file=sys.stderr,
-            flush=True,
+            f"unusable ({skipped.reason}); {then}"
         )
+        say(line, err=True) if say else print(line, file=sys.stderr, flush=True)
     return found
 
 
@@ -696,6 +870,44 @@ def _fmt(mean: float | None, std: float | None, seeds: int) -> str:
     return f"{mean:.4f}" + (f" ± {std:.4f}" if seeds > 1 and std is not None else "")
 
 
+TABLE_HEADERS = (
+    "activation",
+    "epoch",
+    "jnn train acc",
+    "jnn val acc",
+    "jnn test acc",
+    "jnn test loss",
+    "sklearn train acc",
+    "sklearn test acc",
+    "original test acc",
+)
+
+
+def table_row(cfg: Config, results: dict[str, Any], act: str, epoch: int) -> list[Any]:
+    """One row of the results table: jnn (from the restored checkpoint), sklearn, the original."""
+    m = results["models"][act]
+    sk = results.get("sklearn") or {}
+    c = m["checkpoints"].get(str(epoch))
+    s = (sk.get(act) or {}).get("checkpoints", {}).get(str(epoch))
+    if c is None:  # only past a divergence: a missing --save-at checkpoint is refused in run()
+        what = f"diverged at epoch {m['diverged_at']}" if m["status"] == "diverged" else "missing"
+        cells = [what] + ["n/a"] * 3
+    else:
+        std = c["std"]
+        splits = ("train", "val", "test")
+        cells = [_fmt(c[f"{k}_accuracy"], std[f"{k}_accuracy"], cfg.seeds) for k in splits]
+        cells.append(_fmt(c["test_loss"], std["test_loss"], cfg.seeds))
+    if s is not None:
+        cells += [_fmt(s["train_accuracy"], None, 1), _fmt(s["test_accuracy"], None, 1)]
+    elif act in sk:
+        cells += [str(sk[act].get("status", "n/a"))] * 2
+    else:
+        cells += ["-", "-"]
+    orig = ORIGINAL_TEST_ACCURACY.get((act, epoch)) if not cfg.quick else None
+    cells.append(f"{orig:.4f}" if orig is not None else "-")
+    return [act, epoch, *cells]
+
+
 def results_markdown(cfg: Config, results: dict[str, Any]) -> str:
     """The table a person reads: jnn and MLPClassifier side by side, per activation and epoch."""
     init = cfg.init + (
@@ -709,46 +921,8 @@ def results_markdown(cfg: Config, results: dict[str, Any]) -> str:
         f"{cfg.seeds} seed(s){' (mean ± std)' if cfg.seeds > 1 else ''}. "
         "jnn accuracies come from the restored checkpoints.\n",
     ]
-    headers = [
-        "activation",
-        "epoch",
-        "jnn train acc",
-        "jnn val acc",
-        "jnn test acc",
-        "jnn test loss",
-        "sklearn train acc",
-        "sklearn test acc",
-        "original test acc",
-    ]
-    rows = []
-    sk = results.get("sklearn") or {}
-    for act, m in results["models"].items():
-        for epoch in cfg.save_at:
-            c = m["checkpoints"].get(str(epoch))
-            s = (sk.get(act) or {}).get("checkpoints", {}).get(str(epoch))
-            if c is None:
-                cells = [
-                    f"diverged at epoch {m['diverged_at']}"
-                    if m["status"] == "diverged"
-                    else "missing"
-                ] + ["n/a"] * 3
-            else:
-                std = c["std"]
-                cells = [
-                    _fmt(c[f"{k}_accuracy"], std[f"{k}_accuracy"], cfg.seeds)
-                    for k in ("train", "val", "test")
-                ]
-                cells.append(_fmt(c["test_loss"], std["test_loss"], cfg.seeds))
-            if s is not None:
-                cells += [_fmt(s["train_accuracy"], None, 1), _fmt(s["test_accuracy"], None, 1)]
-            elif act in sk:
-                cells += [str(sk[act].get("status", "n/a"))] * 2
-            else:
-                cells += ["-", "-"]
-            orig = ORIGINAL_TEST_ACCURACY.get((act, epoch)) if not cfg.quick else None
-            cells.append(f"{orig:.4f}" if orig is not None else "-")
-            rows.append([act, epoch, *cells])
-    lines.append(report.markdown_table(headers, rows))
+    rows = [table_row(cfg, results, a, e) for a in results["models"] for e in cfg.save_at]
+    lines.append(report.markdown_table(TABLE_HEADERS, rows))
     notes = [m["message"] for m in results["models"].values() if m.get("message")]
     if notes:
         lines.append("\n" + "\n".join(f"- {n}" for n in notes) + "\n")
@@ -758,7 +932,7 @@ def results_markdown(cfg: Config, results: dict[str, Any]) -> str:
         f"for sklearn); {t['model_epochs']} model-epochs at {t['model_epochs_per_s']:.2f} "
         f"model-epochs/s on {len(results['devices_used'])} device(s).\n"
     )
-    if sk:
+    if results.get("sklearn"):
         lines.append(
             "\nOriginal study's MLPClassifier test accuracies: "
             + ", ".join(f"{k} {v}" for k, v in ORIGINAL_SKLEARN_TEST_ACCURACY.items())
@@ -806,7 +980,8 @@ def panel_notes(results: dict[str, Any]) -> dict[str, str]:
     return notes
 
 
-def write_outputs(cfg: Config, run_dir: Path, results: dict[str, Any]) -> None:
+def write_outputs(cfg: Config, run_dir: Path, results: dict[str, Any]) -> list[Path]:
+    """The loss/accuracy curves: one PNG per activation and the overview."""
     from experiments import plots
 
     sk = results.get("sklearn") or {}
@@ -819,127 +994,159 @@ def write_outputs(cfg: Config, run_dir: Path, results: dict[str, Any]) -> None:
         + (f", {cfg.seeds} seeds" if cfg.seeds > 1 else "")
         + (" (quick smoke run)" if cfg.quick else "")
     )
+    paths = []
     for act, hist in histories.items():
-        plots.plot_activation(
-            run_dir / f"loss_{act}.png",
-            act,
-            hist,
-            cfg.save_at,
-            sklearn_history=sk_hist.get(act),
-            note=notes.get(act, ""),
-            settings=settings,
+        paths.append(
+            plots.plot_activation(
+                run_dir / f"loss_{act}.png",
+                act,
+                hist,
+                cfg.save_at,
+                sklearn_history=sk_hist.get(act),
+                note=notes.get(act, ""),
+                settings=settings,
+            )
         )
-    plots.plot_overview(
-        run_dir / "loss_overview.png",
-        histories,
-        cfg.save_at,
-        sklearn_histories=sk_hist,
-        title=f"MLP study, loss and accuracy per epoch: {settings}",
-        notes=notes,
+    paths.append(
+        plots.plot_overview(
+            run_dir / "loss_overview.png",
+            histories,
+            cfg.save_at,
+            sklearn_histories=sk_hist,
+            title=f"MLP study, loss and accuracy per epoch: {settings}",
+            notes=notes,
+        )
     )
+    return paths
 
 
 # ------------------------------------------------------------------------------------ main
 
 
-def run(cfg: Config) -> int:
-    t_start = time.perf_counter()
-    check_run_dir(cfg, create=False)  # refuse early, before the data are read
-    devices = choose_devices(cfg)  # bad --devices / --data-parallel must not leave a stub run
-    data = load_data(cfg)  # before the run folder exists: bad data must not leave a stub run
-    run_dir = check_run_dir(cfg)
-    print(start_line(cfg, data, devices, run_dir), flush=True)
-    from experiments import sklearn_mlp
+def train_all(
+    cfg: Config, data: tuple[np.ndarray, ...], devices: list[Any], run_dir: Path, progress: Any
+) -> list[GroupResult]:
+    """Every activation's group, one thread each, on the first free device."""
+    placed = place_data(data, devices)
+    free: queue.Queue = queue.Queue()
+    for d in devices:
+        free.put(d)
+    stop = threading.Event()
+    with ThreadPoolExecutor(max_workers=len(devices)) as ex:
+        jobs = [
+            ex.submit(train_group, cfg, act, placed, run_dir, free, i, progress, stop)
+            for i, act in enumerate(cfg.activations)
+        ]
+        try:
+            return [j.result() for j in jobs]
+        except BaseException:  # Ctrl-C or a failed group: stop the others at their next epoch
+            stop.set()
+            raise
 
-    pool = futures = None
-    if cfg.sklearn:
-        pool, futures = sklearn_mlp.start_pool(sklearn_specs(cfg, data), cfg.sklearn_workers)
-    try:
-        placed = place_data(data, devices)
-        free: queue.Queue = queue.Queue()
-        for d in devices:
-            free.put(d)
-        t_train = time.perf_counter()
-        stop = threading.Event()
-        with ThreadPoolExecutor(max_workers=len(devices)) as ex:
-            jobs = [
-                ex.submit(train_group, cfg, act, placed, run_dir, free, i, stop)
-                for i, act in enumerate(cfg.activations)
-            ]
-            try:
-                groups = [j.result() for j in jobs]
-            except BaseException:  # Ctrl-C or a failed group: stop the others at their next epoch
-                stop.set()
-                raise
-        jax_s = time.perf_counter() - t_train
-        t_jax_done = time.perf_counter()
-        sk_results = None
-        if futures is not None:
-            sk_results = {}
-            for act, fut in futures.items():
-                try:
-                    sk_results[act] = fut.result()
-                except Exception as err:  # a failed baseline must not lose the JAX results
-                    sk_results[act] = {"status": "failed", "error": f"{type(err).__name__}: {err}"}
-        sklearn_wait = time.perf_counter() - t_jax_done
-    finally:
-        if pool is not None:
-            sklearn_mlp.stop_pool(pool)
-    model_epochs = sum(g.trained_epochs for g in groups) * cfg.seeds
-    results: dict[str, Any] = {
+
+def collect_sklearn(futures: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The sklearn results; a failed one is recorded, it must not lose the JAX results."""
+    if futures is None:
+        return None
+    results = {}
+    for act, fut in futures.items():
+        try:
+            results[act] = fut.result()
+        except Exception as err:
+            results[act] = {"status": "failed", "error": f"{type(err).__name__}: {err}"}
+    return results
+
+
+def result_of(
+    cfg: Config, groups: list[GroupResult], sk: dict | None, devices: list[Any]
+) -> dict[str, Any]:
+    fields = ("status", "diverged_at", "message", "resumed_from", "device", "checkpoints")
+    models = {
+        g.activation: {k: getattr(g, k) for k in fields}
+        | {"history": {k: v.tolist() for k, v in g.history.items()}}
+        | {"train_s": g.train_s, "eval_s": g.eval_s}
+        for g in groups
+    }
+    return {
         "study": "mlp_sweep",
         "status": "diverged" if any(g.status == "diverged" for g in groups) else "ok",
         "config": asdict(cfg),
-        "models": {
-            g.activation: {
-                "status": g.status,
-                "diverged_at": g.diverged_at,
-                "message": g.message,
-                "resumed_from": g.resumed_from,
-                "device": g.device,
-                "checkpoints": g.checkpoints,
-                "history": {k: v.tolist() for k, v in g.history.items()},
-                "train_s": g.train_s,
-                "eval_s": g.eval_s,
-            }
-            for g in groups
-        },
-        "sklearn": sk_results,
+        "models": models,
+        "sklearn": sk,
         "devices_used": [str(d) for d in devices],
-        "versions": report.versions(),
-        "device": report.device_info(),
     }
-    t_out = time.perf_counter()
-    results["timing"] = {
+
+
+def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
+    """Train, checkpoint and evaluate every activation (sklearn alongside); the result dict."""
+    from experiments import sklearn_mlp
+
+    t_start = time.perf_counter()
+    check_resume(cfg)  # again, now that the folder is locked
+    devices = choose_devices(cfg)  # bad --devices / --data-parallel must not leave a stub run
+    data = load_data(cfg)  # bad data must not leave a stub run: run.json comes after
+    if not (run_dir / "run.json").is_file():
+        report.write_json(run_dir / "run.json", {"identity": cfg.identity(), "config": asdict(cfg)})
+    print(start_line(cfg, data, devices, run_dir), flush=True)
+    pool = futures = counter = None
+    if cfg.sklearn:
+        counter = sklearn_mlp.epoch_counter(len(cfg.activations))
+        pool, futures = sklearn_mlp.start_pool(
+            sklearn_specs(cfg, data), cfg.sklearn_workers, counter=counter
+        )
+    progress = SweepProgress(cfg, min(len(devices), len(cfg.activations)), counter)
+    try:
+        t_train = time.perf_counter()
+        groups = train_all(cfg, data, devices, run_dir, progress)
+        jax_s = time.perf_counter() - t_train
+        if futures:
+            progress.waiting_for_sklearn(futures)
+        sk = collect_sklearn(futures)
+        sklearn_wait = time.perf_counter() - t_train - jax_s
+    finally:
+        progress.close()
+        if pool is not None:
+            sklearn_mlp.stop_pool(pool)
+    result = result_of(cfg, groups, sk, devices)
+    model_epochs = sum(g.trained_epochs for g in groups) * cfg.seeds
+    wall = time.perf_counter() - t_start
+    result["timing"] = {
         "model_epochs": model_epochs,
         "train_and_eval_s": jax_s,
         "model_epochs_per_s": model_epochs / jax_s if jax_s > 0 else None,
         "sklearn_wait_s": sklearn_wait,
-        "sklearn_model_s": {a: r.get("wall_s") for a, r in (sk_results or {}).items()},
+        "sklearn_model_s": {a: r.get("wall_s") for a, r in (sk or {}).items()},
+        "wall_s": wall,
+        "wall_s_excluding_sklearn": wall - sklearn_wait,
     }
-    results["timing"]["wall_s"] = 0.0
-    results["timing"]["wall_s_excluding_sklearn"] = 0.0
-    write_outputs(cfg, run_dir, results)
-    wall = time.perf_counter() - t_start
-    results["timing"]["outputs_s"] = time.perf_counter() - t_out
-    results["timing"]["wall_s"] = wall
-    results["timing"]["wall_s_excluding_sklearn"] = wall - sklearn_wait
-    report.write_json(run_dir / "results.json", results)
-    report.write_text_atomic(run_dir / "results.md", results_markdown(cfg, results))
-    print(results_markdown(cfg, results))
-    on_plateau = [g.activation for g in groups if g.status == "ok" and plateaued(g.history)]
+    return result
+
+
+def render(result: dict[str, Any], run_dir: Path) -> list[Path]:
+    """results.json, results.md and the loss curves, from ``result`` alone."""
+    cfg = config_of(result)
+    t0 = time.perf_counter()
+    paths = write_outputs(cfg, Path(run_dir), result)
+    result["timing"]["outputs_s"] = time.perf_counter() - t0
+    paths.append(report.write_json(Path(run_dir) / "results.json", result))
+    md = results_markdown(cfg, result)
+    paths.append(report.write_text_atomic(Path(run_dir) / "results.md", md))
+    return paths
+
+
+def console(result: dict[str, Any]) -> str:
+    """The table, and a note when a model ended on the small init's plateau."""
+    text = results_markdown(config_of(result), result)
+    on_plateau = [
+        a for a, m in result["models"].items() if m["status"] == "ok" and plateaued(m["history"])
+    ]
     if on_plateau:
-        print(f"note: {', '.join(on_plateau)} ended near 10%: {PLATEAU_NOTE}")
-    print(f"done in {wall:.0f} s; outputs in {run_dir}")
-    return EXIT_DIVERGED if results["status"] == "diverged" else 0
+        text += f"\nnote: {', '.join(on_plateau)} ended near 10%: {PLATEAU_NOTE}\n"
+    return text
 
 
-def _main(argv: Sequence[str] | None = None) -> int:
-    cfg = parse_config(argv)
-    return run(cfg)
-
-
-main = report.cli_main(_main)
+EXPERIMENT = harness.Experiment("mlp_sweep", parse_config, run, render, console)
+main = harness.cli(EXPERIMENT)
 
 if __name__ == "__main__":
     report.allow_device_requests()

@@ -11,6 +11,10 @@ permutation per epoch from one RandomState), so the train/validation curves are 
 and the 50- and 100-epoch models come from one continuous run, as in jnn. This module does not
 import JAX: the worker processes stay light and never touch the parent's devices. The data
 arrive pickled from the parent (the split is made once).
+
+Progress: :func:`epoch_counter` makes a small shared-memory array (one int per job) that the
+workers receive when they start; each job writes its finished epochs into its slot after every
+``partial_fit``, so the parent can show them while it waits (no extra process, no queue to drain).
 """
 
 from __future__ import annotations
@@ -27,6 +31,19 @@ from typing import Any
 import numpy as np
 
 SKLEARN_ACTIVATION = {"relu": "relu", "sigmoid": "logistic", "tanh": "tanh", "linear": "identity"}
+_COUNTER: Any = None  # in a worker: the shared epoch counter given to start_pool, if any
+
+
+def epoch_counter(jobs: int) -> Any:
+    """Shared memory for the finished epochs of ``jobs`` jobs (all 0), for :func:`start_pool`;
+    read it as a sequence of ints (``list(counter)``) while the jobs run."""
+    return get_context("spawn").RawArray("i", jobs)
+
+
+def _epoch_done(spec: dict[str, Any], epoch: int) -> None:
+    """Tell the parent that ``epoch`` of this job is done (when it asked, see start_pool)."""
+    if _COUNTER is not None and spec.get("slot") is not None:
+        _COUNTER[spec["slot"]] = epoch
 
 
 def _loss_acc(clf: Any, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
@@ -67,7 +84,6 @@ def train_sklearn(spec: dict[str, Any]) -> dict[str, Any]:
         shuffle=True,
         random_state=np.random.RandomState(spec["seed"]),  # an instance: shuffles move on
     )
-    classes = np.arange(10)
     history: dict[str, list[float]] = {"train_loss": [], "val_loss": [], "val_accuracy": []}
     checkpoints: dict[str, dict[str, float]] = {}
     status, diverged_at = "ok", None
@@ -75,7 +91,8 @@ def train_sklearn(spec: dict[str, Any]) -> dict[str, Any]:
         warnings.simplefilter("ignore", ConvergenceWarning)
         warnings.simplefilter("ignore", RuntimeWarning)  # overflow in exp: reported as diverged
         for epoch in range(1, epochs + 1):
-            clf.partial_fit(x, y, classes=classes)
+            clf.partial_fit(x, y, classes=np.arange(10))
+            _epoch_done(spec, epoch)
             train_loss = float(clf.loss_curve_[-1])
             val_loss, val_acc = _loss_acc(clf, xv, yv)
             history["train_loss"].append(train_loss)
@@ -99,15 +116,17 @@ def train_sklearn(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _worker_init(parent_pid: int) -> None:
+def _worker_init(parent_pid: int, counter: Any = None) -> None:
     """Each worker: BLAS on one thread, and tied to the process that started it.
 
     One BLAS thread: the workers and JAX already fill the cores, and oversubscribed OpenBLAS
     threads made sklearn several times slower here. Tied: multiprocessing workers outlive a parent
     killed by SIGKILL or SIGTERM (measured: over a minute of orphaned computing), so a daemon
     thread watches the parent and ends the worker within ~0.2 s of the parent's death, however it
-    died (the worker is re-parented, so ``getppid`` changes).
+    died (the worker is re-parented, so ``getppid`` changes). ``counter``: see :func:`start_pool`.
     """
+    global _COUNTER
+    _COUNTER = counter
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(1)
@@ -124,9 +143,13 @@ def start_pool(
     specs: list[dict[str, Any]],
     workers: int,
     fn: Callable[[dict[str, Any]], Any] = None,  # type: ignore[assignment]
+    counter: Any = None,
 ) -> tuple[ProcessPoolExecutor, dict]:
     """Submit one job ``fn(spec)`` per spec (default :func:`train_sklearn`) to a spawn-based
     process pool (fork is unsafe once JAX runs); the workers die with this process.
+
+    With a ``counter`` from :func:`epoch_counter` (one slot per spec, in order), job i writes its
+    finished epochs into ``counter[i]`` (shared memory, handed to each worker when it starts).
 
     Returns the pool and {spec["activation"]: Future}; the caller collects and shuts it down.
     """
@@ -134,9 +157,11 @@ def start_pool(
         max_workers=max(1, workers),
         mp_context=get_context("spawn"),
         initializer=_worker_init,
-        initargs=(os.getpid(),),
+        initargs=(os.getpid(), counter),
     )
     job = fn or train_sklearn
+    if counter is not None:
+        specs = [{**s, "slot": i} for i, s in enumerate(specs)]
     futures: dict[str, Future] = {s["activation"]: pool.submit(job, s) for s in specs}
     return pool, futures
 

@@ -1,6 +1,8 @@
 """End-to-end: ``python -m experiments.mlp_sweep --quick`` writes the study's outputs, its
 checkpoints restore, an interrupted (even SIGKILLed) run resumes bit-identically, the same
-command gives the same numbers, and a diverging model is recorded instead of garbage."""
+command gives the same numbers, a deleted --save-at checkpoint is refused, and a diverging model
+is recorded instead of garbage. One shared quick run (``quick_run``, --init glorot so the models
+learn) is the reference of the resume, repeat, download and data-parallel checks."""
 
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from jnn.train import empty_history
 
 REPO = mlp_sweep.Path(__file__).resolve().parents[1]
 ACTS = ("relu", "tanh")
+GLOROT = ("--init", "glorot")  # the quick run's models learn (the study's init sits at ~10%)
 
 
 def quick(out, data_dir, *extra: str) -> list[str]:
@@ -63,7 +66,7 @@ def restored_params(run_dir, act: str, epoch: int, seeds: int = 1, epochs: int =
 def quick_run(tmp_path_factory, fashion_dir):
     """One quick run of two activations with the sklearn comparison, shared by the tests."""
     out = tmp_path_factory.mktemp("sweep") / "run"
-    rc = mlp_sweep.main(quick(out, fashion_dir, "--activations", ",".join(ACTS)))
+    rc = mlp_sweep.main(quick(out, fashion_dir, "--activations", ",".join(ACTS), *GLOROT))
     assert rc == 0
     return out, json.loads((out / "results.json").read_text())
 
@@ -111,7 +114,7 @@ def test_reported_accuracy_comes_from_the_restored_checkpoint(quick_run, fashion
     assert float(acc[0]) == r["models"]["tanh"]["checkpoints"]["3"]["test_accuracy"]
 
 
-def test_interrupted_run_resumes_bit_identically(quick_run, fashion_dir, tmp_path):
+def test_interrupted_run_resumes_bit_identically(quick_run, fashion_dir, tmp_path, capsys):
     out, r = quick_run
     cut = tmp_path / "cut"
     shutil.copytree(out, cut)
@@ -120,7 +123,7 @@ def test_interrupted_run_resumes_bit_identically(quick_run, fashion_dir, tmp_pat
         shutil.rmtree(cut / act / "3")
         shutil.rmtree(cut / act / "latest", ignore_errors=True)
     (cut / "results.json").unlink()
-    argv = quick(cut, fashion_dir, "--activations", ",".join(ACTS), "--no-sklearn")
+    argv = quick(cut, fashion_dir, "--activations", ",".join(ACTS), "--no-sklearn", *GLOROT)
     assert mlp_sweep.main(argv) == 2  # refuses to reuse the folder without --resume
     assert mlp_sweep.main([*argv, "--resume"]) == 0
     again = json.loads((cut / "results.json").read_text())
@@ -130,14 +133,14 @@ def test_interrupted_run_resumes_bit_identically(quick_run, fashion_dir, tmp_pat
         a = jax.tree.leaves(restored_params(out, act, 3))
         b = jax.tree.leaves(restored_params(cut, act, 3))
         assert all(np.array_equal(x, y, equal_nan=True) for x, y in zip(a, b))
-
-
-def test_same_command_same_numbers(quick_run, fashion_dir, tmp_path):
-    out, r = quick_run
-    argv = quick(tmp_path / "again", fashion_dir, "--activations", ",".join(ACTS), "--no-sklearn")
-    assert mlp_sweep.main(argv) == 0  # (sklearn's numbers are seeded the same way)
-    again = json.loads((tmp_path / "again" / "results.json").read_text())
-    assert numbers(again)["models"] == numbers(r)["models"]
+    # A --save-at checkpoint deleted from the finished run: its numbers cannot be recomputed, so
+    # the resumed run refuses (one line, exit 2) instead of reporting "missing" with exit 0.
+    shutil.rmtree(cut / "relu" / "2")
+    capsys.readouterr()
+    assert mlp_sweep.main([*argv, "--resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "--save-at checkpoint of epoch 2" in err, err
+    assert "relu" in err and "--overwrite" in err and "past it (epoch 3)" in err
 
 
 def test_divergence_is_recorded_and_others_go_on(fashion_dir, tmp_path, capsys):
@@ -155,7 +158,9 @@ def test_divergence_is_recorded_and_others_go_on(fashion_dir, tmp_path, capsys):
     sig = r["models"]["sigmoid"]  # bounded activations keep finite losses: it trains on
     assert sig["status"] == "ok" and set(sig["checkpoints"]) == {"2", "3"}
     assert "diverged at epoch 1" in (out / "results.md").read_text()
-    assert "linear: the loss became NaN/inf at epoch 1" in capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert "linear: the loss became NaN/inf at epoch 1" in captured.err
+    assert "eta: about" in captured.out  # the overall ETA after the first epoch (plain lines)
 
 
 def test_seeds_are_vmapped_with_mean_and_std(fashion_dir, tmp_path):
@@ -210,22 +215,20 @@ def test_sigkill_then_resume_is_bit_identical(fashion_dir, tmp_path):
     assert ra["models"]["relu"]["resumed_from"] >= 1
 
 
-def test_data_parallel_matches_one_device(fashion_dir, tmp_path):
+def test_data_parallel_matches_one_device(quick_run, fashion_dir, tmp_path):
     """--data-parallel over 2 forced host devices (each batch split, gradients all-reduced by
-    XLA) trains the same models as one device, up to float32 summation order."""
-    runs = {}
-    modes = {"one": ["--devices", "1"], "dp": ["--data-parallel", "--devices", "2"]}
-    for name, extra in modes.items():
-        out = tmp_path / name
-        proc = subprocess.run(
-            [sys.executable, "-m", "experiments.mlp_sweep", "--quick", "--no-sklearn",
-             "--init", "glorot", "--activations", ",".join(ACTS),
-             "--data-dir", str(fashion_dir), "--out", str(out), *extra],
-            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
-            capture_output=True, text=True, timeout=600,
-        )  # fmt: skip
-        assert proc.returncode == 0, proc.stderr
-        runs[name] = json.loads((out / "results.json").read_text())
+    XLA) trains the same models as one device (the shared quick run), up to float32 summation
+    order."""
+    out = tmp_path / "dp"
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.mlp_sweep", "--quick", "--no-sklearn", *GLOROT,
+         "--activations", ",".join(ACTS), "--data-dir", str(fashion_dir), "--out", str(out),
+         "--data-parallel", "--devices", "2"],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    runs = {"one": quick_run[1], "dp": json.loads((out / "results.json").read_text())}
     assert "'data': 2" in runs["dp"]["devices_used"][0]
     # tanh is smooth: the two programs differ by float32 summation order only, so they agree
     # tightly. ReLU has a kink: a pre-activation within rounding of 0 (measured: -7.7e-8 against
@@ -247,20 +250,23 @@ def test_data_parallel_matches_one_device(fashion_dir, tmp_path):
                 assert abs(d[f"{split}_accuracy"] - c[f"{split}_accuracy"]) <= ckpt_acc
 
 
-def test_sweep_downloads_its_data_on_first_use(tmp_path, mirror, monkeypatch):
+def test_sweep_downloads_its_data_on_first_use(quick_run, tmp_path, mirror, monkeypatch):
     """The README's first command on a fresh machine: no --data-dir, no JNN_DATA_DIR, an empty
-    cache. The sweep's own loading path fetches the four files (checksummed) and trains."""
+    cache. The sweep's own loading path fetches the four files (checksummed) and trains; the
+    same command gives the same numbers as the shared quick run (bit for bit)."""
     from jnn import data
 
     monkeypatch.delenv("JNN_DATA_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setattr(data, "MIRRORS", (mirror + "bad/", mirror + "good/"))
     out = tmp_path / "run"
-    argv = ["--quick", "--out", str(out), "--devices", "1", "--activations", "relu"]
+    argv = ["--quick", "--out", str(out), "--devices", "1", "--activations", "relu", *GLOROT]
     assert mlp_sweep.main([*argv, "--no-sklearn"]) == 0
     cache = tmp_path / "cache" / "jnn" / "fashion-mnist"
     assert sorted(p.name for p in cache.iterdir()) == sorted(data.FILES)
-    assert json.loads((out / "results.json").read_text())["status"] == "ok"
+    again = json.loads((out / "results.json").read_text())
+    assert again["status"] == "ok"
+    assert numbers(again)["models"]["relu"] == numbers(quick_run[1])["models"]["relu"]
 
 
 def test_sweep_offline_says_which_flag(tmp_path, mirror, monkeypatch, capsys):
@@ -308,3 +314,35 @@ def test_a_checkpoint_loads_back_and_predicts_the_reported_accuracy(quick_run):
         runs.load_sweep_checkpoint(out, "relu", 1)
     with pytest.raises(ValueError, match="not 'sigmoid'"):
         runs.load_sweep_checkpoint(out, "sigmoid", 3)
+
+
+def test_progress_eta_and_sklearn_lines(capsys, monkeypatch):
+    """The overall ETA after the first epoch (compile included) and again after the second;
+    without a terminal one plain line per checkpoint; on a (fake) terminal, scikit-learn's
+    finished epochs per model are shown on their bar."""
+    import io
+
+    assert mlp_sweep.duration(42) == "42 s" and mlp_sweep.duration(600) == "10 min"
+    assert mlp_sweep.duration(3 * 3600 + 300) == "3 h 05 min"
+    assert "about 20 min for the 399 epochs" in mlp_sweep.eta_line(399, 6.0, 2, 1)
+    cfg = mlp_sweep.parse_config(["--quick", "--activations", ",".join(ACTS)])
+    progress = mlp_sweep.SweepProgress(cfg, parallel=2)
+    bars = {act: progress.bar(act, i, start=0) for i, act in enumerate(ACTS)}
+    for epoch in (1, 2):
+        for act, bar in bars.items():
+            progress.epoch(act, bar, epoch, 0.5, 2.0, nth=epoch)
+    progress.close()
+    out = capsys.readouterr().out.splitlines()
+    etas = [line for line in out if line.startswith("eta: about")]
+    assert len(etas) == 2 and "first epoch took 2.0 s" in etas[0], out
+    assert "5 s for the 5 epochs left" in etas[0] and "second epoch" in etas[1]
+    assert "relu: epoch 2/3, val acc 0.5000" in out
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    progress = mlp_sweep.SweepProgress(cfg, parallel=1, sk_counter=[3, 1])
+    progress.close()
+    assert "relu 3/3, tanh 1/3" in sys.stderr.getvalue()

@@ -57,3 +57,27 @@ def test_workers_die_with_their_parent(sig):
         for pid in pids if "pids" in locals() else []:
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_workers_report_their_epochs():
+    """The shared counter the sweep's progress bar reads: each job writes its finished epochs
+    into its own slot (two jobs in one worker: the slots follow the specs, not the worker)."""
+    import numpy as np
+
+    from experiments import sklearn_mlp
+
+    rng = np.random.default_rng(0)
+    x, y = rng.random((60, 12), dtype=np.float32), np.arange(60) % 10
+    data = (x, y, x[:20], y[:20], x[:20], y[:20])
+    spec = {"activation": "tanh", "hidden": [4], "epochs": 3, "save_at": [3], "lr": 0.1,
+            "batch_size": 20, "seed": 0, "data": data}  # fmt: skip
+    counter = sklearn_mlp.epoch_counter(2)
+    assert list(counter) == [0, 0]
+    specs = [spec, {**spec, "activation": "relu", "epochs": 2, "save_at": [2]}]
+    pool, futures = sklearn_mlp.start_pool(specs, 1, counter=counter)
+    try:
+        results = {act: f.result(timeout=120) for act, f in futures.items()}
+    finally:
+        sklearn_mlp.stop_pool(pool)
+    assert list(counter) == [3, 2]
+    assert results["tanh"]["status"] == "ok" and set(results["relu"]["checkpoints"]) == {"2"}
