@@ -1,13 +1,25 @@
 """VGG16 transfer learning on Fashion-MNIST: a frozen ImageNet VGG16 base, a new dense head.
 
-All 70,000 images are split 80/20 train/test (stratified, seeded). Each 28x28 gray image is
-repeated into 3 channels, resized (bilinear) to ``--size`` and preprocessed as the chosen
-weights expect. Because the base is frozen, its output for an image never changes: it is run
-once over every image in jitted batches and the features are cached in memory; the head
-(512-256-10, ReLU, dropout 0.5, Adam) then trains on the cached features, each epoch one jitted
-``lax.scan``. The head's input is standardized with fixed train-set mean/std (frozen VGG
-features reach the hundreds; ``--no-standardize`` feeds them raw). ``--finetune-top`` also trains
-block5: the cache then holds block4's output and block5 runs inside the training step.
+The original VGG16 study's split (48,000 / 12,000 of the 60,000 training images, stratified,
+seeded). Each 28x28 gray image is repeated into 3 channels, resized (bilinear) to ``--size`` and
+preprocessed as the chosen weights expect. Because the base is frozen, its output for an image
+never changes: it is run once over every image in jitted batches and the features are cached in
+memory. The head is a jnn model (``jnn.vgg.transfer_model``)::
+
+    Flatten  Standardize  Dense(512) ReLU Dropout(0.5)  Dense(256) ReLU Dropout(0.5)  Dense(10)
+
+trained on the cached features by the library loop (``jnn.train.make_epoch_fn`` / ``fit``: one
+jitted ``lax.scan`` per epoch), Adam, gradients by the layers' hand-written backward
+(``--gradients manual``, default) or ``jax.grad`` (``autodiff``). ``Standardize`` subtracts fixed
+train-set means and divides by stds (frozen VGG features reach the hundreds;
+``--no-standardize`` feeds them raw). ``--finetune-top`` also trains block5, as jnn layers
+(``jnn.vgg.Conv3x3Layer``, ReLU, MaxPool2D) initialised from the VGG16 weights, with its own
+Adam lr (``--finetune-lr``): the cache then holds block4's output and block5 runs inside the
+training step, its backward hand-written too.
+
+A non-finite loss or param stops training (``fit``): the last good epoch is kept, reported and
+saved, results.json says ``status: "diverged"`` and the exit code is 3. The trained model is
+saved, checksummed, in ``<out>/head/<epoch>/``; ``jnn.runs.load_vgg_head(out)`` restores it.
 
 Weights: ``keras`` (default; the published ImageNet file from the cache or downloaded once),
 ``torch`` (torchvision's file; needs torch), a local ``.h5``/``.pth`` path, or ``random`` (He
@@ -17,36 +29,65 @@ init, explicitly labelled "random init, not pretrained" everywhere: a floor, not
     python -m experiments.vgg_transfer --weights ~/Downloads/vgg16_weights_tf_dim_ordering_\
 tf_kernels_notop.h5                                              # offline: a local file
     python -m experiments.vgg_transfer --weights random --quick  # seconds, no download
+
+Exit codes: 0 done; 2 bad input (one line on stderr); 3 the head diverged (last good state kept).
 """
 
 from __future__ import annotations
 
 import argparse
-import math
+import functools
+import json
 import os
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
-from experiments import report
-from jnn import vgg, vgg_weights
+from experiments import harness, report, timing
+from jnn import core, runs, train, vgg, vgg_weights
+from jnn.checkpoints import CheckpointStore
 from jnn.data import CLASS_NAMES, load_fashion_mnist, split_indices
 from jnn.errors import InputError
-from jnn.parallel import check_divisible, data_mesh
+from jnn.parallel import check_divisible, data_mesh, make_sharded_epoch_fn, replicate
 
+NAME = "vgg_transfer"
 RANDOM_LABEL = "random init, not pretrained"
 OUTPUT_FILES = ("results.json", "results.md", "confusion_matrix.png")
 QUICK = {"train_size": 2000, "test_size": 500, "epochs": 2}
+MAX_FEATURE_BATCH = 4096  # 4096 images at 64x64 through VGG16 need ~3 GB of activations
+EVAL_CHUNK = 2048  # test examples per evaluation call: bounds block5's activations
+BENCH = {"images": 512, "batch_size": 64, "reps": 3}  # --bench-torch
+
+
+@dataclass(frozen=True)
+class Config:
+    weights: str = "keras"
+    size: int = 32
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    gradients: str = "manual"
+    finetune_top: bool = False
+    finetune_lr: float = 1e-5
+    standardize: bool = True
+    feature_batch: int = 256
+    quick: bool = False
+    train_size: int | None = None
+    test_size: int | None = None
+    bench_torch: bool = False
+    seed: int = 0
+    devices: int | None = None
+    data_dir: str | None = None
+    cache_dir: str | None = None
+    out: str = harness.default_out(NAME)
+    overwrite: bool = False
 
 
 # ------------------------------------------------------------------------------------- data
@@ -64,19 +105,40 @@ def take_stratified(indices: np.ndarray, labels: np.ndarray, n: int | None) -> n
     return indices[np.sort(order[:n])]
 
 
+class Data(NamedTuple):
+    images: np.ndarray  # (70000, 28, 28) uint8: train then test images
+    labels: np.ndarray  # (70000,) int32
+    train_idx: np.ndarray
+    test_idx: np.ndarray
+
+
+def load_data(cfg: Config) -> Data:
+    """The original VGG16 study's split (48,000 / 12,000 of the 60,000 training images),
+    optionally subset (stratified) to ``--train-size`` / ``--test-size``."""
+    ds = load_fashion_mnist(cfg.data_dir)
+    images = np.concatenate([ds.train_images, ds.test_images])
+    labels = np.concatenate([ds.train_labels, ds.test_labels]).astype(np.int32)
+    train_idx, _, test_idx = split_indices(ds, "original-vgg", seed=cfg.seed, stratify=True)
+    train_idx = take_stratified(train_idx, labels, cfg.train_size)
+    test_idx = take_stratified(test_idx, labels, cfg.test_size)
+    return Data(images, labels, train_idx, test_idx)
+
+
 # --------------------------------------------------------------------------- frozen features
 
 
+@functools.partial(jax.jit, static_argnames=("fmt", "size", "last_block"))
+def _extract(used: dict, batch_uint8: jax.Array, *, fmt: str, size: int, last_block: int):
+    x = vgg.preprocess(vgg.gray_to_rgb_resized(batch_uint8, size), fmt)
+    return vgg.features(used, x, last_block=last_block)
+
+
 def make_extractor(params: dict, fmt: str, size: int, last_block: int = 5):
-    """Jitted (B, 28, 28) uint8 -> (B, size/2^last_block, same, 512) float32 features."""
+    """Jitted (B, 28, 28) uint8 -> (B, size/2^last_block, same, 512) float32 features. The
+    weights are arguments of one module-level jit (not baked-in constants): extractors of the
+    same shapes share its compiled program."""
     used = {k: params[k] for k in vgg.layers_of_blocks(1, last_block)}
-
-    @jax.jit
-    def extract(batch_uint8: jax.Array) -> jax.Array:
-        x = vgg.preprocess(vgg.gray_to_rgb_resized(batch_uint8, size), fmt)
-        return vgg.features(used, x, last_block=last_block)
-
-    return extract
+    return functools.partial(_extract, used, fmt=fmt, size=size, last_block=last_block)
 
 
 def extract_features(
@@ -84,28 +146,53 @@ def extract_features(
 ) -> tuple[np.ndarray, dict[str, float]]:
     """Run ``extract`` over ``images`` in fixed-size batches (last one padded: one compile).
 
-    Returns the features and timings: compile seconds, then images/s of the compiled runs.
+    Returns the features and timings (``experiments.timing.Stopwatch``): compile plus first
+    batch seconds, then images/s of the compiled batches after it.
     """
     n = len(images)
     pad = (-n) % batch_size
     padded = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])
-    t0 = time.perf_counter()
-    first = np.asarray(extract(padded[:batch_size]))
-    compile_s = time.perf_counter() - t0
+    with timing.Stopwatch() as first_sw:
+        first = np.asarray(extract(padded[:batch_size]))
     out = np.empty((len(padded), *first.shape[1:]), np.float32)
     out[:batch_size] = first
-    t0 = time.perf_counter()
     starts = range(batch_size, len(padded), batch_size)
-    for s in report.progress(starts, desc=desc, unit="batch", leave=False):
-        out[s : s + batch_size] = np.asarray(extract(padded[s : s + batch_size]))
-    run_s = time.perf_counter() - t0
+    with timing.Stopwatch() as sw:
+        for s in report.progress(starts, desc=desc, unit="batch", leave=False):
+            out[s : s + batch_size] = np.asarray(extract(padded[s : s + batch_size]))
     timed = len(padded) - batch_size
     return out[:n], {
-        "compile_and_first_batch_s": compile_s,
-        "seconds": run_s,
+        "compile_and_first_batch_s": first_sw.s,
+        "seconds": sw.s,
         "images_timed": timed,
-        "images_per_s": timed / run_s if timed else float("nan"),
+        "images_per_s": timed / sw.s if timed else float("nan"),
     }
+
+
+def throughput_case(
+    params: dict, size: int, fmt: str, images: np.ndarray, batch_size: int, backend: str
+):
+    """``case(calls)`` for ``experiments.timing``: one pass of frozen VGG16 feature extraction
+    over ``images`` (after the first batch) per call, by ``backend`` "jnn" (the jitted Flax
+    pipeline this experiment uses) or "torch" (PyTorch eager CPU ``torch.nn`` stack in
+    torchvision's layout with the same weights, same resize and preprocessing in torch).
+    Returns (case, backend label)."""
+    if backend == "jnn":
+        extract = make_extractor(params, fmt, size)
+        run = lambda batch: np.asarray(extract(batch))  # noqa: E731
+        label = "jnn (jax.jit)"
+    elif backend == "torch":
+        run, label = torch_runner(params, size, fmt)
+    else:
+        raise InputError(f"unknown backend {backend!r}; choose jnn or torch")
+
+    def case(calls: int) -> None:
+        for _ in range(calls):
+            for s in range(batch_size, len(images), batch_size):
+                run(images[s : s + batch_size])
+
+    run(images[:batch_size])  # warm-up and compile, untimed
+    return case, label
 
 
 def feature_throughput(
@@ -115,21 +202,39 @@ def feature_throughput(
     batch_size: int = 64,
     backend: str = "jnn",
     fmt: str = "keras",
-) -> dict[str, float]:
-    """Images/s of frozen VGG16 feature extraction at ``size`` on random gray images.
+    reps: int = 1,
+) -> dict[str, Any]:
+    """Images/s of frozen VGG16 feature extraction at ``size`` on random gray images (see
+    :func:`throughput_case`), median of ``reps`` timed passes after one warm-up batch."""
+    images = np.random.default_rng(0).integers(0, 256, (n_images, 28, 28), dtype=np.uint8)
+    case, label = throughput_case(params, size, fmt, images, batch_size, backend)
+    t = timing.time_interleaved({backend: case}, reps=reps, warmup=0)[backend]
+    timed = n_images - batch_size
+    return {
+        "backend": label,
+        "seconds": t["median_s"],
+        "images_timed": timed,
+        "images_per_s": timed / t["median_s"],
+    }
 
-    ``backend="jnn"``: the jitted Flax pipeline used by this experiment (resize, preprocess,
-    features). ``backend="torch"``: PyTorch eager CPU ``torch.nn`` Conv2d/MaxPool2d stack in
-    torchvision's ``features`` layout, loaded with the same weights (strict), same resize and
-    preprocessing done in torch. Compile/warm-up is excluded; one warm-up batch each.
-    """
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (n_images, 28, 28), dtype=np.uint8)
-    if backend == "jnn":
-        _, timing = extract_features(make_extractor(params, fmt, size), images, batch_size)
-        return {"backend": "jnn (jax.jit)", **timing}
-    if backend != "torch":
-        raise InputError(f"unknown backend {backend!r}; choose jnn or torch")
+
+def compare_throughput(params: dict, size: int, fmt: str) -> dict[str, Any]:
+    """jnn vs torch feature extraction, interleaved (``timing.time_interleaved``), same weights."""
+    n, batch = BENCH["images"], BENCH["batch_size"]
+    images = np.random.default_rng(0).integers(0, 256, (n, 28, 28), dtype=np.uint8)
+    cases, labels = {}, {}
+    for backend in ("jnn", "torch"):
+        cases[backend], labels[backend] = throughput_case(params, size, fmt, images, batch, backend)
+    timed = timing.time_interleaved(cases, reps=BENCH["reps"], warmup=0)
+    bench: dict[str, Any] = {"size": size, "images": n, "batch_size": batch}
+    for backend, t in timed.items():
+        rate = (n - batch) / t["median_s"]
+        bench[backend] = {"backend": labels[backend], **t, "images_per_s": rate}
+    return bench
+
+
+def torch_runner(params: dict, size: int, fmt: str):
+    """(run(batch uint8 (B, 28, 28)) -> features, label): the torch reference pipeline."""
     import torch
 
     model = torch_vgg16_features(params)
@@ -147,18 +252,7 @@ def feature_throughput(
         with torch.inference_mode():
             return model(x).numpy()
 
-    run(images[:batch_size])
-    t0 = time.perf_counter()
-    for s in range(batch_size, n_images, batch_size):
-        run(images[s : s + batch_size])
-    seconds = time.perf_counter() - t0
-    timed = n_images - batch_size
-    return {
-        "backend": f"torch {torch.__version__} eager, {torch.get_num_threads()} threads",
-        "seconds": seconds,
-        "images_timed": timed,
-        "images_per_s": timed / seconds,
-    }
+    return run, f"torch {torch.__version__} eager, {torch.get_num_threads()} threads"
 
 
 def torch_vgg16_features(params: dict):
@@ -184,52 +278,18 @@ def torch_vgg16_features(params: dict):
 # ------------------------------------------------------------------------------------ head
 
 
-class Head(nn.Module):
-    """Flatten -> Dense 512 -> ReLU -> Dropout -> Dense 256 -> ReLU -> Dropout -> Dense 10."""
-
-    hidden: Sequence[int] = (512, 256)
-    dropout: float = 0.5
-    classes: int = 10
-
-    @nn.compact
-    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        x = x.reshape(x.shape[0], -1)
-        for width in self.hidden:
-            x = nn.relu(nn.Dense(width)(x))
-            x = nn.Dropout(self.dropout, deterministic=not train)(x)
-        return nn.Dense(self.classes)(x)
-
-
-def make_model(finetune_top: bool):
-    """``apply(params, feats, train, rng) -> logits``.
-
-    params: ``{"head", "norm"}`` (+ ``"block5"`` with ``finetune_top``). ``norm`` holds fixed
-    ``mean``/``std`` of the head's input (identity when not standardizing); never trained.
-    """
-    head = Head()
-    block5 = vgg.VGG16(first_block=5)
-
-    def apply(params: dict, feats: jax.Array, train: bool, rng: jax.Array | None = None):
-        if finetune_top:
-            feats = block5.apply({"params": params["block5"]}, feats)
-        feats = feats.reshape(feats.shape[0], -1)
-        feats = (feats - params["norm"]["mean"]) / params["norm"]["std"]
-        rngs = {"dropout": rng} if train else None
-        return head.apply({"params": params["head"]}, feats, train, rngs=rngs)
-
-    return head, apply
-
-
 def head_input_stats(
-    feats: np.ndarray, params5: dict | None, batch_size: int = 1024
+    feats: np.ndarray, block5: tuple | None, batch_size: int = 1024
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-feature mean and std (floored at 1e-3 of the mean std) of the flattened head input
-    over the training set: the cached features, or block5's output on them before fine-tuning."""
-    if params5 is not None:
-        block5 = jax.jit(lambda x: vgg.features(params5, x, first_block=5))
+    over the training set: the cached features, or block5's output on them (``block5``: the
+    params of ``jnn.vgg.block_layers(5)``) before fine-tuning."""
+    if block5 is not None:
+        block, state = core.serial(*vgg.block_layers(5)), ((),) * vgg.BLOCK5_LAYERS
+        fwd = jax.jit(lambda p, x: core.apply(block, p, state, x))
         feats = np.concatenate(
             [
-                np.asarray(block5(feats[s : s + batch_size]))
+                np.asarray(fwd(block5, feats[s : s + batch_size]))
                 for s in range(0, len(feats), batch_size)
             ]
         )
@@ -239,131 +299,417 @@ def head_input_stats(
     return mean.astype(np.float32), std.astype(np.float32)
 
 
-def train_head(
+def make_optimizer(params: tuple, lr: float, finetune_lr: float, finetune_top: bool):
+    """Adam(lr) on the head; with ``finetune_top`` Adam(finetune_lr) on block5's layers."""
+    if not finetune_top:
+        return optax.adam(lr)
+    names = ["block5" if i < vgg.BLOCK5_LAYERS else "head" for i in range(len(params))]
+    labels = tuple(jax.tree.map(lambda _, n=n: n, p) for n, p in zip(names, params, strict=True))
+    return optax.multi_transform(
+        {"head": optax.adam(lr), "block5": optax.adam(finetune_lr)}, labels
+    )
+
+
+class HeadSetup(NamedTuple):
+    model: core.Layer
+    optimizer: optax.GradientTransformation
+    state: train.TrainState
+
+
+def init_head(
     feats: np.ndarray,
-    labels: np.ndarray,
-    test_feats: np.ndarray,
-    test_labels: np.ndarray,
     *,
-    params5: dict | None,
-    epochs: int,
-    batch_size: int,
+    block5: tuple | None,
     lr: float,
     finetune_lr: float,
     seed: int,
     standardize: bool = True,
-    mesh: Any = None,
-) -> tuple[dict, list[dict[str, float]]]:
-    """Train the head (and block5 when ``params5`` is given) with Adam; one jitted scan/epoch.
-
-    ``standardize``: the head sees its input minus the train-set mean over the std (fixed
-    constants computed once, see :func:`head_input_stats`). ``mesh`` (a 1-D
-    ``jnn.parallel.data_mesh``): data parallel, each step's batch split along the mesh axis,
-    params and cached features replicated, gradients all-reduced by XLA; ``batch_size`` must
-    divide by the mesh size. Returns (params, history): history holds per epoch train loss/acc,
-    test acc and seconds.
-    """
-    finetune = params5 is not None
-    head, apply = make_model(finetune)
-    key = jax.random.key(seed)
-    key, init_key = jax.random.split(key)
-    head_in = feats[:1]
+) -> HeadSetup:
+    """The transfer model, its optimizer and its TrainState (``train.init_train_state`` from
+    ``key(seed)``), block5 set to the given params, Standardize to the train-set statistics."""
+    finetune = block5 is not None
+    model = vgg.transfer_model(finetune)
+    _, params, _ = jax.eval_shape(lambda k: model.init(k, feats.shape[1:]), jax.random.key(0))
+    optimizer = make_optimizer(params, lr, finetune_lr, finetune)
+    state = train.init_train_state(jax.random.key(seed), model, optimizer, feats.shape[1:])
+    params, model_state = list(state.params), list(state.model_state)
     if finetune:
-        head_in = vgg.features(params5, jnp.asarray(feats[:1]), first_block=5)
-    head_in = np.asarray(head_in).reshape(1, -1)
+        params[: vgg.BLOCK5_LAYERS] = block5
     if standardize:
-        mean, std = head_input_stats(feats, params5)
-    else:  # identity
-        mean, std = np.zeros(head_in.shape[1], np.float32), np.ones(head_in.shape[1], np.float32)
-    params = {
-        "head": head.init(init_key, jnp.asarray(head_in), False)["params"],
-        "norm": {"mean": jnp.asarray(mean), "std": jnp.asarray(std)},
-    }
-    if finetune:
-        params["block5"] = params5
-    tx = optax.multi_transform(
-        {"head": optax.adam(lr), "block5": optax.adam(finetune_lr), "norm": optax.set_to_zero()},
-        {k: k for k in params},
+        mean, std = head_input_stats(feats, block5)
+        model_state[vgg.standardize_index(finetune)] = {"mean": mean, "std": std}
+    params, model_state = jax.tree.map(jax.numpy.asarray, (tuple(params), tuple(model_state)))
+    state = state._replace(params=params, model_state=model_state, opt_state=optimizer.init(params))
+    return HeadSetup(model, optimizer, state)
+
+
+def chunked_eval_fn(model: core.Layer, chunk: int = EVAL_CHUNK) -> train.EvalFn:
+    """``train.make_eval_fn(model)`` over fixed chunks of at most ``chunk`` examples (block5's
+    activations on the whole test set would not fit): the example-weighted mean loss/accuracy."""
+    one = train.make_eval_fn(model)
+
+    def eval_fn(params, model_state, x, y):
+        n, loss, acc = len(x), 0.0, 0.0
+        for s in range(0, n, chunk):
+            part = slice(s, min(s + chunk, n))
+            l_, a_ = one(params, model_state, x[part], y[part])
+            w = (part.stop - part.start) / n
+            loss, acc = loss + w * l_, acc + w * a_
+        return jax.numpy.asarray(loss), jax.numpy.asarray(acc)
+
+    eval_fn.model, eval_fn.stacked = model, False  # type: ignore[attr-defined]
+    return eval_fn
+
+
+class HeadRun(NamedTuple):
+    model: core.Layer
+    params: core.Params  # of the last good epoch (numpy)
+    model_state: core.State
+    epoch: int  # the last good epoch (0: diverged in the first)
+    diverged_at: int | None
+    history: list[dict[str, float]]
+
+
+def train_head(
+    train_data: tuple[np.ndarray, np.ndarray],
+    test_data: tuple[np.ndarray, np.ndarray],
+    *,
+    block5: tuple | None = None,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    finetune_lr: float = 1e-5,
+    seed: int = 0,
+    standardize: bool = True,
+    gradients: str = "manual",
+    mesh: Any = None,
+) -> HeadRun:
+    """Train the transfer model on cached features with the library loop (``train.fit``).
+
+    ``block5``: fine-tune block5 from these params (``vgg.block_params``; the features are then
+    block4's output). ``mesh`` (a 1-D ``jnn.parallel.data_mesh``): data parallel, each step's
+    batch split along the mesh axis (``jnn.parallel.make_sharded_epoch_fn``). Training stops at
+    the first non-finite loss or param; the last good epoch's params are returned.
+    """
+    (x, y), (xt, yt) = train_data, test_data
+    train.validate_hyperparameters(batch_size, len(x))
+    setup = init_head(
+        x, block5=block5, lr=lr, finetune_lr=finetune_lr, seed=seed, standardize=standardize
     )
-    opt_state = tx.init(params)
-    x_train, y_train = jnp.asarray(feats), jnp.asarray(labels)
-    n_batches = len(feats) // batch_size
-    if n_batches == 0:
-        raise InputError(f"--batch-size {batch_size} exceeds the {len(feats)} training images")
-    batch_sharding = None
-    if mesh is not None:
-        check_divisible(batch_size, mesh, what="--batch-size")
-        replicated = NamedSharding(mesh, P())
-        batch_sharding = NamedSharding(mesh, P(mesh.axis_names[0]))
-        params, opt_state, x_train, y_train = jax.device_put(
-            (params, opt_state, x_train, y_train), replicated
-        )
+    model, state = setup.model, setup.state
+    if mesh is None:
+        epoch_fn = train.make_epoch_fn(model, setup.optimizer, batch_size, gradients)
+    else:
+        epoch_fn = make_sharded_epoch_fn(model, setup.optimizer, batch_size, mesh, gradients)
+        x, y, state = replicate((x, y, state), mesh)
+    good = {0: jax.device_get((state.params, state.model_state))}
+    stamps = [time.perf_counter()]
+    bar = report.progress(total=epochs, desc="head epochs", unit="epoch")
 
-    def batch_rows(rows: jax.Array) -> jax.Array:
-        if batch_sharding is None:
-            return rows
-        return jax.lax.with_sharding_constraint(rows, batch_sharding)
+    def on_epoch(epoch: int, state: train.TrainState, history: train.History) -> None:
+        good.clear()
+        good[epoch] = jax.device_get((state.params, state.model_state))  # before it is donated
+        stamps.append(time.perf_counter())
+        bar.update()
+        bar.set_postfix(loss=f"{history['train_loss'][epoch - 1]:.3f}")
 
-    def loss_fn(p, xb, yb, rng):
-        logits = apply(p, xb, True, rng)
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
-        return loss, jnp.mean(jnp.argmax(logits, -1) == yb)
-
-    @jax.jit
-    def epoch(params, opt_state, key):
-        perm_key, drop_key = jax.random.split(key)
-        perm = jax.random.permutation(perm_key, len(y_train))[: n_batches * batch_size]
-        perm = perm.reshape(n_batches, batch_size)
-
-        def step(carry, inputs):
-            p, s = carry
-            idx, i = inputs
-            (loss, acc), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-                p,
-                batch_rows(x_train[idx]),
-                batch_rows(y_train[idx]),
-                jax.random.fold_in(drop_key, i),
-            )
-            updates, s = tx.update(grads, s, p)
-            return (optax.apply_updates(p, updates), s), (loss, acc)
-
-        (params, opt_state), (losses, accs) = jax.lax.scan(
-            step, (params, opt_state), (perm, jnp.arange(n_batches))
-        )
-        return params, opt_state, losses.mean(), accs.mean()
-
-    predict = jax.jit(lambda p, x: jnp.argmax(apply(p, x, False), -1))
-    history = []
-    bar = report.progress(range(1, epochs + 1), desc="head epochs", unit="epoch")
-    for ep in bar:
-        key, sub = jax.random.split(key)
-        t0 = time.perf_counter()
-        params, opt_state, loss, acc = epoch(params, opt_state, sub)
-        loss = float(loss)
-        seconds = time.perf_counter() - t0
-        test_acc = float(np.mean(predict_batched(predict, params, test_feats) == test_labels))
-        history.append(
-            {
-                "epoch": ep,
-                "train_loss": loss,
-                "train_acc": float(acc),
-                "test_acc": test_acc,
-                "seconds": seconds,
-            }
-        )
-        bar.set_postfix(loss=f"{loss:.3f}", test_acc=f"{test_acc:.3f}")
-    return params, history
+    fitted = train.fit(
+        state, epoch_fn, (x, y), (xt, yt), eval_fn=chunked_eval_fn(model), epochs=epochs,
+        on_epoch=on_epoch,
+    )  # fmt: skip
+    bar.close()
+    ((epoch, (params, model_state)),) = good.items()
+    seconds = np.diff(stamps).tolist()
+    return HeadRun(
+        model, params, model_state, epoch, fitted.diverged_at, history_rows(fitted, seconds)
+    )
 
 
-def predict_batched(predict, params: dict, feats: np.ndarray, batch_size: int = 1024):
-    """Class predictions (N,) in fixed-size padded batches (one compile)."""
-    n = len(feats)
-    pad = (-n) % batch_size
-    x = np.concatenate([feats, np.zeros((pad, *feats.shape[1:]), feats.dtype)])
-    preds = [
-        np.asarray(predict(params, x[s : s + batch_size])) for s in range(0, len(x), batch_size)
+def history_rows(fitted: train.FitResult, seconds: list[float]) -> list[dict[str, float]]:
+    """One row per epoch run (the diverged one included): losses, accuracies, seconds."""
+    h = fitted.history
+    ran = fitted.diverged_at or len(h["train_loss"])  # without divergence every epoch ran
+    return [
+        {
+            "epoch": e + 1,
+            "train_loss": float(h["train_loss"][e]),
+            "train_acc": float(h["train_accuracy"][e]),
+            "test_loss": float(h["val_loss"][e]),
+            "test_acc": float(h["val_accuracy"][e]),
+            "seconds": seconds[e] if e < len(seconds) else float("nan"),
+        }
+        for e in range(ran)
     ]
-    return np.concatenate(preds)[:n]
+
+
+# ---------------------------------------------------------------------------------- weights
+
+
+def load_weights(spec: str, cache_dir: str | None, seed: int) -> dict[str, Any]:
+    """``--weights`` -> {"params", "label", "preprocessing", "source", "verified", "pretrained"}."""
+    if spec == "random":
+        return {
+            "params": vgg.he_params(seed + 1),
+            "label": RANDOM_LABEL,
+            "preprocessing": "keras",
+            "source": f"He-normal init (numpy), seed {seed + 1}",
+            "verified": False,
+            "pretrained": False,
+        }
+    progress = sys.stderr.isatty()
+    try:
+        if spec in vgg.FORMATS:
+            w = vgg_weights.fetch_pretrained(spec, cache_dir, progress=progress)
+        else:
+            path = Path(spec).expanduser()
+            if not path.is_file():
+                raise InputError(
+                    f"--weights {spec}: no such file; use keras, torch, random or a path to "
+                    "a Keras .h5 / torchvision .pth file"
+                )
+            fmt = vgg_weights.detect_format(path)
+            w = vgg_weights.fetch_pretrained(fmt, cache_dir, weights_file=path, progress=progress)
+    except (vgg_weights.WeightsUnavailableError, ImportError) as e:
+        raise InputError(f"{e} (or run with --weights random for a random-feature floor)") from None
+    check_finite_weights(w.params)
+    label = f"pretrained ImageNet VGG16 ({'Keras' if w.fmt == 'keras' else 'torchvision'})"
+    return {
+        "params": w.params,
+        "label": label,
+        "preprocessing": w.fmt,
+        "source": w.source,
+        "verified": w.verified,
+        "pretrained": True,
+    }
+
+
+def check_finite_weights(params: dict) -> None:
+    """Refuse weights with NaN or inf (they would give chance accuracy, labelled pretrained)."""
+    bad = {k: int(np.size(v) - np.isfinite(v).sum()) for k, v in _flat(params).items()}
+    bad = {k: n for k, n in bad.items() if n}
+    if bad:
+        first = next(iter(bad))
+        raise InputError(
+            f"the VGG16 weights hold {sum(bad.values())} NaN/inf values ({bad[first]} in {first}"
+            f"{f' and {len(bad) - 1} more arrays' if len(bad) > 1 else ''}); the weight file is "
+            "corrupt: download it again"
+        )
+
+
+def _flat(tree: Any) -> dict[str, np.ndarray]:
+    leaves = jax.tree_util.tree_leaves_with_path(tree)
+    return {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in leaves}
+
+
+# ------------------------------------------------------------------------------ command line
+
+
+FLAGS: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("--weights", dict(default="keras", help="keras | torch (published ImageNet weights: cached, "
+     "else downloaded once and hash-checked) | PATH to vgg16_weights_tf_dim_ordering_tf_kernels"
+     "_notop.h5 or vgg16-397923af.pth | random (He init: labelled 'random init, not "
+     "pretrained'). Default: %(default)s")),
+    ("--size", dict(type=int, default=32, help="resize images to SIZExSIZE (>= 32; default 32)")),
+    ("--epochs", dict(type=int, default=None, help="head epochs (default 10; "
+     f"{QUICK['epochs']} with --quick)")),
+    ("--batch-size", dict(type=int, default=128, help="head batch size (default 128)")),
+    ("--lr", dict(type=float, default=1e-3, help="Adam learning rate of the head (default 1e-3)")),
+    ("--gradients", dict(default="manual", help="manual (the layers' hand-written backward, "
+     "default) or autodiff (jax.grad of the same forward and loss)")),
+    ("--finetune-top", dict(action="store_true", help="also train block5 (jnn conv layers "
+     "initialised from the VGG16 weights) on cached block4 features")),
+    ("--finetune-lr", dict(type=float, default=1e-5, help="Adam learning rate of block5 with "
+     "--finetune-top (default 1e-5)")),
+    ("--standardize", dict(action=argparse.BooleanOptionalAction, default=True, help="standardize "
+     "the head's input with fixed train-set mean/std (default on)")),
+    ("--feature-batch", dict(type=int, default=256, help="batch size of the frozen-base feature "
+     f"extraction (default 256, at most {MAX_FEATURE_BATCH})")),
+    ("--quick", dict(action="store_true", help=f"small run: {QUICK['train_size']} train / "
+     f"{QUICK['test_size']} test images, {QUICK['epochs']} epochs (size flags override)")),
+    ("--train-size", dict(type=int, default=None, help="use only N training images")),
+    ("--test-size", dict(type=int, default=None, help="use only N test images")),
+    ("--bench-torch", dict(action="store_true", help="also time feature extraction against "
+     "PyTorch eager CPU (needs torch)")),
+    ("--seed", dict(type=int, default=0, help="seed of the split, head init, dropout (default 0)")),
+    ("--devices", dict(type=int, default=None, help="train the head data-parallel over N "
+     "devices; --batch-size must divide by N. On CPU, more than one needs "
+     "XLA_FLAGS=--xla_force_host_platform_device_count=N (default: 1)")),
+    ("--cache-dir", dict(default=None, help="VGG16 weight cache folder (default "
+     "$JNN_CACHE_DIR/vgg16 or ~/.cache/jnn/vgg16)")),
+)  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m experiments.vgg_transfer",
+        description="Fashion-MNIST on a frozen VGG16 base (features computed once, cached) "
+        "with a new 512-256-10 dense head, trained by jnn's manual backprop. Writes "
+        "results.json, results.md, confusion_matrix.png and the head checkpoint to --out.",
+        epilog="Without network access, download the weight file elsewhere and pass it with "
+        "--weights PATH (converted once, then cached as an orbax checkpoint in --cache-dir). "
+        "Exit codes: 0 done, 2 bad input, 3 the head diverged (see results.json).",
+    )
+    for flag, kwargs in FLAGS:
+        p.add_argument(flag, **kwargs)
+    harness.add_data_flag(p)
+    harness.add_output_flags(p, NAME)
+    return p
+
+
+def parse(argv: Sequence[str] | None = None) -> Config:
+    """The checked, frozen config; every problem one InputError naming its flag, raised before
+    anything is read or written. --quick fills its sizes only where a flag was not given."""
+    a = build_parser().parse_args(argv)
+    quick = QUICK if a.quick else {}
+    train_size = a.train_size if a.train_size is not None else quick.get("train_size")
+    test_size = a.test_size if a.test_size is not None else quick.get("test_size")
+    epochs = a.epochs if a.epochs is not None else quick.get("epochs", 10)
+    if a.size < vgg.MIN_SIZE:
+        raise InputError(f"--size must be at least {vgg.MIN_SIZE} (VGG16 pools 5 times)")
+    for flag, value in (("--epochs", epochs), ("--batch-size", a.batch_size),
+                        ("--train-size", train_size), ("--test-size", test_size)):  # fmt: skip
+        if value is not None:
+            harness.positive_int(value, flag)
+    harness.positive_int(a.feature_batch, "--feature-batch", maximum=MAX_FEATURE_BATCH)
+    harness.positive_float(a.lr, "--lr")
+    harness.positive_float(a.finetune_lr, "--finetune-lr")
+    harness.seed(a.seed)
+    harness.choice(a.gradients, core.GRADIENT_METHODS, "--gradients")
+    harness.data_dir(a.data_dir)
+    if a.cache_dir is not None and Path(a.cache_dir).expanduser().exists():
+        if not Path(a.cache_dir).expanduser().is_dir():
+            raise InputError(f"--cache-dir {a.cache_dir} is a file; pass a folder (or none)")
+    if train_size is not None and a.batch_size > train_size:
+        raise InputError(f"--batch-size {a.batch_size} exceeds the {train_size} training images")
+    if a.devices is not None:
+        harness.positive_int(a.devices, "--devices")
+        check_divisible(a.batch_size, data_mesh(a.devices), what="--batch-size")
+    fields = {k: v for k, v in vars(a).items() if k in Config.__dataclass_fields__}
+    fields.update(train_size=train_size, test_size=test_size, epochs=epochs)
+    return Config(**{**fields, "out": a.out or harness.default_out(NAME)})
+
+
+# ------------------------------------------------------------------------------------- run
+
+
+def title_of(cfg: Config, pretrained: bool) -> str:
+    title = f"VGG16 transfer on Fashion-MNIST ({cfg.size}x{cfg.size})"
+    return title if pretrained else f"{title} — {RANDOM_LABEL.upper()}"
+
+
+def frozen_features(cfg: Config, weights: dict, data: Data) -> tuple[np.ndarray, dict[str, Any]]:
+    """Blocks 1-5 (1-4 with --finetune-top) over the train and test images, once."""
+    last_block = 4 if cfg.finetune_top else 5
+    extract = make_extractor(weights["params"], weights["preprocessing"], cfg.size, last_block)
+    all_idx = np.concatenate([data.train_idx, data.test_idx])
+    feats, fe = extract_features(extract, data.images[all_idx], cfg.feature_batch, "frozen base")
+    print(
+        f"frozen base: {len(all_idx)} images -> features {feats.shape[1:]} at "
+        f"{fe['images_per_s']:.0f} images/s (+{fe['compile_and_first_batch_s']:.1f} s compile)",
+        flush=True,
+    )
+    fe.update(
+        images=len(all_idx),
+        last_block=last_block,
+        feature_shape=list(feats.shape[1:]),
+        batch_size=cfg.feature_batch,
+    )
+    return feats, fe
+
+
+def features_of_run(run_dir: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """The cached-feature input of a finished run's test images, and their labels: re-extracted
+    with the run's weights, size, split and feature batch (what its head was evaluated on)."""
+    try:
+        cfg = Config(**json.loads((Path(run_dir) / "results.json").read_text())["config"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise InputError(f"{run_dir}: no readable vgg_transfer results.json ({err})") from None
+    weights = load_weights(cfg.weights, cfg.cache_dir, cfg.seed)
+    data = load_data(cfg)
+    last_block = 4 if cfg.finetune_top else 5
+    extract = make_extractor(weights["params"], weights["preprocessing"], cfg.size, last_block)
+    feats, _ = extract_features(extract, data.images[data.test_idx], cfg.feature_batch, "test")
+    return feats, data.labels[data.test_idx]
+
+
+def save_head(run_dir: Path, head: HeadRun) -> runs.LoadedHead:
+    """The last good epoch's model into ``run_dir/head/<epoch>`` (checksummed store)."""
+    with CheckpointStore(run_dir / runs.VGG_HEAD_DIR) as store:
+        store.save(head.epoch, {"params": head.params, "model_state": head.model_state})
+    return runs.LoadedHead(head.model, head.params, head.model_state, {}, head.epoch)
+
+
+def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
+    """Weights, data, frozen features, the head (library loop), its checkpoint; the result."""
+    weights = load_weights(cfg.weights, cfg.cache_dir, cfg.seed)  # before data: fail early
+    title = title_of(cfg, weights["pretrained"])
+    print(title if weights["pretrained"] else f"{title}\nWARNING: weights are {RANDOM_LABEL}: "
+          "this is a random-feature floor, not transfer learning", flush=True)  # fmt: skip
+    data = load_data(cfg)
+    feats, fe = frozen_features(cfg, weights, data)
+    n_train = len(data.train_idx)
+    block5 = vgg.block_params(weights["params"], 5) if cfg.finetune_top else None
+    head = train_head(
+        (feats[:n_train], data.labels[data.train_idx]),
+        (feats[n_train:], data.labels[data.test_idx]),
+        block5=block5, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+        finetune_lr=cfg.finetune_lr, seed=cfg.seed, standardize=cfg.standardize,
+        gradients=cfg.gradients, mesh=None if cfg.devices is None else data_mesh(cfg.devices),
+    )  # fmt: skip
+    y_test = data.labels[data.test_idx]
+    y_pred = save_head(run_dir, head).predict(feats[n_train:])
+    result = summarize(cfg, weights, title, y_test, y_pred, head, n_train)
+    result["feature_extraction"] = fe
+    result["head"]["input_shape"] = fe["feature_shape"]
+    if cfg.bench_torch:
+        result["throughput_vs_torch"] = compare_throughput(
+            weights["params"], cfg.size, weights["preprocessing"]
+        )
+    return result
+
+
+def summarize(
+    cfg: Config,
+    weights: dict,
+    title: str,
+    y_test: np.ndarray,
+    y_pred: np.ndarray,
+    head: HeadRun,
+    n_train: int,
+) -> dict[str, Any]:
+    """The JSON-able result: accuracy of the last good epoch, per class, history, status."""
+    cm = confusion_matrix(y_test, y_pred)
+    per_class = np.diag(cm) / np.maximum(cm.sum(1), 1)
+    epoch_s = [h["seconds"] for h in head.history if np.isfinite(h["seconds"])] or [float("nan")]
+    return {
+        "title": title,
+        "status": "ok" if head.diverged_at is None else "diverged",
+        "diverged_at": head.diverged_at,
+        "pretrained": weights["pretrained"],
+        "weights": {k: v for k, v in weights.items() if k != "params"},
+        "config": asdict(cfg),
+        "data": {
+            "size": cfg.size,
+            "train": n_train,
+            "test": len(y_test),
+            "split": "original-vgg: stratified 48,000 / 12,000 of the 60,000 training images",
+        },
+        "accuracy": float(np.mean(y_pred == y_test)),
+        "per_class_accuracy": dict(zip(CLASS_NAMES, per_class.tolist(), strict=True)),
+        "per_class_count": cm.sum(1).tolist(),
+        "confusion_matrix": cm.tolist(),
+        "history": head.history,
+        "head": {
+            "model": head.model.name,
+            "gradients": cfg.gradients,
+            "checkpoint": f"{runs.VGG_HEAD_DIR}/{head.epoch}",
+            "epoch": head.epoch,
+            "params": core.count_params(head.params),
+            "first_epoch_seconds": epoch_s[0],
+            "epoch_seconds_median": float(np.median(epoch_s[1:] or epoch_s)),
+            "epoch_seconds": epoch_s,
+        },
+    }
 
 
 # --------------------------------------------------------------------------------- outputs
@@ -400,383 +746,96 @@ def plot_confusion(cm: np.ndarray, title: str, path: Path) -> None:
     plt.close(fig)
 
 
+def describe_training(r: dict[str, Any]) -> str:
+    c = r["config"]
+    text = (
+        f"- trained: head 512-256-10 (ReLU, dropout 0.5), {c['gradients']} gradients, Adam lr "
+        f"{c['lr']}, {c['epochs']} epochs, batch {c['batch_size']}, head input "
+        + ("standardized (train mean/std)" if c["standardize"] else "raw")
+        + (f"; block5 fine-tuned (lr {c['finetune_lr']})" if c["finetune_top"] else "; base frozen")
+    )
+    if r["status"] == "diverged":
+        text += (
+            f"\n- **diverged at epoch {r['diverged_at']}** (non-finite loss or params); the "
+            f"accuracy below is the last good epoch's ({r['head']['epoch']})"
+        )
+    return text
+
+
 def render_markdown(r: dict[str, Any]) -> str:
-    fe, head = r["feature_extraction"], r["head"]
+    fe, head, c, w = r["feature_extraction"], r["head"], r["config"], r["weights"]
     lines = [
         f"# {r['title']}",
         "",
-        f"- weights: {r['weights']['label']} (preprocessing `{r['weights']['preprocessing']}`"
-        f", source `{r['weights']['source']}`, hash verified: {r['weights']['verified']})",
-        f"- images: {r['data']['size']}x{r['data']['size']} RGB from 28x28 gray; "
-        f"train {r['data']['train']}, test {r['data']['test']} (stratified 80/20 of 70,000, "
-        f"seed {r['args']['seed']}){' — quick subset' if r['args']['quick'] else ''}",
-        f"- trained: head 512-256-10 (ReLU, dropout 0.5), Adam lr {r['args']['lr']}, "
-        f"{r['args']['epochs']} epochs, batch {r['args']['batch_size']}, head input "
-        + ("standardized (train mean/std)" if r["args"]["standardize"] else "raw")
-        + (
-            f"; block5 fine-tuned (lr {r['args']['finetune_lr']})"
-            if r["args"]["finetune_top"]
-            else "; base frozen"
-        ),
+        f"- weights: {w['label']} (preprocessing `{w['preprocessing']}`, source "
+        f"`{w['source']}`, hash verified: {w['verified']})",
+        f"- images: {c['size']}x{c['size']} RGB from 28x28 gray; train {r['data']['train']}, "
+        f"test {r['data']['test']} ({r['data']['split']}, seed {c['seed']})"
+        f"{' — quick subset' if c['quick'] else ''}",
+        describe_training(r),
         "",
         f"**Test accuracy: {r['accuracy']:.4f}**",
         "",
-        report.markdown_table(
-            ["class", "accuracy", "test images"],
-            [
-                (c, a, n)
-                for c, a, n in zip(
-                    CLASS_NAMES, r["per_class_accuracy"].values(), r["per_class_count"], strict=True
-                )
-            ],
-        ),
+        class_table(r),
         "## Timing",
         "",
         f"- frozen feature extraction (blocks 1-{fe['last_block']}): "
         f"{fe['images_per_s']:.0f} images/s over {fe['images']} images "
         f"({fe['seconds']:.1f} s; first batch incl. compile "
         f"{fe['compile_and_first_batch_s']:.1f} s)",
-        f"- head: {head['epoch_seconds_median']:.3f} s per epoch (median after the first; first "
-        f"epoch incl. compile {head['first_epoch_seconds']:.2f} s)",
-        f"- total wall time: {r['wall_seconds']:.1f} s on {r['device']['backend']} "
+        f"- head: {head['epoch_seconds_median']:.3f} s per epoch incl. the test evaluation "
+        f"(median after the first; first epoch incl. compile {head['first_epoch_seconds']:.2f} s)",
+        f"- total wall time: {r.get('wall_s', float('nan')):.1f} s on {r['device']['backend']} "
         f"({r['device']['cpu']}, {r['device']['cpu_count']} cores)",
     ]
     if "throughput_vs_torch" in r:
         t = r["throughput_vs_torch"]
         lines.append(
-            f"- feature extraction at {r['data']['size']}x{r['data']['size']}: jnn "
+            f"- feature extraction at {c['size']}x{c['size']}: jnn "
             f"{t['jnn']['images_per_s']:.0f} images/s vs {t['torch']['backend']} "
-            f"{t['torch']['images_per_s']:.0f} images/s (same weights)"
+            f"{t['torch']['images_per_s']:.0f} images/s (same weights, median of "
+            f"{t['jnn']['reps']} interleaved passes)"
         )
-    lines += ["", "![confusion matrix](confusion_matrix.png)", ""]
+    return "\n".join([*lines, "", "![confusion matrix](confusion_matrix.png)", ""])
+
+
+def class_table(r: dict[str, Any]) -> str:
+    rows = zip(CLASS_NAMES, r["per_class_accuracy"].values(), r["per_class_count"], strict=True)
+    return report.markdown_table(["class", "accuracy", "test images"], rows)
+
+
+def render(result: dict[str, Any], run_dir: Path) -> list[Path]:
+    """results.json, results.md and confusion_matrix.png, from ``result`` alone."""
+    run_dir = Path(run_dir)
+    paths = [run_dir / name for name in OUTPUT_FILES]
+    report.write_json(paths[0], result)
+    report.write_text_atomic(paths[1], render_markdown(result))
+    title = f"{result['title']}\ntest accuracy {result['accuracy']:.4f}"
+    plot_confusion(np.asarray(result["confusion_matrix"]), title, paths[2])
+    return paths
+
+
+def console(result: dict[str, Any]) -> str:
+    rows = zip(CLASS_NAMES, result["per_class_accuracy"].values(), strict=True)
+    lines = [report.markdown_table(["class", "accuracy"], rows)]
+    lines.append(
+        f"test accuracy {result['accuracy']:.4f}"
+        + ("" if result["pretrained"] else f" ({RANDOM_LABEL})")
+    )
+    if result["status"] == "diverged":
+        lines.append(
+            f"the head diverged at epoch {result['diverged_at']}: reported and saved the last "
+            f"good epoch ({result['head']['epoch']})"
+        )
+    lines.append(f"head: {result['head']['epoch_seconds_median']:.3f} s/epoch")
     return "\n".join(lines)
 
 
-# ------------------------------------------------------------------------------------ main
-
-
-def load_weights(spec: str, cache_dir: str | None, seed: int) -> dict[str, Any]:
-    """``--weights`` -> {"params", "label", "preprocessing", "source", "verified", "pretrained"}."""
-    if spec == "random":
-        params = vgg.init_params(jax.random.key(seed + 1))
-        params = jax.tree_util.tree_map(np.asarray, params)
-        return {
-            "params": params,
-            "label": RANDOM_LABEL,
-            "preprocessing": "keras",
-            "source": "He-normal init, seed " + str(seed + 1),
-            "verified": False,
-            "pretrained": False,
-        }
-    progress = sys.stderr.isatty()
-    try:
-        if spec in vgg.FORMATS:
-            w = vgg_weights.fetch_pretrained(spec, cache_dir, progress=progress)
-        else:
-            path = Path(spec).expanduser()
-            if not path.is_file():
-                raise InputError(
-                    f"--weights {spec}: no such file; use keras, torch, random or a path to "
-                    "a Keras .h5 / torchvision .pth file"
-                )
-            fmt = vgg_weights.detect_format(path)
-            w = vgg_weights.fetch_pretrained(fmt, cache_dir, weights_file=path, progress=progress)
-    except (vgg_weights.WeightsUnavailableError, ImportError) as e:
-        raise InputError(f"{e} (or run with --weights random for a random-feature floor)") from None
-    check_finite_weights(w.params)
-    label = f"pretrained ImageNet VGG16 ({'Keras' if w.fmt == 'keras' else 'torchvision'})"
-    return {
-        "params": w.params,
-        "label": label,
-        "preprocessing": w.fmt,
-        "source": w.source,
-        "verified": w.verified,
-        "pretrained": True,
-    }
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m experiments.vgg_transfer",
-        description="Fashion-MNIST on a frozen VGG16 base (features computed once, cached) "
-        "with a new 512-256-10 dense head. Writes results.json, results.md and "
-        "confusion_matrix.png to --out.",
-        epilog="Without network access, download the weight file elsewhere and pass it with "
-        "--weights PATH (converted once, then cached as an orbax checkpoint in --cache-dir).",
-    )
-    p.add_argument(
-        "--weights",
-        default="keras",
-        help="keras | torch (published ImageNet weights: cached, else downloaded once and "
-        "hash-checked) | PATH to vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5 or "
-        "vgg16-397923af.pth | random (He init: labelled 'random init, not pretrained'). "
-        "Default: %(default)s",
-    )
-    p.add_argument(
-        "--size",
-        type=int,
-        default=32,
-        help="resize images to SIZExSIZE (>= 32; 48 and 64 are the usual choices; "
-        "default %(default)s)",
-    )
-    p.add_argument(
-        "--epochs",
-        type=int,
-        default=None,
-        help=f"head training epochs (default 10; {QUICK['epochs']} with --quick)",
-    )
-    p.add_argument(
-        "--batch-size", type=int, default=128, help="head training batch size (default %(default)s)"
-    )
-    p.add_argument(
-        "--lr",
-        type=float,
-        default=1e-3,
-        help="Adam learning rate of the head (default %(default)s)",
-    )
-    p.add_argument(
-        "--finetune-top", action="store_true", help="also train block5 (on cached block4 features)"
-    )
-    p.add_argument(
-        "--finetune-lr",
-        type=float,
-        default=1e-5,
-        help="Adam learning rate of block5 with --finetune-top (default %(default)s)",
-    )
-    p.add_argument(
-        "--standardize",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="standardize the head's input with fixed train-set mean/std (the frozen "
-        "features reach ~100s; without this Adam needs many more epochs; default on)",
-    )
-    p.add_argument(
-        "--feature-batch",
-        type=int,
-        default=256,
-        help="batch size of the frozen-base feature extraction (default %(default)s)",
-    )
-    p.add_argument(
-        "--quick",
-        action="store_true",
-        help=f"small run: {QUICK['train_size']} train / {QUICK['test_size']} test "
-        f"images, {QUICK['epochs']} epochs (overridable by the flags below)",
-    )
-    p.add_argument("--train-size", type=int, default=None, help="use only N training images")
-    p.add_argument("--test-size", type=int, default=None, help="use only N test images")
-    p.add_argument(
-        "--bench-torch",
-        action="store_true",
-        help="also time feature extraction against PyTorch eager CPU (needs torch)",
-    )
-    p.add_argument(
-        "--seed",
-        type=int,
-        default=0,
-        help="seed of the split, head init, dropout (default %(default)s)",
-    )
-    p.add_argument(
-        "--devices",
-        type=int,
-        default=None,
-        help="train the head data-parallel over N devices (each batch split along a 'data' "
-        "mesh axis; XLA all-reduces the gradients); --batch-size must divide by N. On CPU, "
-        "more than one needs XLA_FLAGS=--xla_force_host_platform_device_count=N (default: 1)",
-    )
-    p.add_argument(
-        "--data-dir",
-        default=None,
-        help="folder with the Fashion-MNIST .gz files (default $JNN_DATA_DIR)",
-    )
-    p.add_argument(
-        "--cache-dir",
-        default=None,
-        help="VGG16 weight cache (default $JNN_CACHE_DIR/vgg16 or ~/.cache/jnn/vgg16)",
-    )
-    p.add_argument("--out", default="runs/vgg_transfer", help="output folder (default %(default)s)")
-    p.add_argument(
-        "--overwrite", action="store_true", help="replace --out if it already holds another run"
-    )
-    return p
-
-
-MAX_FEATURE_BATCH = 4096  # 4096 images at 64x64 through VGG16 need ~3 GB of activations
-
-
-def check_args(args: argparse.Namespace) -> argparse.Namespace:
-    """Refuse values that cannot work, before anything is read or written; fill --quick's
-    defaults only where a flag was not given (an explicit 0 is refused, never replaced)."""
-    if args.quick:
-        for name in ("train_size", "test_size"):
-            if getattr(args, name) is None:
-                setattr(args, name, QUICK[name])
-    if args.epochs is None:
-        args.epochs = QUICK["epochs"] if args.quick else 10
-    if args.size < vgg.MIN_SIZE:
-        raise InputError(f"--size must be at least {vgg.MIN_SIZE} (VGG16 pools 5 times)")
-    for name in ("epochs", "batch_size", "feature_batch", "train_size", "test_size"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-    if args.feature_batch > MAX_FEATURE_BATCH:
-        raise InputError(
-            f"--feature-batch {args.feature_batch} would need tens of GB of activations; "
-            f"use at most {MAX_FEATURE_BATCH}"
-        )
-    for name in ("lr", "finetune_lr"):
-        value = getattr(args, name)
-        if not (math.isfinite(value) and value > 0):
-            raise InputError(f"--{name.replace('_', '-')} must be a positive number, got {value}")
-    if not 0 <= args.seed < 2**32:
-        raise InputError(f"--seed must be in [0, 2**32), got {args.seed}")
-    return args
-
-
-def check_finite_weights(params: dict) -> None:
-    """Refuse weights with NaN or inf (they would give chance accuracy, labelled pretrained)."""
-    bad = {k: int(np.size(v) - np.isfinite(v).sum()) for k, v in _flat(params).items()}
-    bad = {k: n for k, n in bad.items() if n}
-    if bad:
-        first = next(iter(bad))
-        raise InputError(
-            f"the VGG16 weights hold {sum(bad.values())} NaN/inf values ({bad[first]} in {first}"
-            f"{f' and {len(bad) - 1} more arrays' if len(bad) > 1 else ''}); the weight file is "
-            "corrupt: download it again"
-        )
-
-
-def _flat(tree: Any) -> dict[str, np.ndarray]:
-    leaves = jax.tree_util.tree_leaves_with_path(tree)
-    return {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in leaves}
-
-
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Run the study; returns the results dict (also written to --out/results.json)."""
-    args = check_args(build_parser().parse_args(argv))
-    mesh = None
-    if args.devices is not None:
-        mesh = data_mesh(args.devices)  # clear error when that many devices do not exist
-        check_divisible(args.batch_size, mesh, what="--batch-size")  # before any output exists
-    t_start = time.perf_counter()
-    out = report.prepare_run_dir(args.out, overwrite=args.overwrite)  # refuse early
-    weights = load_weights(args.weights, args.cache_dir, args.seed)  # then weights, before data
-    pretrained = weights["pretrained"]
-    title = f"VGG16 transfer on Fashion-MNIST ({args.size}x{args.size})"
-    title += "" if pretrained else f" — {RANDOM_LABEL.upper()}"
-    print(
-        title
-        if pretrained
-        else f"{title}\nWARNING: weights are {RANDOM_LABEL}: this is a "
-        "random-feature floor, not transfer learning"
-    )
-
-    ds = load_fashion_mnist(args.data_dir)
-    images = np.concatenate([ds.train_images, ds.test_images])
-    labels = np.concatenate([ds.train_labels, ds.test_labels]).astype(np.int32)
-    # The original VGG16 study's split: 48,000 / 12,000 of the 60,000 official training images.
-    train_idx, _, test_idx = split_indices(ds, "original-vgg", seed=args.seed, stratify=True)
-    train_idx = take_stratified(train_idx, labels, args.train_size)
-    test_idx = take_stratified(test_idx, labels, args.test_size)
-
-    last_block = 4 if args.finetune_top else 5
-    extract = make_extractor(weights["params"], weights["preprocessing"], args.size, last_block)
-    all_idx = np.concatenate([train_idx, test_idx])
-    feats, fe = extract_features(extract, images[all_idx], args.feature_batch, "frozen base")
-    train_feats, test_feats = feats[: len(train_idx)], feats[len(train_idx) :]
-    print(
-        f"frozen base: {len(all_idx)} images -> features {feats.shape[1:]} at "
-        f"{fe['images_per_s']:.0f} images/s (+{fe['compile_and_first_batch_s']:.1f} s compile)"
-    )
-
-    params5 = None
-    if args.finetune_top:
-        block5 = {k: weights["params"][k] for k in vgg.layers_of_blocks(5, 5)}
-        params5 = jax.tree_util.tree_map(jnp.asarray, block5)
-    params, history = train_head(
-        train_feats,
-        labels[train_idx],
-        test_feats,
-        labels[test_idx],
-        params5=params5,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        finetune_lr=args.finetune_lr,
-        seed=args.seed,
-        standardize=args.standardize,
-        mesh=mesh,
-    )
-    _, apply = make_model(args.finetune_top)
-    predict = jax.jit(lambda p, x: jnp.argmax(apply(p, x, False), -1))
-    y_test = labels[test_idx]
-    y_pred = predict_batched(predict, params, test_feats)
-    cm = confusion_matrix(y_test, y_pred)
-    per_class = np.diag(cm) / np.maximum(cm.sum(1), 1)
-    accuracy = float(np.mean(y_pred == y_test))
-    epoch_s = [h["seconds"] for h in history]
-
-    result: dict[str, Any] = {
-        "title": title,
-        "pretrained": pretrained,
-        "weights": {k: v for k, v in weights.items() if k != "params"},
-        "args": vars(args),
-        "data": {
-            "size": args.size,
-            "train": len(train_idx),
-            "test": len(test_idx),
-            "split": "original-vgg: stratified 48,000 / 12,000 of the 60,000 training images",
-        },
-        "accuracy": accuracy,
-        "per_class_accuracy": dict(zip(CLASS_NAMES, per_class.tolist(), strict=True)),
-        "per_class_count": cm.sum(1).tolist(),
-        "confusion_matrix": cm.tolist(),
-        "history": history,
-        "feature_extraction": {
-            **fe,
-            "images": len(all_idx),
-            "last_block": last_block,
-            "feature_shape": list(feats.shape[1:]),
-            "batch_size": args.feature_batch,
-        },
-        "head": {
-            "first_epoch_seconds": epoch_s[0],
-            "epoch_seconds_median": float(np.median(epoch_s[1:] or epoch_s)),
-            "epoch_seconds": epoch_s,
-        },
-    }
-    if args.bench_torch:
-        bench = {"size": args.size, "images": 512, "batch_size": 64}
-        for backend in ("jnn", "torch"):
-            bench[backend] = feature_throughput(
-                weights["params"], args.size, 512, 64, backend, weights["preprocessing"]
-            )
-        result["throughput_vs_torch"] = bench
-    result.update(
-        wall_seconds=time.perf_counter() - t_start,
-        device=report.device_info(),
-        versions=report.versions(),
-    )
-    report.write_json(out / "results.json", result)
-    report.write_text_atomic(out / "results.md", render_markdown(result))
-    plot_confusion(cm, f"{title}\ntest accuracy {accuracy:.4f}", out / "confusion_matrix.png")
-
-    print(
-        report.markdown_table(
-            ["class", "accuracy"], zip(CLASS_NAMES, per_class.tolist(), strict=True)
-        )
-    )
-    print(f"test accuracy {accuracy:.4f}" + ("" if pretrained else f" ({RANDOM_LABEL})"))
-    print(f"head: {result['head']['epoch_seconds_median']:.3f} s/epoch; wrote {out}")
-    return result
-
-
-@report.cli_main
-def cli(argv: Sequence[str] | None = None) -> int:
-    """Console entry point: exit code 0, or 2 with a one-line message on bad input/offline."""
-    main(argv)
-    return 0
+EXPERIMENT = harness.Experiment(NAME, parse, run, render, console)
+main = harness.cli(EXPERIMENT)
+cli = main  # the name the earlier entry point had
 
 
 if __name__ == "__main__":
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    raise SystemExit(cli())
+    raise SystemExit(main())

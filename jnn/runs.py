@@ -10,6 +10,13 @@ checkpoint folder per activation and epoch, ``<run>/<activation>/<epoch>/``, wit
 train state of every seed. The model is rebuilt from the settings (``jnn.mlp.mlp``), the state is
 restored through :class:`jnn.checkpoints.CheckpointStore` (every file and array checksum-verified,
 so a damaged checkpoint is refused, never predicted from).
+
+A run folder of ``python -m experiments.vgg_transfer`` holds ``results.json`` and the trained
+transfer model in ``head/<epoch>/`` (the last good epoch: the last one, or the one before the run
+diverged); :func:`load_vgg_head` restores it the same verified way::
+
+    head = runs.load_vgg_head("runs/vgg_transfer")
+    head.predict(features)          # (N, h, w, 512) frozen VGG16 features -> labels (N,)
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import numpy as np
 import optax
 from jax import Array
 
-from jnn import core, mlp, train
+from jnn import core, mlp, train, vgg
 from jnn.checkpoints import CheckpointStore
 from jnn.errors import InputError
 
@@ -105,3 +112,66 @@ def _template(model: core.Layer, config: dict[str, Any]) -> dict[str, Any]:
 @jax.jit(static_argnums=0)
 def _apply(model: core.Layer, params: core.Params, state: core.State, x: Array) -> Array:
     return core.apply(model, params, state, x)
+
+
+# ------------------------------------------------------------------------ vgg_transfer runs
+
+VGG_HEAD_DIR = "head"  # <run>/head/<epoch>/: {"params", "model_state"} of the transfer model
+
+
+class LoadedHead(NamedTuple):
+    """The trained VGG16 transfer model of a run: ``model`` (``jnn.vgg.transfer_model``), its
+    params and layer state (the fixed standardisation), the run's config and the epoch."""
+
+    model: core.Layer
+    params: core.Params
+    model_state: core.State
+    config: dict[str, Any]  # the run's settings (results.json "config")
+    epoch: int
+
+    def logits(self, features: Any, chunk: int = 1024) -> np.ndarray:
+        """Frozen VGG16 features (N, h, w, 512), as the run cached them (block5's output, or
+        block4's with ``finetune_top``) -> logits (N, 10), in fixed-size padded chunks."""
+        features = np.asarray(features, np.float32)
+        n = len(features)
+        pad = (-n) % chunk if n > chunk else 0
+        x = np.concatenate([features, np.zeros((pad, *features.shape[1:]), np.float32)])
+        size = min(chunk, len(x)) or 1
+        parts = [
+            np.asarray(_apply(self.model, self.params, self.model_state, x[s : s + size]))
+            for s in range(0, len(x), size)
+        ]
+        return np.concatenate(parts)[:n] if parts else np.zeros((0, 10), np.float32)
+
+    def predict(self, features: Any) -> np.ndarray:
+        """Features (N, h, w, 512) -> predicted class labels (N,) int."""
+        return np.argmax(self.logits(features), axis=-1)
+
+
+def vgg_head_template(finetune_top: bool, input_shape: tuple[int, ...]) -> dict[str, Any]:
+    """Shapes and dtypes of what a vgg_transfer run saves: {"params", "model_state"}."""
+    model = vgg.transfer_model(finetune_top)
+    init = jax.eval_shape(lambda k: model.init(k, tuple(input_shape)), jax.random.key(0))
+    return {"params": init[1], "model_state": init[2]}
+
+
+def load_vgg_head(run_dir: str | os.PathLike) -> LoadedHead:
+    """The transfer model a ``python -m experiments.vgg_transfer`` run saved in ``run_dir``,
+    verified by checksum (a damaged checkpoint raises, it is never predicted from)."""
+    run_dir = Path(run_dir).expanduser().resolve()
+    try:
+        result = json.loads((run_dir / "results.json").read_text())
+        config, head = result["config"], result["head"]
+        finetune, shape, epoch = config["finetune_top"], head["input_shape"], head["epoch"]
+    except FileNotFoundError:
+        raise InputError(
+            f"{run_dir} holds no results.json: not a vgg_transfer run folder"
+        ) from None
+    except (ValueError, KeyError, TypeError) as err:
+        raise InputError(
+            f"{run_dir / 'results.json'} is not a vgg_transfer result ({err})"
+        ) from None
+    model = vgg.transfer_model(finetune)
+    with CheckpointStore(run_dir / VGG_HEAD_DIR, create=False) as store:
+        tree = store.restore(epoch, vgg_head_template(finetune, tuple(shape)))
+    return LoadedHead(model, tree["params"], tree["model_state"], config, int(epoch))

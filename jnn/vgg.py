@@ -14,6 +14,11 @@ that order when it is converted (see :mod:`jnn.vgg_weights`), so one model serve
 
 Weight loading (Keras h5, torchvision .pth, orbax cache, download) lives in
 :mod:`jnn.vgg_weights`.
+
+The transfer model of ``experiments.vgg_transfer`` is a :mod:`jnn.core` value, trained with a
+hand-written backward like every jnn model: :func:`transfer_model` (optionally block5 as jnn
+``Conv3x3Layer``/``ReLU``/``MaxPool2D`` layers, then ``Flatten``, a fixed :func:`Standardize`
+and the 512-256-10 head); :func:`block_params` turns a block's Flax params into those layers'.
 """
 
 from __future__ import annotations
@@ -25,7 +30,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jnn.activations import ReLU
+from jnn.core import Layer, Shape, serial
 from jnn.errors import InputError
+from jnn.layers import Conv2D, Dense, Dropout, Flatten, MaxPool2D, conv_backward, conv_forward
 
 # (block, number of convs, output channels) — the VGG16 "D" configuration.
 BLOCKS: tuple[tuple[int, int, int], ...] = (
@@ -231,3 +239,145 @@ def param_count(params: dict, layers: Sequence[str] | None = None) -> int:
     """Number of scalars in ``params`` (optionally only in the named layers)."""
     tree = params if layers is None else {k: params[k] for k in layers}
     return int(sum(np.prod(a.shape) for a in jax.tree_util.tree_leaves(tree)))
+
+
+def he_params(seed: int, include_top: bool = False) -> dict:
+    """Random params drawn with numpy (no compile, ~1 s): He-normal kernels, zero biases, the
+    layout of :func:`expected_shapes`. The random-feature floor of ``--weights random``."""
+    rng = np.random.default_rng(seed)
+    params = {}
+    for layer, shapes in expected_shapes(include_top).items():
+        k = shapes["kernel"]
+        std = np.sqrt(2.0 / np.prod(k[:-1]))
+        params[layer] = {
+            "kernel": (rng.standard_normal(k, np.float32) * np.float32(std)),
+            "bias": np.zeros(shapes["bias"], np.float32),
+        }
+    return params
+
+
+# ------------------------------------------------------------------ the transfer model (jnn)
+
+
+def _im2col(x: jax.Array) -> jax.Array:
+    """(B, H, W, C) -> (B, H, W, 9C): the 3x3 zero-padded neighbourhoods, taps row-major."""
+    _, h, w, _ = x.shape
+    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    return jnp.concatenate([xp[:, i : i + h, j : j + w, :] for i in range(3) for j in range(3)], -1)
+
+
+def _col2im(dpatches: jax.Array, cin: int) -> jax.Array:
+    """The transpose of :func:`_im2col`: each tap's gradient added back where it was read."""
+    _, h, w, _ = dpatches.shape
+    dxp = jnp.zeros((dpatches.shape[0], h + 2, w + 2, cin), dpatches.dtype)
+    for t in range(9):
+        i, j = divmod(t, 3)
+        dxp = dxp.at[:, i : i + h, j : j + w, :].add(dpatches[..., t * cin : (t + 1) * cin])
+    return dxp[:, 1:-1, 1:-1, :]
+
+
+_SAME_3X3 = ((1, 1), (1, 1))
+
+
+def conv3x3_backward(params: dict, x: jax.Array, dy: jax.Array) -> tuple[dict, jax.Array]:
+    """Hand-written (dparams, dx) of ``conv3x3_same(x, w) + b``, by the same route the forward
+    takes: im2col matmul on small maps (dw = patches^T dy, dx = col2im(dy w^T)), else
+    ``jnn.layers.conv_backward`` (stride 1, padding 1)."""
+    w = params["w"]
+    _, h, wd, cin = x.shape
+    db = jnp.sum(dy, axis=(0, 1, 2))
+    if h * wd > SMALL_MAP:
+        return conv_backward(params, x, dy, (1, 1), _SAME_3X3)
+    dy2 = dy.reshape(-1, dy.shape[-1])
+    if h == 1 and wd == 1:  # only the centre tap sees non-padding input
+        dw = jnp.zeros_like(w).at[1, 1].set(x.reshape(-1, cin).T @ dy2)
+        return {"w": dw, "b": db}, dy @ w[1, 1].T
+    cols = _im2col(x).reshape(-1, 9 * cin)
+    dw = (cols.T @ dy2).reshape(w.shape)
+    return {"w": dw, "b": db}, _col2im(dy @ w.reshape(9 * cin, -1).T, cin)
+
+
+def Conv3x3Layer(features: int) -> Layer:  # noqa: N802 - layers are named like classes
+    """VGG16's 3x3 stride-1 "SAME" convolution as a jnn layer: params ``{"w": (3, 3, C, F) HWIO,
+    "b": (F,)}`` (He init), forward :func:`conv3x3_same` + b (as the Flax ``Conv3x3``), backward
+    :func:`conv3x3_backward` by hand. Unlike ``jnn.layers.Conv2D`` (always
+    ``lax.conv_general_dilated``) small maps go through a matmul: XLA:CPU's convolution takes
+    ~15 s per batch of 64 on block5's 2x2x512 maps, the matmul milliseconds."""
+    conv = Conv2D(features, 3, padding="SAME", init="he")
+
+    def forward(params, state, x, *, key=None, train=False):
+        del key, train
+        if x.shape[1] * x.shape[2] > SMALL_MAP:
+            return (*conv_forward(params, x, (1, 1), _SAME_3X3), state)
+        return conv3x3_same(x, params["w"]) + params["b"], x, state
+
+    return Layer(conv.init, forward, conv3x3_backward, f"Conv3x3Layer({features})")
+
+
+def block_layers(block: int) -> tuple[Layer, ...]:
+    """VGG16 block ``block`` (1..5) as jnn layers: (Conv3x3Layer(w), ReLU) per conv, then
+    MaxPool2D(2). Same layout as the Flax block: NHWC, HWIO kernels, zero "SAME" padding."""
+    _, n, width = BLOCKS[block - 1]
+    convs = [layer for _ in range(n) for layer in (Conv3x3Layer(width), ReLU)]
+    return (*convs, MaxPool2D(2))
+
+
+def block_params(params: dict, block: int) -> tuple:
+    """The Flax params of ``block`` (``{"block5_conv1": {"kernel", "bias"}, ...}``) as the params
+    tuple of :func:`block_layers`: ``{"w": kernel, "b": bias}`` per conv, ``()`` otherwise."""
+    out: list = []
+    for name in layers_of_blocks(block, block):
+        layer = params[name]
+        out += [{"w": jnp.asarray(layer["kernel"]), "b": jnp.asarray(layer["bias"])}, ()]
+    return (*out, ())
+
+
+def Standardize(  # noqa: N802 - layers are named like classes
+    mean: np.ndarray | None = None, std: np.ndarray | None = None
+) -> Layer:
+    """y = (x - mean) / std with fixed per-feature constants, held in the layer's *state* (saved
+    with the model, never trained). x: (B, D). Without ``mean``/``std``: 0 and 1 (identity)."""
+
+    def init(key: jax.Array, input_shape: Shape):
+        del key
+        shape = tuple(input_shape)
+        m = jnp.zeros(shape, jnp.float32) if mean is None else jnp.asarray(mean, jnp.float32)
+        s = jnp.ones(shape, jnp.float32) if std is None else jnp.asarray(std, jnp.float32)
+        if m.shape != shape or s.shape != shape:
+            raise InputError(f"Standardize: mean/std of shape {m.shape} for inputs {shape}")
+        return shape, (), {"mean": m, "std": s}
+
+    def forward(params, state, x, *, key=None, train=False):
+        del params, key, train
+        return (x - state["mean"]) / state["std"], state["std"], state
+
+    def backward(params, std, dy):
+        del params
+        return (), dy / std
+
+    return Layer(init, forward, backward, "Standardize")
+
+
+HEAD_HIDDEN = (512, 256)
+HEAD_DROPOUT = 0.5
+BLOCK5_LAYERS = len(block_layers(5))  # 3 x (Conv3x3Layer, ReLU) + MaxPool2D: the first 7 layers
+
+
+def transfer_model(finetune_top: bool = False, classes: int = 10) -> Layer:
+    """The transfer model on cached VGG16 features, as one jnn ``serial``:
+
+    ``[block5 (finetune_top)] Flatten Standardize Dense(512) ReLU Dropout(0.5) Dense(256) ReLU
+    Dropout(0.5) Dense(classes)``; input (B, h, w, 512): block5's input with ``finetune_top``,
+    else its output. Hidden layers He-initialised, the last Glorot; biases zero.
+    """
+    head: list[Layer] = [Flatten, Standardize()]
+    for width in HEAD_HIDDEN:
+        head += [Dense(width, init="he"), ReLU, Dropout(HEAD_DROPOUT)]
+    head.append(Dense(classes, init="glorot"))
+    block5 = block_layers(5) if finetune_top else ()
+    return serial(*block5, *head, name=f"vgg_transfer(finetune_top={finetune_top})")
+
+
+def standardize_index(finetune_top: bool) -> int:
+    """Position of the Standardize layer in :func:`transfer_model`'s params/state tuples."""
+    return (BLOCK5_LAYERS if finetune_top else 0) + 1

@@ -458,28 +458,8 @@ def test_official_name_with_wrong_content_fails_hash(keras_h5, tmp_path):
 # ------------------------------------------------------------------------ the experiment
 
 
-def test_transfer_experiment_smoke_random_weights_labelled(fashion_dir, tmp_path, capsys):
-    from experiments import vgg_transfer
-
-    out = tmp_path / "run"
-    argv = ["--weights", "random", "--quick", "--train-size", "200", "--test-size", "100"]
-    argv += ["--epochs", "2", "--batch-size", "50", "--feature-batch", "100"]
-    argv += ["--data-dir", str(fashion_dir)]
-    r = vgg_transfer.main([*argv, "--out", str(out)])
-    label = vgg_transfer.RANDOM_LABEL
-    assert not r["pretrained"] and label in r["weights"]["label"]
-    assert label.upper() in r["title"]
-    assert label.upper() in (out / "results.md").read_text().splitlines()[0]
-    assert label in capsys.readouterr().out
-    assert (out / "confusion_matrix.png").stat().st_size > 10_000
-    saved = __import__("json").loads((out / "results.json").read_text())
-    assert saved["data"] == {**saved["data"], "train": 200, "test": 100}
-    assert sum(saved["per_class_count"]) == 100 and len(saved["per_class_accuracy"]) == 10
-    assert saved["feature_extraction"]["images_per_s"] > 0
-    assert saved["head"]["epoch_seconds_median"] > 0
-    assert 0.0 <= saved["accuracy"] <= 1.0
-    with pytest.raises(ValueError, match="already holds another run"):
-        vgg_transfer.main([*argv, "--out", str(out)])
+# The experiment's runs (labels, outputs, manual vs autodiff, divergence, the way back):
+# tests/test_vgg_transfer.py.
 
 
 def test_transfer_experiment_offline_is_one_line_exit_2(tmp_path, capsys, monkeypatch):
