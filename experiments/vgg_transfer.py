@@ -331,7 +331,8 @@ def init_head(
     model = vgg.transfer_model(finetune)
     _, params, _ = jax.eval_shape(lambda k: model.init(k, feats.shape[1:]), jax.random.key(0))
     optimizer = make_optimizer(params, lr, finetune_lr, finetune)
-    state = train.init_train_state(jax.random.key(seed), model, optimizer, feats.shape[1:])
+    init = jax.jit(lambda k: train.init_train_state(k, model, optimizer, feats.shape[1:]))
+    state = init(jax.random.key(seed))  # one program: eager init compiles op by op
     params, model_state = list(state.params), list(state.model_state)
     if finetune:
         params[: vgg.BLOCK5_LAYERS] = block5

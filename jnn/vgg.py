@@ -23,6 +23,7 @@ and the 512-256-10 head); :func:`block_params` turns a block's Flax params into 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -363,6 +364,7 @@ HEAD_DROPOUT = 0.5
 BLOCK5_LAYERS = len(block_layers(5))  # 3 x (Conv3x3Layer, ReLU) + MaxPool2D: the first 7 layers
 
 
+@functools.cache  # one value per configuration: jitted functions of it compile once
 def transfer_model(finetune_top: bool = False, classes: int = 10) -> Layer:
     """The transfer model on cached VGG16 features, as one jnn ``serial``:
 

@@ -72,7 +72,7 @@ def test_manual_grads_equal_jax_grad(finetune=True):
     the 512-256-10 head with both Dropouts on the same keys (the frozen-base model is its tail)."""
     model = vgg.transfer_model(finetune)
     shape = (2, 2, 512) if finetune else (1, 1, 512)
-    _, params, state = model.init(jax.random.key(0), shape)
+    _, params, state = jax.jit(model.init, static_argnums=1)(jax.random.key(0), shape)
     i = vgg.standardize_index(finetune)
     stats = {"mean": normal(state[i]["mean"].shape, 5), "std": 1 + jnp.abs(normal((512,), 6))}
     state = (*state[:i], stats, *state[i + 1 :])
@@ -93,10 +93,9 @@ def test_finetuning_trains_block5_at_its_own_learning_rate():
     assert m.diverged_at is None and m.epoch == 1 and len(m.history) == 1
     moved = [float(np.abs(m.params[i]["w"] - block5[i]["w"]).max()) for i in (0, 2, 4)]
     assert 0 < max(moved) <= 2 * 2 * 1e-6  # 2 steps of Adam at 1e-6
-    init = train.init_train_state(
-        jax.random.key(0), vgg.transfer_model(True), optax.sgd(1), x.shape[1:]
-    )
-    head = init.params[-1]["w"]  # the head's last Dense before training (same seed)
+    model, shape = vgg.transfer_model(True), x.shape[1:]
+    init = jax.jit(lambda k: train.init_train_state(k, model, optax.sgd(1), shape))
+    head = init(jax.random.key(0)).params[-1]["w"]  # the last Dense before training (same seed)
     assert float(np.abs(m.params[-1]["w"] - head).max()) > 1e-4  # Adam at 1e-3 moved it
 
 
