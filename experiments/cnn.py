@@ -1,7 +1,10 @@
 """A small CNN on Fashion-MNIST, trained by manual backprop and by ``jax.grad`` side by side.
 
-    python -m experiments.cnn --out results/cnn          # official split, 54k/6k/10k
-    python -m experiments.cnn --quick                    # a few hundred images, 2 epochs
+    python -m experiments.cnn                      # official split, 54k/6k/10k; into runs/cnn
+    python -m experiments.cnn --quick              # a few hundred images, 2 epochs: runs/cnn-quick
+
+(the committed results were made with ``--out results/cnn``). On the harness
+(:mod:`experiments.harness`): ``parse_config`` -> ``run`` -> ``render``.
 
 The network (``build_model``)::
 
@@ -16,10 +19,20 @@ machine load, and each epoch's wall time is recorded; the reported ratio is the 
 epochs after the first (which includes compilation).
 
 ``--epoch-loop``: "steps" (default) runs each epoch as a Python loop over one jitted train step;
-"scan" uses ``jnn.train.make_epoch_fn`` (the whole epoch in one ``lax.scan``). On XLA:CPU the
-scanned convolution steps measured ~13x slower than the same jitted step called from Python
-(2.4 s vs 0.18 s per batch of 128 on 2 cores), so the CNN uses the step loop; both follow the
+"scan" uses ``jnn.train.make_epoch_fn`` (the whole epoch in one ``lax.scan``). Both follow the
 library's key convention (``jnn.train.epoch_step``): same permutation, same dropout key per step.
+On XLA:CPU (jaxlib 0.10.2) the scanned epoch is ~10x slower per step than the jitted step, for
+manual backprop and ``jax.grad`` alike, and ``fori_loop`` or ``unroll=2`` change nothing
+(``python -m experiments.cnn_scan_probe``, numbers in results/cnn/scan_probe.md). The cause is
+one convolution: the kernel gradient, which both jnn's backward and JAX's transpose rule write as
+a conv with batch and channels exchanged (dimension numbers CHWN/IHWO/HWNC). Outside a loop
+XLA:CPU rewrites it into a canonical NHWC/HWIO conv plus transposes and runs it through its fast
+(YNNPACK) convolution; inside a while loop body it does not, and the conv runs in the naive
+emitter, ~20-30x slower (5.8 s vs 0.19 s per call for the 14x14x32 -> 64 layer at batch 128).
+No XLA flag in this jaxlib changes it. Writing the transposes explicitly
+(``experiments.cnn_scan_probe.canonical_conv_backward``, bit-identical) makes manual backprop
+as fast in a scan as in the step loop; ``jax.grad``'s own transpose rule cannot be changed from
+here, so the step loop stays the default: both twins must run the same loop for the timing.
 
 Outputs in ``--out``: results.json, results.md, curves.png (loss and accuracy, train/val, manual
 and autodiff). Exit codes: 0 done; 2 bad input (one line on stderr); 3 a network diverged.

@@ -18,6 +18,7 @@ holding only this command's two files is regenerated in place; anything else the
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -397,6 +398,9 @@ def render_markdown(result: dict[str, Any]) -> str:
         f"({dev['cpu_count']} cores)",
         "- versions: " + ", ".join(f"{k} {v}" for k, v in result["versions"].items()),
         f"- took {result['seconds']:.1f} s; arguments: `{result['args']}`",
+        f"- load average (1 min) at the end: {result.get('load_average_1min', float('nan')):.1f} "
+        f"on {dev['cpu_count']} cores (above the core count, other jobs shared the CPU and the "
+        "forward times are noisy; the counts are not affected)",
         "",
     ])  # fmt: skip
 
@@ -506,6 +510,7 @@ def run(cfg: Config, run_dir: Path | None = None) -> dict[str, Any]:
         "q1": q1,
         "q2": q2,
         "seconds": time.perf_counter() - t0,
+        "load_average_1min": os.getloadavg()[0],  # a shared machine makes the times noisy
     }
 
 

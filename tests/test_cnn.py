@@ -43,3 +43,27 @@ def test_bad_flags_are_one_line_errors(argv, message, capsys, tmp_path):
     assert cnn.main([*argv, "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("strides, padding, n", [((2, 2), "SAME", 9), ((2, 1), "VALID", 8)])
+def test_canonical_layout_kernel_gradient_is_bit_identical(strides, padding, n):
+    """The scan probe's proposed Conv2D backward (explicit transposes so XLA:CPU's convolution
+    stays canonical inside loops) gives exactly the layer's gradients."""
+    import jax
+    import jax.numpy as jnp
+
+    from experiments.cnn_scan_probe import canonical_conv_backward
+    from jnn.layers import Conv2D
+    from jnn.layers.conv import axis_geometry
+
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((3, n, n + 1, 2)), jnp.float32)
+    layer = Conv2D(4, 3, strides=strides, padding=padding)
+    params = layer.init(jax.random.key(0), x.shape[1:])[1]
+    y, cache, _ = layer.forward(params, (), x)
+    dy = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
+    want, want_dx = layer.backward(params, cache, dy)
+    pads = tuple(axis_geometry(m, 3, s, padding)[1:3] for m, s in zip(x.shape[1:3], strides))
+    got, got_dx = canonical_conv_backward(params, x, dy, strides, pads)
+    for a, b in ((got["w"], want["w"]), (got["b"], want["b"]), (got_dx, want_dx)):
+        np.testing.assert_array_equal(a, b)

@@ -1,0 +1,345 @@
+"""Why the scanned CNN epoch is slow on XLA:CPU: one train step, four ways of looping it.
+
+    python -m experiments.cnn_scan_probe --steps 4 --reps 3          # the loop forms
+    python -m experiments.cnn_scan_probe --ops --steps 4 --reps 3    # the three convs alone
+
+Loop forms (the same step as ``jnn.train.epoch_step``: gather the batch, value-and-grad, Adam):
+
+- ``steps``: the step jitted once and called ``--steps`` times from Python;
+- ``scan``: ``lax.scan`` over the steps in one program (what ``jnn.train.make_epoch_fn`` does);
+- ``scan-unroll2``: the same scan with ``unroll=2``;
+- ``fori``: ``lax.fori_loop`` with the batch indices looked up per step;
+
+each with manual backprop and ``jax.grad``. ``--ops`` times the CNN's three convolution kinds
+(forward, input gradient, kernel gradient, as ``jnn.layers.conv`` writes them) once jitted and
+inside a ``fori_loop``, to find which one XLA:CPU slows down inside a loop. XLA options are taken
+from ``XLA_FLAGS`` (run the probe once per setting). Interleaved repetitions, medians
+(:mod:`experiments.timing`); every time is seconds per train step (or per conv). Writes
+probe.json and probe.md into ``--out`` (default ``runs/cnn_scan_probe``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from experiments import harness, report, timing
+
+LOOPS = ("steps", "scan", "scan-unroll2", "fori")
+GRADIENTS = ("manual", "autodiff")
+
+
+@dataclass(frozen=True)
+class Config:
+    steps: int = 4
+    batch_size: int = 128
+    reps: int = 3
+    ops: bool = False
+    canonical_dw: bool = False
+    loops: tuple[str, ...] = LOOPS
+    out: str = harness.default_out("cnn_scan_probe")
+    overwrite: bool = False
+
+
+def parse(argv: Sequence[str] | None) -> Config:
+    p = argparse.ArgumentParser(prog="python -m experiments.cnn_scan_probe", description=__doc__)
+    p.add_argument("--steps", type=int, default=4, help="train steps per timed loop")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--reps", type=int, default=3, help="timed repetitions (after one warm-up)")
+    p.add_argument("--ops", action="store_true", help="time the three convs alone instead")
+    p.add_argument(
+        "--canonical-dw",
+        action="store_true",
+        help="patch (this process only) Conv2D backward: canonical-layout kernel gradient",
+    )
+    p.add_argument(
+        "--loops", default=",".join(LOOPS), help="comma-separated subset of " + str(LOOPS)
+    )
+    harness.add_output_flags(p, "cnn_scan_probe")
+    a = p.parse_args(argv)
+    loops = tuple(harness.choice(s, LOOPS, "--loops") for s in a.loops.split(","))
+    return Config(
+        harness.positive_int(a.steps, "--steps", maximum=1000),
+        harness.positive_int(a.batch_size, "--batch-size", maximum=4096),
+        harness.positive_int(a.reps, "--reps", maximum=100),
+        a.ops,
+        a.canonical_dw,
+        loops,
+        a.out or harness.default_out("cnn_scan_probe"),
+        a.overwrite,
+    )
+
+
+def canonical_conv_backward(params: Any, x: Any, dy: Any, strides: Any, pads: Any) -> Any:
+    """``jnn.layers.conv.conv_backward`` with the kernel gradient in XLA:CPU's canonical layout.
+
+    The layer writes dw as one conv with dimension numbers (CHWN, IHWO, HWNC); XLA:CPU rewrites
+    that into a canonical (NHWC, HWIO, NHWC) conv plus transposes only outside loops, and inside
+    a while loop (scan, fori_loop) runs it with its naive loop emitter. Here the transposes are
+    explicit: x^T (C, H, W, B) are the "images", dy^T (H', W', B, F) the "kernel", the result
+    (C, kh, kw, F) is transposed back to (kh, kw, C, F). Same numbers (bit for bit on CPU).
+    """
+    from jax import lax
+
+    from jnn.layers import conv
+
+    w = params["w"]
+    original = getattr(conv.conv_backward, "original", conv.conv_backward)
+    dparams, dx = original(params, x, dy, strides, pads)  # dx, db as they are (its dw is unused)
+    geo = [
+        conv.axis_geometry_from_pads(n, k, s, p)
+        for n, k, s, p in zip(x.shape[1:3], w.shape[:2], strides, pads)
+    ]
+    dw = lax.conv_general_dilated(
+        x.transpose(3, 1, 2, 0),
+        dy.transpose(1, 2, 0, 3),
+        (1, 1),
+        [(lo, hi - r) for lo, hi, r in geo],
+        rhs_dilation=strides,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    ).transpose(1, 2, 0, 3)
+    return {"w": dw, "b": dparams["b"]}, dx
+
+
+def use_canonical_dw() -> None:
+    """Swap jnn's Conv2D backward for :func:`canonical_conv_backward` in this process."""
+    from jnn.layers import conv
+
+    if not hasattr(conv.conv_backward, "original"):
+        canonical_conv_backward.original = conv.conv_backward  # type: ignore[attr-defined]
+        conv.conv_backward = canonical_conv_backward
+
+
+def _setup(cfg: Config) -> tuple[Any, Any, Any, Any]:
+    """The CNN of experiments.cnn, Adam, synthetic (steps * batch) images and labels."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from experiments.cnn import build_model
+    from jnn import train
+
+    model, opt = build_model(), optax.adam(1e-3)
+    rng = np.random.default_rng(0)
+    n = cfg.steps * cfg.batch_size
+    x = jnp.asarray(rng.random((n, 28, 28, 1), dtype=np.float32))
+    y = jnp.asarray(rng.integers(0, 10, n).astype(np.int32))
+    state = train.init_train_state(jax.random.key(0), model, opt, (28, 28, 1))
+    return model, opt, state, (x, y)
+
+
+def _step_fn(model: Any, opt: Any, gradients: str) -> Callable:
+    """``step(carry, i, idx, x, y, key) -> (carry, loss)``: jnn.train.epoch_step's body."""
+    import jax
+    import optax
+
+    from jnn import train
+
+    vg = train.as_value_and_grad(model, gradients)
+
+    def step(carry, i, idx, x, y, key):
+        params, opt_state, model_state = carry
+        (loss, _, model_state), grads = vg(
+            params, model_state, x[idx], y[idx], key=jax.random.fold_in(key, i), train=True
+        )
+        updates, opt_state = opt.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), opt_state, model_state), loss
+
+    return step
+
+
+def _loop_fn(loop: str, step: Callable, steps: int, batch: int) -> Callable[..., Any]:
+    """``run(carry, x, y, key) -> (carry, losses)`` over ``steps`` batches, looped as ``loop``."""
+    import jax
+    import jax.numpy as jnp
+
+    idx = jnp.arange(steps * batch).reshape(steps, batch)
+    ii = jnp.arange(steps, dtype=jnp.uint32)
+    if loop == "steps":
+        one = jax.jit(step)
+
+        def run(carry, x, y, key):
+            losses = []
+            for i in range(steps):
+                carry, loss = one(carry, ii[i], idx[i], x, y, key)
+                losses.append(loss)
+            return carry, losses
+
+        return run
+    if loop == "fori":
+
+        @jax.jit
+        def fori(carry, x, y, key):
+            def body(i, c):
+                carry, loss = step(c[0], i.astype(jnp.uint32), idx[i], x, y, key)
+                return carry, c[1] + loss
+
+            return jax.lax.fori_loop(0, steps, body, (carry, jnp.float32(0)))
+
+        return fori
+    unroll = 2 if loop == "scan-unroll2" else 1
+
+    @jax.jit
+    def scanned(carry, x, y, key):
+        return jax.lax.scan(
+            lambda c, a: step(c, a[0], a[1], x, y, key), carry, (ii, idx), unroll=unroll
+        )
+
+    return scanned
+
+
+def time_loops(cfg: Config) -> dict[str, Any]:
+    """Seconds per train step, per (loop, gradients), interleaved; ratios against ``steps``."""
+    import jax
+
+    if cfg.canonical_dw:
+        use_canonical_dw()
+    model, opt, state, (x, y) = _setup(cfg)
+    carry = (state.params, state.opt_state, state.model_state)
+    cases = {}
+    for g in GRADIENTS:
+        step = _step_fn(model, opt, g)
+        for loop in cfg.loops:
+            fn = _loop_fn(loop, step, cfg.steps, cfg.batch_size)
+            cases[f"{loop}/{g}"] = timing.repeated(
+                lambda fn=fn: jax.block_until_ready(fn(carry, x, y, state.dropout_key))
+            )
+    res = timing.time_interleaved(cases, reps=cfg.reps, warmup=1)
+    per_step = {k: {kk: v / cfg.steps if kk.endswith("_s") and kk != "samples_s" else v
+                     for kk, v in r.items()} for k, r in res.items()}  # fmt: skip
+    for r in per_step.values():
+        r["samples_s"] = [s / cfg.steps for s in r["samples_s"]]
+    for key, r in per_step.items():
+        loop, g = key.split("/")
+        base, auto = per_step.get(f"steps/{g}"), per_step[f"{loop}/autodiff"]
+        r["over_steps"] = r["median_s"] / base["median_s"] if base else None
+        r["manual_over_autodiff"] = r["median_s"] / auto["median_s"] if g == "manual" else None
+    return per_step
+
+
+def _convs() -> dict[str, Callable]:
+    """The CNN's second conv layer (32 -> 64 channels on 14x14, 3x3 SAME), its three passes as
+    ``jnn.layers.conv`` writes them, and two rewrites of the kernel gradient: with explicit
+    transposes into the canonical NHWC/HWIO form, and as im2col patches times dy (one dot)."""
+    import jax.numpy as jnp
+    from jax import lax
+
+    dn, pads = ("NHWC", "HWIO", "NHWC"), ((1, 1), (1, 1))
+
+    def kernel_grad_transposed(x, w, dy):
+        # x^T (C, H, W, B) as "NHWC" images, dy^T (H', W', B, F) as an "HWIO" kernel.
+        out = lax.conv_general_dilated(
+            x.transpose(3, 1, 2, 0), dy.transpose(1, 2, 0, 3), (1, 1), pads, dimension_numbers=dn
+        )  # (C, kh, kw, F)
+        return out.transpose(1, 2, 0, 3)
+
+    def kernel_grad_im2col(x, w, dy):
+        kh, kw, c, f = w.shape
+        patches = lax.conv_general_dilated_patches(x, (kh, kw), (1, 1), pads, dimension_numbers=dn)
+        # patches (B, H', W', C * kh * kw), feature index c * kh * kw + i * kw + j
+        dw = jnp.einsum("bhwk,bhwf->kf", patches, dy).reshape(c, kh, kw, f)
+        return dw.transpose(1, 2, 0, 3)
+
+    return {
+        "forward": lambda x, w, dy: lax.conv_general_dilated(
+            x, w, (1, 1), pads, dimension_numbers=dn
+        ),
+        "input-grad": lambda x, w, dy: lax.conv_general_dilated(
+            dy, w[::-1, ::-1].transpose(0, 1, 3, 2), (1, 1), pads, dimension_numbers=dn
+        ),
+        "kernel-grad": lambda x, w, dy: lax.conv_general_dilated(
+            x, dy, (1, 1), pads, dimension_numbers=("CHWN", "IHWO", "HWNC")
+        ),
+        "kernel-grad-transposed": kernel_grad_transposed,
+        "kernel-grad-im2col": kernel_grad_im2col,
+    }
+
+
+def time_ops(cfg: Config) -> dict[str, Any]:
+    """Each conv jitted alone (called ``steps`` times) vs ``steps`` times in a fori_loop."""
+    import jax
+    import jax.numpy as jnp
+
+    rng = np.random.default_rng(0)
+    b = cfg.batch_size
+    x = jnp.asarray(rng.standard_normal((b, 14, 14, 32)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((3, 3, 32, 64)), jnp.float32)
+    dy = jnp.asarray(rng.standard_normal((b, 14, 14, 64)), jnp.float32)
+    cases = {}
+    for name, conv in _convs().items():
+        one = jax.jit(conv)
+
+        def looped(x, w, dy, conv=conv):
+            def body(i, acc, conv=conv):  # every input depends on the carry: nothing is hoisted
+                z = acc.ravel()[0] * 0
+                return acc + conv(x + z, w + z, dy + z)
+
+            return jax.lax.fori_loop(0, cfg.steps, body, jnp.zeros_like(conv(x, w, dy)))
+
+        lp = jax.jit(looped)
+        cases[f"{name}/jit"] = lambda calls, one=one: [
+            jax.block_until_ready([one(x, w, dy) for _ in range(cfg.steps)]) for _ in range(calls)
+        ]
+        cases[f"{name}/fori"] = timing.repeated(lambda lp=lp: jax.block_until_ready(lp(x, w, dy)))
+    ref = jax.jit(_convs()["kernel-grad"])(x, w, dy)
+    diffs = {
+        name: float(jnp.max(jnp.abs(jax.jit(conv)(x, w, dy) - ref)) / jnp.max(jnp.abs(ref)))
+        for name, conv in _convs().items()
+        if name.startswith("kernel-grad-")
+    }
+    res = timing.time_interleaved(cases, reps=cfg.reps, warmup=1)
+    out = {k: {"median_s": r["median_s"] / cfg.steps, "min_s": r["min_s"] / cfg.steps}
+           for k, r in res.items()}  # fmt: skip
+    for name in _convs():
+        out[f"{name}/fori"]["over_jit"] = (
+            out[f"{name}/fori"]["median_s"] / out[f"{name}/jit"]["median_s"]
+        )
+    for name, d in diffs.items():
+        out[f"{name}/jit"]["rel_diff_vs_kernel_grad"] = d
+    return out
+
+
+def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
+    return {
+        "study": "cnn_scan_probe",
+        "status": "ok",
+        "config": asdict(cfg),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "cases": time_ops(cfg) if cfg.ops else time_loops(cfg),
+    }
+
+
+def console(result: dict[str, Any]) -> str:
+    cfg = result["config"]
+    kind = "per conv" if cfg["ops"] else "per train step"
+    rows = [[k, r["median_s"], r["min_s"], r.get("over_steps", r.get("over_jit")),
+             r.get("manual_over_autodiff")] for k, r in result["cases"].items()]  # fmt: skip
+    return (
+        f"XLA_FLAGS={result['xla_flags']!r}; canonical-layout kernel gradient: "
+        f"{'yes' if cfg['canonical_dw'] else 'no'}; batch {cfg['batch_size']}, "
+        f"{cfg['steps']} steps, "
+        f"median of {cfg['reps']}; {result['device']['cpu']} ({result['device']['cpu_count']} "
+        f"cores)\n\n"
+        + report.markdown_table(
+            ["case", f"median s {kind}", "min s", "vs jit / steps", "manual / autodiff"], rows
+        )
+    )
+
+
+def render(result: dict[str, Any], run_dir: Path) -> list[Path]:
+    report.write_json(run_dir / "probe.json", result)
+    report.write_text_atomic(run_dir / "probe.md", console(result))
+    return [run_dir / "probe.json", run_dir / "probe.md"]
+
+
+EXPERIMENT = harness.Experiment("cnn_scan_probe", parse, run, render, console)
+main = harness.cli(EXPERIMENT)
+
+if __name__ == "__main__":
+    raise SystemExit(main())
