@@ -41,6 +41,7 @@ class Config:
     batch_size: int = 128
     reps: int = 3
     ops: bool = False
+    pool: bool = False
     canonical_dw: bool = False
     loops: tuple[str, ...] = LOOPS
     out: str = harness.default_out("cnn_scan_probe")
@@ -53,6 +54,9 @@ def parse(argv: Sequence[str] | None) -> Config:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--reps", type=int, default=3, help="timed repetitions (after one warm-up)")
     p.add_argument("--ops", action="store_true", help="time the three convs alone instead")
+    p.add_argument(
+        "--pool", action="store_true", help="time MaxPool2D's backward: jnn's vs jax.vjp's"
+    )
     p.add_argument(
         "--canonical-dw",
         action="store_true",
@@ -69,6 +73,7 @@ def parse(argv: Sequence[str] | None) -> Config:
         harness.positive_int(a.batch_size, "--batch-size", maximum=4096),
         harness.positive_int(a.reps, "--reps", maximum=100),
         a.ops,
+        a.pool,
         a.canonical_dw,
         loops,
         a.out or harness.default_out("cnn_scan_probe"),
@@ -305,19 +310,46 @@ def time_ops(cfg: Config) -> dict[str, Any]:
     return out
 
 
+def time_pool(cfg: Config) -> dict[str, Any]:
+    """The CNN's first MaxPool2D(2) backward (input batch x 28x28x32): jnn's hand-written one vs
+    ``jax.vjp`` of its forward (what ``jax.grad`` runs), forward included in both, jitted."""
+    import jax
+    import jax.numpy as jnp
+
+    from jnn.layers import MaxPool2D
+
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((cfg.batch_size, 28, 28, 32)))
+    x = x.astype(jnp.float32)
+    layer = MaxPool2D(2)
+    params, st = layer.init(jax.random.key(0), x.shape[1:])[1:]
+    dy = jnp.ones_like(layer.forward(params, st, x)[0])
+    manual = jax.jit(lambda x, dy: layer.backward(params, layer.forward(params, st, x)[1], dy)[1])
+    vjp = jax.jit(lambda x, dy: jax.vjp(lambda x: layer.forward(params, st, x)[0], x)[1](dy)[0])
+    same = bool(jnp.array_equal(manual(x, dy), vjp(x, dy)))
+    cases = {
+        "maxpool-backward/manual": timing.repeated(lambda: manual(x, dy).block_until_ready()),
+        "maxpool-backward/jax.vjp": timing.repeated(lambda: vjp(x, dy).block_until_ready()),
+    }
+    res = timing.time_interleaved(cases, reps=cfg.reps, warmup=2, min_sample_s=0.3)
+    ratio = res["maxpool-backward/manual"]["median_s"] / res["maxpool-backward/jax.vjp"]["median_s"]
+    res["maxpool-backward/manual"]["manual_over_autodiff"] = ratio
+    res["maxpool-backward/manual"]["bit_identical"] = same
+    return res
+
+
 def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
     return {
         "study": "cnn_scan_probe",
         "status": "ok",
         "config": asdict(cfg),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        "cases": time_ops(cfg) if cfg.ops else time_loops(cfg),
+        "cases": time_pool(cfg) if cfg.pool else time_ops(cfg) if cfg.ops else time_loops(cfg),
     }
 
 
 def console(result: dict[str, Any]) -> str:
     cfg = result["config"]
-    kind = "per conv" if cfg["ops"] else "per train step"
+    kind = "per call" if cfg["ops"] or cfg.get("pool") else "per train step"
     rows = [[k, r["median_s"], r["min_s"], r.get("over_steps", r.get("over_jit")),
              r.get("manual_over_autodiff")] for k, r in result["cases"].items()]  # fmt: skip
     return (
