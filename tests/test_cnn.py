@@ -59,11 +59,15 @@ def test_canonical_layout_kernel_gradient_is_bit_identical(strides, padding, n):
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal((3, n, n + 1, 2)), jnp.float32)
     layer = Conv2D(4, 3, strides=strides, padding=padding)
-    params = layer.init(jax.random.key(0), x.shape[1:])[1]
-    y, cache, _ = layer.forward(params, (), x)
-    dy = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
-    want, want_dx = layer.backward(params, cache, dy)
-    pads = tuple(axis_geometry(m, 3, s, padding)[1:3] for m, s in zip(x.shape[1:3], strides))
-    got, got_dx = canonical_conv_backward(params, x, dy, strides, pads)
+    params = {"w": jnp.asarray(rng.standard_normal((3, 3, 2, 4)), jnp.float32), "b": jnp.zeros(4)}
+    geo = [axis_geometry(m, 3, s, padding) for m, s in zip(x.shape[1:3], strides)]
+    pads = tuple(g[1:3] for g in geo)
+
+    @jax.jit
+    def both(params, x, dy):
+        return layer.backward(params, x, dy), canonical_conv_backward(params, x, dy, strides, pads)
+
+    dy = jnp.asarray(rng.standard_normal((3, geo[0][0], geo[1][0], 4)), jnp.float32)
+    (want, want_dx), (got, got_dx) = both(params, x, dy)
     for a, b in ((got["w"], want["w"]), (got["b"], want["b"]), (got_dx, want_dx)):
         np.testing.assert_array_equal(a, b)
