@@ -16,8 +16,6 @@ from hypothesis.extra import numpy as hnp
 from experiments import report, theory
 from jnn import losses
 from jnn.conv_cost import (
-    BottleneckConv,
-    DirectConv,
     conv_layer_costs,
     count_params,
     numpy_init,
@@ -146,77 +144,13 @@ def test_ce_kl_checks_report_within_tolerance(dtype: str) -> None:
 
 # --------------------------------------------------------------------- Q2: bottleneck cost
 
-X1 = jnp.zeros((1, 28, 28, 192), jnp.float32)
+# The Q2 networks themselves (counts, padding-free MACs, XLA's FLOPs, the same function as Flax's
+# nn.Conv) are tested on the jnn layers the CLI builds in tests/test_bottleneck.py; here the
+# general Flax conv costing of jnn.conv_cost.
+
 # XLA's cost model is backend-specific; the exact relation below is the CPU one, so the tests that
 # depend on it compile for the CPU even where an accelerator is the default device.
 ON_CPU = jax.default_device(jax.devices("cpu")[0])
-
-
-@pytest.fixture(scope="module")
-def built() -> dict[str, tuple[nn.Module, dict, jax.Array, list]]:
-    """Both networks initialised and run once on a batch of 2: (model, variables, y, costs)."""
-    x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 28, 28, 192)), jnp.float32)
-    out = {}
-    for name, model in (("net1", DirectConv()), ("net2", BottleneckConv())):
-        variables = numpy_init(model, X1)
-        y, costs = conv_layer_costs(model, variables, x)
-        out[name] = (model, variables, y, costs)
-    return out
-
-
-def test_output_shapes_from_running_the_models(built) -> None:
-    for name in ("net1", "net2"):
-        model, variables, y, _ = built[name]
-        assert y.shape == (2, 28, 28, 32)  # same padding: not 26x26, not 30x30
-        assert model.apply(variables, X1).shape == (1, 28, 28, 32)
-    assert [c.output_shape for c in built["net2"][3]] == [(28, 28, 16), (28, 28, 32)]
-    assert [c.input_shape for c in built["net2"][3]] == [(28, 28, 192), (28, 28, 16)]
-
-
-def test_param_counts_from_the_pytree(built) -> None:
-    v1, v2 = built["net1"][1]["params"], built["net2"][1]["params"]
-    assert count_params(v1) == 153_632  # 5*5*192*32 + 32, not 55,328
-    assert count_params(v2) == 15_920
-    assert jax.tree.map(jnp.shape, v2) == {
-        "conv1x1": {"kernel": (1, 1, 192, 16), "bias": (16,)},
-        "conv5x5": {"kernel": (5, 5, 16, 32), "bias": (32,)},
-    }
-    assert [c.params for c in built["net2"][3]] == [3_088, 12_832]
-
-
-def test_macs_from_the_layers(built) -> None:
-    c1, c2 = built["net1"][3], built["net2"][3]
-    assert [c.macs for c in c1] == [120_422_400]
-    assert [c.macs for c in c2] == [2_408_448, 10_035_200]
-    assert sum(c.macs for c in c1) / sum(c.macs for c in c2) == pytest.approx(9.677, abs=1e-3)
-    # padding-free taps: a 5-tap window over 28 positions with 2 zeros each side -> 134 per dim
-    assert c1[0].valid_macs == 134 * 134 * 192 * 32
-    assert c2[0].valid_macs == c2[0].macs  # a 1x1 conv never touches padding
-    assert [c.bias_adds for c in c2] == [28 * 28 * 16, 28 * 28 * 32]
-
-
-def test_macs_follow_the_layers_not_a_formula() -> None:
-    """Change the layers, and the counts change with them."""
-    model = BottleneckConv(bottleneck=8, features=24, kernel=3)
-    x = jnp.zeros((1, 20, 20, 40))
-    variables = numpy_init(model, x)
-    y, costs = conv_layer_costs(model, variables, x)
-    assert y.shape == (1, 20, 20, 24)
-    assert [c.macs for c in costs] == [20 * 20 * 8 * 40, 20 * 20 * 24 * 3 * 3 * 8]
-    assert [c.params for c in costs] == [40 * 8 + 8, 3 * 3 * 8 * 24 + 24]
-
-
-@pytest.mark.parametrize("name", ["net1", "net2"])
-def test_xla_flops_are_twice_padding_free_macs_plus_bias(built, name: str) -> None:
-    """XLA's cost model: 2 FLOPs per non-padding tap, +1 per output element for the bias."""
-    model, variables, _, costs = built[name]
-    with ON_CPU:
-        flops = xla_flops(lambda v, x: model.apply(v, x), variables, jax.device_get(X1))
-    valid = sum(c.valid_macs for c in costs)
-    bias = sum(c.bias_adds for c in costs)
-    assert flops == 2 * valid + bias
-    assert 0.9 < flops / (2 * sum(c.macs for c in costs)) < 1.0
-    assert flops == {"net1": 220_668_416, "net2": 23_241_472}[name]
 
 
 @pytest.mark.parametrize(
