@@ -299,24 +299,62 @@ def head_input_stats(
     return mean.astype(np.float32), std.astype(np.float32)
 
 
-def make_optimizer(params: tuple, lr: float, finetune_lr: float, finetune_top: bool):
-    """Adam(lr) on the head; with ``finetune_top`` Adam(finetune_lr) on block5's layers."""
-    if not finetune_top:
-        return optax.adam(lr)
+def block5_labels(params: tuple) -> tuple:
+    """The label "block5" for the leaves of block5's layers (the first ``BLOCK5_LAYERS``), else
+    "head" (``optax.multi_transform``'s param labels)."""
     names = ["block5" if i < vgg.BLOCK5_LAYERS else "head" for i in range(len(params))]
-    labels = tuple(jax.tree.map(lambda _, n=n: n, p) for n, p in zip(names, params, strict=True))
-    return optax.multi_transform(
-        {"head": optax.adam(lr), "block5": optax.adam(finetune_lr)}, labels
-    )
+    return tuple(jax.tree.map(lambda _, n=n: n, p) for n, p in zip(names, params, strict=True))
 
 
-class HeadSetup(NamedTuple):
+def make_optimizer(finetune_top: bool, lr: float = 1.0, finetune_lr: float = 1.0):
+    """Adam(lr) on the head; with ``finetune_top`` a second Adam(finetune_lr) on block5. The rates
+    live in the optimizer *state* (``optax.inject_hyperparams``), so one compiled epoch serves
+    every rate: the state from ``make_optimizer(ft, lr, finetune_lr).init(params)`` sets them."""
+    adam = optax.inject_hyperparams(optax.adam)
+    if not finetune_top:
+        return adam(learning_rate=lr)
+    transforms = {"head": adam(learning_rate=lr), "block5": adam(learning_rate=finetune_lr)}
+    return optax.multi_transform(transforms, block5_labels)
+
+
+class HeadPrograms(NamedTuple):
     model: core.Layer
-    optimizer: optax.GradientTransformation
-    state: train.TrainState
+    optimizer: optax.GradientTransformation  # rates taken from the state (make_optimizer)
+    init: Any  # jitted key -> TrainState
+    epoch: train.EpochFn
+    eval_fn: train.EvalFn
+
+
+@functools.cache
+def head_programs(
+    finetune_top: bool,
+    input_shape: tuple[int, ...],
+    batch_size: int,
+    gradients: str,
+    devices: int | None = None,
+) -> HeadPrograms:
+    """The transfer model and its jitted init, epoch and evaluation, built once per setting (a
+    second run in the same process, e.g. a test, reuses the compiled programs)."""
+    model, optimizer, init, eval_fn = _shared_programs(finetune_top, input_shape)
+    if devices is None:
+        epoch = train.make_epoch_fn(model, optimizer, batch_size, gradients)
+    else:
+        epoch = make_sharded_epoch_fn(model, optimizer, batch_size, data_mesh(devices), gradients)
+    return HeadPrograms(model, optimizer, init, epoch, eval_fn)
+
+
+@functools.cache
+def _shared_programs(finetune_top: bool, input_shape: tuple[int, ...]) -> tuple:
+    """What does not depend on the batch size or the gradient method: model, optimizer, jitted
+    init (its PRNG draws compile slowly on XLA:CPU: once per process), evaluation."""
+    model = vgg.transfer_model(finetune_top)
+    optimizer = make_optimizer(finetune_top)
+    init = jax.jit(lambda k: train.init_train_state(k, model, optimizer, input_shape))
+    return model, optimizer, init, chunked_eval_fn(model)
 
 
 def init_head(
+    programs: HeadPrograms,
     feats: np.ndarray,
     *,
     block5: tuple | None,
@@ -324,15 +362,11 @@ def init_head(
     finetune_lr: float,
     seed: int,
     standardize: bool = True,
-) -> HeadSetup:
-    """The transfer model, its optimizer and its TrainState (``train.init_train_state`` from
-    ``key(seed)``), block5 set to the given params, Standardize to the train-set statistics."""
+) -> train.TrainState:
+    """The TrainState from ``key(seed)`` (``train.init_train_state``), block5 set to the given
+    params, Standardize to the train-set statistics, the optimizer state holding the rates."""
     finetune = block5 is not None
-    model = vgg.transfer_model(finetune)
-    _, params, _ = jax.eval_shape(lambda k: model.init(k, feats.shape[1:]), jax.random.key(0))
-    optimizer = make_optimizer(params, lr, finetune_lr, finetune)
-    init = jax.jit(lambda k: train.init_train_state(k, model, optimizer, feats.shape[1:]))
-    state = init(jax.random.key(seed))  # one program: eager init compiles op by op
+    state = programs.init(jax.random.key(seed))  # one program: eager init compiles op by op
     params, model_state = list(state.params), list(state.model_state)
     if finetune:
         params[: vgg.BLOCK5_LAYERS] = block5
@@ -340,8 +374,8 @@ def init_head(
         mean, std = head_input_stats(feats, block5)
         model_state[vgg.standardize_index(finetune)] = {"mean": mean, "std": std}
     params, model_state = jax.tree.map(jax.numpy.asarray, (tuple(params), tuple(model_state)))
-    state = state._replace(params=params, model_state=model_state, opt_state=optimizer.init(params))
-    return HeadSetup(model, optimizer, state)
+    opt_state = make_optimizer(finetune, lr, finetune_lr).init(params)
+    return state._replace(params=params, model_state=model_state, opt_state=opt_state)
 
 
 def chunked_eval_fn(model: core.Layer, chunk: int = EVAL_CHUNK) -> train.EvalFn:
@@ -383,26 +417,26 @@ def train_head(
     seed: int = 0,
     standardize: bool = True,
     gradients: str = "manual",
-    mesh: Any = None,
+    devices: int | None = None,
 ) -> HeadRun:
     """Train the transfer model on cached features with the library loop (``train.fit``).
 
     ``block5``: fine-tune block5 from these params (``vgg.block_params``; the features are then
-    block4's output). ``mesh`` (a 1-D ``jnn.parallel.data_mesh``): data parallel, each step's
-    batch split along the mesh axis (``jnn.parallel.make_sharded_epoch_fn``). Training stops at
-    the first non-finite loss or param; the last good epoch's params are returned.
+    block4's output). ``devices``: data parallel over a ``jnn.parallel.data_mesh`` of that many
+    devices, each step's batch split along it (``jnn.parallel.make_sharded_epoch_fn``).
+    Training stops at the first non-finite loss or param; the last good epoch's params are
+    returned.
     """
     (x, y), (xt, yt) = train_data, test_data
     train.validate_hyperparameters(batch_size, len(x))
-    setup = init_head(
-        x, block5=block5, lr=lr, finetune_lr=finetune_lr, seed=seed, standardize=standardize
-    )
-    model, state = setup.model, setup.state
-    if mesh is None:
-        epoch_fn = train.make_epoch_fn(model, setup.optimizer, batch_size, gradients)
-    else:
-        epoch_fn = make_sharded_epoch_fn(model, setup.optimizer, batch_size, mesh, gradients)
-        x, y, state = replicate((x, y, state), mesh)
+    programs = head_programs(block5 is not None, x.shape[1:], batch_size, gradients, devices)
+    model = programs.model
+    state = init_head(
+        programs, x, block5=block5, lr=lr, finetune_lr=finetune_lr, seed=seed,
+        standardize=standardize,
+    )  # fmt: skip
+    if devices is not None:
+        x, y, state = replicate((x, y, state), data_mesh(devices))
     good = {0: jax.device_get((state.params, state.model_state))}
     stamps = [time.perf_counter()]
     bar = report.progress(total=epochs, desc="head epochs", unit="epoch")
@@ -415,7 +449,7 @@ def train_head(
         bar.set_postfix(loss=f"{history['train_loss'][epoch - 1]:.3f}")
 
     fitted = train.fit(
-        state, epoch_fn, (x, y), (xt, yt), eval_fn=chunked_eval_fn(model), epochs=epochs,
+        state, programs.epoch, (x, y), (xt, yt), eval_fn=programs.eval_fn, epochs=epochs,
         on_epoch=on_epoch,
     )  # fmt: skip
     bar.close()
@@ -655,7 +689,7 @@ def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
         (feats[n_train:], data.labels[data.test_idx]),
         block5=block5, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
         finetune_lr=cfg.finetune_lr, seed=cfg.seed, standardize=cfg.standardize,
-        gradients=cfg.gradients, mesh=None if cfg.devices is None else data_mesh(cfg.devices),
+        gradients=cfg.gradients, devices=cfg.devices,
     )  # fmt: skip
     y_test = data.labels[data.test_idx]
     y_pred = save_head(run_dir, head).predict(feats[n_train:])

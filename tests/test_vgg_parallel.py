@@ -34,7 +34,7 @@ def spy(*a, **k):
         return out
     return epoch
 vgg_transfer.make_sharded_epoch_fn = spy
-two = train_head(*data, mesh=mesh, **common)
+two = train_head(*data, devices=2, **common)
 diff = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
            for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(two.params)))
 scale = max(float(np.max(np.abs(np.asarray(a)))) for a in jax.tree.leaves(one.params))
