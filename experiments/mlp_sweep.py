@@ -460,6 +460,11 @@ class SweepProgress:
         self.eta_said = 0  # ETA lines said: after the first epoch and after the second
         self.done = threading.Event()
         self.sk_bar = self.sk_thread = None
+        self.showwarning = None  # Python's, while ours prints warnings above the bars
+        if sys.stderr.isatty():
+            import warnings
+
+            self.showwarning, warnings.showwarning = warnings.showwarning, self._warn
         if sk_counter is not None:
             self.sk_bar = report.progress(
                 total=cfg.epochs * len(cfg.activations),
@@ -478,6 +483,11 @@ class SweepProgress:
 
         tqdm.write(text, file=sys.stderr if err else sys.stdout)
         (sys.stderr if err else sys.stdout).flush()
+
+    def _warn(self, message: Any, category: Any, filename: str, lineno: int, *_: Any) -> None:
+        import warnings
+
+        self.say(warnings.formatwarning(message, category, filename, lineno).rstrip(), err=True)
 
     def bar(self, activation: str, position: int, start: int) -> Any:
         with self.lock:
@@ -531,6 +541,10 @@ class SweepProgress:
 
     def close(self) -> None:
         self.done.set()
+        if self.showwarning is not None:
+            import warnings
+
+            warnings.showwarning = self.showwarning
         if self.sk_thread is not None:
             self.sk_thread.join()
             self._refresh_sklearn()
@@ -725,6 +739,8 @@ def train_group(
     """Train (or resume) all seeds of one activation on a free device, then evaluate from disk."""
     device = devices.get()
     try:
+        if stop is not None and stop.is_set():
+            raise KeyboardInterrupt  # another group failed while this one waited for a device
         t0 = time.perf_counter()
         g = setup_group(cfg, activation, device, run_dir, progress.say)
         start = int(np.max(np.asarray(g.state.epoch)))
