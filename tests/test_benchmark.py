@@ -52,7 +52,7 @@ def test_numpy_reference_matches_jnn_manual_backprop():
     model = mlp(SIZES, "relu", "he")
     _, params, state = model.init(jax.random.key(0), (784,))
     x, y = _batch()
-    step = core.value_and_grad(model)
+    step = jax.jit(core.value_and_grad(model))  # one compile, not one per eager op
     (loss, logits, _), grads = step(params, state, jnp.asarray(x), jnp.asarray(y))
     grads = dense_params(grads)
     ref = baselines.NumpyMLP(baselines.weights_from_jnn(dense_params(params)))
@@ -85,10 +85,8 @@ def test_torch_reference_matches_jnn_forward():
     x, y = _batch()
     model = baselines.TorchMLP(baselines.weights_from_jnn(dense_params(params)), device="cpu")
     xt, yt = model.to_device(x, y)
-    np.testing.assert_allclose(
-        model.predict(xt).numpy(), np.asarray(core.apply(net, params, state, jnp.asarray(x))),
-        rtol=1e-4, atol=1e-5,
-    )  # fmt: skip
+    logits = jax.jit(core.apply, static_argnums=0)(net, params, state, jnp.asarray(x))
+    np.testing.assert_allclose(model.predict(xt).numpy(), np.asarray(logits), rtol=1e-4, atol=1e-5)
     assert math.isfinite(model.train_epoch(xt, yt))
 
 
@@ -175,8 +173,9 @@ def test_cnn_torch_twin_has_the_same_parameter_count():
     from experiments.benchmark import cnn
     from experiments.cnn import build_model
 
-    _, params, _ = build_model().init(jax.random.key(0), (28, 28, 1))
-    jnn_count = sum(p.size for p in jax.tree.leaves(params))
+    model = build_model()
+    params = jax.eval_shape(lambda key: model.init(key, (28, 28, 1))[1], jax.random.key(0))
+    jnn_count = sum(math.prod(p.shape) for p in jax.tree.leaves(params))
     net = cnn.torch_net("cpu")
     assert sum(p.numel() for p in net.parameters()) == jnn_count
     assert net(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
