@@ -32,10 +32,12 @@ a conv with batch and channels exchanged (dimension numbers CHWN/IHWO/HWNC). Out
 XLA:CPU rewrites it into a canonical NHWC/HWIO conv plus transposes and runs it through its fast
 (YNNPACK) convolution; inside a while loop body it does not, and the conv runs in the naive
 emitter, ~20-30x slower (5.8 s vs 0.19 s per call for the 14x14x32 -> 64 layer at batch 128).
-No XLA flag in this jaxlib changes it. Writing the transposes explicitly
-(``experiments.cnn_scan_probe.canonical_conv_backward``, bit-identical) makes manual backprop
-as fast in a scan as in the step loop; ``jax.grad``'s own transpose rule cannot be changed from
-here, so the step loop stays the default: both twins must run the same loop for the timing.
+No XLA flag in this jaxlib changes it. jnn's Conv2D backward now writes the transposes
+explicitly (bit-identical to the old form: ``tests/test_cnn.py``), which makes manual backprop
+as fast in a scan as in the step loop (0.84x); ``jax.grad``'s own transpose rule cannot be
+changed from here, so the step loop stays the default: both twins must run the same loop for
+the timing (``--epoch-loop scan`` is fast for the manual twin alone). ``--swapped-dw`` of the
+probe puts the old form back to reproduce the slowdown.
 
 Outputs in ``--out``: results.json, results.md, curves.png (loss and accuracy, train/val, manual
 and autodiff). Exit codes: 0 done; 2 bad input (one line on stderr); 3 a network diverged.

@@ -42,7 +42,7 @@ class Config:
     reps: int = 3
     ops: bool = False
     pool: bool = False
-    canonical_dw: bool = False
+    swapped_dw: bool = False
     loops: tuple[str, ...] = LOOPS
     out: str = harness.default_out("cnn_scan_probe")
     overwrite: bool = False
@@ -58,9 +58,10 @@ def parse(argv: Sequence[str] | None) -> Config:
         "--pool", action="store_true", help="time MaxPool2D's backward: jnn's vs jax.vjp's"
     )
     p.add_argument(
-        "--canonical-dw",
+        "--swapped-dw",
         action="store_true",
-        help="patch (this process only) Conv2D backward: canonical-layout kernel gradient",
+        help="patch (this process only) Conv2D backward back to the swapped-dimension kernel "
+        "gradient (the layer's form before the probe, and jax.grad's): reproduces the slowdown",
     )
     p.add_argument(
         "--loops", default=",".join(LOOPS), help="comma-separated subset of " + str(LOOPS)
@@ -74,51 +75,49 @@ def parse(argv: Sequence[str] | None) -> Config:
         harness.positive_int(a.reps, "--reps", maximum=100),
         a.ops,
         a.pool,
-        a.canonical_dw,
+        a.swapped_dw,
         loops,
         a.out or harness.default_out("cnn_scan_probe"),
         a.overwrite,
     )
 
 
-def canonical_conv_backward(params: Any, x: Any, dy: Any, strides: Any, pads: Any) -> Any:
-    """``jnn.layers.conv.conv_backward`` with the kernel gradient in XLA:CPU's canonical layout.
-
-    The layer writes dw as one conv with dimension numbers (CHWN, IHWO, HWNC); XLA:CPU rewrites
-    that into a canonical (NHWC, HWIO, NHWC) conv plus transposes only outside loops, and inside
-    a while loop (scan, fori_loop) runs it with its naive loop emitter. Here the transposes are
-    explicit: x^T (C, H, W, B) are the "images", dy^T (H', W', B, F) the "kernel", the result
-    (C, kh, kw, F) is transposed back to (kh, kw, C, F). Same numbers (bit for bit on CPU).
-    """
+def swapped_conv_backward(params: Any, x: Any, dy: Any, strides: Any, pads: Any) -> Any:
+    """``jnn.layers.conv.conv_backward`` as it was before the scan probe: the kernel gradient as
+    one conv with dimension numbers (CHWN, IHWO, HWNC), which is also how JAX's own transpose
+    rule writes it. Same numbers bit for bit as the layer's explicit-transpose form (tested), but
+    XLA:CPU rewrites it into a canonical (NHWC, HWIO, NHWC) conv only outside loops, and inside a
+    while loop (scan, fori_loop) runs it with its naive loop emitter (~30x slower per call)."""
     from jax import lax
 
     from jnn.layers import conv
 
     w = params["w"]
-    original = getattr(conv.conv_backward, "original", conv.conv_backward)
-    dparams, dx = original(params, x, dy, strides, pads)  # dx, db as they are (its dw is unused)
+    fixed = getattr(conv.conv_backward, "library", conv.conv_backward)
+    dparams, dx = fixed(params, x, dy, strides, pads)  # dx, db as they are (its dw is unused)
     geo = [
         conv.axis_geometry_from_pads(n, k, s, p)
         for n, k, s, p in zip(x.shape[1:3], w.shape[:2], strides, pads)
     ]
     dw = lax.conv_general_dilated(
-        x.transpose(3, 1, 2, 0),
-        dy.transpose(1, 2, 0, 3),
+        x,
+        dy,
         (1, 1),
         [(lo, hi - r) for lo, hi, r in geo],
         rhs_dilation=strides,
-        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-    ).transpose(1, 2, 0, 3)
+        dimension_numbers=("CHWN", "IHWO", "HWNC"),
+    )
     return {"w": dw, "b": dparams["b"]}, dx
 
 
-def use_canonical_dw() -> None:
-    """Swap jnn's Conv2D backward for :func:`canonical_conv_backward` in this process."""
+def use_swapped_dw() -> None:
+    """Swap jnn's Conv2D backward for :func:`swapped_conv_backward` in this process, to
+    reproduce the slow scanned epoch."""
     from jnn.layers import conv
 
-    if not hasattr(conv.conv_backward, "original"):
-        canonical_conv_backward.original = conv.conv_backward  # type: ignore[attr-defined]
-        conv.conv_backward = canonical_conv_backward
+    if not hasattr(conv.conv_backward, "library"):
+        swapped_conv_backward.library = conv.conv_backward  # type: ignore[attr-defined]
+        conv.conv_backward = swapped_conv_backward
 
 
 def _setup(cfg: Config) -> tuple[Any, Any, Any, Any]:
@@ -203,8 +202,8 @@ def time_loops(cfg: Config) -> dict[str, Any]:
     """Seconds per train step, per (loop, gradients), interleaved; ratios against ``steps``."""
     import jax
 
-    if cfg.canonical_dw:
-        use_canonical_dw()
+    if cfg.swapped_dw:
+        use_swapped_dw()
     model, opt, state, (x, y) = _setup(cfg)
     carry = (state.params, state.opt_state, state.model_state)
     cases = {}
@@ -353,8 +352,9 @@ def console(result: dict[str, Any]) -> str:
     rows = [[k, r["median_s"], r["min_s"], r.get("over_steps", r.get("over_jit")),
              r.get("manual_over_autodiff")] for k, r in result["cases"].items()]  # fmt: skip
     return (
-        f"XLA_FLAGS={result['xla_flags']!r}; canonical-layout kernel gradient: "
-        f"{'yes' if cfg['canonical_dw'] else 'no'}; batch {cfg['batch_size']}, "
+        f"XLA_FLAGS={result['xla_flags']!r}; kernel gradient: "
+        + ("swapped-dimension conv (old form)" if cfg.get("swapped_dw") else "explicit transposes")
+        + f"; batch {cfg['batch_size']}, "
         f"{cfg['steps']} steps, "
         f"median of {cfg['reps']}; {result['device']['cpu']} ({result['device']['cpu_count']} "
         f"cores)\n\n"

@@ -46,13 +46,13 @@ def test_bad_flags_are_one_line_errors(argv, message, capsys, tmp_path):
 
 
 @pytest.mark.parametrize("strides, padding, n", [((2, 2), "SAME", 9), ((2, 1), "VALID", 8)])
-def test_canonical_layout_kernel_gradient_is_bit_identical(strides, padding, n):
-    """The scan probe's proposed Conv2D backward (explicit transposes so XLA:CPU's convolution
-    stays canonical inside loops) gives exactly the layer's gradients."""
+def test_explicit_transpose_kernel_gradient_is_bit_identical(strides, padding, n):
+    """The layer's kernel gradient (explicit transposes, so XLA:CPU's convolution stays canonical
+    inside loops) gives exactly the bits of the swapped-dimension conv it replaced."""
     import jax
     import jax.numpy as jnp
 
-    from experiments.cnn_scan_probe import canonical_conv_backward
+    from experiments.cnn_scan_probe import swapped_conv_backward
     from jnn.layers import Conv2D
     from jnn.layers.conv import axis_geometry
 
@@ -65,7 +65,7 @@ def test_canonical_layout_kernel_gradient_is_bit_identical(strides, padding, n):
 
     @jax.jit
     def both(params, x, dy):
-        return layer.backward(params, x, dy), canonical_conv_backward(params, x, dy, strides, pads)
+        return layer.backward(params, x, dy), swapped_conv_backward(params, x, dy, strides, pads)
 
     dy = jnp.asarray(rng.standard_normal((3, geo[0][0], geo[1][0], 4)), jnp.float32)
     (want, want_dx), (got, got_dx) = both(params, x, dy)
