@@ -1,7 +1,7 @@
 """The way back from a run folder: load a checkpoint of the MLP study into a model, predict.
 
     from jnn import data, runs
-    net = runs.load_sweep_checkpoint("checkpoints/mlp_sweep-original-normal", "relu", 100)
+    net = runs.load_sweep_checkpoint("runs/mlp_sweep-original-normal", "relu", 100)
     s = data.load_splits(net.config["split"], seed=net.config["seed"])
     accuracy = (net.predict(s.x_test) == s.y_test).mean()      # the run's reported test accuracy
 
