@@ -21,9 +21,10 @@ epochs after the first (which includes compilation). Measured apart, interleaved
 per step on XLA:CPU: JAX differentiates MaxPool2D with select-and-scatter, which XLA:CPU runs as
 a scatter (~25x slower than jnn's argmax-and-pad backward for the first pool layer).
 
-``--epoch-loop``: "steps" (default) runs each epoch as a Python loop over one jitted train step;
-"scan" uses ``jnn.train.make_epoch_fn`` (the whole epoch in one ``lax.scan``). Both follow the
-library's key convention (``jnn.train.epoch_step``): same permutation, same dropout key per step.
+``--epoch-loop`` is ``jnn.train.make_epoch_fn``'s ``loop`` (the library's one epoch loop, two
+ways to run it): "steps" (default) runs each epoch as a Python loop over one jitted train step;
+"scan" runs the whole epoch in one ``lax.scan``. Both run the same step body
+(``jnn.train.train_step``): same permutation, same dropout key per step.
 On XLA:CPU (jaxlib 0.10.2) the scanned epoch is ~10x slower per step than the jitted step, for
 manual backprop and ``jax.grad`` alike, and ``fori_loop`` or ``unroll=2`` change nothing
 (``python -m experiments.cnn_scan_probe``, numbers in results/cnn/scan_probe.md). The cause is
@@ -60,7 +61,7 @@ from jnn.errors import InputError
 
 QUICK_SUBSET = (384, 128, 128)  # train / val / test examples of --quick
 METHODS = ("manual", "autodiff")
-EPOCH_LOOPS = ("steps", "scan")
+EPOCH_LOOPS = ("steps", "scan")  # jnn.train.EPOCH_LOOPS, the CNN's default first
 EVAL_CHUNK = 1000  # examples per evaluation call: bounds the conv activations' memory
 
 
@@ -155,57 +156,6 @@ def load_data(cfg: Config) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     }
 
 
-def step_epoch_fn(model: Any, optimizer: Any, batch_size: int, gradients: str) -> Any:
-    """``epoch(state, x, y) -> (state, EpochMetrics)`` as a Python loop over one jitted step.
-
-    The same arithmetic and PRNG streams as ``jnn.train.epoch_step`` (permutation from
-    ``split(state.key)``, step key ``fold_in(split(state.dropout_key)[1], step)``), but each
-    step is its own XLA call: see the module docstring for why (XLA:CPU convolutions in scan).
-    """
-    import jax
-    import jax.numpy as jnp
-    import optax
-
-    from jnn import train
-
-    value_and_grad = train.as_value_and_grad(model, gradients)
-
-    @jax.jit
-    def step(carry, x, y, idx, i, epoch_key):
-        params, opt_state, model_state = carry
-        xb, yb = x[idx], y[idx]
-        (loss, logits, model_state), grads = value_and_grad(
-            params, model_state, xb, yb, key=jax.random.fold_in(epoch_key, i), train=True
-        )
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
-        correct = jnp.sum(jnp.argmax(logits, axis=-1) == yb)
-        return (params, opt_state, model_state), loss, correct
-
-    def epoch(state: Any, x: Any, y: Any) -> tuple[Any, Any]:
-        num_batches = x.shape[0] // batch_size
-        key, perm_key = jax.random.split(state.key)
-        dropout_key, epoch_key = jax.random.split(state.dropout_key)
-        perm = jax.random.permutation(perm_key, x.shape[0])[: num_batches * batch_size]
-        batches = perm.reshape(num_batches, batch_size)
-        carry, losses, correct = (state.params, state.opt_state, state.model_state), [], []
-        for i in range(num_batches):
-            carry, loss, c = step(carry, x, y, batches[i], np.uint32(i), epoch_key)
-            losses.append(loss)
-            correct.append(c)
-        params, opt_state, model_state = carry
-        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)]))
-        metrics = train.EpochMetrics(
-            jnp.mean(jnp.stack(losses)),
-            jnp.sum(jnp.stack(correct)) / (num_batches * batch_size),
-            finite,
-        )
-        new = train.TrainState(params, opt_state, model_state, key, dropout_key, state.epoch + 1)
-        return new, metrics
-
-    return epoch
-
-
 def chunked_eval_fn(model: Any, chunk: int = EVAL_CHUNK) -> Any:
     """``jnn.train.make_eval_fn(model)`` over chunks of ``chunk`` examples, weighted by size, so
     the 10k test set never holds all its conv activations at once (~1 GB per conv layer)."""
@@ -250,14 +200,14 @@ def train_twins(cfg: Config, data: dict[str, Any]) -> dict[str, Any]:
     model, optimizer = build_model(), optax.adam(cfg.lr)
     (x, y), val, (xt, yt) = (tuple(map(jnp.asarray, data[k])) for k in ("train", "val", "test"))
     eval_fn = chunked_eval_fn(model)
-    make = step_epoch_fn if cfg.epoch_loop == "steps" else train.make_epoch_fn
     out: dict[str, Any] = {}
     for m in METHODS:
         state = train.init_train_state(jax.random.key(cfg.seed), model, optimizer, (28, 28, 1))
         epochs = cfg.epochs if m == "manual" else cfg.autodiff_epochs
         out[m] = {"state": state, "epochs": epochs, "times": [], "diverged_at": None,
                   "history": train.empty_history(epochs)}  # fmt: skip
-        out[m]["fn"] = timed(make(model, optimizer, cfg.batch_size, m), out[m]["times"])
+        fn = train.make_epoch_fn(model, optimizer, cfg.batch_size, m, loop=cfg.epoch_loop)
+        out[m]["fn"] = timed(fn, out[m]["times"])
     for epoch in range(1, cfg.epochs + 1):
         for m, r in out.items():
             if epoch > r["epochs"] or r["diverged_at"]:

@@ -24,7 +24,9 @@ batches; each step gathers its batch from the device-resident arrays, runs the m
 ``train=True`` and a per-step key for its randomness (Dropout), computes the gradients (manual
 backprop by default, ``jax.grad`` on request, or any function of the
 ``jnn.core.value_and_grad`` signature), applies an optax update and threads the layer state
-(BatchNorm statistics) to the next step. No Python loop runs per step. The last
+(BatchNorm statistics) to the next step. No Python loop runs per step (``loop="steps"`` runs
+the same step body as one jitted call per batch instead, for XLA:CPU cases that are slower in a
+loop). The last
 ``N % batch_size`` examples of each permutation are dropped (a different remainder every epoch),
 so every step has the same shape. At the end the epoch checks inside the program that every
 param is finite (``EpochMetrics.params_finite``).
@@ -171,6 +173,46 @@ def _epoch_batches(key: Array, n: int, batch_size: int, sharding: NamedSharding 
     return batches
 
 
+def train_step(
+    carry: tuple[core.Params, Any, core.State],
+    i: Array,
+    idx: Array,
+    x: Array,
+    y: Array,
+    epoch_key: Array,
+    *,
+    value_and_grad: ValueAndGrad,
+    optimizer: optax.GradientTransformation,
+    constrain: Callable[[Array], Array] = lambda rows: rows,
+) -> tuple[tuple[core.Params, Any, core.State], tuple[Array, Array]]:
+    """Step ``i`` of an epoch: gather the batch ``idx`` (B,) from x, y, forward with
+    ``train=True`` and the step key ``fold_in(epoch_key, i)``, gradients, optax update.
+    ``carry`` is (params, opt_state, model_state); returns it updated and (loss, #correct).
+    The one step body of both epoch loops (``lax.scan`` and the Python step loop)."""
+    params, opt_state, model_state = carry
+    xb, yb = constrain(x[idx]), constrain(y[idx])
+    (loss, logits, model_state), grads = value_and_grad(
+        params, model_state, xb, yb, key=jax.random.fold_in(epoch_key, i), train=True
+    )
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    correct = jnp.sum(jnp.argmax(logits, axis=-1) == yb)
+    return (params, opt_state, model_state), (loss, correct)
+
+
+def _epoch_end(
+    state: TrainState, carry: tuple, losses: Array, correct: Array, batch_size: int
+) -> tuple[TrainState, EpochMetrics]:
+    """The next TrainState (keys advanced as in the module docstring) and the epoch's metrics."""
+    params, opt_state, model_state = carry
+    metrics = EpochMetrics(
+        jnp.mean(losses), jnp.sum(correct) / (losses.shape[0] * batch_size), _all_finite(params)
+    )
+    key = jax.random.split(state.key)[0]
+    dropout_key = jax.random.split(state.dropout_key)[0]
+    return TrainState(params, opt_state, model_state, key, dropout_key, state.epoch + 1), metrics
+
+
 def epoch_step(
     state: TrainState,
     x: Array,
@@ -187,40 +229,55 @@ def epoch_step(
     to that sharding, so each device gathers and computes its own share and XLA inserts the
     gradient all-reduce; ``None`` leaves placement to XLA. The arithmetic is the same either way.
     """
-    n = x.shape[0]
-    key, perm_key = jax.random.split(state.key)
-    dropout_key, epoch_dropout_key = jax.random.split(state.dropout_key)
-    batches = _epoch_batches(perm_key, n, batch_size, batch_sharding)
-    num_batches = batches.shape[0]
+    perm_key = jax.random.split(state.key)[1]
+    epoch_key = jax.random.split(state.dropout_key)[1]
+    batches = _epoch_batches(perm_key, x.shape[0], batch_size, batch_sharding)
 
     def constrain(rows: Array) -> Array:
         if batch_sharding is None:
             return rows
         return jax.lax.with_sharding_constraint(rows, batch_sharding)
 
-    def step(carry, inputs):
-        params, opt_state, model_state = carry
-        i, idx = inputs
-        xb, yb = constrain(x[idx]), constrain(y[idx])
-        step_key = jax.random.fold_in(epoch_dropout_key, i)
-        (loss, logits, model_state), grads = value_and_grad(
-            params, model_state, xb, yb, key=step_key, train=True
-        )
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
-        correct = jnp.sum(jnp.argmax(logits, axis=-1) == yb)
-        return (params, opt_state, model_state), (loss, correct)
-
+    step = functools.partial(
+        train_step, value_and_grad=value_and_grad, optimizer=optimizer, constrain=constrain
+    )
     carry = (state.params, state.opt_state, state.model_state)
-    steps = jnp.arange(num_batches, dtype=jnp.uint32)
-    (params, opt_state, model_state), (losses, correct) = jax.lax.scan(
-        step, carry, (steps, batches)
+    steps = jnp.arange(batches.shape[0], dtype=jnp.uint32)
+    carry, (losses, correct) = jax.lax.scan(
+        lambda c, inputs: step(c, *inputs, x, y, epoch_key), carry, (steps, batches)
     )
-    metrics = EpochMetrics(
-        jnp.mean(losses), jnp.sum(correct) / (num_batches * batch_size), _all_finite(params)
+    return _epoch_end(state, carry, losses, correct, batch_size)
+
+
+def _step_loop_epoch_fn(
+    value_and_grad: ValueAndGrad, optimizer: optax.GradientTransformation, batch_size: int
+) -> EpochFn:
+    """``epoch(state, x, y)`` as a Python loop over one jitted :func:`train_step`: the same
+    permutation, step keys and update as :func:`epoch_step`, one XLA call per step. For models
+    whose step XLA:CPU runs slower inside a while loop than alone (``jax.grad`` of a conv:
+    results/cnn/scan_probe.md); the numbers agree with the scanned epoch to float rounding."""
+    step = jax.jit(
+        functools.partial(train_step, value_and_grad=value_and_grad, optimizer=optimizer)
     )
-    new_state = TrainState(params, opt_state, model_state, key, dropout_key, state.epoch + 1)
-    return new_state, metrics
+
+    @functools.partial(jax.jit, static_argnums=1)
+    def start(state: TrainState, n: int) -> tuple[Array, Array]:
+        batches = _epoch_batches(jax.random.split(state.key)[1], n, batch_size, None)
+        return batches, jax.random.split(state.dropout_key)[1]
+
+    def epoch(state: TrainState, x: Array, y: Array) -> tuple[TrainState, EpochMetrics]:
+        batches, epoch_key = start(state, x.shape[0])
+        carry, losses, correct = (state.params, state.opt_state, state.model_state), [], []
+        for i in range(batches.shape[0]):
+            carry, (loss, c) = step(carry, np.uint32(i), batches[i], x, y, epoch_key)
+            losses.append(loss)
+            correct.append(c)
+        return _epoch_end(state, carry, jnp.stack(losses), jnp.stack(correct), batch_size)
+
+    return epoch
+
+
+EPOCH_LOOPS = ("scan", "steps")
 
 
 def make_epoch_fn(
@@ -230,6 +287,7 @@ def make_epoch_fn(
     gradients: str = "manual",
     *,
     stacked: bool = False,
+    loop: str = "scan",
 ) -> EpochFn:
     """A jitted ``epoch(state, x, y) -> (state, metrics)``; the incoming state is donated.
 
@@ -237,14 +295,19 @@ def make_epoch_fn(
     "autodiff") or a value-and-grad function of the ``jnn.core.value_and_grad`` signature.
     x (N, *input_shape), y (N,) int labels. ``stacked=True``: ``state`` holds M models along a
     leading axis (``init_train_states``); the epoch is vmapped over them with x, y shared, and the
-    metrics have shape (M,).
+    metrics have shape (M,). ``loop``: "scan" (the whole epoch one XLA program, the default) or
+    "steps" (one jitted step per batch from Python, same keys and arithmetic; single models only).
     """
     validate_hyperparameters(batch_size)
+    if loop not in EPOCH_LOOPS:
+        raise InputError(f"loop must be one of {list(EPOCH_LOOPS)}, got {loop!r}")
+    value_and_grad = as_value_and_grad(model, gradients)
+    if loop == "steps":
+        if stacked:
+            raise InputError('loop="steps" trains one model; stacked models need loop="scan"')
+        return _step_loop_epoch_fn(value_and_grad, optimizer, batch_size)
     epoch = functools.partial(
-        epoch_step,
-        value_and_grad=as_value_and_grad(model, gradients),
-        optimizer=optimizer,
-        batch_size=batch_size,
+        epoch_step, value_and_grad=value_and_grad, optimizer=optimizer, batch_size=batch_size
     )
     return jax.jit(jax.vmap(epoch, in_axes=(0, None, None)) if stacked else epoch, donate_argnums=0)
 

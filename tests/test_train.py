@@ -251,7 +251,36 @@ def test_per_step_keys_differ():
     assert len(seen) == 6 and len({k.tobytes() for k in seen}) == 6
 
 
+def test_step_loop_runs_the_same_epoch_as_the_scan():
+    """loop="steps" (one jitted step per batch) draws the same permutation and step keys as the
+    scanned epoch: Dropout + BatchNorm model, two epochs, equal to float32 rounding."""
+    from jnn.layers import BatchNorm, Dense, Dropout, Flatten, ReLU
+
+    x = jax.random.normal(jax.random.PRNGKey(5), (60, 4, 4, 1))
+    y = (jnp.arange(60) % 4).astype(jnp.int32)
+    model = core.serial(Flatten, Dense(16), BatchNorm(), ReLU, Dropout(0.5), Dense(4))
+    opt = optax.adam(1e-2)
+    start = train.init_train_state(jax.random.PRNGKey(0), model, opt, (4, 4, 1))
+    states, losses = {}, {}
+    for loop in train.EPOCH_LOOPS:
+        state, epoch = jax.tree.map(jnp.copy, start), train.make_epoch_fn(model, opt, 8, loop=loop)
+        for _ in range(2):
+            state, metrics = epoch(state, x, y)
+        states[loop], losses[loop] = state, float(metrics.loss)
+    assert states["steps"].epoch == 2 and bool(metrics.params_finite)
+    np.testing.assert_array_equal(states["steps"].key, states["scan"].key)
+    np.testing.assert_allclose(losses["steps"], losses["scan"], rtol=1e-5)
+    for a, b in zip(
+        jax.tree.leaves(states["steps"].params), jax.tree.leaves(states["scan"].params)
+    ):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
 def test_make_epoch_fn_checks_its_arguments():
+    with pytest.raises(InputError, match="loop must be one of"):
+        train.make_epoch_fn(mlp((3, 2)), optax.sgd(0.1), 2, loop="python")
+    with pytest.raises(InputError, match="stacked models need"):
+        train.make_epoch_fn(mlp((3, 2)), optax.sgd(0.1), 2, stacked=True, loop="steps")
     with pytest.raises(InputError, match="gradients"):
         train.make_epoch_fn(mlp((3, 2)), optax.sgd(0.1), 2, "numeric")
     with pytest.raises(InputError, match="batch size"):
