@@ -28,13 +28,8 @@ from __future__ import annotations
 import functools
 import gzip
 import hashlib
-import http.client
 import os
 import pathlib
-import tempfile
-import time
-import urllib.error
-import urllib.request
 import zlib
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
@@ -96,7 +91,6 @@ MIRRORS: tuple[str, ...] = (
     "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
 )
 DOWNLOAD_TIMEOUT_S = 30.0  # per connect / read on the socket
-DOWNLOAD_DEADLINE_S = 600.0  # whole file, per mirror
 
 _IMAGES_MAGIC = 2051
 _LABELS_MAGIC = 2049
@@ -208,58 +202,22 @@ def _verify_file(path: pathlib.Path) -> None:
 
 
 def _download(name: str, directory: pathlib.Path, mirrors: Sequence[str]) -> pathlib.Path:
-    """Fetch ``name`` from the first mirror that serves the official bytes; atomic write."""
-    from tqdm.auto import tqdm
+    """Fetch ``name`` from the first mirror that serves the official bytes (``jnn.download``:
+    size and SHA-256 checked while it arrives, atomic rename, a bar on a terminal)."""
+    from jnn import download
 
     size, sha = FILES[name]
-    target = directory / name
+    urls = [base.rstrip("/") + "/" + name for base in mirrors]
     try:
-        directory.mkdir(parents=True, exist_ok=True)
+        return download.fetch(
+            urls, directory / name, expected=("sha256", sha), size=size, timeout=DOWNLOAD_TIMEOUT_S
+        )
+    except download.DownloadError as e:
+        raise DataError(f"{e}; if offline, {_where_to_put(directory)}") from None
     except OSError as e:
         raise DataError(
-            f"cannot create the data folder {directory} ({e}); {_where_to_put(directory)}"
-        ) from e
-
-    failures = []
-    for base in mirrors:
-        url = base.rstrip("/") + "/" + name
-        try:
-            fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=directory)
-        except OSError as e:
-            raise DataError(f"cannot write to the data folder {directory} ({e})") from e
-        tmp = pathlib.Path(tmp_name)
-        try:
-            digest = hashlib.sha256()
-            received = 0
-            deadline = time.monotonic() + DOWNLOAD_DEADLINE_S
-            with (
-                os.fdopen(fd, "wb") as out,
-                urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response,  # noqa: S310
-                tqdm(
-                    total=size, unit="B", unit_scale=True, desc=f"Downloading {name}", leave=False
-                ) as bar,
-            ):
-                while block := response.read(1 << 16):
-                    received += len(block)
-                    if received > size:
-                        raise DataError(f"more than the expected {size:,} bytes")
-                    if time.monotonic() > deadline:
-                        raise DataError(f"took longer than {DOWNLOAD_DEADLINE_S:.0f} s")
-                    digest.update(block)
-                    out.write(block)
-                    bar.update(len(block))
-            if received != size or digest.hexdigest() != sha:
-                raise DataError(f"got {received:,} bytes that fail the official size/SHA-256 check")
-            os.replace(tmp, target)
-            return target
-        except (OSError, ValueError, http.client.HTTPException) as e:  # URLError is an OSError
-            failures.append(f"{url}: {e}")
-        finally:
-            tmp.unlink(missing_ok=True)
-    raise DataError(
-        f"could not download {name} ({'; '.join(failures) or 'no mirrors'}); if offline, "
-        f"{_where_to_put(directory)}"
-    )
+            f"cannot write to the data folder {directory} ({e}); {_where_to_put(directory)}"
+        ) from None
 
 
 def _ensure_files(directory: pathlib.Path, *, download: bool, verify: bool) -> None:

@@ -23,9 +23,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import tempfile
-import urllib.error
-import urllib.request
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -395,42 +392,22 @@ def download(
     progress: bool = False,
     expected: tuple[str, str] | None = None,
 ) -> Path:
-    """Download ``url`` to ``dst`` atomically (temp file, hash check, rename).
-
-    ``timeout`` bounds each network operation (connect, each read). ``expected=(algo, hex)``
-    checks the digest (prefix) before the file appears at ``dst``. Network failures raise
-    :class:`WeightsUnavailableError`; a hash mismatch raises :class:`WeightFileError`.
+    """Download ``url`` to ``dst`` atomically with ``jnn.download.fetch`` (temp file, hash
+    check, rename). ``timeout`` bounds each network operation (connect, each read);
+    ``expected=(algo, hex)`` checks the digest (prefix) before the file appears at ``dst``.
+    Network failures raise :class:`WeightsUnavailableError`; wrong bytes :class:`WeightFileError`.
     """
-    from tqdm.auto import tqdm
+    from jnn import download as dl
 
-    dst = Path(dst).absolute()
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=dst.name + ".", suffix=".part", dir=dst.parent)
-    tmp = Path(tmp_name)
     try:
-        h = hashlib.new(expected[0]) if expected else None
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
-            total = int(resp.headers.get("Content-Length") or 0) or None
-            with tqdm(
-                total=total, unit="B", unit_scale=True, desc=dst.name, disable=not progress
-            ) as bar:
-                for chunk in iter(lambda: resp.read(1 << 20), b""):
-                    out.write(chunk)
-                    if h is not None:
-                        h.update(chunk)
-                    bar.update(len(chunk))
-        if expected and not h.hexdigest().startswith(expected[1]):
-            raise WeightFileError(
-                f"download of {url} fails its hash check ({expected[0]} {h.hexdigest()[:12]}..., "
-                f"expected {expected[1]}); not saved"
-            )
-        os.replace(tmp, dst)
-    except (urllib.error.URLError, OSError, TimeoutError) as e:
-        reason = getattr(e, "reason", None) or e
+        return dl.fetch([url], dst, expected=expected, timeout=timeout, progress=progress)
+    except dl.DownloadError as e:
+        reason = e.failures[0][1] if e.failures else str(e)
+        if e.corrupt:
+            raise WeightFileError(f"download of {url} {reason}; not saved") from None
         raise WeightsUnavailableError(f"could not download {url}: {reason}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
-    return dst
+    except OSError as e:
+        raise WeightsUnavailableError(f"could not download {url}: {e}") from None
 
 
 def fetch_pretrained(
