@@ -80,8 +80,8 @@ class Config:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m experiments.cnn",
+    p = harness.parser(
+        "cnn",
         description="Train a small CNN on Fashion-MNIST (official split) by manual backprop and "
         "by jax.grad side by side; report test accuracy and the epoch-time ratio.",
         epilog="Exit codes: 0 done, 2 bad input, 3 a network diverged (see results.json).",

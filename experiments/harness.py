@@ -95,6 +95,19 @@ def cli(exp: Experiment) -> Callable[[Sequence[str] | None], int]:
 # ----------------------------------------------------------------- shared flags and checks
 
 
+EXIT_CODES = "Exit codes: 0 done, 2 bad input (one line on stderr), 3 a model diverged."
+EXIT_CODES_NO_TRAINING = "Exit codes: 0 done, 2 bad input (one line on stderr)."
+
+
+def parser(
+    name: str, *, description: str, epilog: str = EXIT_CODES, **kwargs: Any
+) -> argparse.ArgumentParser:
+    """The argument parser of ``python -m experiments.<name>`` (exit codes in the epilog)."""
+    return argparse.ArgumentParser(
+        prog=f"python -m experiments.{name}", description=description, epilog=epilog, **kwargs
+    )
+
+
 def add_output_flags(p: argparse.ArgumentParser, name: str, *, resume: bool = False) -> None:
     """``--out`` (default ``runs/<name>``), ``--overwrite`` and, where supported, ``--resume``."""
     p.add_argument("--out", default=None, help=f"output folder (default {default_out(name)})")

@@ -61,8 +61,8 @@ class Config:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m experiments.mlp_grid",
+    p = harness.parser(
+        "mlp_grid",
         description=(
             "Train every (activation, init, lr) cell of the MLP study with several seeds in one "
             "vmapped program per device (784-256-128-64-10, manual backprop, plain SGD, batch "

@@ -137,8 +137,8 @@ def config_of(result: dict[str, Any]) -> Config:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m experiments.mlp_sweep",
+    p = harness.parser(
+        "mlp_sweep",
         description=(
             "Train the course MLP (784-256-128-64-10, manual backprop, plain SGD) with each "
             "hidden activation, checkpoint it at chosen epochs, evaluate the restored "

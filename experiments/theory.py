@@ -419,12 +419,13 @@ class Config:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m experiments.theory",
+    parser = harness.parser(
+        "theory",
         description="Answer the assignment's theory questions with code: Q1 cross-entropy vs "
         "KL divergence, Q2 the cost of a 1x1 bottleneck convolution. Prints the tables and "
         "writes theory.md and theory.json. Takes seconds.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog=harness.EXIT_CODES_NO_TRAINING,
     )
     harness.add_output_flags(parser, "theory")
     add = parser.add_argument

@@ -575,8 +575,8 @@ FLAGS: tuple[tuple[str, dict[str, Any]], ...] = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m experiments.vgg_transfer",
+    p = harness.parser(
+        "vgg_transfer",
         description="Fashion-MNIST on a frozen VGG16 base (features computed once, cached) "
         "with a new 512-256-10 dense head, trained by jnn's manual backprop. Writes "
         "results.json, results.md, confusion_matrix.png and the head checkpoint to --out.",

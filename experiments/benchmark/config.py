@@ -51,8 +51,8 @@ class Config:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m experiments.benchmark",
+    p = harness.parser(
+        "benchmark",
         description=(
             "Time one training epoch and the evaluation pass of the study's 784-256-128-64-10 "
             "MLP in jnn (scanned epoch with manual backprop or jax.grad, jitted step loop) "
@@ -60,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
             "ceiling; VGG16 feature extraction; models per XLA program and devices scaling; "
             "the CNN's train step (manual vs jax.grad vs PyTorch eager)."
         ),
+        epilog=harness.EXIT_CODES_NO_TRAINING,
     )
     a = p.add_argument
     a("--quick", action="store_true", help="CI smoke run: small sizes, 3 reps")
