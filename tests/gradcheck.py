@@ -71,6 +71,7 @@ def layer_vjp_check(layer, x, *, key=None, train: bool = True, seed: int = 0, wh
     y, cache, _ = layer.forward(params, state, x, key=key, train=train)
     dy = np.random.default_rng(seed + 1).standard_normal(y.shape).astype(x.dtype)
     dparams, dx = layer.backward(params, cache, dy)
+
     def fwd(p, v):
         return layer.forward(p, state, v, key=key, train=train)[0]
 

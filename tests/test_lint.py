@@ -11,9 +11,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_ruff_check_is_clean():
-    if shutil.which("ruff") is None and subprocess.run(
-        [sys.executable, "-m", "ruff", "--version"], capture_output=True
-    ).returncode:
+    if (
+        shutil.which("ruff") is None
+        and subprocess.run(
+            [sys.executable, "-m", "ruff", "--version"], capture_output=True
+        ).returncode
+    ):
         pytest.skip("ruff is not installed (pip install -e '.[test]')")
     proc = subprocess.run(
         [sys.executable, "-m", "ruff", "check", "--no-cache", str(REPO)],

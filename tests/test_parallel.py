@@ -132,6 +132,9 @@ def two_processes(subprocesses) -> list[dict]:
     return [_result(subprocesses[f"host{pid}"]) for pid in range(2)]
 
 
+# The README runs the suite with --dist loadfile: every test of this module shares one worker, so
+# the subprocesses above start once. (--dist loadgroup with this mark did not group anything
+# under pytest 9.2 + pytest-xdist 3.8: no "@group" suffix, tests spread over both workers.)
 multi = pytest.mark.xdist_group("parallel-4-devices")
 
 # ------------------------------------------------------------------ in-process, any device count
