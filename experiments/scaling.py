@@ -1,7 +1,7 @@
 """Throughput of jnn.parallel on 1, 2, 4, ... devices: data parallel and independent models.
 
     python -m experiments.scaling                      # devices 1 2 4, full-size epochs
-    python -m experiments.scaling --devices 1 2 --quick --json scaling.json
+    python -m experiments.scaling --devices 1 2 --quick --out runs/scaling-quick
     python -m experiments.scaling --platform cpu       # forced host devices even on a GPU box
 
 Each device count runs in its own subprocess, because the number of CPU host devices is fixed
@@ -22,7 +22,8 @@ all-reduce per step). What the CPU run shows is that the same code runs and how 
 partitioning overhead is; speed-ups need real devices (GPUs/TPUs, or a many-core host).
 
 ``measure_scaling(devices=(1, 2, 4), quick=False) -> dict`` is the API the benchmark's
-``devices`` section calls; the CLI prints a Markdown table and optionally writes the JSON.
+``devices`` section calls; the CLI (on ``experiments.harness``) prints the Markdown table and
+writes results.json and results.md into ``--out`` (default ``runs/scaling``).
 """
 
 from __future__ import annotations
@@ -33,9 +34,11 @@ import os
 import subprocess
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from experiments import harness
 from jnn.errors import InputError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -311,28 +314,69 @@ def markdown(result: dict[str, Any]) -> str:
     return text
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--devices", type=int, nargs="+", default=[1, 2, 4])
-    parser.add_argument("--quick", action="store_true", help="8,192 examples, 3 timed epochs")
-    parser.add_argument("--platform", default=None, help="JAX_PLATFORMS for the workers")
-    parser.add_argument("--models", type=int, default=None, help="independent models (def. 4)")
-    parser.add_argument("--json", type=Path, default=None, help="also write the result here")
-    parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.worker is not None:
-        print(json.dumps(_worker(args.worker, args.quick, args.models)))
-        return 0
-    result = measure_scaling(args.devices, args.quick, args.platform, args.models)
-    print(markdown(result))
-    if args.json:
-        from experiments.report import write_json
+@dataclass(frozen=True)
+class Config:
+    devices: tuple[int, ...] = (1, 2, 4)
+    quick: bool = False
+    platform: str | None = None
+    models: int | None = None
+    out: str = harness.default_out("scaling")
+    overwrite: bool = False
 
-        write_json(args.json, result)
+
+def parse(argv: Sequence[str] | None) -> Config:
+    """Command line -> Config (device counts and --models checked; one line each)."""
+    p = harness.parser(
+        "scaling",
+        description=__doc__.split("\n")[0],
+        epilog=harness.EXIT_CODES_NO_TRAINING,
+    )
+    p.add_argument("--devices", type=int, nargs="+", default=[1, 2, 4], help="device counts")
+    p.add_argument("--quick", action="store_true", help="8,192 examples, 3 timed epochs")
+    p.add_argument("--platform", default=None, help="JAX_PLATFORMS for the workers")
+    p.add_argument("--models", type=int, default=None, help="independent models (default 4)")
+    harness.add_output_flags(p, "scaling")
+    a = p.parse_args(argv)
+    devices = tuple(harness.positive_int(d, "--devices", maximum=64) for d in a.devices)
+    if a.models is not None:
+        harness.positive_int(a.models, "--models", maximum=1024)
+    out = a.out or harness.default_out("scaling")
+    return Config(devices, a.quick, a.platform, a.models, out, a.overwrite)
+
+
+def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
+    """Every device count in its own subprocess (see the module docstring)."""
+    result = measure_scaling(cfg.devices, cfg.quick, cfg.platform, cfg.models)
+    failed = [d for d, r in result["runs"].items() if "error" in r]
+    return {"study": "scaling", "status": "ok", "failed_device_counts": failed, **result}
+
+
+def render(result: dict[str, Any], run_dir: Path) -> list[Path]:
+    """results.json and results.md (the summary table) in ``run_dir``."""
+    from experiments.report import write_json, write_text_atomic
+
+    md = "# jnn.parallel scaling\n\n" + markdown(result)
+    return [
+        write_json(run_dir / "results.json", result),
+        write_text_atomic(run_dir / "results.md", md),
+    ]
+
+
+EXPERIMENT = harness.Experiment("scaling", parse, run, render, markdown)
+main = harness.cli(EXPERIMENT)
+
+
+def _worker_main(argv: Sequence[str]) -> int:
+    """``--worker N [--quick] [--models M]``: one device count, its dict as a JSON line."""
+    p = argparse.ArgumentParser(prog="python -m experiments.scaling --worker")
+    p.add_argument("--worker", type=int, required=True)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--models", type=int, default=None)
+    a = p.parse_args(argv)
+    print(json.dumps(_worker(a.worker, a.quick, a.models)))
     return 0
 
 
 if __name__ == "__main__":
-    from experiments.report import cli_main
-
-    sys.exit(cli_main(main)())
+    args = sys.argv[1:]
+    sys.exit(_worker_main(args) if "--worker" in args else main(args))

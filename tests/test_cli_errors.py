@@ -121,6 +121,13 @@ def bench_case(id: str, args: tuple[str, ...], message: str) -> Case:
     return Case(id, argv, message, benchmark.cli_main(benchmark.main), "experiments.benchmark")
 
 
+def scaling_case(id: str, args: tuple[str, ...], message: str) -> Case:
+    from experiments import scaling
+
+    argv = lambda tmp, data: ["--quick", "--out", str(tmp / "out"), *args]  # noqa: E731
+    return Case(id, argv, message, scaling.main, "experiments.scaling")
+
+
 CASES = [
     Case("missing-data-dir", lambda t, d: [*sweep()(t, d)[:-2], "--data-dir", str(t / "nope")],
          "is not a folder"),
@@ -186,6 +193,8 @@ CASES = [
     bench_case("bench-zero-train", ("--train-examples", "0"), "--train-examples must be >= 32"),
     bench_case("bench-empty-sections", ("--sections", ""), "--sections is empty"),
     bench_case("bench-bad-models", ("--models", "1,x"), "--models needs"),
+    scaling_case("scaling-zero-devices", ("--devices", "0"), "--devices must be a positive"),
+    scaling_case("scaling-negative-models", ("--models", "-1"), "--models must be a positive"),
 ]  # fmt: skip
 
 
