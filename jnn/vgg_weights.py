@@ -410,6 +410,30 @@ def download(
         raise WeightsUnavailableError(f"could not download {url}: {e}") from None
 
 
+def _download_official(
+    fmt: str, cache: Path, source: Path, timeout: float, progress: bool, allow: bool | None
+) -> None:
+    """Download the official ``fmt`` file to ``source`` (hash-checked), or say how to supply it.
+    ``allow=None`` downloads unless ``$JNN_OFFLINE`` is set."""
+    official = OFFICIAL[fmt]
+    if allow is None:
+        allow = not os.environ.get("JNN_OFFLINE")
+    how = (
+        f"supply the file: download {official.url} elsewhere and pass "
+        f"--weights /path/to/{official.filename} (python -m experiments.vgg_transfer) or "
+        f"weights_file=..., or copy it to {source}"
+    )
+    if not allow:
+        raise WeightsUnavailableError(
+            f"no cached {fmt} VGG16 weights in {cache} and downloads are off; {how}"
+        )
+    expected = (official.hash_algo, official.hash_value)
+    try:
+        download(official.url, source, timeout=timeout, progress=progress, expected=expected)
+    except WeightsUnavailableError as e:
+        raise WeightsUnavailableError(f"{e}; no cached weights in {cache}; {how}") from None
+
+
 def fetch_pretrained(
     fmt: str = "keras",
     cache_dir: str | os.PathLike | None = None,
@@ -444,27 +468,7 @@ def fetch_pretrained(
         if (cached := _cached_params(ckpt, include_top)) is not None:
             return VGGWeights(cached, fmt, str(source), True, True)
         if not source.exists():
-            if allow_download is None:
-                allow_download = not os.environ.get("JNN_OFFLINE")
-            how = (
-                f"supply the file: download {official.url} elsewhere and pass "
-                f"--weights /path/to/{official.filename} (python -m experiments.vgg_transfer) or "
-                f"weights_file=..., or copy it to {source}"
-            )
-            if not allow_download:
-                raise WeightsUnavailableError(
-                    f"no cached {fmt} VGG16 weights in {cache} and downloads are off; {how}"
-                )
-            try:
-                download(
-                    official.url,
-                    source,
-                    timeout=timeout,
-                    progress=progress,
-                    expected=(official.hash_algo, official.hash_value),
-                )
-            except WeightsUnavailableError as e:
-                raise WeightsUnavailableError(f"{e}; no cached weights in {cache}; {how}") from None
+            _download_official(fmt, cache, source, timeout, progress, allow_download)
         verified = verify_file(source, fmt)
     else:
         source = Path(weights_file).expanduser().absolute()
