@@ -200,17 +200,30 @@ def train_step(
     return (params, opt_state, model_state), (loss, correct)
 
 
+class _EpochKeys(NamedTuple):
+    key: Array  # the next epoch's shuffle key
+    perm_key: Array  # this epoch's permutation
+    dropout_key: Array  # the next epoch's layer-randomness key
+    epoch_key: Array  # this epoch's layer randomness: fold_in(epoch_key, step) per step
+
+
+def _epoch_keys(state: TrainState) -> _EpochKeys:
+    """One epoch's keys from the state (the streams of the module docstring), split once."""
+    key, perm_key = jax.random.split(state.key)
+    dropout_key, epoch_key = jax.random.split(state.dropout_key)
+    return _EpochKeys(key, perm_key, dropout_key, epoch_key)
+
+
 def _epoch_end(
-    state: TrainState, carry: tuple, losses: Array, correct: Array, batch_size: int
+    state: TrainState, keys: _EpochKeys, carry: tuple, losses: Array, correct: Array, batch: int
 ) -> tuple[TrainState, EpochMetrics]:
-    """The next TrainState (keys advanced as in the module docstring) and the epoch's metrics."""
+    """The next TrainState (keys advanced) and the epoch's metrics."""
     params, opt_state, model_state = carry
     metrics = EpochMetrics(
-        jnp.mean(losses), jnp.sum(correct) / (losses.shape[0] * batch_size), _all_finite(params)
+        jnp.mean(losses), jnp.sum(correct) / (losses.shape[0] * batch), _all_finite(params)
     )
-    key = jax.random.split(state.key)[0]
-    dropout_key = jax.random.split(state.dropout_key)[0]
-    return TrainState(params, opt_state, model_state, key, dropout_key, state.epoch + 1), metrics
+    new = TrainState(params, opt_state, model_state, keys.key, keys.dropout_key, state.epoch + 1)
+    return new, metrics
 
 
 def epoch_step(
@@ -229,9 +242,8 @@ def epoch_step(
     to that sharding, so each device gathers and computes its own share and XLA inserts the
     gradient all-reduce; ``None`` leaves placement to XLA. The arithmetic is the same either way.
     """
-    perm_key = jax.random.split(state.key)[1]
-    epoch_key = jax.random.split(state.dropout_key)[1]
-    batches = _epoch_batches(perm_key, x.shape[0], batch_size, batch_sharding)
+    keys = _epoch_keys(state)
+    batches = _epoch_batches(keys.perm_key, x.shape[0], batch_size, batch_sharding)
 
     def constrain(rows: Array) -> Array:
         if batch_sharding is None:
@@ -244,9 +256,9 @@ def epoch_step(
     carry = (state.params, state.opt_state, state.model_state)
     steps = jnp.arange(batches.shape[0], dtype=jnp.uint32)
     carry, (losses, correct) = jax.lax.scan(
-        lambda c, inputs: step(c, *inputs, x, y, epoch_key), carry, (steps, batches)
+        lambda c, inputs: step(c, *inputs, x, y, keys.epoch_key), carry, (steps, batches)
     )
-    return _epoch_end(state, carry, losses, correct, batch_size)
+    return _epoch_end(state, keys, carry, losses, correct, batch_size)
 
 
 def _step_loop_epoch_fn(
@@ -261,18 +273,20 @@ def _step_loop_epoch_fn(
     )
 
     @functools.partial(jax.jit, static_argnums=1)
-    def start(state: TrainState, n: int) -> tuple[Array, Array]:
-        batches = _epoch_batches(jax.random.split(state.key)[1], n, batch_size, None)
-        return batches, jax.random.split(state.dropout_key)[1]
+    def start(state: TrainState, n: int) -> tuple[_EpochKeys, Array]:
+        keys = _epoch_keys(state)
+        return keys, _epoch_batches(keys.perm_key, n, batch_size, None)
+
+    end = jax.jit(_epoch_end, static_argnums=5)  # one program, not op-by-op dispatch
 
     def epoch(state: TrainState, x: Array, y: Array) -> tuple[TrainState, EpochMetrics]:
-        batches, epoch_key = start(state, x.shape[0])
+        keys, batches = start(state, x.shape[0])
         carry, losses, correct = (state.params, state.opt_state, state.model_state), [], []
         for i in range(batches.shape[0]):
-            carry, (loss, c) = step(carry, np.uint32(i), batches[i], x, y, epoch_key)
+            carry, (loss, c) = step(carry, np.uint32(i), batches[i], x, y, keys.epoch_key)
             losses.append(loss)
             correct.append(c)
-        return _epoch_end(state, carry, jnp.stack(losses), jnp.stack(correct), batch_size)
+        return end(state, keys, carry, jnp.stack(losses), jnp.stack(correct), batch_size)
 
     return epoch
 
