@@ -118,7 +118,7 @@ def theory_case(id: str, args: tuple[str, ...], message: str) -> Case:
 
 def bench_case(id: str, args: tuple[str, ...], message: str) -> Case:
     argv = lambda tmp, data: ["--quick", "--out", str(tmp / "out"), *args]  # noqa: E731
-    return Case(id, argv, message, benchmark.cli_main(benchmark.main), "experiments.benchmark")
+    return Case(id, argv, message, benchmark.main, "experiments.benchmark")
 
 
 def scaling_case(id: str, args: tuple[str, ...], message: str) -> Case:

@@ -52,7 +52,7 @@ from experiments.benchmark.common import (
 from experiments.benchmark.config import BATCH_SIZE, NAME, SECTIONS, Config, parse
 from experiments.benchmark.render import OUTPUT_FILES, render, render_markdown
 from experiments.benchmark.targets import targets
-from experiments.report import RunDirError, cli_main
+from experiments.report import RunDirError
 
 # run order: the ceiling first (the others divide by it)
 MEASURES: dict[str, Callable[[Config, Context], dict[str, Any]]] = {
@@ -147,6 +147,6 @@ main = harness.cli(EXPERIMENT)
 
 __all__ = [
     "EXPERIMENT", "MEASURES", "OUTPUT_FILES", "SECTIONS", "Config", "RunDirError",
-    "backward_flops_per_example", "cli_main", "forward_flops_per_example", "macs_per_example",
+    "backward_flops_per_example", "forward_flops_per_example", "macs_per_example",
     "main", "parse", "render", "render_markdown", "run", "targets", "train_flops_per_example",
 ]  # fmt: skip
