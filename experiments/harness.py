@@ -165,3 +165,65 @@ def choice(value: str, options: Sequence[str], flag: str) -> str:
     if value not in options:
         raise InputError(f"{flag} must be one of {', '.join(options)}, got {value!r}")
     return value
+
+
+# ----------------------------------------------------------------- resuming a run
+
+
+def _json_plain(value: Any) -> Any:
+    """``value`` as run.json stores it (tuples become lists), for comparing configs."""
+    import json
+
+    return json.loads(json.dumps(value))
+
+
+def stored_run(out: str, identity: dict[str, Any], study: str) -> dict[str, Any] | None:
+    """On ``--resume``: the run.json of the run in ``out``, whose ``identity`` (the settings that
+    define the numbers) must equal ``identity``; None when ``out`` is new or holds only jnn's
+    bookkeeping. Reads only, so it can refuse before anything is written to ``out``."""
+    import json
+
+    path = Path(out).expanduser().resolve()
+    if not path.is_dir() or not any(p.name not in report.BOOKKEEPING for p in path.iterdir()):
+        return None
+    run_json = path / "run.json"
+    if not run_json.is_file():
+        raise report.RunDirError(
+            f"--resume: {path} holds no run.json, so it is not a run of {study}"
+        )
+    try:
+        stored = json.loads(run_json.read_text())
+        have = stored["identity"]
+        differ = [k for k in identity if have.get(k) != _json_plain(identity[k])]
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise report.RunDirError(f"--resume: {run_json} is unreadable ({err})") from None
+    if differ:
+        what = "; ".join(
+            f"--{k.replace('_', '-')}: run has {have.get(k)!r}, now {_json_plain(identity[k])!r}"
+            for k in differ
+        )
+        raise report.RunDirError(
+            f"--resume with a different config than the checkpointed run in {path} ({what})"
+        )
+    return stored
+
+
+def restore_latest(store: Any, like: Any, label: str, say: Any = None) -> tuple[int, Any] | None:
+    """``store.restore_latest(like)`` (a ``jnn.checkpoints.CheckpointStore``), saying each step
+    it skipped (corrupt, partial, empty) in one line on stderr: which, why, and what happens."""
+    import sys
+    import warnings
+
+    from jnn.checkpoints import CheckpointWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CheckpointWarning)  # said below, once, in one line each
+        found = store.restore_latest(like)
+    then = f"resumed from epoch {found[0]}" if found else "starting from epoch 0"
+    for skipped in store.skipped:
+        line = (
+            f"warning: {label}: checkpoint of epoch {skipped.epoch} ({skipped.path}) is "
+            f"unusable ({skipped.reason}); {then}"
+        )
+        say(line, err=True) if say else print(line, file=sys.stderr, flush=True)
+    return found

@@ -11,11 +11,19 @@ init). Outputs in ``--out``: results.json (every model), results.md, heatmap.png
 init, a panel per lr) and bands-lr<lr>.png (validation curves, mean +- std over seeds).
 On the harness (``experiments.harness``): ``parse_config`` -> ``run(cfg, run_dir)`` ->
 ``render(result, run_dir)``; default ``--out runs/mlp_grid``; bad input is one line and exit 2.
+
+Long grids (the full design is hours on a CPU) survive a kill: a verified rolling checkpoint of
+every model, its history and its evaluations is written to ``<out>/checkpoints`` every
+``--checkpoint-every`` epochs, and ``--resume`` continues from the newest one that verifies,
+bit-identical to an uninterrupted run. ``--resume --epochs N`` with a larger N continues a
+finished run further (``--save-at`` may add epochs after the checkpoint), so a grid can be grown
+in sessions: ``--epochs 10`` today, ``--resume --epochs 100 --save-at 10,50,100`` later.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
 import sys
@@ -58,6 +66,18 @@ class Config:
     subset: tuple[int, int, int] | None = None
     quick: bool = False
     train_size: int | None = None  # first N training examples of the split (CPU-sized runs)
+    resume: bool = False
+    checkpoint_every: int = 1
+
+    def identity(self) -> dict[str, Any]:
+        """The settings that define the numbers: --resume refuses a run.json that differs.
+        Not among them: --epochs and --save-at (a run may be continued further, with more
+        save epochs), --devices (the model axis is split anew), --out, --data-dir."""
+        return {k: getattr(self, k) for k in IDENTITY}
+
+
+IDENTITY = ("activations", "inits", "lrs", "seeds", "batch_size", "split", "seed", "sizes")
+IDENTITY += ("subset", "quick", "train_size")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,7 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
     a("--train-size", type=int, default=None, help="use the first N training examples [all]")
     a("--seed", type=int, default=0, help="base seed of the split and the model keys [0]")
     harness.add_data_flag(p)
-    harness.add_output_flags(p, "mlp_grid")
+    harness.add_output_flags(p, "mlp_grid", resume=True)
+    a(
+        "--checkpoint-every",
+        type=int,
+        default=1,
+        help="epochs between rolling checkpoints "
+        "(the newest kept, in <out>/checkpoints; 0: only after the last epoch) [1]",
+    )
     a("--devices", type=int, default=None, help="devices for the model axis [all CPU cores]")
     a("--quick", action="store_true", help="a seconds-long grid: 784-32-10, 256 examples")
     return p
@@ -130,6 +157,10 @@ def parse_config(argv: Sequence[str] | None) -> Config:
         if value is not None:
             harness.positive_int(value, flag)
     canonical_protocol(args.split)
+    if args.checkpoint_every < 0:
+        raise InputError(f"--checkpoint-every must be >= 0, got {args.checkpoint_every}")
+    if args.resume and args.overwrite:
+        raise InputError("--resume and --overwrite contradict each other; pick one")
     harness.seed(args.seed)
     harness.data_dir(args.data_dir)
     cfg = Config(
@@ -150,8 +181,12 @@ def parse_config(argv: Sequence[str] | None) -> Config:
         subset=QUICK_SUBSET if quick else None,
         quick=quick,
         train_size=args.train_size,
+        resume=args.resume,
+        checkpoint_every=args.checkpoint_every,
     )
     grid_spec(cfg)  # names, lrs, seeds checked by jnn.grid (InputError)
+    if cfg.resume:
+        harness.stored_run(cfg.out, cfg.identity(), "mlp_grid")
     return cfg
 
 
@@ -254,38 +289,76 @@ def cell_summaries(cfg: Config, models: list[dict[str, Any]]) -> list[dict[str, 
 def _timing(cfg: Config, res: Any, alone: dict[str, Any], models: int) -> dict[str, Any]:
     """Throughput of the grid program vs one model alone (same data, same machine, same run)."""
     steady = res.epoch_seconds[1:] or res.epoch_seconds
-    grid_epoch = float(np.median(steady))
-    grid_rate, alone_rate = models / grid_epoch, 1.0 / alone["epoch_s"]
+    grid_epoch = float(np.median(steady)) if steady else None  # None: resumed at the last epoch
+    alone_rate = 1.0 / alone["epoch_s"]
+    grid_rate = None if grid_epoch is None else models / grid_epoch
     return {
         "grid_epoch_seconds": res.epoch_seconds, "grid_epoch_s": grid_epoch,
         "grid_model_epochs_per_s": grid_rate, "alone": alone,
-        "alone_model_epochs_per_s": alone_rate, "speedup": grid_rate / alone_rate,
-        "note": "medians without the first (compiling) epoch; grid epochs include validation",
+        "alone_model_epochs_per_s": alone_rate,
+        "speedup": None if grid_rate is None else grid_rate / alone_rate,
+        "note": "medians without the first (compiling) epoch of this invocation; grid epochs "
+        "include validation",
     }  # fmt: skip
 
 
-def _progress(cfg: Config, models: int, t0: float) -> Any:
-    """An on_epoch callback printing one line per epoch to stderr (long runs go to log files)."""
+def _on_epoch(cfg: Config, models: int, t0: float, store: Any) -> Any:
+    """``on_epoch`` of ``grid.train_grid``: one progress line per epoch on stderr (long runs go
+    to log files) and the rolling checkpoint every ``--checkpoint-every`` epochs and at the end."""
+    from jnn import grid
 
-    def on_epoch(epoch: int, metrics: Any) -> None:
+    def on_epoch(progress: Any, metrics: Any) -> None:
+        epoch = progress.epoch
+        if (cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0) or epoch == cfg.epochs:
+            store.save(epoch, grid.progress_tree(progress), rolling=True)
         acc = np.asarray(metrics.val_accuracy)[:models]
         best = float(np.nanmax(acc)) if np.isfinite(acc).any() else float("nan")
         print(
             f"epoch {epoch}/{cfg.epochs}: {time.perf_counter() - t0:.0f} s, {models} models, "
-            f"best val accuracy {best:.4f}, "
-            f"{int(np.isnan(acc).sum())} stopped",
+            f"best val accuracy {best:.4f}, {int(np.isnan(acc).sum())} stopped",
             file=sys.stderr, flush=True,
         )  # fmt: skip
 
     return on_epoch
 
 
-def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
-    """Train the grid of ``cfg`` (the memory check comes before any data is read); returns the
-    results dict: every model, the per-cell summaries and the throughput vs one model alone.
-    Diverged models are results of the study (masked in the program, counted per cell): the
-    status stays "ok" and the exit code 0."""
+def resume_point(cfg: Config, run_dir: Path, stored: dict[str, Any] | None) -> Any:
+    """With --resume: the newest checkpoint in ``<run_dir>/checkpoints`` that verifies, as a
+    ``grid.GridProgress``, checked against --epochs and --save-at; None: start from epoch 0."""
     from jnn import grid
+    from jnn.checkpoints import CheckpointStore
+
+    folder = run_dir / "checkpoints"
+    if not (cfg.resume and folder.is_dir()):
+        return None
+    old_save_at = tuple(stored["config"]["save_at"]) if stored else cfg.save_at
+    spec = grid_spec(cfg)
+    like = functools.partial(grid.progress_like, spec, eval_epochs=old_save_at)
+    found = harness.restore_latest(CheckpointStore(folder), like, "mlp_grid")
+    if found is None:
+        return None
+    epoch, tree = found
+    if epoch > cfg.epochs:
+        raise InputError(
+            f"--resume: the run in {run_dir} has trained {epoch} epochs; pass --epochs {epoch} "
+            f"or more, not {cfg.epochs}"
+        )
+    done, asked = [e for e in old_save_at if e <= epoch], [e for e in cfg.save_at if e <= epoch]
+    if done != asked:
+        raise InputError(
+            f"--resume: the run evaluated epochs {done} of its first {epoch}; --save-at must keep "
+            f"those and may add only epochs after {epoch}, got {list(cfg.save_at)}"
+        )
+    return grid.progress_from_tree(epoch, tree)
+
+
+def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
+    """Train (or, with --resume, continue) the grid of ``cfg`` (the memory check comes before any
+    data is read); returns the results dict: every model, the per-cell summaries and the
+    throughput vs one model alone. Diverged models are results of the study (masked in the
+    program, counted per cell): the status stays "ok" and the exit code 0."""
+    from jnn import grid
+    from jnn.checkpoints import CheckpointStore
 
     spec = grid_spec(cfg)
     n_eval = 6000 if cfg.subset is None else max(cfg.subset[1:])
@@ -295,16 +368,21 @@ def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
 
     mesh = parallel.model_mesh(cfg.devices)
     data = load_data(cfg)
+    stored = harness.stored_run(cfg.out, cfg.identity(), "mlp_grid") if cfg.resume else None
+    start = resume_point(cfg, run_dir, stored)  # refuses before run.json is rewritten
+    report.write_json(run_dir / "run.json", {"identity": cfg.identity(), "config": asdict(cfg)})
     t0 = time.perf_counter()
     res = grid.train_grid(
         spec, data[0:2], data[2:4], data[4:6], epochs=cfg.epochs, save_at=cfg.save_at,
-        batch_size=cfg.batch_size, mesh=mesh, on_epoch=_progress(cfg, spec.num_models, t0),
+        batch_size=cfg.batch_size, mesh=mesh, start=start,
+        on_epoch=_on_epoch(cfg, spec.num_models, t0, CheckpointStore(run_dir / "checkpoints")),
     )  # fmt: skip
     wall = time.perf_counter() - t0
     models = model_records(cfg, res)
     return {
         "study": "mlp_grid", "status": "ok", "config": asdict(cfg),
         "num_models": spec.num_models, "devices": mesh.size,
+        "resumed_from": None if start is None else start.epoch,
         "diverged_models": sum(1 for m in models if m["diverged_at"]),
         "sizes": {"train": len(data[1]), "val": len(data[3]), "test": len(data[5])},
         "timing": {**_timing(cfg, res, time_one_model(cfg, data), spec.num_models), "wall_s": wall},
@@ -318,10 +396,25 @@ def _acc(s: dict[str, Any]) -> str:
     return f"{s['mean']:.4f} ± {s['std']:.4f} [{s['min']:.4f}, {s['max']:.4f}]"
 
 
+def throughput_line(results: dict[str, Any]) -> str:
+    """The grid's model-epochs/s against one model alone, and where a resumed run started."""
+    t, resumed = results["timing"], results.get("resumed_from")
+    where = f" Resumed from the checkpoint of epoch {resumed}." if resumed else ""
+    if t["grid_model_epochs_per_s"] is None:
+        return f"No epoch trained in this invocation.{where} Wall {t['wall_s']:.0f} s.\n"
+    return (
+        f"Throughput: the grid ran {t['grid_model_epochs_per_s']:.3f} model-epochs/s "
+        f"({t['grid_epoch_s']:.1f} s per grid epoch incl. validation); one model alone with "
+        f"`train.make_epoch_fn` {t['alone_model_epochs_per_s']:.3f} model-epochs/s "
+        f"({t['alone']['epoch_s']:.2f} s/epoch): {t['speedup']:.2f}x. Wall {t['wall_s']:.0f} s"
+        f"{' (this invocation)' if resumed else ''}.{where}\n"
+    )
+
+
 def results_markdown(results: dict[str, Any]) -> str:
     """Per cell: test accuracy mean ± std [min, max] over non-diverged seeds at each save
     epoch, diverged count, and the hidden layers' unit spread (0 = all units identical)."""
-    cfg, t, n = results["config"], results["timing"], results["sizes"]
+    cfg, n = results["config"], results["sizes"]
     last = str(cfg["save_at"][-1])
     lines = [
         "# MLP grid: activation x init x lr, several seeds, one vmapped program\n",
@@ -332,10 +425,7 @@ def results_markdown(results: dict[str, Any]) -> str:
         f"{results['device']['cpu']}. Test accuracy: mean ± std [min, max] over the seeds that "
         "did not diverge. Unit spread: per hidden layer, max over units j of |w_j - w_0| "
         "(incoming weights and bias); exactly 0 means every hidden unit is a copy of the first.\n",
-        f"Throughput: the grid ran {t['grid_model_epochs_per_s']:.3f} model-epochs/s "
-        f"({t['grid_epoch_s']:.1f} s per grid epoch incl. validation); one model alone with "
-        f"`train.make_epoch_fn` {t['alone_model_epochs_per_s']:.3f} model-epochs/s "
-        f"({t['alone']['epoch_s']:.2f} s/epoch): {t['speedup']:.2f}x. Wall {t['wall_s']:.0f} s.\n",
+        throughput_line(results),
     ]
     if cfg.get("train_size") or cfg["seeds"] < 5 or cfg["epochs"] < 100:
         lines.append(

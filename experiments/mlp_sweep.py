@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import math
 import os
 import queue
@@ -351,29 +350,8 @@ def default_out(split: str, init: str, scale: float | None, quick: bool) -> str:
 def check_resume(cfg: Config) -> None:
     """On --resume, a folder holding files must be an mlp_sweep run with this config's
     identity (run.json); reads only, so it can refuse before anything is written to --out."""
-    out = Path(cfg.out).expanduser().resolve()
-    if not (cfg.resume and out.is_dir()):
-        return
-    if not any(p.name not in report.BOOKKEEPING for p in out.iterdir()):
-        return  # a new (or emptied) folder: nothing to continue, nothing to compare
-    run_json = out / "run.json"
-    if not run_json.is_file():
-        raise report.RunDirError(
-            f"--resume: {out} holds no run.json, so it is not an mlp_sweep run"
-        )
-    try:
-        stored = json.loads(run_json.read_text())["identity"]
-        differ = [k for k in IDENTITY if _plain(stored.get(k)) != cfg.identity()[k]]
-    except (ValueError, KeyError, TypeError, AttributeError) as err:
-        raise report.RunDirError(f"--resume: {run_json} is unreadable ({err})") from None
-    if differ:
-        mine = cfg.identity()
-        what = "; ".join(
-            f"--{k.replace('_', '-')}: run has {stored.get(k)!r}, now {mine[k]!r}" for k in differ
-        )
-        raise report.RunDirError(
-            f"--resume with a different config than the checkpointed run in {out} ({what})"
-        )
+    if cfg.resume:
+        harness.stored_run(cfg.out, cfg.identity(), "mlp_sweep")
 
 
 # ------------------------------------------------------------------------------------ setup
@@ -782,21 +760,7 @@ def resume_from_store(
 ) -> tuple[int, Any] | None:
     """The newest checkpoint of ``activation`` that verifies; every step skipped on the way
     (corrupt, partial, empty) is said in one line on stderr, with what it was and what we did."""
-    import warnings
-
-    from jnn.checkpoints import CheckpointWarning
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", CheckpointWarning)  # said below, once, in one line each
-        found = store.restore_latest(template)
-    then = f"resumed from epoch {found[0]}" if found else "starting from epoch 0"
-    for skipped in store.skipped:
-        line = (
-            f"warning: {activation}: checkpoint of epoch {skipped.epoch} ({skipped.path}) is "
-            f"unusable ({skipped.reason}); {then}"
-        )
-        say(line, err=True) if say else print(line, file=sys.stderr, flush=True)
-    return found
+    return harness.restore_latest(store, template, activation, say)
 
 
 def sweep_model(cfg: Config, activation: str) -> Any:

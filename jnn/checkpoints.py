@@ -518,6 +518,9 @@ class CheckpointStore:
     def restore_latest(self, like: Any) -> tuple[int, Any] | None:
         """(epoch, tree) of the newest step that verifies, or None when none does.
 
+        ``like`` is the tree to rebuild, or a callable ``like(epoch)`` returning it for the
+        candidate epoch (for trees whose shapes grow with the epoch, e.g. a history).
+
         Each newer step that fails verification (or is an empty/partial folder) is skipped:
         recorded in ``self.skipped`` and warned about with :class:`CheckpointWarning`. A step
         holding another model (shape/dtype mismatch) raises :class:`CheckpointError`.
@@ -530,7 +533,7 @@ class CheckpointStore:
         ]
         for epoch, _, path in sorted(candidates, key=lambda c: (-c[0], c[1])):
             try:
-                return epoch, restore_tree(path, like)
+                return epoch, restore_tree(path, like(epoch) if callable(like) else like)
             except CorruptCheckpointError as err:
                 self._unusable.add(path)
                 self.skipped.append(SkippedCheckpoint(epoch, path, err.reason))

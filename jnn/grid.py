@@ -27,6 +27,12 @@ communication. Divergence stops only that model: inside the program, a model who
 loss, params or validation loss became non-finite keeps its incoming (last good) state via a
 per-leaf ``jnp.where``, and its epoch is written into ``diverged_at``; the others are untouched
 (the select is per model, so their numbers are bit-identical to a grid without it).
+
+Resume: ``on_epoch`` receives a :class:`GridProgress` (state, history, evals so far);
+``progress_tree`` makes it a checkpoint tree for ``jnn.checkpoints.CheckpointStore``,
+``progress_like`` + ``progress_from_tree`` bring it back, and ``train_grid(..., start=progress)``
+continues. The shuffle and layer keys live in the state, so a resumed grid equals an
+uninterrupted one bit for bit, and a run may be continued to more epochs than first planned.
 """
 
 from __future__ import annotations
@@ -178,10 +184,18 @@ def init_grid(spec: GridSpec, num_devices: int = 1) -> tuple[GridState, int]:
     """All models stacked, M padded up to a multiple of ``num_devices`` with copies of model 0
     (their results are dropped). Returns (state with leaves (M_padded, ...), M)."""
     models = [init_model(spec, cell, s) for cell in spec.cells() for s in range(spec.seeds)]
-    m = len(models)
-    models += [models[0]] * (-m % num_devices)
-    stacked = parallel.stack_trees(models)
-    return GridState(stacked, jnp.zeros((len(models),), jnp.int32)), m
+    gs = GridState(parallel.stack_trees(models), jnp.zeros((len(models),), jnp.int32))
+    return pad_models(gs, num_devices), len(models)
+
+
+def pad_models(gs: GridState, num_devices: int) -> GridState:
+    """``gs`` (leaves (M, ...)) with copies of model 0 appended up to a multiple of
+    ``num_devices`` (every device of the model mesh gets the same share)."""
+    m = int(gs.diverged_at.shape[0])
+    extra = -m % num_devices
+    if not extra:
+        return gs
+    return jax.tree.map(lambda a: jnp.concatenate([a, jnp.repeat(a[:1], extra, axis=0)]), gs)
 
 
 def evaluate_chunked(
@@ -343,13 +357,64 @@ class GridResult(NamedTuple):
     """Per real model (padding dropped): ``history`` arrays (M, epochs); ``diverged_at`` (M,)
     (0: never); ``evals[e]`` at each save epoch e: ``test_loss``, ``test_accuracy``,
     ``val_loss``, ``val_accuracy`` (M,) and ``unit_spread`` (M, hidden layers), NaN for models
-    diverged by then; ``epoch_seconds`` the wall time of each epoch (first includes compiling)."""
+    diverged by then; ``epoch_seconds`` the wall time of each epoch trained by this call (the
+    first includes compiling; none when it resumed at ``epochs``)."""
 
     history: dict[str, np.ndarray]
     diverged_at: np.ndarray
     evals: dict[int, dict[str, np.ndarray]]
     epoch_seconds: list[float]
     state: GridState
+
+
+class GridProgress(NamedTuple):
+    """A grid run after ``epoch`` epochs: what ``on_epoch`` sees and what a checkpoint holds.
+
+    ``state`` has leaves (M_padded, ...) (on the mesh while training; (M, ...) host arrays once
+    restored); ``history`` arrays (M, epoch); ``evals`` the save epochs reached so far (as in
+    :class:`GridResult`); ``num_models`` M, the real models (padding excluded)."""
+
+    epoch: int
+    state: GridState
+    history: dict[str, np.ndarray]
+    evals: dict[int, dict[str, np.ndarray]]
+    num_models: int
+
+
+def progress_tree(progress: GridProgress) -> dict[str, Any]:
+    """The checkpoint tree of ``progress`` (real models only, host arrays): ``{"state",
+    "history", "evals"}`` with eval epochs as string keys. Restore it with
+    :func:`progress_like` and :func:`progress_from_tree`."""
+    m = progress.num_models
+    return {
+        "state": jax.device_get(jax.tree.map(lambda a: a[:m], progress.state)),
+        "history": {k: np.asarray(v[:, : progress.epoch]) for k, v in progress.history.items()},
+        "evals": {str(e): dict(ev) for e, ev in progress.evals.items()},
+    }
+
+
+def progress_like(spec: GridSpec, epoch: int, eval_epochs: Sequence[int]) -> dict[str, Any]:
+    """Shapes and dtypes of the checkpoint tree of ``spec``'s grid after ``epoch`` epochs whose
+    save epochs were ``eval_epochs`` (those <= ``epoch`` were evaluated)."""
+    m = spec.num_models
+    state = jax.eval_shape(lambda: init_grid(spec, 1)[0])
+    hidden = len(spec.sizes) - 2
+    f32 = functools.partial(jax.ShapeDtypeStruct, dtype=np.float32)
+    ev = {f"{s}_{k}": f32((m,)) for s in ("val", "test") for k in ("loss", "accuracy")}
+    ev["unit_spread"] = f32((m, hidden))
+    return {
+        "state": state,
+        "history": {k: f32((m, epoch)) for k in HISTORY_KEYS},
+        "evals": {str(e): dict(ev) for e in eval_epochs if e <= epoch},
+    }
+
+
+def progress_from_tree(epoch: int, tree: dict[str, Any]) -> GridProgress:
+    """The :class:`GridProgress` of a restored checkpoint tree (see :func:`progress_tree`)."""
+    state = tree["state"]
+    evals = {int(e): {k: np.asarray(v) for k, v in ev.items()} for e, ev in tree["evals"].items()}
+    history = {k: np.asarray(v) for k, v in tree["history"].items()}
+    return GridProgress(int(epoch), state, history, evals, int(state.diverged_at.shape[0]))
 
 
 def _save_eval(
@@ -361,11 +426,32 @@ def _save_eval(
     out: dict[str, np.ndarray] = {}
     for split, (xs, ys) in (("val", (xv, yv)), ("test", (xt, yt))):
         r = jax.device_get(evaluate(gs, xs, ys))
-        out[f"{split}_loss"] = np.where(dead, np.nan, r["loss"][:m])
-        out[f"{split}_accuracy"] = np.where(dead, np.nan, r["accuracy"][:m])
+        out[f"{split}_loss"] = np.where(dead, np.nan, r["loss"][:m]).astype(np.float32)
+        out[f"{split}_accuracy"] = np.where(dead, np.nan, r["accuracy"][:m]).astype(np.float32)
         spread = r["unit_spread"][:m]
-    out["unit_spread"] = np.where(dead[:, None], np.nan, spread)
+    out["unit_spread"] = np.where(dead[:, None], np.nan, spread).astype(np.float32)
     return out
+
+
+def _start(
+    spec: GridSpec, epochs: int, devices: int, start: GridProgress | None
+) -> tuple[GridState, int, dict[str, np.ndarray], dict[int, dict[str, np.ndarray]]]:
+    """(padded state, first epoch to train, history (M, epochs), evals) from scratch or from a
+    restored :class:`GridProgress` (checked against ``spec`` and ``epochs``)."""
+    history = train.empty_history(epochs, spec.num_models)
+    if start is None:
+        return init_grid(spec, devices)[0], 1, history, {}
+    if start.num_models != spec.num_models:
+        raise InputError(
+            f"the progress to resume holds {start.num_models} models, the grid has "
+            f"{spec.num_models}; resume with the grid that was checkpointed"
+        )
+    if not 0 <= start.epoch <= epochs:
+        raise InputError(f"cannot resume at epoch {start.epoch} of a {epochs}-epoch run")
+    for k in HISTORY_KEYS:
+        history[k][:, : start.epoch] = start.history[k]
+    gs = GridState(*jax.tree.map(jnp.asarray, tuple(start.state)))
+    return pad_models(gs, devices), start.epoch + 1, history, dict(start.evals)
 
 
 def train_grid(
@@ -378,23 +464,27 @@ def train_grid(
     save_at: Sequence[int],
     batch_size: int = 32,
     mesh: Mesh | None = None,
-    on_epoch: Callable[[int, GridMetrics], None] | None = None,
+    start: GridProgress | None = None,
+    on_epoch: Callable[[GridProgress, GridMetrics], None] | None = None,
 ) -> GridResult:
-    """Train the whole grid for ``epochs`` epochs, one program call per epoch; evaluate the live
-    state on validation and test at every epoch in ``save_at``. x (N, sizes[0]) float32, y (N,)
-    int. ``mesh``: a 1-D model mesh (``parallel.model_mesh``), all devices by default."""
+    """Train the whole grid up to ``epochs`` epochs, one program call per epoch; evaluate the
+    live state on validation and test at every epoch in ``save_at``. x (N, sizes[0]) float32,
+    y (N,) int. ``mesh``: a 1-D model mesh (``parallel.model_mesh``), all devices by default.
+    ``start``: a restored :class:`GridProgress` to continue (its epochs are not retrained; the
+    keys live in the state, so the result equals an uninterrupted run bit for bit).
+    ``on_epoch(progress, metrics)`` runs after each epoch (e.g. to save a checkpoint)."""
     mesh = mesh or parallel.model_mesh()
     x, y = train_data
     for what, (xs, ys) in (("training", train_data), ("validation", val_data), ("test", test_data)):
         train.check_data(xs, ys, spec.sizes[-1], what)
     check_memory(spec, batch_size, max(len(val_data[1]), len(test_data[1])))
     model = grid_model(spec.activations, spec.sizes)
-    gs, m = init_grid(spec, mesh.size)
+    gs, first, history, evals = _start(spec, epochs, mesh.size, start)
+    m = spec.num_models
     epoch_fn = make_grid_epoch_fn(model, batch_size, mesh)
     evaluate = make_grid_eval_fn(model, mesh)
-    history = train.empty_history(epochs, m)
-    evals, seconds = {}, []
-    for epoch in range(1, epochs + 1):
+    seconds = []
+    for epoch in range(first, epochs + 1):
         t0 = time.perf_counter()
         gs, metrics = epoch_fn(gs, x, y, *val_data)
         row = jax.device_get(metrics)
@@ -404,5 +494,5 @@ def train_grid(
         if epoch in save_at:
             evals[epoch] = _save_eval(evaluate, gs, (val_data, test_data), m, epoch)
         if on_epoch is not None:
-            on_epoch(epoch, metrics)
+            on_epoch(GridProgress(epoch, gs, history, evals, m), metrics)
     return GridResult(history, np.asarray(gs.diverged_at)[:m], evals, seconds, gs)

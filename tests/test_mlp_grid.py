@@ -36,6 +36,36 @@ def test_quick_grid_writes_every_output(quick_run):
     assert "| relu | zero | 0.1 | 0/2 |" in md
 
 
+def _models(out):
+    return json.loads((out / "results.json").read_text())["models"]
+
+
+def test_killed_grid_resumes_and_grows_bit_for_bit(quick_run, tmp_path, fashion_dir, capsys):
+    """A 1-epoch run continued with --resume to 2 epochs (adding save epoch 2) gives the 2-epoch
+    run's numbers exactly; a refused resume names the problem in one line and leaves the run."""
+    out = tmp_path / "grown"
+    base = [*TINY, "--out", str(out), "--data-dir", str(fashion_dir), "--devices", "1"]
+    assert mlp_grid.main([*base, "--epochs", "1", "--save-at", "1"]) == 0
+    assert {p.name for p in (out / "checkpoints" / "latest").iterdir()} == {"1"}
+    refusals = [
+        (["--epochs", "2", "--save-at", "2"], "--save-at must keep those"),
+        (["--epochs", "2", "--seeds", "3"], "--seeds: run has 2, now 3"),
+        (["--epochs", "2", "--lrs", "0.05"], "--lrs: run has [0.1], now [0.05]"),
+    ]
+    for extra, message in refusals:
+        capsys.readouterr()
+        assert mlp_grid.main([*base, "--resume", *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and "\n" not in err and message in err, err
+    assert mlp_grid.main([*base, "--resume", "--epochs", "2", "--save-at", "1,2"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["resumed_from"] == 1 and results["config"]["epochs"] == 2
+    assert _models(out) == _models(quick_run)  # histories, divergence, evals at 1 and 2
+    capsys.readouterr()
+    assert mlp_grid.main([*base, "--resume", "--epochs", "1", "--save-at", "1"]) == 2
+    assert "has trained 2 epochs; pass --epochs 2 or more, not 1" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
@@ -52,6 +82,8 @@ def test_quick_grid_writes_every_output(quick_run):
         (["--quick", "--seeds", "100000000"], "GiB"),
         (["--seed", str(2**32)], "--seed must be in [0, 4294967295]"),
         (["--data-dir", "/nonexistent/jnn"], "--data-dir /nonexistent/jnn is not a folder"),
+        (["--checkpoint-every", "-1"], "--checkpoint-every must be >= 0"),
+        (["--resume", "--overwrite"], "--resume and --overwrite contradict"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(extra, message, tmp_path, capsys):
