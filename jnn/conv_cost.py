@@ -153,45 +153,43 @@ def conv_layer_costs(
     y = jax.jit(forward)(variables, x)
 
     params = variables["params"]
-    costs = []
-    for module, in_shape, out_shape in calls:
-        layer = params
-        for part in module.path:  # the conv's own subtree of the param pytree
-            layer = layer[part]
-        kernel = tuple(int(d) for d in jnp.shape(layer["kernel"]))
-        n_sp = len(kernel) - 2
-        in_sp, out_sp = in_shape[-n_sp - 1 : -1], out_shape[-n_sp - 1 : -1]
-        c_out = out_shape[-1]
-        taps_per_out = math.prod(kernel[:-1])  # kh * kw * C_in/groups
-        macs = math.prod(out_sp) * c_out * taps_per_out
-        bias_adds = math.prod(out_shape[-n_sp - 1 :]) if "bias" in layer else 0
+    return y, [_conv_cost(module, params, i, o) for module, i, o in calls]
 
-        strides = _tuple(module.strides, n_sp)
-        dil = _tuple(module.kernel_dilation, n_sp)
-        window = [(k - 1) * d + 1 for k, d in zip(kernel[:n_sp], dil)]
-        pads = _explicit_pads(module.padding, in_sp, window, strides)
-        if pads is None or _tuple(module.input_dilation, n_sp) != (1,) * n_sp:
-            valid = None
-        else:
-            valid_taps = math.prod(
-                _valid_taps(s, o, k, st, d, lo)
-                for s, o, k, st, d, (lo, _) in zip(in_sp, out_sp, kernel, strides, dil, pads)
-            )
-            valid = valid_taps * kernel[-2] * c_out
 
-        costs.append(
-            ConvCost(
-                name="/".join(module.path),
-                input_shape=tuple(in_shape[1:]),
-                output_shape=tuple(out_shape[1:]),
-                kernel_shape=kernel,
-                params=count_params(layer),
-                macs=macs,
-                valid_macs=valid,
-                bias_adds=bias_adds,
-            )
+def _conv_cost(
+    module: nn.Conv, params: Any, in_shape: tuple[int, ...], out_shape: tuple[int, ...]
+) -> ConvCost:
+    """The cost of one recorded conv call: (N, *spatial, C) input and output shapes and the
+    conv's own params (found by its module path), padding and dilation from the module."""
+    layer = params
+    for part in module.path:  # the conv's own subtree of the param pytree
+        layer = layer[part]
+    kernel = tuple(int(d) for d in jnp.shape(layer["kernel"]))
+    n_sp = len(kernel) - 2
+    in_sp, out_sp = in_shape[-n_sp - 1 : -1], out_shape[-n_sp - 1 : -1]
+    c_out = out_shape[-1]
+    taps_per_out = math.prod(kernel[:-1])  # kh * kw * C_in/groups
+    strides = _tuple(module.strides, n_sp)
+    dil = _tuple(module.kernel_dilation, n_sp)
+    window = [(k - 1) * d + 1 for k, d in zip(kernel[:n_sp], dil)]
+    pads = _explicit_pads(module.padding, in_sp, window, strides)
+    valid = None
+    if pads is not None and _tuple(module.input_dilation, n_sp) == (1,) * n_sp:
+        valid_taps = math.prod(
+            _valid_taps(s, o, k, st, d, lo)
+            for s, o, k, st, d, (lo, _) in zip(in_sp, out_sp, kernel, strides, dil, pads)
         )
-    return y, costs
+        valid = valid_taps * kernel[-2] * c_out
+    return ConvCost(
+        name="/".join(module.path),
+        input_shape=tuple(in_shape[1:]),
+        output_shape=tuple(out_shape[1:]),
+        kernel_shape=kernel,
+        params=count_params(layer),
+        macs=math.prod(out_sp) * c_out * taps_per_out,
+        valid_macs=valid,
+        bias_adds=math.prod(out_shape[-n_sp - 1 :]) if "bias" in layer else 0,
+    )
 
 
 def compiled_flops(compiled: jax.stages.Compiled) -> float:

@@ -168,23 +168,11 @@ def _to_str(name: bytes | str) -> str:
 # ----------------------------------------------------------------------------- torchvision pth
 
 
-def convert_torch_state_dict(state_dict: Mapping[str, Any], include_top: bool | None = None):
-    """torchvision ``vgg16().state_dict()`` (tensors or arrays) -> params.
-
-    Conv weights OIHW -> HWIO. ``classifier.0`` (4096, 512*7*7 in NCHW-flatten order) becomes an
-    NHWC-flatten (25088, 4096) kernel; other Linear weights are transposed to (in, out).
-    ``include_top=None`` converts the classifier when the state dict has one.
-    """
-    if include_top is None:
-        include_top = "classifier.0.weight" in state_dict
-    keys = {}
-    for layer in CONV_LAYERS:
-        i = TORCH_FEATURE_INDEX[layer]
-        keys[layer] = {"kernel": f"features.{i}.weight", "bias": f"features.{i}.bias"}
-    if include_top:
-        for layer, i in TORCH_CLASSIFIER_INDEX.items():
-            keys[layer] = {"kernel": f"classifier.{i}.weight", "bias": f"classifier.{i}.bias"}
-    # Expected shapes in torch's own layout, so errors name what the file holds.
+def _check_torch_shapes(
+    state_dict: Mapping[str, Any], keys: dict[str, dict[str, str]], include_top: bool
+) -> None:
+    """Every key present with torchvision's shape (OIHW convs, (out, in) Linear); one
+    WeightFileError listing each problem in torch's own layout, so it names what the file holds."""
     torch_shapes = {}
     for layer, shapes in expected_shapes(include_top).items():
         k = shapes["kernel"]
@@ -207,6 +195,25 @@ def convert_torch_state_dict(state_dict: Mapping[str, Any], include_top: bool | 
                 )
     if problems:
         raise WeightFileError("; ".join(problems))
+
+
+def convert_torch_state_dict(state_dict: Mapping[str, Any], include_top: bool | None = None):
+    """torchvision ``vgg16().state_dict()`` (tensors or arrays) -> params.
+
+    Conv weights OIHW -> HWIO. ``classifier.0`` (4096, 512*7*7 in NCHW-flatten order) becomes an
+    NHWC-flatten (25088, 4096) kernel; other Linear weights are transposed to (in, out).
+    ``include_top=None`` converts the classifier when the state dict has one.
+    """
+    if include_top is None:
+        include_top = "classifier.0.weight" in state_dict
+    keys = {}
+    for layer in CONV_LAYERS:
+        i = TORCH_FEATURE_INDEX[layer]
+        keys[layer] = {"kernel": f"features.{i}.weight", "bias": f"features.{i}.bias"}
+    if include_top:
+        for layer, i in TORCH_CLASSIFIER_INDEX.items():
+            keys[layer] = {"kernel": f"classifier.{i}.weight", "bias": f"classifier.{i}.bias"}
+    _check_torch_shapes(state_dict, keys, include_top)
 
     def arr(key: str) -> np.ndarray:
         v = state_dict[key]
