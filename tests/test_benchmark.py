@@ -168,6 +168,26 @@ def test_targets_follow_the_issue_thresholds():
     assert len(none) == 7 and all(t["met"] is None and t["measured"] is None for t in none)
 
 
+def test_ceiling_share_counts_the_model_axis_over_devices():
+    """The devices section's batch-32 rows enter the best share (the target names the model
+    axis on both cores); its batch-256 rows, another training, do not."""
+    sizes = [784, 256, 128, 64, 10]
+    gflop_per_epoch = benchmark.train_flops_per_example(sizes) * 48_000 / 1e9
+    run2 = {
+        "per_device_models": {"batch_size": 32, "model_epochs_per_s": 70 / gflop_per_epoch},
+        "data_parallel": {"32": {"examples_per_s": 1.0}, "256": {"examples_per_s": 1e9}},
+    }
+    sections = {
+        "ceiling": {"status": "ok", "xla_ceiling_gflops": 100.0},
+        "devices": {"status": "ok", "measured": {
+            "config": {"sizes": sizes, "num_examples": 48_000}, "runs": {"2": run2}}},
+        "models_per_program": {"results": {"1_vmap": {"fraction_of_xla_ceiling": 0.5}}},
+    }  # fmt: skip
+    share = {t["name"]: t for t in benchmark.targets(sections)}["share of the matmul ceiling"]
+    assert share["measured"] == pytest.approx(0.70) and share["met"] is False
+    assert share["note"] == "best: devices/per_device_models@2"
+
+
 def test_cnn_torch_twin_has_the_same_parameter_count():
     torch = pytest.importorskip("torch")
     from experiments.benchmark import cnn

@@ -20,15 +20,46 @@ def _entry(name: str, goal: str, value: float | None, threshold: float, at_most=
     return {"name": name, "goal": goal, "measured": value, "met": met, "note": note}
 
 
+def _device_shares(sections: dict[str, Any]) -> dict[str, float]:
+    """Ceiling shares of the ``devices`` section's batch-32 rows (experiments.scaling: the
+    model axis, and data parallelism, over 1, 2, 4 devices of this host), from its measured
+    rates and the benchmark's FLOP count; batch-256 rows are another training and not counted."""
+    from experiments.benchmark.common import train_flops_per_example
+
+    dev, ceiling = sections.get("devices", {}), sections.get("ceiling", {})
+    gflops = ceiling.get("xla_ceiling_gflops") if ceiling.get("status") == "ok" else None
+    measured = dev.get("measured", {})
+    if dev.get("status") != "ok" or not gflops or "config" not in measured:
+        return {}
+    per_example = train_flops_per_example(measured["config"]["sizes"])
+    shares = {}
+    for d, run in measured.get("runs", {}).items():
+        models = run.get("per_device_models", {})
+        batch = models.get("batch_size", 32)
+        n = measured["config"]["num_examples"] // batch * batch
+        if "model_epochs_per_s" in models:
+            rate = models["model_epochs_per_s"] * n * per_example
+            shares[f"devices/per_device_models@{d}"] = rate / 1e9 / gflops
+        b32 = run.get("data_parallel", {}).get("32", {})
+        if "examples_per_s" in b32:
+            shares[f"devices/data_parallel_b32@{d}"] = (
+                b32["examples_per_s"] * per_example / 1e9 / gflops
+            )
+    return shares
+
+
 def _best_share(sections: dict[str, Any]) -> tuple[float | None, str]:
-    best_name, best = "", None
+    """The highest ceiling share of any batch-32 training configuration the benchmark timed:
+    one scanned epoch, k vmapped models, or models / data split over the host's devices."""
+    shares = _device_shares(sections)
     for section in ("train_epoch", "models_per_program"):
-        sec = sections.get(section, {})
-        for name, r in sec.get("results", {}).items():
-            frac = r.get("fraction_of_xla_ceiling")
-            if frac is not None and (best is None or frac > best):
-                best_name, best = f"{section}/{name}", frac
-    return best, f"best: {best_name}" if best_name else ""
+        for name, r in sections.get(section, {}).get("results", {}).items():
+            if r.get("fraction_of_xla_ceiling") is not None:
+                shares[f"{section}/{name}"] = r["fraction_of_xla_ceiling"]
+    if not shares:
+        return None, ""
+    best_name = max(shares, key=shares.__getitem__)
+    return shares[best_name], f"best: {best_name}"
 
 
 def _mlp_manual(sections: dict[str, Any]) -> float | None:
