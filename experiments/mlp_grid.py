@@ -428,11 +428,12 @@ def results_markdown(results: dict[str, Any]) -> str:
         throughput_line(results),
     ]
     if cfg.get("train_size") or cfg["seeds"] < 5 or cfg["epochs"] < 100:
+        first = " (the first of the split's training set)" if cfg.get("train_size") else ""
         lines.append(
             f"**Reduced run** (sized for the machine): {cfg['seeds']} seeds, {cfg['epochs']} "
-            f"epochs, {n['train']:,} training examples (the first of the split's training set); "
-            "the full design is 5 seeds, 100 epochs, all 48,600. Validation and test sets are "
-            "complete.\n"
+            f"epochs, {n['train']:,} training examples{first}; the full design is 5 seeds, 100 "
+            "epochs, all 48,600 (a checkpointed run grows with `--resume --epochs N`). "
+            "Validation and test sets are complete.\n"
         )
     head = ["activation", "init", "lr", "diverged"]
     head += [f"test acc @{e}" for e in cfg["save_at"]] + [f"unit spread @{last}"]
