@@ -1,0 +1,210 @@
+"""Why k vmapped models run no faster than one on XLA:CPU: the grid's epoch, four ways.
+
+    python -m experiments.grid_probe --models 24 --examples 4800 --reps 2
+
+The same M grid models (``jnn.grid``: SelectActivation, per-model lr and init) train one epoch of
+batch-32 SGD on synthetic data, as
+
+- ``alone``: one model with ``train.make_epoch_fn`` (the reference rate, per model);
+- ``vmap``: ``jax.vmap(train.epoch_step)`` over the M models, each gathering its own batch (what
+  ``jnn.grid`` runs, without its validation): every dot is a batched dot;
+- ``vmap-shared-order``: the batch indices computed once outside the vmap, so the first layer
+  (83% of the FLOPs) sees one unbatched x and JAX folds the models into one wide matmul
+  (784 x 256M); the deeper layers stay batched dots;
+- ``map-k``: ``lax.map`` over the models, k at a time (``batch_size=k``): models in sequence
+  inside one program, so each model's params stay in cache.
+
+Interleaved repetitions, medians (:mod:`experiments.timing`); the rate is model-epochs/s scaled
+to the study's 48,600-example epoch, and each variant's params after the epoch are compared with
+``vmap``'s per model (the same arithmetic up to float32 summation order: see ``param_diffs``).
+One host device: this is about what one XLA program does with M models, not about sharding.
+Writes probe.json and probe.md into ``--out`` (default ``runs/grid_probe``).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from experiments import harness, report, timing
+from jnn.errors import InputError
+
+STUDY_EXAMPLES = 48_600
+MAP_CHUNKS = (1, 4)
+
+
+@dataclass(frozen=True)
+class Config:
+    models: int = 24
+    examples: int = 4800
+    reps: int = 2
+    seed: int = 0
+    out: str = harness.default_out("grid_probe")
+    overwrite: bool = False
+
+
+def parse(argv: Sequence[str] | None) -> Config:
+    """Command line -> a checked Config (one-line InputError per bad value)."""
+    p = harness.parser("grid_probe", description=__doc__.split("\n")[0],
+                       epilog=harness.EXIT_CODES_NO_TRAINING)  # fmt: skip
+    p.add_argument("--models", type=int, default=24, help="models in the program [24]")
+    p.add_argument("--examples", type=int, default=4800, help="training examples per epoch")
+    p.add_argument("--reps", type=int, default=2, help="timed repetitions after 1 warm-up [2]")
+    p.add_argument("--seed", type=int, default=0, help="data and model seed [0]")
+    harness.add_output_flags(p, "grid_probe")
+    a = p.parse_args(argv)
+    harness.positive_int(a.models, "--models", maximum=600)
+    harness.positive_int(a.examples, "--examples", maximum=STUDY_EXAMPLES)
+    if a.examples < 32:
+        raise InputError(f"--examples must be at least one batch of 32, got {a.examples}")
+    harness.positive_int(a.reps, "--reps", maximum=100)
+    harness.seed(a.seed)
+    out = a.out or harness.default_out("grid_probe")
+    return Config(a.models, a.examples, a.reps, a.seed, out, a.overwrite)
+
+
+def grid_states(models: int, seed: int) -> Any:
+    """M stacked grid models spread evenly over the study's 60 cells (every activation, init and
+    lr; seeds added when M > 60), as the real grid mixes them."""
+    import jax
+
+    from jnn import grid
+
+    acts, lrs = ("relu", "sigmoid", "tanh", "linear"), (0.01, 0.05, 0.1)
+    inits = ("zero", "random", "normal", "he", "glorot")
+    cells = len(acts) * len(inits) * len(lrs)
+    spec = grid.GridSpec(acts, inits, lrs, seeds=-(-models // cells), seed=seed)
+    gs, total = grid.init_grid(spec, 1)
+    pick = np.linspace(0, total - 1, models).round().astype(int)
+    return spec, jax.tree.map(lambda a: a[pick], gs.train)
+
+
+def epoch_fns(spec: Any) -> dict[str, Callable[..., Any]]:
+    """The jitted ``epoch(states, x, y) -> states`` of every variant (module docstring)."""
+    import jax
+    import jax.numpy as jnp
+
+    from jnn import core, grid, train
+
+    model = grid.grid_model(spec.activations, spec.sizes)
+    kw = dict(value_and_grad=core.value_and_grad(model), optimizer=grid.grid_optimizer())
+    one = functools.partial(train.epoch_step, batch_size=32, **kw)
+    step = jax.vmap(functools.partial(train.train_step, **kw), in_axes=(0, *[None] * 5))
+
+    def shared_order(st: Any, x: Any, y: Any) -> Any:
+        keys = train._epoch_keys(jax.tree.map(lambda a: a[0], st))
+        batches = train._epoch_batches(keys.perm_key, x.shape[0], 32, None)
+        carry = (st.params, st.opt_state, st.model_state)
+        steps = jnp.arange(batches.shape[0], dtype=jnp.uint32)
+        body = lambda c, inp: step(c, *inp, x, y, keys.epoch_key)  # noqa: E731
+        return jax.lax.scan(body, carry, (steps, batches))[0][0]
+
+    fns = {
+        "vmap": jax.jit(lambda st, x, y: jax.vmap(one, (0, None, None))(st, x, y)[0].params),
+        "vmap-shared-order": jax.jit(shared_order),
+    }
+    for k in MAP_CHUNKS:
+        fns[f"map-{k}"] = jax.jit(
+            lambda st, x, y, k=k: jax.lax.map(lambda s: one(s, x, y)[0].params, st, batch_size=k)
+        )
+    return fns
+
+
+def alone_case(seed: int, x: Any, y: Any) -> Callable[[int], None]:
+    """One study model (ReLU, He, SGD 0.1) with ``train.make_epoch_fn``, its donated state
+    carried from call to call."""
+    import optax
+
+    from experiments.benchmark.common import epoch_case
+    from jnn import grid, train
+    from jnn.mlp import STUDY_SIZES, mlp
+
+    model, opt = mlp(STUDY_SIZES, "relu", "he"), optax.sgd(0.1)
+    state = train.init_train_state(grid.model_key(seed, 0), model, opt, STUDY_SIZES[:1])
+    return epoch_case(train.make_epoch_fn(model, opt, 32), state, x, y)
+
+
+def param_diffs(params: Any, reference: Any, models: int) -> dict[str, float]:
+    """Median and max over the models of the leaf-wise relative param difference
+    (``parallel.tree_max_diff``) after the epoch. Float32 summation order differs between the
+    variants; a ReLU unit whose pre-activation sits at the kink can flip with it, and that
+    model's trajectory then departs (measured: ~1e-3 absolute after 30 steps for 1 of 24 models),
+    so the median says whether the arithmetic agrees and the max how far chaos took one model."""
+    import jax
+
+    from jnn import parallel
+
+    d = [
+        parallel.tree_max_diff(*(jax.tree.map(lambda a, m=m: a[m], t) for t in (params, reference)))
+        for m in range(models)
+    ]
+    rel = np.array([x["max_rel"] for x in d])
+    return {"median_rel": float(np.median(rel)), "max_rel": float(rel.max())}
+
+
+def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
+    """Time every variant interleaved; rates per model, ratios to ``alone``, param agreement."""
+    import jax
+
+    rng = np.random.default_rng(cfg.seed)
+    x = jax.device_put(rng.random((cfg.examples, 784), dtype=np.float32))
+    y = jax.device_put(rng.integers(0, 10, cfg.examples).astype(np.int32))
+    spec, states = grid_states(cfg.models, cfg.seed)
+    fns = epoch_fns(spec)
+    params = {name: jax.block_until_ready(f(states, x, y)) for name, f in fns.items()}
+    cases = {name: timing.repeated(lambda f=f: jax.block_until_ready(f(states, x, y)))
+             for name, f in fns.items()}  # fmt: skip
+    cases["alone"] = alone_case(cfg.seed, x, y)
+    times = timing.time_interleaved(cases, cfg.reps, 1)
+    scale = cfg.examples / STUDY_EXAMPLES
+    rows = {}
+    for name, t in times.items():
+        models = 1 if name == "alone" else cfg.models
+        rows[name] = t | {"models": models, "model_epochs_per_s": models * scale / t["median_s"]}
+    for name, r in rows.items():
+        r["vs_alone"] = r["model_epochs_per_s"] / rows["alone"]["model_epochs_per_s"]
+        if name in params:
+            r["param_diff_vs_vmap"] = param_diffs(params[name], params["vmap"], cfg.models)
+    return {"study": "grid_probe", "status": "ok", "config": asdict(cfg), "rows": rows,
+            **harness.stamp()}  # fmt: skip
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The variants as one table: seconds per epoch, model-epochs/s, ratio to one model alone."""
+    cfg, rows = result["config"], result["rows"]
+    head = ["variant", "models", "s / epoch", "model-epochs/s (48,600-example)", "vs alone",
+            "param diff vs vmap: median / max over models"]  # fmt: skip
+    body = [
+        [name, r["models"], f"{r['median_s']:.3f}", f"{r['model_epochs_per_s']:.3f}",
+         f"{r['vs_alone']:.2f}x",
+         "{median_rel:.1e} / {max_rel:.1e}".format(**r["param_diff_vs_vmap"])
+         if "param_diff_vs_vmap" in r else ""]
+        for name, r in rows.items()
+    ]  # fmt: skip
+    return "\n".join([
+        "# The grid's epoch, four ways (one host device)\n",
+        f"{cfg['models']} grid models, {cfg['examples']:,} synthetic examples per epoch, batch "
+        f"32; median of {cfg['reps']} interleaved repetitions after 1 warm-up; "
+        f"{result['device']['cpu']}, jax {result['versions'].get('jax')}.\n",
+        report.markdown_table(head, body),
+    ])  # fmt: skip
+
+
+def render(result: dict[str, Any], out: str | Path) -> list[Path]:
+    """probe.json and probe.md in ``out``."""
+    out = Path(out)
+    report.write_json(out / "probe.json", result)
+    report.write_text_atomic(out / "probe.md", markdown(result))
+    return [out / "probe.json", out / "probe.md"]
+
+
+EXPERIMENT = harness.Experiment("grid_probe", parse, run, render, markdown)
+main = harness.cli(EXPERIMENT)
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,43 @@
+"""experiments.grid_probe end to end on a tiny grid: every variant timed, every variant's params
+equal to the vmapped grid's (same arithmetic), and bad input as one line with exit code 2."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from experiments import grid_probe
+
+
+def test_tiny_probe_times_every_variant_and_they_agree(tmp_path):
+    out = tmp_path / "probe"
+    args = ["--models", "3", "--examples", "96", "--reps", "1", "--out", str(out)]
+    assert grid_probe.main(args) == 0
+    result = json.loads((out / "probe.json").read_text())
+    rows = result["rows"]
+    assert set(rows) == {"alone", "vmap", "vmap-shared-order", "map-1", "map-4"}
+    assert rows["alone"]["models"] == 1 and rows["vmap"]["models"] == 3
+    for name, r in rows.items():
+        assert r["median_s"] > 0 and r["model_epochs_per_s"] > 0, name
+        if name != "alone":  # 3 SGD steps: only float32 summation order may differ
+            assert r["param_diff_vs_vmap"]["max_rel"] < 1e-4, (name, r)
+    assert "| vmap-shared-order | 3 |" in (out / "probe.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--models", "0"], "--models must be a positive integer"),
+        (["--models", "601"], "--models must be at most 600"),
+        (["--examples", "16"], "--examples must be at least one batch of 32"),
+        (["--reps", "0"], "--reps must be a positive integer"),
+        (["--seed", "-1"], "--seed must be in [0, 4294967295]"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(extra, message, tmp_path, capsys):
+    out = tmp_path / "probe"
+    assert grid_probe.main([*extra, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and message in err, err
+    assert not out.exists()
