@@ -322,26 +322,25 @@ def _on_epoch(cfg: Config, models: int, t0: float, store: Any) -> Any:
     return on_epoch
 
 
-def resume_point(cfg: Config, run_dir: Path, stored: dict[str, Any] | None) -> Any:
-    """With --resume: the newest checkpoint in ``<run_dir>/checkpoints`` that verifies, as a
+def resume_point(cfg: Config, store: Any, stored: dict[str, Any] | None) -> Any:
+    """With --resume: the newest checkpoint in ``store`` (the run's CheckpointStore, the one that
+    then saves, so a step found unusable here may be replaced) that verifies, as a
     ``grid.GridProgress``, checked against --epochs and --save-at; None: start from epoch 0."""
     from jnn import grid
-    from jnn.checkpoints import CheckpointStore
 
-    folder = run_dir / "checkpoints"
-    if not (cfg.resume and folder.is_dir()):
+    if not cfg.resume:
         return None
     old_save_at = tuple(stored["config"]["save_at"]) if stored else cfg.save_at
     spec = grid_spec(cfg)
     like = functools.partial(grid.progress_like, spec, eval_epochs=old_save_at)
-    found = harness.restore_latest(CheckpointStore(folder), like, "mlp_grid")
+    found = harness.restore_latest(store, like, "mlp_grid")
     if found is None:
         return None
     epoch, tree = found
     if epoch > cfg.epochs:
         raise InputError(
-            f"--resume: the run in {run_dir} has trained {epoch} epochs; pass --epochs {epoch} "
-            f"or more, not {cfg.epochs}"
+            f"--resume: the run in {store.directory.parent} has trained {epoch} epochs; pass "
+            f"--epochs {epoch} or more, not {cfg.epochs}"
         )
     done, asked = [e for e in old_save_at if e <= epoch], [e for e in cfg.save_at if e <= epoch]
     if done != asked:
@@ -369,13 +368,14 @@ def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
     mesh = parallel.model_mesh(cfg.devices)
     data = load_data(cfg)
     stored = harness.stored_run(cfg.out, cfg.identity(), "mlp_grid") if cfg.resume else None
-    start = resume_point(cfg, run_dir, stored)  # refuses before run.json is rewritten
+    store = CheckpointStore(run_dir / "checkpoints")
+    start = resume_point(cfg, store, stored)  # refuses before run.json is rewritten
     report.write_json(run_dir / "run.json", {"identity": cfg.identity(), "config": asdict(cfg)})
     t0 = time.perf_counter()
     res = grid.train_grid(
         spec, data[0:2], data[2:4], data[4:6], epochs=cfg.epochs, save_at=cfg.save_at,
         batch_size=cfg.batch_size, mesh=mesh, start=start,
-        on_epoch=_on_epoch(cfg, spec.num_models, t0, CheckpointStore(run_dir / "checkpoints")),
+        on_epoch=_on_epoch(cfg, spec.num_models, t0, store),
     )  # fmt: skip
     wall = time.perf_counter() - t0
     models = model_records(cfg, res)
