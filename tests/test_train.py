@@ -1,10 +1,11 @@
 """jnn.train: any jnn.core model trains through one epoch loop; stacked (vmapped) models equal
 single ones; fit records history, stops on a non-finite loss or param, refuses bad data; the
-study's MLP trains bit-identically to the pre-``serial`` code (frozen digests)."""
+study's MLP trains bit-identically to the pre-``serial`` code (an independent copy of it,
+trained in the same run on the same machine)."""
 
 from __future__ import annotations
 
-import hashlib
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -13,8 +14,11 @@ import optax
 import pytest
 
 from jnn import core, train
+from jnn.activations import get_activation
 from jnn.errors import InputError
-from jnn.mlp import mlp
+from jnn.layers.dense import dense_backward, dense_forward
+from jnn.losses import one_hot, softmax_cross_entropy, softmax_cross_entropy_backward
+from jnn.mlp import dense_params, init_mlp, mlp
 
 SIZES = (20, 16, 8, 4)
 SHAPE = (SIZES[0],)
@@ -290,25 +294,97 @@ def test_make_epoch_fn_checks_its_arguments():
 
 
 # --------------------------------------------------------------------------------------------
-# The study does not move: digests of the pre-serial code (jnn.mlp's activation-string API, git
-# f34eb19), 3 epochs of 2 stacked models per activation and one single model, lr 0.1, batch 32
+# The study does not move: the serial-model training path against an independent copy of the
+# pre-serial code (jnn.mlp's activation-string API and jnn.train's epoch, git f34eb19), both run
+# here, on this machine: 3 epochs of 2 stacked models per activation and one single model, lr 0.1,
+# batch 32. Bit for bit: XLA:CPU emits different code per CPU (two VMs differ at ~1e-7 from epoch
+# 1), so digests recorded on one CPU fail on another, while two programs of the same arithmetic
+# compiled on one machine agree exactly; tests/test_lint.py refuses stored digests of results.
 # --------------------------------------------------------------------------------------------
 
-FROZEN = {  # activation: (history digest, params digest, model 0's last train loss)
-    "relu": ("6de9b0560edbfff9", "d792e08ddd59a2ca", "0x1.25dd7a0000000p+1"),
-    "tanh": ("a7e1090121218935", "5767c43973f7274a", "0x1.246a0a0000000p+1"),
-    "relu-single": ("c3ce30aa78618a1a", "9c277f699de6eda7", "0x1.2573b60000000p+1"),
-}
+
+def _old_value_and_grad(params, x, y, activation):
+    """The pre-serial ``jnn.mlp.manual_value_and_grad``: params a list of {"w", "b"} (one per
+    dense layer), x (B, D), y (B,) int -> ((mean loss, logits (B, C)), grads like params)."""
+    act, caches, h = get_activation(activation), [], x
+    for i, layer in enumerate(params):
+        h, dense_cache = dense_forward(layer, h)
+        act_cache = None
+        if i < len(params) - 1:
+            h, act_cache = act.forward(h)
+        caches.append((dense_cache, act_cache))
+    loss, ce_cache = softmax_cross_entropy(h, one_hot(y, h.shape[-1], h.dtype))
+    grads, d = [None] * len(params), softmax_cross_entropy_backward(ce_cache)
+    for i in reversed(range(len(params))):
+        dense_cache, act_cache = caches[i]
+        if i < len(params) - 1:
+            d = act.backward(act_cache, d)
+        grads[i], d = dense_backward(params[i], dense_cache, d)
+    return (loss, h), grads
 
 
-def _digest(tree) -> str:
-    h = hashlib.sha256()
-    for leaf in jax.tree.leaves(tree):
-        h.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
-    return h.hexdigest()[:16]
+def _old_epoch(state, x, y, *, activation, opt, batch_size):
+    """The pre-serial ``jnn.train.epoch_step``: state (params, opt_state, key, epoch); one
+    permutation per epoch from ``split(key)``, ``lax.scan`` over its full batches."""
+    params, opt_state, key, epoch = state
+    num_batches = x.shape[0] // batch_size
+    key, perm_key = jax.random.split(key)
+    batches = jax.random.permutation(perm_key, x.shape[0])[: num_batches * batch_size]
+
+    def step(carry, idx):
+        params, opt_state = carry
+        (loss, logits), grads = _old_value_and_grad(params, x[idx], y[idx], activation)
+        updates, opt_state = opt.update(grads, opt_state, params)
+        correct = jnp.sum(jnp.argmax(logits, axis=-1) == y[idx])
+        return (optax.apply_updates(params, updates), opt_state), (loss, correct)
+
+    carry, (losses, correct) = jax.lax.scan(
+        step, (params, opt_state), batches.reshape(num_batches, batch_size)
+    )
+    metrics = (jnp.mean(losses), jnp.sum(correct) / (num_batches * batch_size))
+    return (*carry, key, epoch + 1), metrics
 
 
-@pytest.mark.parametrize("case", sorted(FROZEN))
+def _old_evaluate(params, x, y, activation):
+    """The pre-serial ``jnn.train._evaluate``: mean cross-entropy and accuracy on (x, y)."""
+    h = x
+    for i, layer in enumerate(params):
+        h = dense_forward(layer, h)[0]
+        if i < len(params) - 1:
+            h = get_activation(activation).forward(h)[0]
+    loss, _ = softmax_cross_entropy(h, one_hot(y, h.shape[-1], h.dtype))
+    return loss, jnp.mean(jnp.argmax(h, axis=-1) == y)
+
+
+def _old_fit(keys, sizes, activation, stacked, train_data, val_data, epochs):
+    """The pre-serial study: ``init_model_state(s)`` (``init_key, shuffle_key = split(key)``,
+    stacked params drawn in one jitted vmap), then ``epochs`` jitted epochs, each followed by
+    the evaluation. Returns (history {name: (M, epochs) or (epochs,)}, final params list)."""
+    opt = optax.sgd(0.1)
+    if stacked:
+        init_keys, shuffle_keys = jnp.moveaxis(jax.vmap(jax.random.split)(keys), 1, 0)
+        params = jax.jit(jax.vmap(lambda k: init_mlp(k, sizes, "glorot")))(init_keys)
+        state = (params, jax.vmap(opt.init)(params), shuffle_keys, jnp.zeros((len(keys),)))
+    else:
+        init_key, shuffle_key = jax.random.split(keys)
+        params = init_mlp(init_key, sizes, "glorot")
+        state = (params, opt.init(params), shuffle_key, jnp.zeros(()))
+    epoch = functools.partial(_old_epoch, activation=activation, opt=opt, batch_size=32)
+    evaluate = jax.jit(functools.partial(_old_evaluate, activation=activation))
+    if stacked:
+        epoch = jax.vmap(epoch, in_axes=(0, None, None))
+        evaluate = jax.vmap(evaluate, in_axes=(0, None, None))
+    epoch = jax.jit(epoch)
+    history = train.empty_history(epochs, len(keys) if stacked else None)
+    for e in range(epochs):
+        state, metrics = epoch(state, *train_data)
+        row = jax.device_get((*metrics, *evaluate(state[0], *val_data)))
+        for name, value in zip(train.HISTORY_KEYS, row, strict=True):
+            history[name][..., e] = value
+    return history, state[0]
+
+
+@pytest.mark.parametrize("case", ["relu", "relu-single", "tanh"])
 def test_study_mlp_trains_bit_identically_to_the_old_code(case):
     rng = np.random.default_rng(0)
     sizes = (784, 32, 16, 10)
@@ -317,8 +393,8 @@ def test_study_mlp_trains_bit_identically_to_the_old_code(case):
     xv = rng.random((50, 784), dtype=np.float32)
     yv = rng.integers(0, 10, 50).astype(np.int32)
     keys = jnp.stack([jax.random.fold_in(jax.random.PRNGKey(0), i) for i in range(2)])
-    opt, stacked = optax.sgd(0.1), case != "relu-single"
-    model = mlp(sizes, case.split("-")[0], "glorot")
+    opt, stacked, activation = optax.sgd(0.1), case != "relu-single", case.split("-")[0]
+    model = mlp(sizes, activation, "glorot")
     if stacked:
         state = train.init_train_states(keys, model, opt, (784,))
     else:
@@ -331,7 +407,12 @@ def test_study_mlp_trains_bit_identically_to_the_old_code(case):
         eval_fn=train.make_eval_fn(model, stacked=stacked),
         epochs=3,
     )
-    history = [result.history[k] for k in train.HISTORY_KEYS]
-    last = result.history["train_loss"][..., -1].ravel()[0]
-    got = (_digest(history), _digest(result.state.params), float(last).hex())
-    assert got == FROZEN[case]
+    old_keys = keys if stacked else keys[1]
+    history, params = _old_fit(old_keys, sizes, activation, stacked, (x, y), (xv, yv), 3)
+    assert np.isfinite(history["val_loss"]).all() and result.diverged_at is None
+    for name in train.HISTORY_KEYS:
+        np.testing.assert_array_equal(result.history[name], history[name], err_msg=name)
+    new_params = dense_params(result.state.params)
+    assert len(new_params) == len(params) == 3
+    for new, old in zip(jax.tree.leaves(new_params), jax.tree.leaves(params), strict=True):
+        np.testing.assert_array_equal(new, old)
