@@ -129,6 +129,11 @@ _LOCKS: dict[Path, int] = {}  # folder -> open fd holding its lock (released by 
 _CREATED: set[Path] = set()  # folders this process created (removed again if left as stubs)
 
 
+def _not_bookkeeping(entry: Path) -> bool:
+    """Anything but jnn's marker or lock as a plain file (a folder named .jnn-run is data)."""
+    return entry.name not in BOOKKEEPING or entry.is_symlink() or not entry.is_file()
+
+
 def check_run_dir(
     out: str | os.PathLike,
     *,
@@ -140,7 +145,11 @@ def check_run_dir(
 
     A non-empty folder is refused unless ``resume`` (continue it) or ``overwrite`` (replace it);
     ``overwrite`` replaces only a folder that jnn made (it holds the ``.jnn-run`` marker): any
-    other non-empty folder is the user's, and jnn never deletes it.
+    other non-empty folder is the user's, and jnn never deletes it. The marker alone makes a
+    folder ours: a ``.jnn-lock`` proves nothing (anyone can create one, a copied or synced folder
+    can carry one), so ``thesis.txt`` beside a lock is still the user's. A folder holding nothing
+    but jnn's bookkeeping (say the lock of a run killed before it wrote its marker) counts as
+    empty: using it deletes nothing.
     """
     path = Path(out).expanduser().resolve()
     if path.exists() and not path.is_dir():
@@ -148,10 +157,9 @@ def check_run_dir(
     blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
     if blocker is not None:
         raise RunDirError(f"--out {path} lies under {blocker}, which is a file; pass another --out")
-    if not (path.is_dir() and any(path.iterdir())):
+    if not (path.is_dir() and any(_not_bookkeeping(p) for p in path.iterdir())):
         return path
-    ours = (path / RUN_MARKER).is_file() or (path / LOCK_FILE).is_file()
-    if overwrite and not ours:
+    if overwrite and not (path / RUN_MARKER).is_file():
         raise RunDirError(
             f"--overwrite refused: {path} holds files that are not a jnn run (no {RUN_MARKER} "
             "marker), and jnn never deletes files it did not make; pass another --out"

@@ -169,6 +169,8 @@ CASES = [
          (t / "out" / "run.json").write_text("[1, 2]") and [*sweep()(t, d), "--resume"],
          "is unreadable"),
     Case("overwrite-users-folder", users_folder("--overwrite"), "never deletes files"),
+    Case("overwrite-users-folder-with-a-lock", lambda t, d: (users_folder("--overwrite")(t, d),
+         (t / "out" / report.LOCK_FILE).touch())[0], "never deletes files"),
     Case("out-under-a-file", out_under_file, "which is a file"),
     vgg_case("vgg-nan-lr", ("--lr", "nan"), "--lr must be a finite number > 0"),
     vgg_case("vgg-inf-lr", ("--lr", "inf"), "--lr must be a finite number > 0"),
@@ -234,7 +236,13 @@ def test_unknown_flag_exits_by_argparse(capsys):
     assert exc.value.code == 2
 
 
-SUBPROCESS = ["missing-data-dir", "unknown-activation", "truncated-gz", "out-holds-another-run"]
+SUBPROCESS = [
+    "missing-data-dir",
+    "unknown-activation",
+    "truncated-gz",
+    "out-holds-another-run",
+    "overwrite-users-folder-with-a-lock",
+]
 
 
 @pytest.mark.parametrize("case_id", SUBPROCESS)
