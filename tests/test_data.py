@@ -2,8 +2,10 @@
 
 import gzip
 import hashlib
+import inspect
 import pathlib
 import socket
+import stat
 import sys
 
 import numpy as np
@@ -23,6 +25,7 @@ from jnn.data import (
     FashionMNIST,
     Splits,
     default_data_dir,
+    load_dataset,
     load_fashion_mnist,
     load_splits,
     split,
@@ -243,6 +246,8 @@ def test_download_into_default_cache(tmp_path, mirror, fashion, monkeypatch):
     assert_same(load_fashion_mnist(), fashion)
     cache = tmp_path / "cache" / "jnn" / "fashion-mnist"
     assert sorted(p.name for p in cache.iterdir()) == sorted(FILES)  # no temp files left
+    for path in cache.iterdir():  # readable by the group (issue 21), not mkstemp's 0600
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
     assert_same(load_fashion_mnist(download=False), fashion)  # second call: no network needed
 
 
@@ -402,13 +407,18 @@ def test_seed_alias_gives_identical_indices(fashion, seed, stratify):
         assert x.dtype == y.dtype and x.tobytes() == y.tobytes()
 
 
-# sha256 of the concatenated int64 indices, recorded with the code before the "original"
-# protocols were added: existing run folders name their split, so these must never move.
+# sha256 of the concatenated int64 indices: existing run folders name their split, so these must
+# never move. pooled70k and official recorded with the code before the "original" protocols were
+# added; the "original" ones with the code before the dataset registry (commit e950a73).
 FROZEN = {
     ("pooled70k", False, 0): "57ffb78e5b579a98",
     ("pooled70k", True, 3): "4180852706439142",
     ("official", False, 0): "3d34fcb272f5947f",
     ("official", True, 3): "b3df502ff1b631fa",
+    ("original", False, 0): "59e1bc0a74d74086",
+    ("original", True, 3): "493958bdc919258f",
+    ("original-vgg", False, 0): "7cdbc934f7451e7a",
+    ("original-vgg", True, 2): "9c62f3f29ea74b17",
 }
 
 
@@ -417,6 +427,60 @@ def test_existing_protocols_give_the_indices_they_always_gave(fashion, key):
     protocol, stratify, seed = key
     idx = split_indices(fashion, protocol, seed=seed, stratify=stratify)
     assert index_digest(idx)[:16] == FROZEN[key]
+
+
+def read_idx(path: pathlib.Path) -> np.ndarray:
+    """The IDX layout read without jnn: magic (byte 3 = number of dims), big-endian uint32 dims,
+    then unsigned bytes."""
+    raw = gzip.decompress(path.read_bytes())
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(raw[3])]
+    return np.frombuffer(raw[4 + 4 * raw[3] :], np.uint8).reshape(dims)
+
+
+@pytest.fixture(scope="module")
+def idx_reference(fashion_dir) -> list[np.ndarray]:
+    return [read_idx(fashion_dir / name) for name in FILES]
+
+
+def test_fashion_mnist_entry_reads_what_a_plain_idx_reader_reads(fashion_dir, idx_reference):
+    official = load_dataset("fashion_mnist", fashion_dir, download=False)
+    for got, want, dtype in zip(official, idx_reference, [np.uint8, np.int32] * 2):
+        assert got.dtype == dtype and got.tobytes() == want.astype(dtype).tobytes()
+    assert_same(load_fashion_mnist(fashion_dir, download=False), official)
+    assert_same(load_dataset(data.FASHION_MNIST, fashion_dir, download=False), official)
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        ("original", False, 0),
+        ("original-vgg", True, 2),
+        ("pooled70k", True, 3),
+        ("official", False, 0),
+    ],
+    ids=str,
+)
+def test_fashion_mnist_splits_as_before_the_registry(fashion_dir, fashion, idx_reference, key):
+    """Through the registry, Fashion-MNIST gives the arrays it always gave: the official files
+    as a plain IDX reader sees them, cut at the pinned indices (FROZEN), then scaled."""
+    protocol, stratify, seed = key
+    idx = split_indices(fashion, protocol, seed=seed, stratify=stratify)
+    assert index_digest(idx)[:16] == FROZEN[key]
+    images = np.concatenate([idx_reference[0], idx_reference[2]]).reshape(-1, 784)
+    labels = np.concatenate([idx_reference[1], idx_reference[3]]).astype(np.int32)
+    dataset = "fashion_mnist" if stratify else data.FASHION_MNIST  # a name or the entry
+    s = load_splits(
+        protocol,
+        dataset=dataset,
+        seed=seed,
+        stratify=stratify,
+        data_dir=fashion_dir,
+        download=False,
+    )
+    for i, x, y in zip(idx, s[0::2], s[1::2]):
+        assert x.dtype == np.float32 and x.shape == (len(i), 784)
+        assert x.tobytes() == (images[i].astype(np.float32) / np.float32(255)).tobytes()
+        assert y.dtype == np.int32 and y.tobytes() == labels[i].tobytes()
 
 
 def assert_one_line_input_error(excinfo: pytest.ExceptionInfo, *needles: str) -> None:
@@ -493,8 +557,21 @@ def test_load_splits(fashion_dir, fashion):
     assert s.y_train.dtype == np.int32
     ref = split(fashion, "official", seed=1, stratify=True)
     np.testing.assert_array_equal(s.x_val, to_float(ref.x_val))
-    raw = load_splits(data_dir=fashion_dir, download=False, as_float=False, flatten=False)
+    raw = load_splits(
+        "pooled70k", data_dir=fashion_dir, download=False, as_float=False, flatten=False
+    )
     assert raw.x_test.shape == (7_000, 28, 28) and raw.x_test.dtype == np.uint8
+
+
+def test_load_splits_defaults_to_the_studys_split(fashion_dir):
+    """No protocol: "original" (issue 21), so the official test images never reach training."""
+    default = load_splits(data_dir=fashion_dir, download=False, as_float=False)
+    explicit = load_splits("original", data_dir=fashion_dir, download=False, as_float=False)
+    assert tuple(len(y) for y in default[1::2]) == SIZES["original"]
+    for a, b in zip(default, explicit):
+        assert a.tobytes() == b.tobytes()
+    assert inspect.signature(split).parameters["protocol"].default == "original"
+    assert inspect.signature(split_indices).parameters["protocol"].default == "original"
 
 
 # --------------------------------------------------------------------------- tfds
