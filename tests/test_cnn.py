@@ -47,8 +47,8 @@ def test_bad_flags_are_one_line_errors(argv, message, capsys, tmp_path):
 
 @pytest.mark.parametrize("strides, padding, n", [((2, 2), "SAME", 9), ((2, 1), "VALID", 8)])
 def test_explicit_transpose_kernel_gradient_is_bit_identical(strides, padding, n):
-    """The layer's kernel gradient (explicit transposes, so XLA:CPU's convolution stays canonical
-    inside loops) gives exactly the bits of the swapped-dimension conv it replaced."""
+    """The "conv" lowering's kernel gradient (explicit transposes, so XLA:CPU's convolution stays
+    canonical inside loops) gives exactly the bits of the swapped-dimension conv it replaced."""
     import jax
     import jax.numpy as jnp
 
@@ -58,7 +58,7 @@ def test_explicit_transpose_kernel_gradient_is_bit_identical(strides, padding, n
 
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal((3, n, n + 1, 2)), jnp.float32)
-    layer = Conv2D(4, 3, strides=strides, padding=padding)
+    layer = Conv2D(4, 3, strides=strides, padding=padding, lowering="conv")
     params = {"w": jnp.asarray(rng.standard_normal((3, 3, 2, 4)), jnp.float32), "b": jnp.zeros(4)}
     geo = [axis_geometry(m, 3, s, padding) for m, s in zip(x.shape[1:3], strides)]
     pads = tuple(g[1:3] for g in geo)

@@ -1,6 +1,8 @@
-"""Conv2D: the hand-written input gradient (transposed convolution) and kernel gradient
-(correlation of x with dy) equal jax.vjp of the forward, for odd sizes, strides > 1, SAME and
-VALID (including trailing rows no window covers), float32 and float64."""
+"""Conv2D: the hand-written input gradient and kernel gradient equal jax.vjp of the forward, for
+odd sizes, strides > 1, SAME and VALID (including trailing rows no window covers), float32 and
+float64, in every lowering: "conv" (transposed convolution, correlation of x with dy), "gemm"
+(im2col, P^T dy, col2im; also chunked over the batch with a padded last chunk) and "auto"; and
+the lowerings agree with each other to float rounding."""
 
 import jax
 import jax.numpy as jnp
@@ -9,22 +11,26 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jnn.layers import Conv2D
-from jnn.layers.conv import axis_geometry
-from tests.layer_checks import jit_vjp_check
+from jnn.core import serial
+from jnn.layers import Conv2D, MaxPool2D, ReLU
+from jnn.layers import conv as conv_module
+from jnn.layers.conv import axis_geometry, batch_chunk, conv_plan, conv_plans
+from tests.gradcheck import assert_tree_close
+from tests.layer_checks import jit_vjp_check, random_params
 
 DTYPES = [jnp.float32, jnp.float64]
 
 
-def check(h, w, c, f, k, s, padding, dtype, seed=0):
+def check(h, w, c, f, k, s, padding, dtype, seed=0, lowering="auto", batch=2):
     with jax.enable_x64(dtype == jnp.float64):
-        x = jnp.asarray(np.random.default_rng(seed).standard_normal((2, h, w, c)), dtype)
-        layer = Conv2D(f, k, s, padding)
+        x = jnp.asarray(np.random.default_rng(seed).standard_normal((batch, h, w, c)), dtype)
+        layer = Conv2D(f, k, s, padding, lowering=lowering)
         y, dparams, dx = jit_vjp_check(layer, x, seed=seed)
         assert dx.shape == x.shape and dparams["w"].shape == (*k, c, f)
         return y
 
 
+@pytest.mark.parametrize("lowering", ["conv", "gemm"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize(
     "h, w, k, s, padding",
@@ -35,8 +41,8 @@ def check(h, w, c, f, k, s, padding, dtype, seed=0):
         (9, 5, (4, 4), (3, 1), "SAME"),  # even kernel: padding split unevenly
     ],
 )
-def test_backward_equals_vjp(h, w, k, s, padding, dtype):
-    check(h, w, 3, 4, k, s, padding, dtype)
+def test_backward_equals_vjp(h, w, k, s, padding, dtype, lowering):
+    check(h, w, 3, 4, k, s, padding, dtype, lowering=lowering)
 
 
 @settings(max_examples=8, deadline=None, derandomize=True)
@@ -47,9 +53,69 @@ def test_backward_equals_vjp(h, w, k, s, padding, dtype):
     s=st.integers(1, 3),
     padding=st.sampled_from(["SAME", "VALID"]),
     dtype=st.sampled_from(DTYPES),
+    lowering=st.sampled_from(["auto", "conv", "gemm"]),
 )
-def test_backward_equals_vjp_hypothesis(h, w, k, s, padding, dtype):
-    check(h, w, 2, 3, (k, k), (s, s), padding, dtype, seed=h * 10 + w)
+def test_backward_equals_vjp_hypothesis(h, w, k, s, padding, dtype, lowering):
+    check(h, w, 2, 3, (k, k), (s, s), padding, dtype, seed=h * 10 + w, lowering=lowering)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_chunked_gemm_with_padded_last_chunk_equals_vjp(monkeypatch, dtype):
+    """A patch budget of two examples splits a batch of 5 into 3 chunks (the last padded with a
+    zero example): forward, dx and dw still equal jax.vjp of the forward."""
+    k, s, oh, ow, c = (3, 2), (2, 1), 4, 7, 3
+    monkeypatch.setattr(
+        conv_module, "PATCH_BUDGET_BYTES", 2 * oh * ow * 6 * c * np.dtype(dtype).itemsize
+    )
+    plan = conv_plan("gemm", (5, 7, 7, c), (*k, c, 4), (oh, ow), dtype)
+    assert (plan.chunk, plan.chunks) == (2, 3)
+    check(7, 7, c, 4, k, s, "SAME", dtype, lowering="gemm", batch=5)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("k, s, padding", [((3, 3), (1, 1), "SAME"), ((3, 2), (2, 3), "VALID")])
+def test_lowerings_agree(monkeypatch, k, s, padding, dtype):
+    """y, dparams and dx of "conv", "gemm" (whole batch and chunked) and "auto" agree to float
+    rounding (the gradient-check tolerance) on the same params, input and cotangent."""
+    with jax.enable_x64(dtype == jnp.float64):
+        rng = np.random.default_rng(7)
+        x = jnp.asarray(rng.standard_normal((3, 9, 8, 5)), dtype)
+        layers = {
+            name: Conv2D(6, k, s, padding, lowering=name) for name in ("conv", "gemm", "auto")
+        }
+        params, _ = random_params(layers["conv"], x.shape[1:], dtype, seed=1)
+
+        def run(layer):
+            y, cache, _ = layer.forward(params, (), x)
+            return y, layer.backward(params, cache, jnp.cos(y))
+
+        got = {name: jax.jit(run, static_argnums=0)(layer) for name, layer in layers.items()}
+        monkeypatch.setattr(conv_module, "PATCH_BUDGET_BYTES", 1)  # one example per chunk
+        got["gemm_chunked"] = jax.jit(run, static_argnums=0)(layers["gemm"])
+        for name, value in got.items():
+            assert_tree_close(value, got["conv"], dtype, f"{name} vs conv")
+
+
+def test_auto_rule_and_plans():
+    """auto on CPU: dw by GEMM everywhere, forward and dx by GEMM only on maps of at most
+    SMALL_MAP positions; off CPU every pass a conv. conv_plans names each layer's choice and
+    its chunking, and the patch bytes stay within the budget (or one example)."""
+    assert conv_module.auto_passes((14, 14), "cpu") == ("conv", "conv", "gemm")
+    assert conv_module.auto_passes((4, 4), "cpu") == ("gemm", "gemm", "gemm")
+    assert conv_module.auto_passes((2, 2), "gpu") == ("conv", "conv", "conv")
+    assert batch_chunk(128, 225_792, 4 * 2**20) == 16  # 18 fit: 8 chunks, evened out to 16
+    assert batch_chunk(5, 10, 20) == 2 and batch_chunk(3, 100, 1) == 1
+    model = serial(Conv2D(8, 3), ReLU, MaxPool2D(2), Conv2D(4, 3, lowering="conv"))
+    assert "lowering=auto" in model.name and "lowering=conv" in model.name
+    plans = conv_plans(model, (12, 12, 3), batch=64)
+    assert [p["layer"] for p in plans] == [Conv2D(8, 3).name, Conv2D(4, 3, lowering="conv").name]
+    first, second = plans
+    assert (first["input_shape"], first["output_shape"]) == ((12, 12, 3), (12, 12, 8))
+    assert (first["forward"], first["input_grad"], first["kernel_grad"]) == ("conv", "conv", "gemm")
+    assert (
+        first["patch_bytes"] == first["chunk"] * 12 * 12 * 27 * 4 <= conv_module.PATCH_BUDGET_BYTES
+    )
+    assert (second["forward"], second["kernel_grad"], second["patch_bytes"]) == ("conv", "conv", 0)
 
 
 @pytest.mark.parametrize(
@@ -80,3 +146,19 @@ def test_shapes_init_and_errors():
         Conv2D(2, 5, padding="VALID").init(jax.random.key(0), (4, 4, 1))
     with pytest.raises(ValueError, match="positive"):
         Conv2D(0, 3)
+    with pytest.raises(ValueError, match="lowering"):
+        Conv2D(8, 3, lowering="fft")
+
+
+def test_gemm_lowering_has_no_convolution():
+    """ "gemm" really is patches + dots: no convolution primitive in forward or backward (the
+    patches come from strided slices, not from conv_general_dilated_patches)."""
+    layer = Conv2D(4, 3, strides=2, lowering="gemm")
+    params, _ = random_params(layer, (7, 7, 3), np.float32)
+
+    def step(x):
+        y, cache, _ = layer.forward(params, (), x)
+        return layer.backward(params, cache, y)
+
+    jaxpr = str(jax.make_jaxpr(step)(jnp.ones((2, 7, 7, 3))))
+    assert "conv_general_dilated" not in jaxpr and "dot_general" in jaxpr

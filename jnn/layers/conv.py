@@ -1,15 +1,16 @@
-"""2-D convolution (NHWC input, HWIO kernel, bias) with a hand-written backward.
+"""2-D convolution (NHWC input, HWIO kernel, bias) with a hand-written backward, in two lowerings.
 
-    layer = Conv2D(32, 3, strides=1, padding="SAME", init="he")
+    layer = Conv2D(32, 3, strides=1, padding="SAME", init="he", lowering="auto")
     out_shape, params, state = layer.init(key, (28, 28, 1))  # params {"w": (3,3,1,32), "b": (32,)}
     y, cache, state = layer.forward(params, state, x)          # x (B,28,28,1) -> y (B,28,28,32)
-    dparams, dx = layer.backward(params, cache, dy)
+    dparams, dx = layer.backward(params, cache, dy)            # the cache is x in every lowering
 
-All three passes are ``lax.conv_general_dilated`` calls with explicit padding. Per spatial axis,
-with input size n, kernel k, stride s and the forward padding (lo, hi):
+Per spatial axis, with input size n, kernel k, stride s and the forward padding (lo, hi):
 
     out = (n + lo + hi - k) // s + 1           rows the windows cover: (out - 1) * s + k
     r   = n + lo + hi - ((out - 1) * s + k)    trailing padded rows no window reaches (0 <= r < s)
+
+**"conv"**: all three passes are ``lax.conv_general_dilated`` calls with explicit padding.
 
 * dx is the transposed convolution: dy dilated by s (``lhs_dilation``: s - 1 zeros between
   rows) convolved with the spatially flipped kernel, in/out channels swapped, padded
@@ -18,13 +19,40 @@ with input size n, kernel k, stride s and the forward padding (lo, hi):
 * dw is a correlation of the input with dy: x with its batch and channel axes exchanged (batch
   becomes the contraction) against dy used as a kernel dilated by s (``rhs_dilation``), padding
   (lo, hi - r) so the r uncovered rows are cut off; the output has exactly k rows.
-* db sums dy over batch and space.
+
+**"gemm"**: im2col. The patch matrix P (B*H'*W', kh*kw*C), taps row-major then channels (so the
+kernel is ``w.reshape(kh*kw*C, F)`` without a transpose), is built from kh*kw strided slices of
+the zero-padded x; then one dot per pass: y = P w, dw = P^T dy, and dx = col2im(dy w^T), where
+col2im adds each tap's (B, H', W', C) slice of dP back at the rows it was read from (``lax.pad``
+with interior padding s - 1; negative padding crops the forward padding). col2im was measured
+faster than the alternative GEMM of the flipped kernel over the dilated, padded dy's patches
+(whose patch matrix has F instead of C channels per tap and costs a second im2col).
+A patch matrix is k^2 times the input, so each GEMM pass runs over batch chunks of at most
+``PATCH_BUDGET_BYTES`` of patches (``lax.map`` / ``lax.scan``; the batch is zero-padded to whole
+chunks, which adds nothing to dw). Chunking is also a speed measure on XLA:CPU: a fresh
+multi-MB temporary costs page faults on every call (a 29 MB patch matrix took ~15 ms to write
+unchunked, 16 chunks of 1.8 MB ~6 ms in all).
+
+**"auto"** (the default) picks a lowering per pass at trace time (:func:`auto_passes`): on CPU the
+kernel gradient is always a GEMM (XLA:CPU runs the kernel-gradient conv as a big-kernel
+convolution over a k x k output, measured 1.5-3x slower than the chunked GEMM on the CNN's
+layers), and the forward and input gradient are GEMMs on maps of at most ``SMALL_MAP`` output
+positions (XLA:CPU's convolution is pathologically slow there: block5 of VGG16 at 32x32 inputs,
+2x2x512 -> 512 at batch 64, took seconds as a conv, milliseconds as a matmul) and convs above it
+(XLA:CPU's own convolution beats im2col there: it needs no patch matrix). On any other backend
+(GPU: cuDNN) every pass stays a conv. :func:`conv_plans` reports what each Conv2D of a model
+does: the passes' lowerings, the chunking and the peak patch bytes.
+db sums dy over batch and space in every lowering.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+import math
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
 
+import jax
 import jax.numpy as jnp
 from jax import Array, lax
 
@@ -36,6 +64,9 @@ ConvParams = dict[str, Array]
 Pads = tuple[tuple[int, int], tuple[int, int]]
 _DN = ("NHWC", "HWIO", "NHWC")
 PADDINGS = ("SAME", "VALID")
+LOWERINGS = ("auto", "conv", "gemm")
+PATCH_BUDGET_BYTES = 4 * 2**20  # most bytes of patch matrix one GEMM chunk holds (>= 1 example)
+SMALL_MAP = 16  # output positions H' * W' up to which "auto" lowers forward and dx to GEMMs on CPU
 
 
 def axis_geometry(n: int, k: int, s: int, padding: str) -> tuple[int, int, int, int]:
@@ -55,6 +86,16 @@ def axis_geometry(n: int, k: int, s: int, padding: str) -> tuple[int, int, int, 
     return out, lo, hi, r
 
 
+def axis_geometry_from_pads(n: int, k: int, s: int, pad: tuple[int, int]) -> tuple[int, int, int]:
+    """(lo, hi, r) for one axis from its explicit forward padding (r as in axis_geometry)."""
+    lo, hi = pad
+    out = (n + lo + hi - k) // s + 1
+    return lo, hi, n + lo + hi - ((out - 1) * s + k)
+
+
+# ------------------------------------------------------------------------ the "conv" lowering
+
+
 def conv_forward(
     params: ConvParams, x: Array, strides: tuple[int, int], pads: Pads
 ) -> tuple[Array, Array]:
@@ -63,29 +104,29 @@ def conv_forward(
     return y + params["b"], x
 
 
-def conv_backward(
-    params: ConvParams, x: Array, dy: Array, strides: tuple[int, int], pads: Pads
-) -> tuple[ConvParams, Array]:
-    """(dparams, dx) for dy: (B, H', W', F) as described in the module docstring."""
-    w = params["w"]
+def conv_input_grad(w: Array, dy: Array, x_hw: tuple[int, int], strides, pads: Pads) -> Array:
+    """dx (B, H, W, C): the transposed convolution with the flipped, channel-swapped kernel."""
     kh, kw = w.shape[:2]
-    geo = [
-        axis_geometry_from_pads(n, k, s, p)
-        for n, k, s, p in zip(x.shape[1:3], (kh, kw), strides, pads)
-    ]
-    # Input gradient: transposed convolution with the flipped, channel-swapped kernel.
+    geo = [axis_geometry_from_pads(n, k, s, p) for n, k, s, p in zip(x_hw, (kh, kw), strides, pads)]
     w_t = jnp.flip(w, axis=(0, 1)).transpose(0, 1, 3, 2)  # (kh, kw, F, C)
     dx_pads = [(k - 1 - lo, k - 1 - hi + r) for k, (lo, hi, r) in zip((kh, kw), geo)]
-    dx = lax.conv_general_dilated(
+    return lax.conv_general_dilated(
         dy, w_t, (1, 1), dx_pads, lhs_dilation=strides, dimension_numbers=_DN
     )
-    # Kernel gradient: batch is the contraction axis; dy acts as a stride-dilated kernel. The
-    # transposes are explicit: x^T (C, H, W, B) are the "images", dy^T (H', W', B, F) the
-    # "kernel", the (C, kh, kw, F) result goes back to (kh, kw, C, F). Written as one conv with
-    # dimension numbers (CHWN, IHWO, HWNC) it gives the same bits, but XLA:CPU canonicalizes
-    # such a conv only outside loops: inside lax.scan it ran ~30x slower (results/cnn/scan_probe).
+
+
+def conv_kernel_grad(x: Array, dy: Array, ksize: tuple[int, int], strides, pads: Pads) -> Array:
+    """dw (kh, kw, C, F). Batch is the contraction axis; dy acts as a stride-dilated kernel. The
+    transposes are explicit: x^T (C, H, W, B) are the "images", dy^T (H', W', B, F) the "kernel",
+    the (C, kh, kw, F) result goes back to (kh, kw, C, F). Written as one conv with dimension
+    numbers (CHWN, IHWO, HWNC) it gives the same bits, but XLA:CPU canonicalizes such a conv only
+    outside loops: inside lax.scan it ran ~30x slower (results/cnn/scan_probe)."""
+    geo = [
+        axis_geometry_from_pads(n, k, s, p)
+        for n, k, s, p in zip(x.shape[1:3], ksize, strides, pads)
+    ]
     dw_pads = [(lo, hi - r) for lo, hi, r in geo]
-    dw = lax.conv_general_dilated(
+    return lax.conv_general_dilated(
         x.transpose(3, 1, 2, 0),
         dy.transpose(1, 2, 0, 3),
         (1, 1),
@@ -93,14 +134,233 @@ def conv_backward(
         rhs_dilation=strides,
         dimension_numbers=_DN,
     ).transpose(1, 2, 0, 3)
+
+
+def conv_backward(
+    params: ConvParams, x: Array, dy: Array, strides: tuple[int, int], pads: Pads
+) -> tuple[ConvParams, Array]:
+    """(dparams, dx) for dy: (B, H', W', F), every pass a convolution (module docstring)."""
+    w = params["w"]
+    dx = conv_input_grad(w, dy, x.shape[1:3], strides, pads)
+    dw = conv_kernel_grad(x, dy, w.shape[:2], strides, pads)
     return {"w": dw, "b": jnp.sum(dy, axis=(0, 1, 2))}, dx
 
 
-def axis_geometry_from_pads(n: int, k: int, s: int, pad: tuple[int, int]) -> tuple[int, int, int]:
-    """(lo, hi, r) for one axis from its explicit forward padding (r as in axis_geometry)."""
-    lo, hi = pad
-    out = (n + lo + hi - k) // s + 1
-    return lo, hi, n + lo + hi - ((out - 1) * s + k)
+# ------------------------------------------------------------------------ the "gemm" lowering
+
+
+def im2col(x: Array, ksize: tuple[int, int], strides, pads: Pads) -> Array:
+    """(B, H, W, C) -> patches (B, H', W', kh*kw*C): entry (b, i, j, (p*kw + q)*C + c) is the
+    zero-padded x[b, i*s + p, j*s + q, c], so ``patches @ w.reshape(kh*kw*C, F)`` is the conv."""
+    (kh, kw), (sh, sw) = ksize, strides
+    xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+    oh, ow = (xp.shape[1] - kh) // sh + 1, (xp.shape[2] - kw) // sw + 1
+    taps = [
+        xp[:, p : p + (oh - 1) * sh + 1 : sh, q : q + (ow - 1) * sw + 1 : sw, :]
+        for p in range(kh)
+        for q in range(kw)
+    ]
+    return taps[0] if len(taps) == 1 else jnp.concatenate(taps, axis=-1)
+
+
+def _tap_pad(tap: int, lo: int, s: int, out: int, n: int) -> tuple[int, int, int]:
+    """lax.pad config putting one tap's (out,) slice where im2col read it on an axis of n rows:
+    its first row lands at tap - lo, the next s rows later (interior s - 1); negative ends crop
+    the forward padding, the rest is zero."""
+    low = tap - lo
+    return low, n - low - ((out - 1) * s + 1), s - 1
+
+
+def col2im(dpatches: Array, x_hw: tuple[int, int], ksize: tuple[int, int], strides, pads) -> Array:
+    """The transpose of :func:`im2col`: (B, H', W', kh*kw*C) -> dx (B, H, W, C), each tap's
+    gradient added back at the input rows it was read from (padding rows dropped)."""
+    (kh, kw), (h, w) = ksize, x_hw
+    _, oh, ow, k = dpatches.shape
+    c = k // (kh * kw)
+    zero = jnp.zeros((), dpatches.dtype)
+    dx = None
+    for t in range(kh * kw):
+        p, q = divmod(t, kw)
+        config = [
+            (0, 0, 0),
+            _tap_pad(p, pads[0][0], strides[0], oh, h),
+            _tap_pad(q, pads[1][0], strides[1], ow, w),
+            (0, 0, 0),
+        ]
+        part = lax.pad(dpatches[..., t * c : (t + 1) * c], zero, config)
+        dx = part if dx is None else dx + part
+    return dx
+
+
+def _chunked(a: Array, chunk: int, chunks: int) -> Array:
+    """(B, ...) -> (chunks, chunk, ...), the batch zero-padded to chunks * chunk."""
+    extra = chunk * chunks - a.shape[0]
+    if extra:
+        a = jnp.pad(a, ((0, extra),) + ((0, 0),) * (a.ndim - 1))
+    return a.reshape(chunks, chunk, *a.shape[1:])
+
+
+def map_batch(fn: Callable[..., Array], chunk: int, *arrays: Array) -> Array:
+    """``fn`` (batch-wise) over batch chunks of ``chunk`` examples, one ``lax.map`` step each, the
+    results concatenated back to the batch: peak temporaries of ``fn`` are those of one chunk."""
+    batch = arrays[0].shape[0]
+    chunks = -(-batch // chunk)
+    if chunks == 1:
+        return fn(*arrays)
+    out = lax.map(lambda xs: fn(*xs), tuple(_chunked(a, chunk, chunks) for a in arrays))
+    return out.reshape(-1, *out.shape[2:])[:batch]
+
+
+def sum_batch(fn: Callable[..., Array], chunk: int, *arrays: Array) -> Array:
+    """sum over batch chunks of ``fn(*chunk_arrays)`` (one ``lax.scan`` step each; the zero rows
+    padding the last chunk must add nothing, as they do to a kernel gradient)."""
+    batch = arrays[0].shape[0]
+    chunks = -(-batch // chunk)
+    if chunks == 1:
+        return fn(*arrays)
+    parts = tuple(_chunked(a, chunk, chunks) for a in arrays)
+    like = jax.eval_shape(fn, *(p[0] for p in parts))
+    zero = jnp.zeros(like.shape, like.dtype)
+    return lax.scan(lambda acc, xs: (acc + fn(*xs), None), zero, parts)[0]
+
+
+def gemm_forward(w: Array, b: Array | None, x: Array, strides, pads: Pads, chunk: int) -> Array:
+    """y = im2col(x) @ w.reshape(kh*kw*C, F) (+ b): x (B, H, W, C) -> y (B, H', W', F)."""
+    wm = w.reshape(-1, w.shape[-1])
+
+    def one(xc: Array) -> Array:
+        y = jnp.dot(im2col(xc, w.shape[:2], strides, pads), wm)
+        return y if b is None else y + b
+
+    return map_batch(one, chunk, x)
+
+
+def gemm_kernel_grad(x: Array, dy: Array, ksize: tuple[int, int], strides, pads, chunk: int):
+    """dw = P^T dy (kh*kw*C, B*H'*W') x (B*H'*W', F), reshaped to (kh, kw, C, F)."""
+    f = dy.shape[-1]
+
+    def one(xc: Array, dyc: Array) -> Array:
+        p = im2col(xc, ksize, strides, pads)
+        return jnp.dot(p.reshape(-1, p.shape[-1]).T, dyc.reshape(-1, f))
+
+    return sum_batch(one, chunk, x, dy).reshape(*ksize, x.shape[-1], f)
+
+
+def gemm_input_grad(w: Array, dy: Array, x_hw: tuple[int, int], strides, pads, chunk: int):
+    """dx = col2im(dy @ w.reshape(kh*kw*C, F)^T): dy (B, H', W', F) -> (B, H, W, C)."""
+    wm = w.reshape(-1, w.shape[-1])
+
+    def one(dyc: Array) -> Array:
+        return col2im(jnp.dot(dyc, wm.T), x_hw, w.shape[:2], strides, pads)
+
+    return map_batch(one, chunk, dy)
+
+
+# ------------------------------------------------------------------- choosing and reporting
+
+
+class ConvPlan(NamedTuple):
+    """How one Conv2D call runs: each pass's lowering ("conv" or "gemm"), the batch chunking of
+    its GEMM passes and the bytes of the largest patch matrix they hold at once (0: no GEMM)."""
+
+    lowering: str  # what the layer asked for: "auto", "conv" or "gemm"
+    forward: str
+    input_grad: str
+    kernel_grad: str
+    backend: str
+    chunk: int  # examples per GEMM chunk
+    chunks: int
+    patch_bytes: int
+
+    def passes(self) -> str:
+        """E.g. ``"fwd conv, dx conv, dw gemm"``."""
+        return f"fwd {self.forward}, dx {self.input_grad}, dw {self.kernel_grad}"
+
+
+def auto_passes(out_hw: tuple[int, int], backend: str) -> tuple[str, str, str]:
+    """The rule of ``lowering="auto"``: (forward, input_grad, kernel_grad) lowerings for an
+    output map ``out_hw`` on ``backend`` (``jax.default_backend()``). Off CPU all "conv" (cuDNN);
+    on CPU dw is always "gemm", forward and dx are "gemm" when H' * W' <= ``SMALL_MAP``, else
+    "conv" (measurements in the module docstring and the benchmark's CNN/VGG sections)."""
+    if backend != "cpu":
+        return "conv", "conv", "conv"
+    small = "gemm" if out_hw[0] * out_hw[1] <= SMALL_MAP else "conv"
+    return small, small, "gemm"
+
+
+def batch_chunk(batch: int, bytes_per_example: int, budget: int | None = None) -> int:
+    """Examples per GEMM chunk: as many as fit ``budget`` bytes of patches (at least one), then
+    evened out over the chunks that needs, so the zero padding of the last chunk is minimal.
+    ``budget`` defaults to ``PATCH_BUDGET_BYTES``."""
+    budget = PATCH_BUDGET_BYTES if budget is None else budget  # read at trace time
+    fit = max(1, min(batch, budget // max(bytes_per_example, 1)))
+    chunks = -(-batch // fit)
+    return -(-batch // chunks)
+
+
+def conv_plan(
+    lowering: str,
+    x_shape: Shape,
+    w_shape: Shape,
+    out_hw: tuple[int, int],
+    dtype: Any,
+    backend: str | None = None,
+) -> ConvPlan:
+    """The :class:`ConvPlan` of a conv of kernel ``w_shape`` (kh, kw, C, F) on a batch
+    ``x_shape`` (B, H, W, C) with output map ``out_hw``; ``backend`` defaults to JAX's."""
+    backend = backend or jax.default_backend()
+    passes = auto_passes(out_hw, backend) if lowering == "auto" else (lowering,) * 3
+    batch = int(x_shape[0])
+    per_example = math.prod(out_hw) * math.prod(w_shape[:3]) * jnp.dtype(dtype).itemsize
+    chunk = batch_chunk(batch, per_example)
+    patch_bytes = chunk * per_example if "gemm" in passes else 0
+    return ConvPlan(lowering, *passes, backend, chunk, -(-batch // chunk), patch_bytes)
+
+
+_PLAN_LOGS: list[list[dict[str, Any]]] = []
+
+
+@contextlib.contextmanager
+def record_plans() -> Iterator[list[dict[str, Any]]]:
+    """Collect a dict per Conv2D forward traced inside the block (layer name, shapes, plan)."""
+    log: list[dict[str, Any]] = []
+    _PLAN_LOGS.append(log)
+    try:
+        yield log
+    finally:
+        _PLAN_LOGS.remove(log)
+
+
+def _note(label: str, plan: ConvPlan, x_shape: Shape, w_shape: Shape, out_hw) -> None:
+    for log in _PLAN_LOGS:
+        log.append(
+            {
+                "layer": label,
+                "input_shape": tuple(int(d) for d in x_shape[1:]),
+                "output_shape": (*out_hw, int(w_shape[-1])),
+                "kernel_shape": tuple(int(d) for d in w_shape),
+                **plan._asdict(),
+            }
+        )
+
+
+def conv_plans(model: Layer, input_shape: Shape, batch: int, dtype: Any = jnp.float32) -> list:
+    """What every Conv2D of ``model`` does for a batch of ``batch`` examples of per-example
+    ``input_shape`` on this backend: one dict per conv in call order (``layer``, shapes, and the
+    :class:`ConvPlan` fields: the passes' lowerings, ``chunk``/``chunks``, ``patch_bytes``).
+    Traced with ``jax.eval_shape``: nothing is computed."""
+
+    def forward(key: Array) -> Array:
+        _, params, state = model.init(key, tuple(input_shape))
+        x = jnp.zeros((batch, *input_shape), dtype)
+        return model.forward(params, state, x, key=key, train=True)[0]
+
+    with record_plans() as log:
+        jax.eval_shape(forward, jax.random.key(0))
+    return log
+
+
+# ------------------------------------------------------------------------------- the layer
 
 
 def _pair(v: int | tuple[int, int], what: str) -> tuple[int, int]:
@@ -110,6 +370,44 @@ def _pair(v: int | tuple[int, int], what: str) -> tuple[int, int]:
     return pair  # type: ignore[return-value]
 
 
+def _checked(features: int, padding: str, lowering: str) -> tuple[str, str]:
+    if int(features) != features or features <= 0:
+        raise InputError(f"Conv2D needs a positive integer number of features, got {features!r}")
+    pad_mode = str(padding).upper()
+    if pad_mode not in PADDINGS:
+        raise InputError(f"Conv2D padding must be 'SAME' or 'VALID', got {padding!r}")
+    if lowering not in LOWERINGS:
+        raise InputError(f"Conv2D lowering must be one of {LOWERINGS}, got {lowering!r}")
+    return pad_mode, lowering
+
+
+def lowered_forward(params: ConvParams, x: Array, strides, pads: Pads, plan: ConvPlan) -> Array:
+    """y = conv(x, w) (+ b when ``params`` has "b") by the plan's forward lowering."""
+    if plan.forward == "conv":
+        y = lax.conv_general_dilated(x, params["w"], strides, pads, dimension_numbers=_DN)
+        return y + params["b"] if "b" in params else y
+    return gemm_forward(params["w"], params.get("b"), x, strides, pads, plan.chunk)
+
+
+def lowered_backward(
+    params: ConvParams, x: Array, dy: Array, strides, pads: Pads, plan: ConvPlan
+) -> tuple[ConvParams, Array]:
+    """(dparams, dx), each gradient by the plan's lowering for it. All-conv plans go through
+    ``conv_backward`` itself (looked up at call time, so a patched one is used)."""
+    if plan.input_grad == plan.kernel_grad == "conv":
+        return conv_backward(params, x, dy, strides, pads)
+    w, x_hw = params["w"], x.shape[1:3]
+    if plan.input_grad == "conv":
+        dx = conv_input_grad(w, dy, x_hw, strides, pads)
+    else:
+        dx = gemm_input_grad(w, dy, x_hw, strides, pads, plan.chunk)
+    if plan.kernel_grad == "conv":
+        dw = conv_kernel_grad(x, dy, w.shape[:2], strides, pads)
+    else:
+        dw = gemm_kernel_grad(x, dy, w.shape[:2], strides, pads, plan.chunk)
+    return {"w": dw, "b": jnp.sum(dy, axis=(0, 1, 2))}, dx
+
+
 def Conv2D(  # noqa: N802 - layers are named like classes, as in stax and Flax
     features: int,
     kernel_size: int | tuple[int, int],
@@ -117,27 +415,32 @@ def Conv2D(  # noqa: N802 - layers are named like classes, as in stax and Flax
     padding: str = "SAME",
     init: str = "he",
     dtype: Any = jnp.float32,
+    lowering: str = "auto",
 ) -> Layer:
     """A 2-D convolution with ``features`` output channels (a factory, like ``Dense``).
 
     Per-example input (H, W, C); kernel (kh, kw, C, features) drawn by the named initializer
     (``jnn.initializers``; fans include the receptive field), bias zeros. ``padding`` is "SAME"
-    (output ceil(H / s)) or "VALID" (output (H - kh) // s + 1).
+    (output ceil(H / s)) or "VALID" (output (H - kh) // s + 1). ``lowering`` is "conv", "gemm"
+    or "auto" (module docstring; the name says which, :func:`conv_plans` what "auto" chose).
     """
-    if int(features) != features or features <= 0:
-        raise InputError(f"Conv2D needs a positive integer number of features, got {features!r}")
+    pad_mode, lowering = _checked(features, padding, lowering)
     ksize, stride = _pair(kernel_size, "kernel_size"), _pair(strides, "strides")
-    pad_mode = str(padding).upper()
-    if pad_mode not in PADDINGS:
-        raise InputError(f"Conv2D padding must be 'SAME' or 'VALID', got {padding!r}")
     initializer = get_initializer(init)
-    label = f"Conv2D({features}, {ksize}, strides={stride}, {pad_mode})"
+    label = f"Conv2D({features}, {ksize}, strides={stride}, {pad_mode}, lowering={lowering})"
 
     def geometry(hw: tuple[int, int]) -> tuple[tuple[int, int], Pads]:
         g = [axis_geometry(n, k, s, pad_mode) for n, k, s in zip(hw, ksize, stride)]
         if any(out <= 0 for out, *_ in g):
             raise InputError(f"{label}: input {hw} is smaller than the kernel {ksize}")
         return (g[0][0], g[1][0]), ((g[0][1], g[0][2]), (g[1][1], g[1][2]))
+
+    def plan(x: Array, w: Array, note: bool = False) -> tuple[Pads, ConvPlan]:
+        out_hw, pads = geometry(tuple(x.shape[1:3]))
+        p = conv_plan(lowering, x.shape, w.shape, out_hw, x.dtype)
+        if note:  # the forward reports to conv_plans / record_plans
+            _note(label, p, x.shape, w.shape, out_hw)
+        return pads, p
 
     def init_fn(key: Array, input_shape: Shape) -> tuple[Shape, ConvParams, tuple]:
         if len(input_shape) != 3:
@@ -150,12 +453,11 @@ def Conv2D(  # noqa: N802 - layers are named like classes, as in stax and Flax
         del key, train
         if x.ndim != 4:
             raise InputError(f"{label} expects (batch, H, W, C) input, got {tuple(x.shape)}")
-        _, pads = geometry(tuple(x.shape[1:3]))
-        y, cache = conv_forward(params, x, stride, pads)
-        return y, cache, state
+        pads, p = plan(x, params["w"], note=True)
+        return lowered_forward(params, x, stride, pads, p), x, state
 
     def backward(params, x, dy):
-        _, pads = geometry(tuple(x.shape[1:3]))
-        return conv_backward(params, x, dy, stride, pads)
+        pads, p = plan(x, params["w"])
+        return lowered_backward(params, x, dy, stride, pads, p)
 
     return Layer(init_fn, forward, backward, label)
