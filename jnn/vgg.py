@@ -17,8 +17,9 @@ Weight loading (Keras h5, torchvision .pth, orbax cache, download) lives in
 
 The transfer model of ``experiments.vgg_transfer`` is a :mod:`jnn.core` value, trained with a
 hand-written backward like every jnn model: :func:`transfer_model` (optionally block5 as jnn
-``Conv3x3Layer``/``ReLU``/``MaxPool2D`` layers, then ``Flatten``, a fixed :func:`Standardize`
-and the 512-256-10 head); :func:`block_params` turns a block's Flax params into those layers'.
+``Conv3x3Layer``/``ReLU``/``MaxPool2D`` layers, the conv being ``Conv2D(F, 3,
+lowering="auto")``, then ``Flatten``, a fixed :func:`Standardize` and the 512-256-10 head);
+:func:`block_params` turns a block's Flax params into those layers'.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ import numpy as np
 from jnn.activations import ReLU
 from jnn.core import Layer, Shape, serial
 from jnn.errors import InputError
-from jnn.layers import Conv2D, Dense, Dropout, Flatten, MaxPool2D, conv_backward, conv_forward
+from jnn.layers import Conv2D, Dense, Dropout, Flatten, MaxPool2D
+from jnn.layers import conv as _conv
 
 # (block, number of convs, output channels) — the VGG16 "D" configuration.
 BLOCKS: tuple[tuple[int, int, int], ...] = (
@@ -83,28 +85,20 @@ def layers_of_blocks(first_block: int, last_block: int) -> tuple[str, ...]:
     return tuple(name for name in CONV_LAYERS if first_block <= int(name[5]) <= last_block)
 
 
-SMALL_MAP = 16  # H * W at or below which Conv3x3 uses im2col + matmul
+SMALL_MAP = _conv.SMALL_MAP  # H * W at or below which the 3x3 convs run as im2col + matmul
 
 
-def conv3x3_same(x: jax.Array, kernel: jax.Array) -> jax.Array:
+def conv3x3_same(x: jax.Array, kernel: jax.Array, name: str = "conv3x3_same") -> jax.Array:
     """3x3 stride-1 zero-padded ("SAME") convolution, NHWC x HWIO -> NHWC, no bias.
 
-    Small maps (H * W <= ``SMALL_MAP``, e.g. block5 at 32x32 inputs, whose maps are 2x2) use
-    im2col: the 9 shifted copies concatenated on channels, one (B*H*W, 9*Cin) @ (9*Cin, Cout)
-    matmul. XLA's CPU convolution is pathologically slow there (2x2x512 -> 512 at batch 64:
-    ~4 s vs ~20 ms as a matmul, jax 0.10.2); larger maps use ``lax.conv_general_dilated``.
-    Both give the same result to float32 rounding.
+    ``jnn.layers.conv.convolve`` with ``lowering="auto"``, the one convolution of jnn: on CPU,
+    small maps (H * W <= ``SMALL_MAP``, e.g. block4 and block5 at 32x32 inputs, 4x4 and 2x2) run
+    as im2col + one (B*H*W, 9*Cin) @ (9*Cin, Cout) matmul, because XLA's CPU convolution is
+    pathologically slow there (2x2x512 -> 512 at batch 64: ~4 s vs ~20 ms as a matmul, jax
+    0.10.2); larger maps use ``lax.conv_general_dilated``. Both give the same result to float32
+    rounding. ``name`` labels the call in ``jnn.layers.conv.conv_plans``.
     """
-    _, h, w, cin = x.shape
-    if h == 1 and w == 1:  # only the centre tap sees non-padding input
-        return x @ kernel[1, 1]
-    if h * w <= SMALL_MAP:
-        xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-        patches = [xp[:, i : i + h, j : j + w, :] for i in range(3) for j in range(3)]
-        return jnp.concatenate(patches, axis=-1) @ kernel.reshape(9 * cin, -1)
-    return jax.lax.conv_general_dilated(
-        x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
-    )
+    return _conv.convolve(x, kernel, 1, "SAME", "auto", name)
 
 
 class Conv3x3(nn.Module):
@@ -119,7 +113,9 @@ class Conv3x3(nn.Module):
             "kernel", nn.initializers.he_normal(), (3, 3, x.shape[-1], self.features)
         )
         bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
-        return conv3x3_same(x, kernel.astype(x.dtype)) + bias.astype(x.dtype)
+        return conv3x3_same(x, kernel.astype(x.dtype), self.name or "Conv3x3") + bias.astype(
+            x.dtype
+        )
 
 
 class VGG16(nn.Module):
@@ -260,59 +256,26 @@ def he_params(seed: int, include_top: bool = False) -> dict:
 # ------------------------------------------------------------------ the transfer model (jnn)
 
 
-def _im2col(x: jax.Array) -> jax.Array:
-    """(B, H, W, C) -> (B, H, W, 9C): the 3x3 zero-padded neighbourhoods, taps row-major."""
-    _, h, w, _ = x.shape
-    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    return jnp.concatenate([xp[:, i : i + h, j : j + w, :] for i in range(3) for j in range(3)], -1)
-
-
-def _col2im(dpatches: jax.Array, cin: int) -> jax.Array:
-    """The transpose of :func:`_im2col`: each tap's gradient added back where it was read."""
-    _, h, w, _ = dpatches.shape
-    dxp = jnp.zeros((dpatches.shape[0], h + 2, w + 2, cin), dpatches.dtype)
-    for t in range(9):
-        i, j = divmod(t, 3)
-        dxp = dxp.at[:, i : i + h, j : j + w, :].add(dpatches[..., t * cin : (t + 1) * cin])
-    return dxp[:, 1:-1, 1:-1, :]
-
-
 _SAME_3X3 = ((1, 1), (1, 1))
 
 
 def conv3x3_backward(params: dict, x: jax.Array, dy: jax.Array) -> tuple[dict, jax.Array]:
-    """Hand-written (dparams, dx) of ``conv3x3_same(x, w) + b``, by the same route the forward
-    takes: im2col matmul on small maps (dw = patches^T dy, dx = col2im(dy w^T)), else
-    ``jnn.layers.conv_backward`` (stride 1, padding 1)."""
-    w = params["w"]
-    _, h, wd, cin = x.shape
-    db = jnp.sum(dy, axis=(0, 1, 2))
-    if h * wd > SMALL_MAP:
-        return conv_backward(params, x, dy, (1, 1), _SAME_3X3)
-    dy2 = dy.reshape(-1, dy.shape[-1])
-    if h == 1 and wd == 1:  # only the centre tap sees non-padding input
-        dw = jnp.zeros_like(w).at[1, 1].set(x.reshape(-1, cin).T @ dy2)
-        return {"w": dw, "b": db}, dy @ w[1, 1].T
-    cols = _im2col(x).reshape(-1, 9 * cin)
-    dw = (cols.T @ dy2).reshape(w.shape)
-    return {"w": dw, "b": db}, _col2im(dy @ w.reshape(9 * cin, -1).T, cin)
+    """Hand-written (dparams, dx) of ``conv3x3_same(x, w) + b``: the backward of
+    ``Conv2D(F, 3, padding="SAME", lowering="auto")``, the same lowering per pass as its forward
+    (on CPU: dw = patches^T dy always; dx = col2im(dy w^T) on small maps, a transposed conv
+    above)."""
+    plan = _conv.conv_plan("auto", x.shape, params["w"].shape, x.shape[1:3], x.dtype)
+    return _conv.lowered_backward(params, x, dy, (1, 1), _SAME_3X3, plan)
 
 
 def Conv3x3Layer(features: int) -> Layer:  # noqa: N802 - layers are named like classes
-    """VGG16's 3x3 stride-1 "SAME" convolution as a jnn layer: params ``{"w": (3, 3, C, F) HWIO,
-    "b": (F,)}`` (He init), forward :func:`conv3x3_same` + b (as the Flax ``Conv3x3``), backward
-    :func:`conv3x3_backward` by hand. Unlike ``jnn.layers.Conv2D`` (always
-    ``lax.conv_general_dilated``) small maps go through a matmul: XLA:CPU's convolution takes
-    ~15 s per batch of 64 on block5's 2x2x512 maps, the matmul milliseconds."""
-    conv = Conv2D(features, 3, padding="SAME", init="he")
-
-    def forward(params, state, x, *, key=None, train=False):
-        del key, train
-        if x.shape[1] * x.shape[2] > SMALL_MAP:
-            return (*conv_forward(params, x, (1, 1), _SAME_3X3), state)
-        return conv3x3_same(x, params["w"]) + params["b"], x, state
-
-    return Layer(conv.init, forward, conv3x3_backward, f"Conv3x3Layer({features})")
+    """VGG16's 3x3 stride-1 "SAME" convolution as a jnn layer: ``jnn.layers.Conv2D(features, 3,
+    padding="SAME", init="he", lowering="auto")`` under its own name. Params ``{"w": (3, 3, C, F)
+    HWIO, "b": (F,)}``; forward :func:`conv3x3_same` + b (as the Flax ``Conv3x3``), backward by
+    hand. On CPU the small maps of block5 go through matmuls: XLA:CPU's convolution takes ~15 s
+    per batch of 64 on block5's 2x2x512 maps, the matmul milliseconds."""
+    conv = Conv2D(features, 3, padding="SAME", init="he", lowering="auto")
+    return conv._replace(name=f"Conv3x3Layer({features}, lowering=auto)")
 
 
 def block_layers(block: int) -> tuple[Layer, ...]:

@@ -179,7 +179,7 @@ def test_block_slices_compose(params, images):
     )
 
 
-@pytest.mark.parametrize("hw", [(1, 1), (2, 2), (3, 5), (5, 5)])  # centre, im2col x2, lax
+@pytest.mark.parametrize("hw", [(1, 1), (2, 2), (3, 5), (5, 5)])  # im2col x3 (H*W <= 16), lax
 def test_conv3x3_small_map_path_matches_lax_conv(hw):
     rng = np.random.default_rng(3)
     x = rng.standard_normal((2, *hw, 8)).astype(np.float32)
@@ -188,6 +188,20 @@ def test_conv3x3_small_map_path_matches_lax_conv(hw):
         x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
     )
     np.testing.assert_allclose(jax.jit(vgg.conv3x3_same)(x, k), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_conv_plans_name_each_vgg_layer_and_its_lowering(params):
+    """The Flax VGG16's convs go through jnn's Conv2D lowering and say so: at 32x32 on CPU blocks
+    1-3 (maps >= 8x8) run the forward as a conv, blocks 4-5 (4x4, 2x2) as im2col + GEMM."""
+    from jnn.layers.conv import record_plans
+
+    with record_plans() as log:
+        jax.eval_shape(vgg.features, params, jnp.zeros((2, 32, 32, 3)))
+    assert [p["layer"] for p in log] == list(vgg.CONV_LAYERS)
+    forward = {p["layer"]: p["forward"] for p in log}
+    if jax.default_backend() == "cpu":
+        assert forward["block3_conv3"] == "conv" and forward["block4_conv1"] == "gemm"
+    assert log[-1]["input_shape"] == (2, 2, 512) and log[-1]["patch_bytes"] > 0
 
 
 @pytest.mark.parametrize(

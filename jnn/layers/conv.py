@@ -408,6 +408,43 @@ def lowered_backward(
     return {"w": dw, "b": jnp.sum(dy, axis=(0, 1, 2))}, dx
 
 
+def layer_geometry(
+    hw: tuple[int, int], ksize: tuple[int, int], strides, padding: str, label: str = "Conv2D"
+) -> tuple[tuple[int, int], Pads]:
+    """((H', W'), explicit pads) of a conv on an (H, W) map; an input smaller than the kernel is
+    an InputError naming ``label``."""
+    g = [axis_geometry(n, k, s, padding) for n, k, s in zip(hw, ksize, strides)]
+    if any(out <= 0 for out, *_ in g):
+        raise InputError(f"{label}: input {hw} is smaller than the kernel {ksize}")
+    return (g[0][0], g[1][0]), ((g[0][1], g[0][2]), (g[1][1], g[1][2]))
+
+
+def _plan(lowering: str, x: Array, w: Array, strides, padding: str, label: str, note: bool):
+    """(pads, plan) of one traced call; ``note`` reports it to :func:`record_plans`."""
+    out_hw, pads = layer_geometry(tuple(x.shape[1:3]), w.shape[:2], strides, padding, label)
+    plan = conv_plan(lowering, x.shape, w.shape, out_hw, x.dtype)
+    if note:
+        _note(label, plan, x.shape, w.shape, out_hw)
+    return pads, plan
+
+
+def convolve(
+    x: Array,
+    w: Array,
+    strides: int | tuple[int, int] = 1,
+    padding: str = "SAME",
+    lowering: str = "auto",
+    name: str = "convolve",
+) -> Array:
+    """conv(x, w) without bias, lowered as a Conv2D layer would be: x (B, H, W, C), w (kh, kw, C,
+    F) -> (B, H', W', F). For models outside the layer protocol (the Flax VGG16); ``name`` labels
+    the call in :func:`conv_plans` / :func:`record_plans`."""
+    stride = _pair(strides, "strides")
+    pad_mode, lowering = _checked(w.shape[-1], padding, lowering)
+    pads, plan = _plan(lowering, x, w, stride, pad_mode, name, note=True)
+    return lowered_forward({"w": w}, x, stride, pads, plan)
+
+
 def Conv2D(  # noqa: N802 - layers are named like classes, as in stax and Flax
     features: int,
     kernel_size: int | tuple[int, int],
@@ -430,17 +467,10 @@ def Conv2D(  # noqa: N802 - layers are named like classes, as in stax and Flax
     label = f"Conv2D({features}, {ksize}, strides={stride}, {pad_mode}, lowering={lowering})"
 
     def geometry(hw: tuple[int, int]) -> tuple[tuple[int, int], Pads]:
-        g = [axis_geometry(n, k, s, pad_mode) for n, k, s in zip(hw, ksize, stride)]
-        if any(out <= 0 for out, *_ in g):
-            raise InputError(f"{label}: input {hw} is smaller than the kernel {ksize}")
-        return (g[0][0], g[1][0]), ((g[0][1], g[0][2]), (g[1][1], g[1][2]))
+        return layer_geometry(hw, ksize, stride, pad_mode, label)
 
     def plan(x: Array, w: Array, note: bool = False) -> tuple[Pads, ConvPlan]:
-        out_hw, pads = geometry(tuple(x.shape[1:3]))
-        p = conv_plan(lowering, x.shape, w.shape, out_hw, x.dtype)
-        if note:  # the forward reports to conv_plans / record_plans
-            _note(label, p, x.shape, w.shape, out_hw)
-        return pads, p
+        return _plan(lowering, x, w, stride, pad_mode, label, note)
 
     def init_fn(key: Array, input_shape: Shape) -> tuple[Shape, ConvParams, tuple]:
         if len(input_shape) != 3:
