@@ -11,7 +11,16 @@ Layout: ``<dir>/<epoch>/`` for the chosen epochs (the study's ``--save-at``), ne
 ``<dir>/latest/<epoch>/`` for the rolling crash-safety checkpoint, of which only the newest is
 kept. A step folder holds ``tree/`` (an orbax ``StandardCheckpointer`` save) and
 ``checksums.json``: the SHA-256 of every array leaf (dtype, shape and bytes), of every file under
-``tree/`` (with its size), and of the JSON itself.
+``tree/`` (with its size), and of the JSON itself; and what the step holds: its ``epoch`` and
+the store's ``identity`` (a JSON dict naming the model: experiment, activation or cell, seed).
+
+    store = CheckpointStore("/abs/run/relu", identity={"study": "mlp_sweep", "activation": "relu"})
+
+A step is trusted only where it sits: ``restore``/``restore_latest`` refuse a step whose stored
+epoch differs from its folder's number (a copy of another epoch: :class:`CorruptCheckpointError`,
+skipped by ``restore_latest`` like any corrupt step) or whose identity differs from the store's
+(a copy of another model's step: :class:`ForeignCheckpointError`, raised). Steps written before
+identities existed record neither, and restore as before.
 
 Why: orbax/tensorstore OCDBT data files carry no content checksum, so flipped bytes restored as
 garbage, and truncated files surfaced as misleading errors with asyncio tracebacks. Here every
@@ -78,6 +87,10 @@ class CorruptCheckpointError(CheckpointError):
         self.path = Path(path)
         self.reason = " ".join(str(reason).split())
         super().__init__(f"checkpoint {self.path} is unusable: {self.reason}")
+
+
+class ForeignCheckpointError(CheckpointError):
+    """A step holds another model or run than the store's identity names (a copied folder)."""
 
 
 class CheckpointWarning(RuntimeWarning):
@@ -196,11 +209,78 @@ def incomplete_checkpoints(directory: str | os.PathLike) -> list[Path]:
     return found
 
 
+# --------------------------------------------------------------------------- what a step holds
+
+
+def check_identity(identity: Any) -> dict[str, Any] | None:
+    """``identity`` as stored in a manifest (JSON round trip: tuples become lists), or None.
+
+    It must be a dict of JSON values (str keys, finite numbers): it is compared with what a
+    step recorded, so it must read back equal to what was written.
+    """
+    if identity is None:
+        return None
+    if not isinstance(identity, dict):
+        raise CheckpointError(
+            f"a checkpoint identity must be a dict, got {type(identity).__name__}; "
+            'pass e.g. {"activation": "relu", "seed": 0}'
+        )
+    try:
+        return json.loads(json.dumps(identity, sort_keys=True, allow_nan=False))
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(
+            f"a checkpoint identity must hold only JSON values (str keys, finite numbers, "
+            f"lists, dicts): {_one_line(err, 120)}"
+        ) from None
+
+
+def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as {"a.b": leaf} (how an identity difference is named in one line)."""
+    if not isinstance(value, dict):
+        return {prefix or "identity": value}
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        out.update(_flat(item, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def _identity_difference(stored: dict[str, Any], asked: dict[str, Any]) -> str:
+    """The first few keys where two identities differ, e.g. ``activation: 'sigmoid' vs 'relu'``."""
+    have, want, absent = _flat(stored), _flat(asked), object()
+    keys = [k for k in sorted(set(have) | set(want)) if have.get(k, absent) != want.get(k, absent)]
+    shown = [f"{k}: {have.get(k, 'absent')!r} vs {want.get(k, 'absent')!r}" for k in keys[:3]]
+    more = f" and {len(keys) - 3} more" if len(keys) > 3 else ""
+    return "; ".join(shown)[:300] + more
+
+
+def _check_holds(
+    path: Path, manifest: dict[str, Any], identity: dict[str, Any] | None, epoch: int | None
+) -> None:
+    """Refuse a step that is not what was asked for: another epoch than its folder's number
+    (corrupt: skipped by restore_latest), or another identity than ``identity`` (foreign).
+    A manifest without these fields (written before they existed) passes."""
+    stored_epoch = manifest.get("epoch")
+    if epoch is not None and stored_epoch is not None and stored_epoch != epoch:
+        raise CorruptCheckpointError(
+            path,
+            f"it holds epoch {stored_epoch} but sits in the folder of epoch {epoch} (a copied "
+            "or renamed step); delete this folder so that epoch is saved again",
+        )
+    stored = manifest.get("identity")
+    if identity is not None and stored is not None and stored != identity:
+        raise ForeignCheckpointError(
+            f"checkpoint {path} holds another model than the one asked for "
+            f"({_identity_difference(stored, identity)}; stored vs asked): it was copied from "
+            "another run or model; put it back where it came from or delete it"
+        )
+
+
 # --------------------------------------------------------------------------- one step folder
 
 
-def _write_staging(staging: Path, tree: Any) -> None:
-    """Write ``tree`` with orbax under ``staging/tree`` and the manifest beside it (synced)."""
+def _write_staging(staging: Path, tree: Any, holds: dict[str, Any]) -> None:
+    """Write ``tree`` with orbax under ``staging/tree`` and the manifest beside it (synced);
+    ``holds``: what the step holds (``epoch``, ``identity``), recorded in the manifest."""
     leaves = {
         name: {"dtype": _spec(v)[1].str, "shape": list(_spec(v)[0]), "sha256": _leaf_digest(v)}
         for name, v in _named_leaves(tree).items()
@@ -213,7 +293,7 @@ def _write_staging(staging: Path, tree: Any) -> None:
         for p in sorted((staging / TREE_ITEM).rglob("*"))
         if p.is_file()
     }
-    body = {"format": FORMAT, "algorithm": "sha256", "leaves": leaves, "files": files}
+    body = {"format": FORMAT, "algorithm": "sha256", "leaves": leaves, "files": files, **holds}
     with open(staging / MANIFEST, "w") as f:
         json.dump({**body, "digest": _body_digest(body)}, f, indent=1, sort_keys=True)
         f.flush()
@@ -262,21 +342,42 @@ def _remove(path: Path) -> None:
             path.unlink()
 
 
-def save_tree(path: str | os.PathLike, tree: Any, *, replace: bool = False) -> Path:
+def save_tree(
+    path: str | os.PathLike,
+    tree: Any,
+    *,
+    replace: bool = False,
+    identity: dict[str, Any] | None = None,
+) -> Path:
     """Save ``tree`` as one verified checkpoint folder at ``path``; returns the absolute path.
 
     The folder appears complete (orbax data plus ``checksums.json``) or not at all. An existing
     ``path`` raises :class:`CheckpointError` unless ``replace`` (then it is swapped out only once
-    the new one is complete). Any storage failure is one :class:`CheckpointError` line.
+    the new one is complete). ``identity``: a JSON dict naming what the tree is, recorded in the
+    manifest and checked by :func:`restore_tree`. Any storage failure is one
+    :class:`CheckpointError` line.
     """
+    return _save(path, tree, replace=replace, identity=check_identity(identity), epoch=None)
+
+
+def _save(
+    path: str | os.PathLike,
+    tree: Any,
+    *,
+    replace: bool,
+    identity: dict[str, Any] | None,
+    epoch: int | None,
+) -> Path:
+    """:func:`save_tree`, recording the (checked) ``identity`` and ``epoch`` when not None."""
     path = Path(path).expanduser().absolute()
     if (path.exists() or path.is_symlink()) and not replace:
         raise CheckpointError(f"{path} already exists; pass replace=True to overwrite it")
     staging = path.with_name(f"{path.name}{_TMP_MARK}-{os.getpid()}-{time.time_ns()}")
+    holds = {k: v for k, v in (("epoch", epoch), ("identity", identity)) if v is not None}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with _SAVE_LOCK, _quiet_orbax():  # one save at a time per process (see CheckpointStore)
-            _write_staging(staging, tree)
+            _write_staging(staging, tree, holds)
         _commit(staging, path)
     except CheckpointError:
         _remove(staging)
@@ -358,14 +459,25 @@ def _check_leaves(path: Path, restored: Any, manifest: dict[str, Any]) -> None:
             raise CorruptCheckpointError(path, f"checksum mismatch of {name}: the data is corrupt")
 
 
-def restore_tree(path: str | os.PathLike, like: Any) -> Any:
+def restore_tree(
+    path: str | os.PathLike, like: Any, *, identity: dict[str, Any] | None = None
+) -> Any:
     """The tree saved by :func:`save_tree` at ``path``, rebuilt with ``like``'s structure.
 
     Raises :class:`CorruptCheckpointError` when the folder fails any check (files, leaves, no
-    manifest) and :class:`CheckpointError` when it holds other shapes or dtypes than ``like``.
+    manifest), :class:`ForeignCheckpointError` when ``identity`` is given and the folder recorded
+    another one, and :class:`CheckpointError` when it holds other shapes or dtypes than ``like``.
     """
+    return _restore(path, like, identity=check_identity(identity), epoch=None)
+
+
+def _restore(
+    path: str | os.PathLike, like: Any, *, identity: dict[str, Any] | None, epoch: int | None
+) -> Any:
+    """:func:`restore_tree`, also refusing a step whose recorded epoch is not ``epoch``."""
     path = Path(path).expanduser().absolute()
     manifest = _read_manifest(path)
+    _check_holds(path, manifest, identity, epoch)
     _check_like(path, manifest, like)
     _check_files(path, manifest)
     try:
@@ -390,15 +502,26 @@ def _is_finished(path: Path) -> bool:
 class CheckpointStore:
     """The verified checkpoints of one model (or stacked models) under an absolute folder.
 
-    ``skipped`` lists the steps the last :meth:`restore_latest` passed over (a CLI can say
-    "step 60 of latest/ was corrupt (...); resumed from step 50").
+    ``identity`` (optional, a dict of JSON values): what this store's steps hold, e.g.
+    ``{"study": ..., "activation": "relu", "seed": 0}``; every save records it and its epoch,
+    and every restore refuses a step that recorded another identity, or another epoch than its
+    folder's number (see the module doc). ``skipped`` lists the steps the last
+    :meth:`restore_latest` passed over (a CLI can say "step 60 of latest/ was corrupt (...);
+    resumed from step 50").
     """
 
-    def __init__(self, directory: str | os.PathLike, *, create: bool = True) -> None:
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        *,
+        create: bool = True,
+        identity: dict[str, Any] | None = None,
+    ) -> None:
         path = Path(directory).expanduser()
         if not path.is_absolute():
             path = path.resolve()
         self.directory = path
+        self.identity = check_identity(identity)
         self.skipped: list[SkippedCheckpoint] = []
         self._unusable: set[Path] = set()  # folders this store found corrupt: save may replace
         if not create and not path.is_dir():
@@ -463,7 +586,8 @@ class CheckpointStore:
         epoch = int(epoch)
         target = self._folder(rolling) / str(epoch)
         self._check_can_save(epoch, target, replace)
-        save_tree(target, tree, replace=True)  # existing target: allowed by the check above
+        # existing target: allowed by the check above
+        _save(target, tree, replace=True, identity=self.identity, epoch=epoch)
         self._unusable.discard(target)
         if rolling:
             for other, path in self._numbered(True).items():
@@ -496,7 +620,9 @@ class CheckpointStore:
         """The checkpoint of ``epoch`` (chosen, else rolling), verified, rebuilt like ``like``.
 
         Raises :class:`CorruptCheckpointError` (one line: folder and what failed) when it fails
-        verification, :class:`CheckpointError` when there is none or it holds another model.
+        verification or holds another epoch, :class:`ForeignCheckpointError` when it recorded
+        another identity than the store's, :class:`CheckpointError` when there is none or it
+        holds arrays of other shapes.
         """
         epoch = int(epoch)
         found = [f[epoch] for f in (self._numbered(False), self._numbered(True)) if epoch in f]
@@ -508,7 +634,7 @@ class CheckpointStore:
         first: CorruptCheckpointError | None = None
         for path in found:
             try:
-                return restore_tree(path, like)
+                return _restore(path, like, identity=self.identity, epoch=epoch)
             except CorruptCheckpointError as err:
                 self._unusable.add(path)
                 first = first or err
@@ -521,9 +647,10 @@ class CheckpointStore:
         ``like`` is the tree to rebuild, or a callable ``like(epoch)`` returning it for the
         candidate epoch (for trees whose shapes grow with the epoch, e.g. a history).
 
-        Each newer step that fails verification (or is an empty/partial folder) is skipped:
-        recorded in ``self.skipped`` and warned about with :class:`CheckpointWarning`. A step
-        holding another model (shape/dtype mismatch) raises :class:`CheckpointError`.
+        Each newer step that fails verification (an empty/partial folder, or one holding
+        another epoch than its number) is skipped: recorded in ``self.skipped`` and warned about
+        with :class:`CheckpointWarning`. A step holding another model (another identity:
+        :class:`ForeignCheckpointError`; other shapes or dtypes) raises :class:`CheckpointError`.
         """
         self.skipped = []
         candidates = [
@@ -533,7 +660,8 @@ class CheckpointStore:
         ]
         for epoch, _, path in sorted(candidates, key=lambda c: (-c[0], c[1])):
             try:
-                return epoch, restore_tree(path, like(epoch) if callable(like) else like)
+                tree = like(epoch) if callable(like) else like
+                return epoch, _restore(path, tree, identity=self.identity, epoch=epoch)
             except CorruptCheckpointError as err:
                 self._unusable.add(path)
                 self.skipped.append(SkippedCheckpoint(epoch, path, err.reason))

@@ -301,3 +301,120 @@ def test_storage_failure_during_restore_is_one_line(tmp_path, monkeypatch, capfd
         with pytest.raises(CheckpointError, match="could not read it: RESOURCE_EXHAUSTED") as info:
             store.restore(2, tree)
     _assert_one_quiet_line(str(info.value), capfd, caplog)
+
+
+# ------------------------------------------------------------------ what a step holds
+
+RELU = {"study": "mlp_sweep", "activation": "relu", "seed": 0, "sizes": (100, 64, 10)}
+SIGMOID = {**RELU, "activation": "sigmoid"}
+
+
+def _replace_step(src: Path, dst: Path) -> None:
+    """What a user's cp -r does: ``dst`` becomes a copy of ``src``."""
+    shutil.rmtree(dst)
+    shutil.copytree(src, dst)
+
+
+def test_manifest_records_identity_and_epoch(tmp_path):
+    with CheckpointStore(tmp_path / "relu", identity=RELU) as store:
+        store.save(6, _tree())
+        store.save(7, _tree(), rolling=True)
+    for step, epoch in (("6", 6), ("latest/7", 7)):
+        manifest = json.loads((tmp_path / "relu" / step / "checksums.json").read_text())
+        assert manifest["epoch"] == epoch
+        assert manifest["identity"] == {**RELU, "sizes": [100, 64, 10]}  # as JSON stores it
+
+
+def test_a_copy_of_another_models_step_is_refused(tmp_path, capfd, caplog):
+    """Issue 19: relu/6 replaced by a copy of sigmoid/6 (same shapes) restored silently, and
+    --resume went on training the sigmoid net as the relu one."""
+    relu, sigmoid = _tree(0), _tree(1)
+    with CheckpointStore(tmp_path / "relu", identity=RELU) as store:
+        store.save(6, relu)
+    with CheckpointStore(tmp_path / "sigmoid", identity=SIGMOID) as store:
+        store.save(6, sigmoid)
+    _replace_step(tmp_path / "relu" / "6", tmp_path / "sigmoid" / "6")
+    store = CheckpointStore(tmp_path / "sigmoid", identity=SIGMOID)
+    capfd.readouterr()
+    for restore in (lambda: store.restore(6, sigmoid), lambda: store.restore_latest(sigmoid)):
+        with pytest.raises(checkpoints.ForeignCheckpointError) as info:
+            restore()
+        message = str(info.value)
+        assert str(tmp_path / "sigmoid" / "6") in message
+        assert "activation: 'relu' vs 'sigmoid'; stored vs asked" in message
+        assert "put it back where it came from or delete it" in message
+        _assert_one_quiet_line(message, capfd, caplog)
+    assert isinstance(info.value, CheckpointError) and store.skipped == []
+    # Without an identity to check (a store of jnn before identities), the step restores.
+    assert _equal(CheckpointStore(tmp_path / "sigmoid").restore(6, sigmoid), relu)
+
+
+def test_a_copy_of_another_epochs_step_is_refused(tmp_path):
+    """Issue 19: relu/6 copied over relu/12 made load_sweep_checkpoint(run, "relu", 12) return
+    the epoch-6 model labelled epoch 12. The folder's number must be the epoch stored in it,
+    with or without an identity; restore_latest skips the copy like any corrupt step."""
+    six, twelve = _tree(0), _tree(1)
+    with CheckpointStore(tmp_path / "relu", identity=RELU) as store:
+        store.save(6, six)
+        store.save(12, twelve)
+    _replace_step(tmp_path / "relu" / "6", tmp_path / "relu" / "12")
+    step = tmp_path / "relu" / "12"
+    for identity in (RELU, None):
+        store = CheckpointStore(tmp_path / "relu", identity=identity, create=False)
+        with pytest.raises(checkpoints.CorruptCheckpointError) as info:
+            store.restore(12, twelve)
+        assert str(info.value) == (
+            f"checkpoint {step} is unusable: it holds epoch 6 but sits in the folder of epoch "
+            "12 (a copied or renamed step); delete this folder so that epoch is saved again"
+        )
+    with pytest.warns(checkpoints.CheckpointWarning, match="holds epoch 6 but sits in"):
+        epoch, restored = store.restore_latest(six)
+    assert epoch == 6 and _equal(restored, six) and [s.epoch for s in store.skipped] == [12]
+
+
+def test_steps_that_record_no_identity_or_epoch_still_restore(tmp_path):
+    """Back-compat: steps written before identities existed (their manifest has neither field)
+    restore under a store that has an identity; a step saved with an identity must match."""
+    tree = _tree()
+    with CheckpointStore(tmp_path / "relu") as store:
+        store.save(6, tree)
+    path = tmp_path / "relu" / "6" / "checksums.json"
+    body = json.loads(path.read_text())
+    del body["digest"], body["epoch"]
+    assert "identity" not in body  # the store had none
+    path.write_text(json.dumps({**body, "digest": checkpoints._body_digest(body)}))
+    store = CheckpointStore(tmp_path / "relu", identity=RELU)
+    assert _equal(store.restore(6, tree), tree)
+    epoch, restored = store.restore_latest(tree)
+    assert epoch == 6 and _equal(restored, tree)
+
+
+def test_save_tree_and_restore_tree_take_an_identity(tmp_path):
+    tree, path = _tree(), tmp_path / "vgg16"
+    checkpoints.save_tree(path, tree, identity={"weights": "keras", "layers": 13})
+    assert _equal(checkpoints.restore_tree(path, tree), tree)
+    same = checkpoints.restore_tree(path, tree, identity={"layers": 13, "weights": "keras"})
+    assert _equal(same, tree)
+    with pytest.raises(checkpoints.ForeignCheckpointError, match="weights: 'keras' vs 'torch'"):
+        checkpoints.restore_tree(path, tree, identity={"weights": "torch", "layers": 13})
+    more = {"weights": "keras", "layers": 13, "extra": 1}
+    with pytest.raises(checkpoints.ForeignCheckpointError, match="extra: 'absent' vs 1"):
+        checkpoints.restore_tree(path, tree, identity=more)
+
+
+@pytest.mark.parametrize(
+    "identity, says",
+    [
+        (["relu"], "must be a dict, got list"),
+        ({"activation": object()}, "only JSON values"),
+        ({"lr": float("nan")}, "only JSON values"),
+    ],
+    ids=["list", "object", "nan"],
+)
+def test_identity_must_be_a_json_dict(tmp_path, identity, says):
+    with pytest.raises(CheckpointError, match=says) as info:
+        CheckpointStore(tmp_path / "m", identity=identity)
+    assert "\n" not in str(info.value)
+    with pytest.raises(CheckpointError, match=says):
+        checkpoints.save_tree(tmp_path / "t", {"a": np.zeros(2)}, identity=identity)
+    assert not (tmp_path / "t").exists()
