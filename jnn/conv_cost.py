@@ -13,6 +13,9 @@
 counts ``2 * valid_macs + bias_adds`` (one multiply + one add per non-padding tap, plus the bias
 add), which the tests check exactly for the bottleneck networks.
 
+:func:`shape_conv_cost` gives the same counts from shapes alone, and
+:func:`recorded_conv_costs` for the convolutions jnn traced (``jnn.layers.conv.conv_plans``).
+
 Also here: the two networks of the assignment's "1x1 bottleneck" question
 (:class:`DirectConv`, :class:`BottleneckConv`).
 """
@@ -190,6 +193,44 @@ def _conv_cost(
         valid_macs=valid,
         bias_adds=math.prod(out_shape[-n_sp - 1 :]) if "bias" in layer else 0,
     )
+
+
+def shape_conv_cost(
+    name: str,
+    input_shape: Sequence[int],
+    output_shape: Sequence[int],
+    kernel_shape: Sequence[int],
+    strides: Sequence[int],
+    pads: Sequence[tuple[int, int]],
+    bias: bool = True,
+) -> ConvCost:
+    """The :class:`ConvCost` of one 2-D convolution from its per-example shapes ((H, W, C_in) in,
+    (H', W', C_out) out, kernel (kh, kw, C_in, C_out)), strides and explicit (lo, hi) pads: the
+    same counts as for a Flax ``nn.Conv`` (no groups, no dilation), for jnn's own convolutions."""
+    kernel = tuple(int(d) for d in kernel_shape)
+    out_sp = tuple(int(d) for d in output_shape[:-1])
+    valid_taps = math.prod(
+        _valid_taps(int(s), o, k, int(st), 1, int(lo))
+        for s, o, k, st, (lo, _) in zip(input_shape[:-1], out_sp, kernel, strides, pads)
+    )
+    c_out = int(output_shape[-1])
+    return ConvCost(
+        name=name,
+        input_shape=tuple(int(d) for d in input_shape),
+        output_shape=(*out_sp, c_out),
+        kernel_shape=kernel,
+        params=math.prod(kernel) + (c_out if bias else 0),
+        macs=math.prod(out_sp) * c_out * math.prod(kernel[:-1]),
+        valid_macs=valid_taps * kernel[-2] * c_out,
+        bias_adds=math.prod(out_sp) * c_out if bias else 0,
+    )
+
+
+def recorded_conv_costs(records: Sequence[dict[str, Any]], bias: bool = True) -> list[ConvCost]:
+    """One :class:`ConvCost` per record of ``jnn.layers.conv.record_plans`` / ``conv_plans``
+    (jnn ``Conv2D`` layers and the VGG16 3x3 convs, which Flax's interceptor cannot see)."""
+    keys = ("layer", "input_shape", "output_shape", "kernel_shape", "strides", "pads")
+    return [shape_conv_cost(*(r[k] for k in keys), bias=bias) for r in records]
 
 
 def compiled_flops(compiled: jax.stages.Compiled) -> float:

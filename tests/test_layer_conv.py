@@ -4,6 +4,8 @@ float64, in every lowering: "conv" (transposed convolution, correlation of x wit
 (im2col, P^T dy, col2im; also chunked over the batch with a padded last chunk) and "auto"; and
 the lowerings agree with each other to float rounding."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -162,3 +164,18 @@ def test_gemm_lowering_has_no_convolution():
 
     jaxpr = str(jax.make_jaxpr(step)(jnp.ones((2, 7, 7, 3))))
     assert "conv_general_dilated" not in jaxpr and "dot_general" in jaxpr
+
+
+@pytest.mark.parametrize("s, padding", [(1, "SAME"), (2, "SAME"), (2, "VALID")])
+def test_recorded_costs_equal_flax_conv_costs(s, padding):
+    """jnn.conv_cost prices a traced Conv2D exactly as it prices the same Flax nn.Conv (MACs
+    with and without the padding taps, params, bias adds)."""
+    import flax.linen as nn
+
+    from jnn.conv_cost import conv_layer_costs, recorded_conv_costs
+
+    (ours,) = recorded_conv_costs(conv_plans(Conv2D(5, (3, 2), s, padding), (9, 8, 3), batch=2))
+    flax_conv = nn.Conv(5, (3, 2), strides=s, padding=padding)
+    x = jnp.zeros((2, 9, 8, 3))
+    _, (theirs,) = conv_layer_costs(flax_conv, flax_conv.init(jax.random.key(0), x), x)
+    assert dataclasses.replace(ours, name="") == dataclasses.replace(theirs, name="")

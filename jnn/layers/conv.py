@@ -322,7 +322,10 @@ _PLAN_LOGS: list[list[dict[str, Any]]] = []
 
 @contextlib.contextmanager
 def record_plans() -> Iterator[list[dict[str, Any]]]:
-    """Collect a dict per Conv2D forward traced inside the block (layer name, shapes, plan)."""
+    """Collect a dict per Conv2D forward traced inside the block: ``layer`` (its name), the
+    per-example ``input_shape`` and ``output_shape``, ``kernel_shape``, ``strides``, explicit
+    ``pads`` and the :class:`ConvPlan` fields (``jnn.conv_cost.recorded_conv_costs`` prices
+    them)."""
     log: list[dict[str, Any]] = []
     _PLAN_LOGS.append(log)
     try:
@@ -331,7 +334,7 @@ def record_plans() -> Iterator[list[dict[str, Any]]]:
         _PLAN_LOGS.remove(log)
 
 
-def _note(label: str, plan: ConvPlan, x_shape: Shape, w_shape: Shape, out_hw) -> None:
+def _note(label: str, plan: ConvPlan, x_shape, w_shape, out_hw, strides, pads: Pads) -> None:
     for log in _PLAN_LOGS:
         log.append(
             {
@@ -339,6 +342,8 @@ def _note(label: str, plan: ConvPlan, x_shape: Shape, w_shape: Shape, out_hw) ->
                 "input_shape": tuple(int(d) for d in x_shape[1:]),
                 "output_shape": (*out_hw, int(w_shape[-1])),
                 "kernel_shape": tuple(int(d) for d in w_shape),
+                "strides": tuple(strides),
+                "pads": tuple(tuple(p) for p in pads),
                 **plan._asdict(),
             }
         )
@@ -424,7 +429,7 @@ def _plan(lowering: str, x: Array, w: Array, strides, padding: str, label: str, 
     out_hw, pads = layer_geometry(tuple(x.shape[1:3]), w.shape[:2], strides, padding, label)
     plan = conv_plan(lowering, x.shape, w.shape, out_hw, x.dtype)
     if note:
-        _note(label, plan, x.shape, w.shape, out_hw)
+        _note(label, plan, x.shape, w.shape, out_hw, strides, pads)
     return pads, plan
 
 
