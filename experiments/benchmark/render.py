@@ -132,17 +132,59 @@ def ceiling(sec: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
     ]
 
 
+def _load_line(sec: dict[str, Any]) -> str:
+    """The section's load while timing and whether its PyTorch targets were judged."""
+    load = sec.get("load")
+    if not load:
+        return "- load: not recorded"
+    verdict = "judged" if load.get("judged") else "NOT JUDGED (machine busy)"
+    return (
+        f"- load average {fmt(load.get('load_start'))} -> {fmt(load.get('load_end'))} while "
+        f"timing; {load.get('why', '')}: PyTorch targets {verdict}"
+    )
+
+
+def _mib(n: int) -> str:
+    return fmt(n / 2**20) if n else "-"
+
+
+def _conv_layer_rows(layers: Sequence[dict[str, Any]], train: bool) -> list[str]:
+    """How each convolution ran: its lowering per pass, batch chunks and peak patch MiB."""
+    if not layers:
+        return []
+    passes = ("forward", "input_grad", "kernel_grad") if train else ("forward",)
+    headers = ["layer", "input", "output", *("forward", "dx", "dw")[: len(passes)], "chunks",
+               "patch MiB"]  # fmt: skip
+    rows = [
+        [r["layer"], "x".join(map(str, r["input_shape"])),
+         "x".join(map(str, r["output_shape"])), *(r[p] for p in passes),
+         f"{r['chunks']} x {r['chunk']}",
+         _mib(r["patch_bytes"] if train else r["forward_patch_bytes"])]
+        for r in layers
+    ]  # fmt: skip
+    return ["", "How jnn lowered each convolution (jnn.layers.conv.conv_plans):", "",
+            markdown_table(headers, rows)]  # fmt: skip
+
+
 def vgg(sec: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
     rows = [
-        [LABELS.get(name, name), fmt(r["median_s"]), fmt(r["images_per_s"]),
-         fmt(r["time_vs_jnn"]) + "x", fmt(r.get("compile_s"))]
+        [LABELS.get(name, name), fmt(r["median_s"]), fmt(r["images_per_s"]), fmt(r.get("gflops")),
+         _pct(r), fmt(r["time_vs_jnn"]) + "x", fmt(r.get("compile_s"))]
         for name, r in sec["results"].items()
     ]  # fmt: skip
+    headers = ["implementation", "s", "images/s", "GFLOP/s", "% XLA ceiling", "time vs jnn",
+               "compile s"]  # fmt: skip
+    flops = sec.get("flops_per_image")
     return [
-        markdown_table(["implementation", "s", "images/s", "time vs jnn", "compile s"], rows),
+        markdown_table(headers, rows),
         f"- {sec['images_timed']} images timed, batch {sec['batch_size']}; {sec['pipeline']}",
+        f"- FLOPs per image: {flops:,} (jnn.conv_cost: 2 x MACs of the 13 convolutions)"
+        if flops
+        else "- FLOPs per image: not counted",
         f"- torch: {sec['torch_backend']} ({sec['torch_note']})",
+        _load_line(sec),
         *_skipped(sec),
+        *_conv_layer_rows(sec.get("layers", []), train=False),
         "",
     ]
 
@@ -171,25 +213,29 @@ def devices(sec: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
 
 def cnn(sec: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
     rows = [
-        [LABELS[name], fmt(r["median_s"]), fmt(r["examples_per_s"]),
-         fmt(r["time_vs_jnn"]) + "x", fmt(r.get("compile_s"))]
+        [LABELS[name], fmt(r["median_s"]), fmt(r["examples_per_s"]), fmt(r.get("gflops")),
+         _pct(r), fmt(r["time_vs_jnn"]) + "x", fmt(r.get("compile_s"))]
         for name, r in sec["results"].items()
     ]  # fmt: skip
+    headers = ["implementation", "s / step", "examples/s", "GFLOP/s", "% XLA ceiling",
+               "time vs jnn", "compile s"]  # fmt: skip
     ops = sorted({op for counts in sec["hlo_ops"].values() for op in counts})
     hlo_rows = [[name, *(c.get(op, 0) for op in ops)] for name, c in sec["hlo_ops"].items()]
-    ratios = sec["ratios"]
+    ratios, flops = sec["ratios"], sec.get("flops", {})
     torch = ratios.get("torch_over_jnn")
     return [
         f"Batch {sec['batch_size']}, {sec['optimizer']}, {sec['steps_per_sample']} steps per "
         f"sample; {sec['model']}.",
         "",
-        markdown_table(
-            ["implementation", "s / step", "examples/s", "time vs jnn", "compile s"], rows
-        ),  # fmt: skip
+        markdown_table(headers, rows),
         f"- manual / jax.grad step time: {fmt(ratios['manual_over_autodiff'])}x (ratio of "
         f"medians; median of paired ratios {fmt(ratios['manual_over_autodiff_paired'])}x)",
         f"- PyTorch eager / jnn manual: {fmt(torch) + 'x' if torch else 'n/a'}",
+        f"- FLOPs per train step: {flops.get('train_step', 0):,} (forward "
+        f"{flops.get('forward', 0):,}); {flops.get('note', 'not counted')}",
+        _load_line(sec),
         *_skipped(sec),
+        *_conv_layer_rows(sec.get("layers", []), train=True),
         "",
         "Ops in the optimized HLO of one jitted step:",
         "",
@@ -238,10 +284,15 @@ def warnings_md(result: dict[str, Any]) -> list[str]:
     ]
 
 
+def _verdict(t: dict[str, Any]) -> str:
+    if t.get("judged") is False:  # a PyTorch target timed while the machine was busy
+        return "not judged"
+    return {True: "met", False: "MISSED", None: "not measured"}[t["met"]]
+
+
 def targets_md(result: dict[str, Any]) -> list[str]:
-    verdict = {True: "met", False: "MISSED", None: "not measured"}
     rows = [
-        [t["name"], t["goal"], fmt(t["measured"]), verdict[t["met"]], t["note"]]
+        [t["name"], t["goal"], fmt(t["measured"]), _verdict(t), t["note"]]
         for t in result["targets"]
     ]
     headers = ["target", "goal", "measured", "result", "note"]

@@ -4,6 +4,13 @@ Uses the VGG experiment's own pipeline (``experiments.vgg_transfer``): ``make_ex
 ``extract_features`` for jnn (compiled once; each repetition times every batch after an untimed
 first one) and ``feature_throughput(backend="torch")`` for the torch reference built from the
 same (random) params. Repetitions alternate jnn, torch, jnn, torch, ...
+
+Work: the FLOPs per image are ``jnn.conv_cost``'s count of the 13 convolutions as jnn traces
+them (2 * MACs, every kernel tap; pooling, ReLU and preprocessing not counted), so each side
+gets GFLOP/s and its share of the XLA matmul ceiling. ``layers`` records how jnn ran each conv
+(``jnn.layers.conv.record_plans``: forward lowering, batch chunks, patch bytes of the forward,
+0 for a conv), ``load`` the machine's load while timing (``cnn.machine_load``: the PyTorch
+targets are judged only on a quiet machine).
 """
 
 from __future__ import annotations
@@ -13,10 +20,13 @@ from typing import Any
 import jax
 import numpy as np
 
+from experiments.benchmark.cnn import machine_load
 from experiments.benchmark.common import Context
 from experiments.benchmark.config import Config
 from experiments.timing import Stopwatch, summarize
+from jnn.conv_cost import recorded_conv_costs
 from jnn.errors import InputError
+from jnn.layers.conv import record_plans
 
 SIZE, FMT = 32, "keras"
 PIPELINE = (
@@ -57,6 +67,29 @@ def _samples(cfg, ctx, vgg_transfer, extract, params, images, batch) -> tuple[di
     return samples, torch_label
 
 
+def conv_work(vgg: Any, params: dict, batch: int) -> tuple[int, list[dict[str, Any]]]:
+    """(FLOPs per image of the 13 convs, one record per conv layer) at SIZE x SIZE, ``batch``
+    images a call: traced with ``jax.eval_shape`` (nothing computed)."""
+    import jax.numpy as jnp
+
+    with record_plans() as log:
+        jax.eval_shape(vgg.features, params, jnp.zeros((batch, SIZE, SIZE, 3)))
+    flops = 2 * sum(c.macs for c in recorded_conv_costs(log))
+    keys = ("layer", "input_shape", "output_shape", "forward", "chunk", "chunks", "backend")
+    layers = [{k: r[k] for k in keys} for r in log]
+    for layer, r in zip(layers, log):
+        layer["forward_patch_bytes"] = r["patch_bytes"] if r["forward"] == "gemm" else 0
+    return flops, layers
+
+
+def _rates(results: dict, flops_per_image: int, ceiling: float | None) -> None:
+    """GFLOP/s and the share of the XLA matmul ceiling of every case, in place."""
+    for r in results.values():
+        r["gflops"] = flops_per_image * r["images_per_s"] / 1e9
+        if ceiling:
+            r["fraction_of_xla_ceiling"] = r["gflops"] / ceiling
+
+
 def measure(cfg: Config, ctx: Context) -> dict[str, Any]:
     """images/s of both implementations on the same random weights; time vs jnn."""
     mods = _modules()
@@ -71,14 +104,20 @@ def measure(cfg: Config, ctx: Context) -> dict[str, Any]:
     extract = vgg_transfer.make_extractor(params, FMT, SIZE)
     with Stopwatch() as sw:  # compile + first batch, as the VGG experiment reports it
         jax.block_until_ready(extract(images[:batch]))
-    samples, torch_label = _samples(cfg, ctx, vgg_transfer, extract, params, images, batch)
+    with machine_load() as load:
+        samples, torch_label = _samples(cfg, ctx, vgg_transfer, extract, params, images, batch)
     timed = cfg.vgg_images - batch
     results = {name: summarize(s) for name, s in samples.items()}
     for r in results.values():
         r["images_per_s"] = timed / r["median_s"]
         r["time_vs_jnn"] = r["median_s"] / results["jnn"]["median_s"]
     results["jnn"]["compile_s"] = sw.s
+    flops, layers = conv_work(vgg, params, batch)
+    _rates(results, flops, ctx.ceiling)
     return {
+        "flops_per_image": flops,
+        "layers": layers,
+        "load": load,
         "status": "ok",
         "image_size": SIZE,
         "images_timed": timed,
