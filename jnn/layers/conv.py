@@ -33,15 +33,22 @@ chunks, which adds nothing to dw). Chunking is also a speed measure on XLA:CPU: 
 multi-MB temporary costs page faults on every call (a 29 MB patch matrix took ~15 ms to write
 unchunked, 16 chunks of 1.8 MB ~6 ms in all).
 
-**"auto"** (the default) picks a lowering per pass at trace time (:func:`auto_passes`): on CPU the
-kernel gradient is always a GEMM (XLA:CPU runs the kernel-gradient conv as a big-kernel
-convolution over a k x k output, measured 1.5-3x slower than the chunked GEMM on the CNN's
-layers), and the forward and input gradient are GEMMs on maps of at most ``SMALL_MAP`` output
-positions (XLA:CPU's convolution is pathologically slow there: block5 of VGG16 at 32x32 inputs,
-2x2x512 -> 512 at batch 64, took seconds as a conv, milliseconds as a matmul) and convs above it
-(XLA:CPU's own convolution beats im2col there: it needs no patch matrix). On any other backend
-(GPU: cuDNN) every pass stays a conv. :func:`conv_plans` reports what each Conv2D of a model
-does: the passes' lowerings, the chunking and the peak patch bytes.
+**"auto"** (the default) picks a lowering per pass at trace time from the output map's H' * W'
+(:func:`auto_passes`; measured on the CNN's and VGG16's layers, jax 0.10.2, 2-core Xeon, passes
+jitted alone and interleaved, conv time / gemm time):
+
+* H' * W' <= ``SMALL_MAP`` (16: 4x4 and smaller): every pass a GEMM. XLA:CPU's forward and
+  input-gradient convs are pathological on 2x2 maps (2x2x512 -> 512 at batch 64: ~1.9 s per call
+  against ~50 ms as GEMMs); at 4x4 the two lowerings are within ~15% of each other.
+* up to ``LARGE_MAP`` (64: 8x8): every pass a conv (fwd 0.7-1.0, dx 0.9-1.1, dw 0.8-0.9 on
+  VGG16's 8x8 and 4x4 layers: XLA's conv needs no patch matrix).
+* above: forward and dx convs (0.4-0.8: XLA's own convolution beats im2col, whose copies cost
+  more than its dot), the kernel gradient a GEMM (1.3-2.7 on 14x14 to 32x32 maps: XLA runs the
+  kernel-gradient conv as a big dy-kernel over a k x k output, its slowest convolution, and the
+  CNN step's slowest op).
+
+On any other backend (GPU: cuDNN) every pass stays a conv. :func:`conv_plans` reports what each
+Conv2D of a model does: the passes' lowerings, the chunking and the peak patch bytes.
 db sums dy over batch and space in every lowering.
 """
 
@@ -66,7 +73,8 @@ _DN = ("NHWC", "HWIO", "NHWC")
 PADDINGS = ("SAME", "VALID")
 LOWERINGS = ("auto", "conv", "gemm")
 PATCH_BUDGET_BYTES = 4 * 2**20  # most bytes of patch matrix one GEMM chunk holds (>= 1 example)
-SMALL_MAP = 16  # output positions H' * W' up to which "auto" lowers forward and dx to GEMMs on CPU
+SMALL_MAP = 16  # output positions H' * W' up to which "auto" lowers every pass to GEMMs on CPU
+LARGE_MAP = 64  # ... above which "auto" lowers the kernel gradient (only) to a GEMM on CPU
 
 
 def axis_geometry(n: int, k: int, s: int, padding: str) -> tuple[int, int, int, int]:
@@ -279,13 +287,15 @@ class ConvPlan(NamedTuple):
 
 def auto_passes(out_hw: tuple[int, int], backend: str) -> tuple[str, str, str]:
     """The rule of ``lowering="auto"``: (forward, input_grad, kernel_grad) lowerings for an
-    output map ``out_hw`` on ``backend`` (``jax.default_backend()``). Off CPU all "conv" (cuDNN);
-    on CPU dw is always "gemm", forward and dx are "gemm" when H' * W' <= ``SMALL_MAP``, else
-    "conv" (measurements in the module docstring and the benchmark's CNN/VGG sections)."""
-    if backend != "cpu":
+    output map ``out_hw`` on ``backend`` (``jax.default_backend()``). Off CPU all "conv" (cuDNN).
+    On CPU, by n = H' * W': all "gemm" for n <= ``SMALL_MAP``, all "conv" up to ``LARGE_MAP``,
+    above it "conv" for forward and dx and "gemm" for dw (measurements: module docstring)."""
+    n = out_hw[0] * out_hw[1]
+    if backend != "cpu" or SMALL_MAP < n <= LARGE_MAP:
         return "conv", "conv", "conv"
-    small = "gemm" if out_hw[0] * out_hw[1] <= SMALL_MAP else "conv"
-    return small, small, "gemm"
+    if n <= SMALL_MAP:
+        return "gemm", "gemm", "gemm"
+    return "conv", "conv", "gemm"
 
 
 def batch_chunk(batch: int, bytes_per_example: int, budget: int | None = None) -> int:
