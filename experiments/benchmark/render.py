@@ -149,7 +149,8 @@ def _mib(n: int) -> str:
 
 
 def _conv_layer_rows(layers: Sequence[dict[str, Any]], train: bool) -> list[str]:
-    """How each convolution ran: its lowering per pass, batch chunks and peak patch MiB."""
+    """How each convolution ran: its lowering per pass, and for its GEMM passes the batch chunks
+    (count x examples) and the peak patch-matrix MiB."""
     if not layers:
         return []
     passes = ("forward", "input_grad", "kernel_grad") if train else ("forward",)
@@ -158,7 +159,7 @@ def _conv_layer_rows(layers: Sequence[dict[str, Any]], train: bool) -> list[str]
     rows = [
         [r["layer"], "x".join(map(str, r["input_shape"])),
          "x".join(map(str, r["output_shape"])), *(r[p] for p in passes),
-         f"{r['chunks']} x {r['chunk']}",
+         f"{r['chunks']} x {r['chunk']}" if any(r[p] == "gemm" for p in passes) else "-",
          _mib(r["patch_bytes"] if train else r["forward_patch_bytes"])]
         for r in layers
     ]  # fmt: skip
