@@ -2,12 +2,12 @@
 
     python -m experiments.grid_probe --models 24 --examples 4800 --reps 2
 
-The same M grid models (``jnn.grid``: SelectActivation, per-model lr and init) train one epoch of
+The same M grid models (``jnn.study``: SelectActivation, per-model lr and init) train one epoch of
 batch-32 SGD on synthetic data, as
 
 - ``alone``: one model with ``train.make_epoch_fn`` (the reference rate, per model);
 - ``vmap``: ``jax.vmap(train.epoch_step)`` over the M models, each gathering its own batch (what
-  ``jnn.grid`` runs, without its validation): every dot is a batched dot;
+  ``jnn.study`` runs, without its validation): every dot is a batched dot;
 - ``vmap-shared-order``: the batch indices computed once outside the vmap, so the first layer
   (83% of the FLOPs) sees one unbatched x and JAX folds the models into one wide matmul
   (784 x 256M); the deeper layers stay batched dots;
@@ -73,15 +73,17 @@ def grid_states(models: int, seed: int) -> Any:
     lr; seeds added when M > 60), as the real grid mixes them."""
     import jax
 
-    from jnn import grid
+    from jnn import study
 
     acts, lrs = ("relu", "sigmoid", "tanh", "linear"), (0.01, 0.05, 0.1)
     inits = ("zero", "random", "normal", "he", "glorot")
     cells = len(acts) * len(inits) * len(lrs)
-    spec = grid.GridSpec(acts, inits, lrs, seeds=-(-models // cells), seed=seed)
-    gs, total = grid.init_grid(spec, 1)
-    pick = np.linspace(0, total - 1, models).round().astype(int)
-    return spec, jax.tree.map(lambda a: a[pick], gs.train)
+    c = study.StudyConfig(
+        activations=acts, inits=inits, lrs=lrs, seeds=-(-models // cells), seed=seed
+    )
+    st = study.init_state(c)
+    pick = np.linspace(0, study.num_models(c) - 1, models).round().astype(int)
+    return c, jax.tree.map(lambda a: a[pick], st.train)
 
 
 def epoch_fns(spec: Any) -> dict[str, Callable[..., Any]]:
@@ -89,10 +91,10 @@ def epoch_fns(spec: Any) -> dict[str, Callable[..., Any]]:
     import jax
     import jax.numpy as jnp
 
-    from jnn import core, grid, train
+    from jnn import core, optim, study, train
 
-    model = grid.grid_model(spec.activations, spec.sizes)
-    kw = dict(value_and_grad=core.value_and_grad(model), optimizer=grid.grid_optimizer())
+    model = study.network(spec)
+    kw = dict(value_and_grad=core.value_and_grad(model), optimizer=optim.make(spec.optimizer))
     one = functools.partial(train.epoch_step, batch_size=32, **kw)
     step = jax.vmap(functools.partial(train.train_step, **kw), in_axes=(0, *[None] * 5))
 
@@ -121,11 +123,11 @@ def alone_case(seed: int, x: Any, y: Any) -> Callable[[int], None]:
     import optax
 
     from experiments.benchmark.common import epoch_case
-    from jnn import grid, train
+    from jnn import study, train
     from jnn.mlp import STUDY_SIZES, mlp
 
     model, opt = mlp(STUDY_SIZES, "relu", "he"), optax.sgd(0.1)
-    state = train.init_train_state(grid.model_key(seed, 0), model, opt, STUDY_SIZES[:1])
+    state = train.init_train_state(study.model_key(seed, 0), model, opt, STUDY_SIZES[:1])
     return epoch_case(train.make_epoch_fn(model, opt, 32), state, x, y)
 
 

@@ -41,7 +41,7 @@ def SelectActivation(names: Sequence[str], index: int = 0) -> Layer:  # noqa: N8
     """An activation layer whose choice among ``names`` is state: ``{"index": int32}``.
 
     ``index`` is the initial choice; set another per model by replacing the state (see
-    ``jnn.grid``). Params: none. The per-example shape is unchanged.
+    ``jnn.study``). Params: none. The per-example shape is unchanged.
     """
     names = tuple(str(n).lower() for n in names)
     if not names:
