@@ -1,15 +1,16 @@
-"""The way back from a run folder: load a checkpoint of the MLP study into a model, predict.
+"""The way back from a run folder: load any trained model, at a save epoch or ``latest``.
 
-    from jnn import data, runs
-    net = runs.load_sweep_checkpoint("runs/mlp_sweep-original-normal", "relu", 100)
-    s = data.load_splits(net.config["split"], seed=net.config["seed"])
-    accuracy = (net.predict(s.x_test) == s.y_test).mean()      # the run's reported test accuracy
+    from jnn import runs, study
+    net = runs.load("runs/mlp_sweep-original-normal", activation="relu", epoch=100)
+    d = study.load_data(net.config)                     # the run's own split and subset
+    accuracy = (net.predict(d.test[0]) == d.test[1]).mean()   # the run's reported test accuracy
 
-A run folder of ``python -m experiments.mlp_sweep`` holds ``run.json`` (the settings) and one
-checkpoint folder per activation and epoch, ``<run>/<activation>/<epoch>/``, with the stacked
-train state of every seed. The model is rebuilt from the settings (``jnn.mlp.mlp``), the state is
-restored through :class:`jnn.checkpoints.CheckpointStore` (every file and array checksum-verified,
-so a damaged checkpoint is refused, never predicted from).
+A study run folder (``jnn.study``) holds ``run.json`` (the config) and verified checkpoints of
+every model. :func:`load` rebuilds the network through the builder training used
+(``jnn.study.network``), restores the checkpoint through :class:`jnn.checkpoints.CheckpointStore`
+(every file and array checksum-verified, the step's identity and epoch checked, so a damaged or
+swapped checkpoint is refused, never predicted from) and picks one model by name or by its
+fields (activation, init, lr, seed).
 
 A run folder of ``python -m experiments.vgg_transfer`` holds ``results.json`` and the trained
 transfer model in ``head/<epoch>/`` (the last good epoch: the last one, or the one before the run
@@ -29,84 +30,97 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from jax import Array
 
-from jnn import core, mlp, train, vgg
+from jnn import core, study, vgg
 from jnn.checkpoints import CheckpointStore
 from jnn.errors import InputError
 
-_SCALE_NAME = {"normal": "stddev", "random": "limit"}
-
 
 class LoadedModel(NamedTuple):
-    """A restored network: ``model`` (a jnn.core Layer) with one seed's params and layer state."""
+    """One restored model of a study run: the network, its params and layer state, the run's
+    config, which model (``spec``) and the epoch its state is from (for a model that diverged,
+    the last good epoch before it)."""
 
     model: core.Layer
     params: core.Params
     model_state: core.State
-    config: dict[str, Any]  # the run's settings, from run.json
+    config: study.StudyConfig
+    spec: study.ModelSpec
     epoch: int
 
     def logits(self, x: Any) -> Array:
-        """x (N, 784) float32 in [0, 1] (as ``jnn.data.load_splits`` gives) -> logits (N, 10)."""
-        return _apply(self.model, self.params, self.model_state, jnp.asarray(x))
+        """x (N, features) float32 in [0, 1] (as ``study.load_data`` gives) -> logits (N, C).
+        Refuses (one InputError line) another width, a non-float dtype, or NaN/inf rows."""
+        features = self.config.sizes[0]
+        x = np.asarray(x)
+        if x.ndim != 2 or x.shape[1] != features:
+            raise InputError(f"x must have shape (N, {features}), got {x.shape}")
+        if not np.issubdtype(x.dtype, np.floating):
+            raise InputError(f"x must be float images in [0, 1], got dtype {x.dtype}")
+        if not np.isfinite(x).all():
+            raise InputError("x holds NaN or inf values; a prediction for them would mean nothing")
+        return _apply(self.model, self.params, self.model_state, jnp.asarray(x, jnp.float32))
 
     def predict(self, x: Any) -> np.ndarray:
-        """x (N, 784) -> predicted class labels (N,) int."""
+        """x (N, features) -> predicted class labels (N,) int."""
         return np.asarray(jnp.argmax(self.logits(x), axis=-1))
 
 
-def _read_config(run_dir: Path) -> dict[str, Any]:
-    try:
-        return json.loads((run_dir / "run.json").read_text())["config"]
-    except FileNotFoundError:
+def select_model(c: study.StudyConfig, name: str | None, fields: dict[str, Any]) -> int:
+    """The index of the one model named ``name`` or matching every given field."""
+    specs = study.models(c)
+    unknown = set(fields) - set(study.ModelSpec._fields)
+    if unknown:
         raise InputError(
-            f"{run_dir} holds no run.json: it is not an mlp_sweep run folder"
-        ) from None
-    except (ValueError, KeyError, TypeError) as err:
-        raise InputError(f"{run_dir / 'run.json'} is unreadable ({err})") from None
-
-
-def sweep_model(config: dict[str, Any], activation: str) -> core.Layer:
-    """The network a sweep with ``config`` trained for ``activation``."""
-    init, scale = config["init"], config.get("init_scale")
-    kwargs = {_SCALE_NAME[init]: scale} if scale is not None else {}
-    return mlp.mlp(tuple(config["sizes"]), activation, init, **kwargs)
-
-
-def load_sweep_checkpoint(
-    run_dir: str | os.PathLike, activation: str, epoch: int, *, seed: int = 0
-) -> LoadedModel:
-    """Model ``seed`` (0-based among the run's ``--seeds``) of ``activation`` at ``epoch``."""
-    run_dir = Path(run_dir).expanduser().resolve()
-    config = _read_config(run_dir)
-    if activation not in config["activations"]:
-        raise InputError(
-            f"{run_dir} trained {', '.join(config['activations'])}, not {activation!r}"
+            f"models are chosen by {', '.join(study.ModelSpec._fields)}, not {unknown}"
         )
-    if not 0 <= seed < config["seeds"]:
-        raise InputError(f"seed must be in [0, {config['seeds']}) for this run, got {seed}")
-    model = sweep_model(config, activation)
-    like = _template(model, config)
-    with CheckpointStore(run_dir / activation, create=False) as store:
-        if epoch not in store.saved_epochs():
-            raise InputError(
-                f"{run_dir / activation} has no checkpoint of epoch {epoch} "
-                f"(saved: {store.saved_epochs() or 'none'})"
-            )
-        state = store.restore(epoch, like)["state"]
-    params, model_state = jax.tree.map(lambda a: a[seed], (state.params, state.model_state))
-    return LoadedModel(model, params, model_state, config, int(epoch))
+    hits = [
+        m
+        for m, s in enumerate(specs)
+        if (name is None or s.name == name)
+        and all(getattr(s, k) == (float(v) if k == "lr" else v) for k, v in fields.items())
+    ]
+    if len(hits) != 1:
+        names = ", ".join(s.name for s in specs[:8]) + (" ..." if len(specs) > 8 else "")
+        what = "no model" if not hits else f"{len(hits)} models"
+        raise InputError(f"{what} of this run match {name or fields}; the run has: {names}")
+    return hits[0]
 
 
-def _template(model: core.Layer, config: dict[str, Any]) -> dict[str, Any]:
-    """Shapes and dtypes of what the sweep saved: the seeds' stacked TrainState and history."""
-    seeds, sizes = config["seeds"], tuple(config["sizes"])
-    keys = jax.ShapeDtypeStruct((seeds, 2), jnp.uint32)
-    optimizer = optax.sgd(config["lr"])
-    state = jax.eval_shape(lambda k: train.init_train_states(k, model, optimizer, sizes[:1]), keys)
-    return {"state": state, "history": train.empty_history(config["epochs"], seeds)}
+def _epoch(store: CheckpointStore, c: study.StudyConfig, epoch: int | str) -> int:
+    have = sorted(set(store.saved_epochs() + store.rolling_epochs()))
+    if epoch == "latest":
+        if not have:
+            raise InputError(f"{store.directory} holds no finished checkpoint yet")
+        return have[-1]
+    if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)):
+        raise InputError(f"epoch must be an int or 'latest', got {epoch!r}")
+    if epoch not in have:
+        raise InputError(f"{store.directory} has no checkpoint of epoch {epoch} (saved: {have})")
+    return int(epoch)
+
+
+def load(
+    run_dir: str | os.PathLike, model: str | None = None, epoch: int | str = "latest", **fields: Any
+) -> LoadedModel:
+    """Model ``model`` (a name such as ``"relu/normal/lr0.1/s0"``) or the one matching
+    ``fields`` (``activation="relu", seed=0``...) of the study run in ``run_dir``, at ``epoch``
+    (a save epoch, the rolling one, or ``"latest"``)."""
+    run_dir = Path(run_dir).expanduser().resolve()
+    if not run_dir.is_dir():
+        raise InputError(f"{run_dir} is not a folder; pass a study run folder")
+    c = study.config_of(study.read_run(run_dir))
+    m = select_model(c, model, fields)
+    with study.open_store(c, run_dir, create=False) as store:
+        e = _epoch(store, c, epoch)
+        st = store.restore(e, study.checkpoint_like(c, e))["state"]
+    one = jax.tree.map(lambda a: a[m], st)
+    dead = int(one.diverged_at)
+    good = dead - 1 if dead else e
+    return LoadedModel(
+        study.network(c), one.train.params, one.train.model_state, c, study.models(c)[m], good
+    )
 
 
 @jax.jit(static_argnums=0)
