@@ -25,10 +25,11 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, NoReturn
 
 from experiments import report
 from jnn.errors import InputError
+from jnn.study import ConfigError
 
 OUTPUT_ROOT = Path("runs")  # every experiment's default output folder lies under it
 EXIT_OK, EXIT_BAD_INPUT, EXIT_DIVERGED = 0, 2, 3
@@ -43,6 +44,11 @@ class Experiment(NamedTuple):
     run: Callable[[Any, Path], dict[str, Any]]
     render: Callable[[dict[str, Any], Path], Sequence[Path]]
     console: Callable[[dict[str, Any]], str] = lambda result: ""
+
+
+def flag(name: str) -> str:
+    """A config field's flag: ``save_at`` -> ``--save-at``."""
+    return "--" + name.replace("_", "-")
 
 
 def default_out(name: str, *suffixes: str) -> str:
@@ -70,7 +76,10 @@ def execute(exp: Experiment, argv: Sequence[str] | None = None) -> int:
         overwrite=getattr(cfg, "overwrite", False),
         markers=("results.json", "run.json"),
     )
-    result = exp.run(cfg, run_dir)
+    try:
+        result = exp.run(cfg, run_dir)
+    except ConfigError as err:  # found while running (data, devices, resume): name the flag
+        raise InputError(err.render(flag)) from None
     result.update({k: v for k, v in stamp().items() if k not in result})
     result.setdefault("wall_s", time.perf_counter() - t0)
     exp.render(result, run_dir)
@@ -99,11 +108,19 @@ EXIT_CODES = "Exit codes: 0 done, 2 bad input (one line on stderr), 3 a model di
 EXIT_CODES_NO_TRAINING = "Exit codes: 0 done, 2 bad input (one line on stderr)."
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse's parser whose usage errors (unknown flag, missing value) are one line on
+    stderr and exit 2, like every other bad input, instead of the usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_BAD_INPUT, f"error: {message} (see {self.prog} --help)\n")
+
+
 def parser(
     name: str, *, description: str, epilog: str = EXIT_CODES, **kwargs: Any
 ) -> argparse.ArgumentParser:
     """The argument parser of ``python -m experiments.<name>`` (exit codes in the epilog)."""
-    return argparse.ArgumentParser(
+    return OneLineParser(
         prog=f"python -m experiments.{name}", description=description, epilog=epilog, **kwargs
     )
 

@@ -15,9 +15,14 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 def _no_internet(monkeypatch):
     """Tests never reach the real mirrors: a download goes to a closed port on 127.0.0.1 (refused
     at once, like offline) unless a test serves files itself (the ``mirror`` fixture)."""
+    import dataclasses
+
     from jnn import data
 
     monkeypatch.setattr(data, "MIRRORS", ("http://127.0.0.1:9/",))
+    for name, entry in list(data.DATASETS.items()):
+        closed = dataclasses.replace(entry, mirrors=("http://127.0.0.1:9/",))
+        monkeypatch.setitem(data.DATASETS, name, closed)
 
 
 @pytest.fixture(scope="session")

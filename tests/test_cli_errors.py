@@ -68,10 +68,15 @@ def another_run(tmp: Path, data: Path) -> list[str]:
 
 
 def resume_changed(setting: str, value: str) -> Callable[[Path, Path], list[str]]:
+    """--resume a run whose run.json (as jnn.study writes it) has the default config."""
+
     def build(tmp: Path, data: Path) -> list[str]:
-        cfg = mlp_sweep.parse_config(sweep()(tmp, data))
+        from jnn import study
+
+        cfg = mlp_sweep.parse(sweep()(tmp, data)).config.study()
         (tmp / "out").mkdir()
-        (tmp / "out" / "run.json").write_text(json.dumps({"identity": cfg.identity()}))
+        stored = {"format": study.FORMAT, "config": {}, "identity": cfg.identity()}
+        (tmp / "out" / "run.json").write_text(json.dumps(stored))
         return [*sweep()(tmp, data), setting, value, "--resume"]
 
     return build
@@ -139,32 +144,39 @@ CASES = [
         lambda t, d: data_copy(t, d, "t10k-labels-idx1-ubyte.gz", how="zeros")), "SHA-256"),
     Case("unknown-activation", sweep("--activations", "relu,swish"), "unknown activation"),
     Case("duplicate-activation", sweep("--activations", "relu,relu"), "twice"),
-    Case("unknown-init", sweep("--init", "xavier"), "unknown init"),
-    Case("zero-epochs", sweep("--epochs", "0"), "--epochs must be a positive integer"),
-    Case("negative-epochs", sweep("--epochs", "-3"), "--epochs must be a positive integer"),
-    Case("zero-lr", sweep("--lr", "0"), "--lr must be a finite number > 0"),
-    Case("negative-lr", sweep("--lr", "-0.1"), "--lr must be a finite number > 0"),
-    Case("nan-lr", sweep("--lr", "nan"), "--lr must be a finite number > 0"),
-    Case("zero-batch", sweep("--batch-size", "0"), "--batch-size must be a positive integer"),
-    Case("batch-over-data", sweep("--batch-size", "5000"), "exceeds the training examples"),
-    Case("zero-seeds", sweep("--seeds", "0"), "--seeds must be a positive integer"),
-    Case("negative-seed", sweep("--seed", "-1"), "--seed must be in [0, "),
-    Case("save-at-beyond", sweep("--epochs", "3", "--save-at", "2,5"), "beyond --epochs 3"),
-    Case("save-at-zero", sweep("--save-at", "0,2"), "must be positive"),
-    Case("save-at-garbage", sweep("--save-at", "two"), "comma-separated integers"),
-    Case("init-scale-for-he", sweep("--init", "he", "--init-scale", "0.1"), "not to --init he"),
-    Case("init-scale-negative", sweep("--init-scale", "-1"), "--init-scale must be a finite"),
-    Case("zero-devices", sweep("--devices", "0"), "--devices must be a positive integer"),
+    Case("unknown-init", sweep("--inits", "xavier"), "unknown initializer"),
+    Case("zero-epochs", sweep("--epochs", "0"), "--epochs must be an integer in [1, 100,000]"),
+    Case("negative-epochs", sweep("--epochs", "-3"), "--epochs must be an integer in [1,"),
+    Case("zero-lr", sweep("--lrs", "0"), "--lrs must be positive finite numbers"),
+    Case("negative-lr", sweep("--lrs", "-0.1"), "--lrs must be positive finite numbers"),
+    Case("nan-lr", sweep("--lrs", "nan"), "--lrs must be positive finite numbers"),
+    Case("zero-batch", sweep("--batch-size", "0"), "--batch-size must be an integer >= 1"),
+    Case("batch-over-data", sweep("--batch-size", "5000"), "exceeds the 2,000 training examples"),
+    Case("zero-seeds", sweep("--seeds", "0"), "--seeds must be an integer in [1,"),
+    Case("negative-seed", sweep("--seed", "-1"), "--seed must be an integer in [0, "),
+    Case("save-at-beyond", sweep("--epochs", "3", "--save-at", "2,5"),
+         "--save-at must be an integer in [1, 3]"),
+    Case("save-at-zero", sweep("--save-at", "0,2"), "--save-at must be an integer in [1, 3]"),
+    Case("save-at-garbage", sweep("--save-at", "two"), "--save-at takes an integer, got 'two'"),
+    Case("save-at-gap", sweep("--save-at", "1,,2"), "without gaps"),
+    Case("init-scale-for-he", sweep("--inits", "he", "--init-scale", "0.1"),
+         "applies to normal and random, not to ['he']"),
+    Case("init-scale-negative", sweep("--init-scale", "-1"),
+         "--init-scale must be a positive finite"),
+    Case("zero-devices", sweep("--devices", "0"), "--devices must be an integer >= 1"),
     Case("too-many-devices", sweep("--devices", "64"), "asked for 64 devices"),
-    Case("data-parallel-too-many", sweep("--data-parallel", "--devices", "3"), "asked for 3"),
-    Case("negative-checkpoint-every", sweep("--checkpoint-every", "-1"), "must be >= 0"),
+    Case("negative-checkpoint-every", sweep("--checkpoint-every", "-1"),
+         "--checkpoint-every must be an integer >= 0"),
+    Case("unknown-optimizer", sweep("--optimizer", "lbfgs"), "--optimizer: unknown optimizer"),
+    Case("unknown-layout", sweep("--layout", "pmap"), "--layout must be one of"),
     Case("resume-and-overwrite", sweep("--resume", "--overwrite"), "contradict"),
     Case("out-holds-another-run", another_run, "already holds another run"),
-    Case("resume-other-lr", resume_changed("--lr", "0.05"), "--lr: run has 0.1, now 0.05"),
-    Case("resume-other-init", resume_changed("--init", "he"), "--init: run has 'normal'"),
+    Case("resume-other-lr", resume_changed("--lrs", "0.05"), "--lrs: run has [0.1], now [0.05]"),
+    Case("resume-other-init", resume_changed("--inits", "he"), "--inits: run has ['normal']"),
     Case("resume-not-a-run", resume_foreign, "holds no run.json"),
-    Case("huge-seed", sweep("--seed", str(2**63)), "--seed must be in [0, "),
-    Case("huge-epochs", sweep("--epochs", str(10**12)), "--epochs must be at most"),
+    Case("huge-seed", sweep("--seed", str(2**63)), "--seed must be an integer in [0, "),
+    Case("huge-epochs", sweep("--epochs", str(10**12)),
+         "--epochs must be an integer in [1, 100,000]"),
     Case("resume-run-json-wrong-structure", lambda t, d: (t / "out").mkdir() or
          (t / "out" / "run.json").write_text("[1, 2]") and [*sweep()(t, d), "--resume"],
          "is unreadable"),

@@ -1,0 +1,175 @@
+"""A command line generated from a config declaration: flags, help, checks, ``--quick``.
+
+An experiment declares its config once, as a frozen dataclass whose fields carry their help
+(``jnn.study.option(default, help, ...)``) and whose ``__post_init__`` checks them (raising
+``jnn.study.ConfigError``, which names fields in backquotes). From it :func:`parse` builds:
+
+- one flag per field (``save_at`` -> ``--save-at``), typed from the annotation: ``int``,
+  ``float``, ``str``, ``bool`` (``--x`` / ``--no-x``), tuples as comma-separated lists (every
+  item must parse: ``1,,2`` and ``1,x`` are refused, never dropped), ``X | None`` (``none``);
+- the help of each from its declaration, with the default and the ``--quick`` value;
+- ``--quick`` (the experiment's smoke-run preset: values for the fields not given),
+  ``--config FILE`` (the config of a run.json / results.json: a run reruns exactly, flags
+  given as well override it), ``--print-config`` (print the resolved config as JSON, exit 0);
+- ``--out`` / ``--overwrite`` / ``--resume`` (the run folder, see ``experiments.harness``).
+
+The config's own checks run once, on the resolved values; their messages are rendered with the
+flags' names. What :func:`parse` returns is an :class:`Invocation`: the config and the run
+options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import types
+import typing
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from experiments import harness
+from experiments.harness import flag
+from jnn.errors import InputError
+from jnn.study import ConfigError
+
+
+class Invocation(NamedTuple):
+    """A parsed command line: the checked config and how to run it."""
+
+    config: Any
+    out: str
+    resume: bool
+    overwrite: bool
+    quick: bool
+
+
+class _Kind(NamedTuple):
+    base: type  # int, float, str or bool
+    many: bool  # a tuple of them
+    optional: bool  # None allowed
+
+
+def _kind(annotation: Any) -> _Kind:
+    """The flag's kind from a field annotation (``tuple[int, ...] | None`` etc.)."""
+    args = typing.get_args(annotation)
+    optional = False
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        rest = [a for a in args if a is not type(None)]
+        optional, annotation = len(rest) < len(args), rest[0]
+    if typing.get_origin(annotation) is tuple:
+        return _Kind(typing.get_args(annotation)[0], True, optional)
+    return _Kind(annotation, False, optional)
+
+
+def _one(text: str, base: type, name: str) -> Any:
+    try:
+        if base is bool:
+            return {"true": True, "false": False}[text.strip().lower()]
+        return base(text.strip())
+    except (ValueError, KeyError):
+        what = {int: "an integer", float: "a number", bool: "true or false"}.get(base, "text")
+        raise InputError(f"{flag(name)} takes {what}, got {text!r}") from None
+
+
+def convert(text: str, kind: _Kind, name: str) -> Any:
+    """A flag's text -> the field's value, strictly (every list item must parse)."""
+    if kind.optional and text.strip().lower() == "none":
+        return None
+    if not kind.many:
+        return _one(text, kind.base, name)
+    items = text.split(",")
+    if any(not item.strip() for item in items):
+        raise InputError(f"{flag(name)} takes a comma-separated list without gaps, got {text!r}")
+    return tuple(_one(item, kind.base, name) for item in items)
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ",".join(map(str, value)) or "none"
+    return "none" if value is None else str(value)
+
+
+def _help(f: dataclasses.Field, quick: dict[str, Any]) -> str:
+    text = f.metadata.get("help", "")
+    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    extra = f"; {_show(quick[f.name])} with --quick" if f.name in quick else ""
+    return f"{text} [{_show(default)}{extra}]".replace("%", "%%")
+
+
+def build_parser(
+    cls: type, name: str, description: str, quick: dict[str, Any], epilog: str
+) -> argparse.ArgumentParser:
+    """The parser of ``cls``: one flag per field (default None = "not given") plus the run
+    options; values stay text until :func:`parse` converts them."""
+    p = harness.parser(name, description=description, epilog=epilog)
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        kind, text = _kind(hints[f.name]), _help(f, quick)
+        if kind.base is bool and not kind.many:
+            on = f.default is not True
+            opt = flag(f.name) if on else "--no-" + f.name.replace("_", "-")
+            p.add_argument(opt, dest=f.name, action="store_const", const=on, help=text)
+        else:
+            p.add_argument(flag(f.name), dest=f.name, metavar=f.name.upper(), help=text)
+    harness.add_output_flags(p, name, resume=True)
+    p.add_argument("--quick", action="store_true", help="the smoke-run preset (seconds)")
+    p.add_argument("--config", metavar="FILE", help="rerun the config of a run.json/results.json")
+    p.add_argument("--print-config", action="store_true", help="print the config and exit")
+    return p
+
+
+def _from_file(path: str, cls: type) -> dict[str, Any]:
+    """The config fields stored in a run.json or results.json (``"config"``), as values."""
+    try:
+        stored = json.loads(Path(path).expanduser().read_text())["config"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise InputError(f"--config {path}: not a run.json or results.json ({err})") from None
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(stored) - names) if isinstance(stored, dict) else ["?"]
+    if unknown:
+        raise InputError(f"--config {path} holds fields this experiment does not have: {unknown}")
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in stored.items()}
+
+
+def resolve(cls: type, args: argparse.Namespace, quick: dict[str, Any]) -> Any:
+    """Flags over --config over --quick over the declared defaults; then the config's checks,
+    their messages in flags."""
+    hints = typing.get_type_hints(cls)
+    values = dict(quick) if args.quick else {}
+    if args.config:
+        values.update(_from_file(args.config, cls))
+    for f in dataclasses.fields(cls):
+        given = getattr(args, f.name)
+        if isinstance(given, str):
+            values[f.name] = convert(given, _kind(hints[f.name]), f.name)
+        elif given is not None:
+            values[f.name] = given
+    try:
+        return cls(**values)
+    except ConfigError as err:
+        raise InputError(err.render(flag)) from None
+
+
+def parse(
+    cls: type,
+    argv: Sequence[str] | None,
+    *,
+    name: str,
+    description: str,
+    quick: dict[str, Any],
+    default_out: Callable[[Any, bool], str] | None = None,
+    epilog: str = harness.EXIT_CODES,
+) -> Invocation:
+    """Command line -> :class:`Invocation`; ``--print-config`` prints and exits 0."""
+    args = build_parser(cls, name, description, quick, epilog).parse_args(argv)
+    if args.resume and args.overwrite:
+        raise InputError("--resume and --overwrite contradict each other; pick one")
+    config = resolve(cls, args, quick)
+    if args.print_config:
+        print(json.dumps(dataclasses.asdict(config), indent=1))
+        raise SystemExit(0)
+    out = args.out or (default_out(config, args.quick) if default_out else None)
+    out = out or harness.default_out(name, "quick" if args.quick else "")
+    return Invocation(config, out, args.resume, args.overwrite, args.quick)
