@@ -213,7 +213,7 @@ def map_batch(fn: Callable[..., Array], chunk: int, *arrays: Array) -> Array:
     results concatenated back to the batch: peak temporaries of ``fn`` are those of one chunk."""
     batch = arrays[0].shape[0]
     chunks = -(-batch // chunk)
-    if chunks == 1:
+    if chunks <= 1:  # one chunk (or an empty batch): no loop
         return fn(*arrays)
     out = lax.map(lambda xs: fn(*xs), tuple(_chunked(a, chunk, chunks) for a in arrays))
     return out.reshape(-1, *out.shape[2:])[:batch]
@@ -224,7 +224,7 @@ def sum_batch(fn: Callable[..., Array], chunk: int, *arrays: Array) -> Array:
     padding the last chunk must add nothing, as they do to a kernel gradient)."""
     batch = arrays[0].shape[0]
     chunks = -(-batch // chunk)
-    if chunks == 1:
+    if chunks <= 1:  # one chunk (or an empty batch): no loop
         return fn(*arrays)
     parts = tuple(_chunked(a, chunk, chunks) for a in arrays)
     like = jax.eval_shape(fn, *(p[0] for p in parts))
@@ -303,6 +303,8 @@ def batch_chunk(batch: int, bytes_per_example: int, budget: int | None = None) -
     evened out over the chunks that needs, so the zero padding of the last chunk is minimal.
     ``budget`` defaults to ``PATCH_BUDGET_BYTES``."""
     budget = PATCH_BUDGET_BYTES if budget is None else budget  # read at trace time
+    if batch <= 1:
+        return 1
     fit = max(1, min(batch, budget // max(bytes_per_example, 1)))
     chunks = -(-batch // fit)
     return -(-batch // chunks)
