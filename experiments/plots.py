@@ -110,13 +110,13 @@ def _seeds(history: Mapping[str, Any]) -> int:
 
 
 def save_figure(fig: Figure, path: Path) -> Path:
-    """Render ``fig`` with Agg and write it to ``path`` atomically (a temp file, then rename)."""
+    """Render ``fig`` with Agg and write it to ``path`` as a PNG, atomically: a temporary file,
+    then a rename (``report.write_atomic``), so a full disk or a read-only folder leaves no
+    half-written PNG (and no temporary file) and is one ``report.StorageError`` line."""
+    from experiments.report import write_atomic
+
     FigureCanvasAgg(fig)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    tmp.replace(path)
-    return path
+    return write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
 
 
 def plot_activation(

@@ -3,6 +3,8 @@ bars and one-line CLI errors. Nothing here knows about any particular study."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import functools
 import importlib.metadata
 import json
@@ -14,7 +16,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from tqdm.auto import tqdm
 
@@ -248,22 +250,72 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` via a temporary file and rename: never a half-written file."""
+class StorageError(InputError):
+    """A file could not be written where asked: no space, no permission, a read-only file
+    system. One line naming the path, the system's reason and what to do."""
+
+
+_NO_PERMISSION = "fix its permissions (this user must be able to write there) or use another folder"
+# errno -> what the user can do about it (the reason itself is the system's strerror)
+_STORAGE_ADVICE = {
+    errno.ENOSPC: "free some space there",
+    errno.EDQUOT: "free some space there (the disk quota is used up)",
+    errno.EACCES: _NO_PERMISSION,
+    errno.EPERM: _NO_PERMISSION,
+    errno.EROFS: "the file system is read-only: write somewhere else",
+}
+STORAGE_ERRNOS = frozenset(_STORAGE_ADVICE)
+
+
+def storage_error(
+    path: str | os.PathLike | None, err: OSError, doing: str = "write"
+) -> StorageError:
+    """``err`` (raised while ``doing`` ``path``; None: the error's own file name) as one
+    :class:`StorageError` line: the path, the system's reason and what to do. No flag is named:
+    every command has its own."""
+    where = path if path is not None else (err.filename or "a file")
+    reason = err.strerror or str(err) or type(err).__name__
+    advice = _STORAGE_ADVICE.get(err.errno, "check the folder and the disk")
+    return StorageError(f"cannot {doing} {where}: {reason}; {advice}, then run the command again")
+
+
+def write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
+    """``write(f)`` into a temporary file beside ``path``, synced, then renamed onto ``path``.
+
+    A reader sees the old file or the whole new one, never a half-written one: on any failure
+    (a full disk surfaces at write, close or fsync) the temporary file is removed, and a storage
+    error (:data:`STORAGE_ERRNOS`, or any other ``OSError``) becomes one :class:`StorageError`
+    line naming ``path``. Other exceptions propagate unchanged. The file gets the usual
+    ``0666 & ~umask`` mode (``mkstemp`` makes 0600; results are for everyone to read).
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp: str | None = None
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
         umask = os.umask(0)
         os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; results are for everyone to read
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as err:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        if isinstance(err, OSError):
+            raise storage_error(path, err) from None
         raise
     return path
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically (:func:`write_atomic`): never a
+    half-written file; a full disk or a read-only folder is one :class:`StorageError` line."""
+    data = text.encode()
+    return write_atomic(path, lambda f: f.write(data))
 
 
 def write_json(path: str | os.PathLike, data: Any) -> Path:
@@ -295,9 +347,11 @@ def cli_main(main: Callable[[Sequence[str] | None], Any]) -> Callable[[Sequence[
     """Wrap a CLI ``main(argv)`` so that bad input ends in one line on stderr and exit code 2.
 
     Bad input is :class:`jnn.errors.InputError` (data, checkpoint and weight files, run folders,
-    every argument check of jnn and the experiments). Anything else, a ``ValueError`` from deep
-    inside JAX or numpy included, is a bug and keeps its traceback. Ctrl-C is one line, exit 130.
-    Either way the run-folder locks are released and a stub folder of a failed run is removed.
+    every argument check of jnn and the experiments) and a storage ``OSError`` (no space, no
+    permission, read-only: :data:`STORAGE_ERRNOS`) from any write. Anything else, a
+    ``ValueError`` from deep inside JAX or numpy included, is a bug and keeps its traceback.
+    Ctrl-C is one line, exit 130. Either way the run-folder locks are released and a stub
+    folder of a failed run is removed.
     """
 
     @functools.wraps(main)
@@ -308,6 +362,11 @@ def cli_main(main: Callable[[Sequence[str] | None], Any]) -> Callable[[Sequence[
             failed = False
         except InputError as err:
             print(f"error: {err}", file=sys.stderr)
+            return 2
+        except OSError as err:  # a write that bypassed write_atomic: still one line, not a bug
+            if err.errno not in STORAGE_ERRNOS:
+                raise
+            print(f"error: {storage_error(None, err, 'use')}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:
             print("interrupted: finished checkpoints are kept", file=sys.stderr)

@@ -29,27 +29,33 @@ restored leaves against their digests; any failure is one :class:`CorruptCheckpo
 naming the step folder and what failed. Folders without ``checksums.json`` (empty, partial, or
 written by jnn before checksums existed) are never restored: their data cannot be verified.
 
-Commit: a step is written into ``<epoch>.orbax-checkpoint-tmp-*`` and renamed to ``<epoch>``
-once ``checksums.json`` is written and synced, so a process killed mid-save leaves only the
-temporary folder, which is never listed or loaded (this module warns about such leftovers).
+Commit: a step is written into ``<epoch>.orbax-checkpoint-tmp-<pid>-<ns>`` and renamed to
+``<epoch>`` once ``checksums.json`` is written and synced, so a process killed mid-save leaves
+only the temporary folder, which is never listed or loaded. A store marks its folder
+(``.jnn-checkpoints``); opening a marked folder removes the temporary folders whose process is
+gone (``store.removed``, with a warning), and leaves those of a live process alone.
 
 ``restore_latest`` falls back to the newest step that verifies and reports each step it skipped
 with a :class:`CheckpointWarning` and in ``store.skipped``. ``save`` never skips: an epoch that is
 already saved, or older than the newest checkpoint, raises :class:`CheckpointError` unless
 ``replace=True``; a folder this store found unusable (or one that is not a finished step) is
 replaced with a warning. Storage failures (tensorstore reports a full disk as a ``ValueError``)
-become one-line :class:`CheckpointError` s with orbax's log noise suppressed. Saves are
-synchronous and serialised across threads.
+become one-line :class:`CheckpointError` s saying what to do, with orbax's log noise and the
+late callbacks of the abandoned writes suppressed. Saves are synchronous and serialised across
+threads.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
 import os
+import re
 import shutil
+import sys
 import threading
 import time
 import warnings
@@ -69,6 +75,10 @@ TREE_ITEM = "tree"
 FORMAT = "jnn-checkpoint/1"
 _SAVE_LOCK = threading.Lock()
 _TMP_MARK = ".orbax-checkpoint-tmp"
+# <epoch>.orbax-checkpoint-tmp-[replaced-|old-]<pid>-<ns>: the temporary folders jnn names
+_TMP_NAME = re.compile(rf"^\d+{re.escape(_TMP_MARK)}-(?:replaced-|old-)?(\d+)-\d+$")
+STORE_MARKER = ".jnn-checkpoints"  # in every folder a CheckpointStore made: its temp folders
+# (of a killed save) may be removed at the next open
 
 # Orbax logs every save and restore at INFO through absl; keep the console for the experiments.
 logging.getLogger("absl").setLevel(logging.WARNING)
@@ -123,8 +133,11 @@ logging.getLogger("absl").addFilter(_DropOrbaxLogs())
 
 @contextlib.contextmanager
 def _quiet_orbax() -> Iterator[None]:
-    """Within this block orbax's own error logs are dropped: the caller raises one line instead."""
+    """Within this block orbax's own error logs are dropped: the caller raises one line instead.
+    From the first block on, so are the late callbacks of abandoned writes (they may arrive
+    while orbax is still unwinding, before the caller has seen the error)."""
     global _quiet_depth
+    _drop_late_loop_callbacks()
     with _quiet_lock:
         _quiet_depth += 1
     try:
@@ -132,6 +145,57 @@ def _quiet_orbax() -> Iterator[None]:
     finally:
         with _quiet_lock:
             _quiet_depth -= 1
+
+
+_late_hook: Any = None  # the hook _drop_late_loop_callbacks installed
+
+
+def _is_late_loop_callback(args: Any) -> bool:
+    """``RuntimeError('Event loop is closed')`` from ``loop.call_soon_threadsafe``: tensorstore
+    finishing a write of an abandoned save after orbax closed that save's event loop."""
+    if args.exc_type is not RuntimeError or str(args.exc_value) != "Event loop is closed":
+        return False
+    tb, names = args.exc_traceback, set()
+    while tb is not None:
+        names.add(tb.tb_frame.f_code.co_name)
+        tb = tb.tb_next
+    return "call_soon_threadsafe" in names
+
+
+def _drop_late_loop_callbacks() -> None:
+    """From now on, drop the late callbacks of an abandoned save (see above); every other
+    unraisable exception goes to the hook that was there before.
+
+    Why: when one write of a save fails (a full disk), orbax raises and closes its event loop
+    while tensorstore's other writes are still in flight; each of them, finishing later, tries
+    to wake the closed loop, and Python printed that as a traceback per write (85 lines after
+    one disk-full error). Those writes belong to a save already reported as failed and removed.
+    Installed by the first save or restore (again by a later one if the hook was swapped out).
+    """
+    global _late_hook
+    with _quiet_lock:
+        if _late_hook is not None and sys.unraisablehook is _late_hook:
+            return
+        previous = sys.unraisablehook  # (again when someone, e.g. pytest, swapped ours out)
+
+        def hook(args: Any) -> None:
+            if not _is_late_loop_callback(args):
+                previous(args)
+
+        _late_hook = sys.unraisablehook = hook
+
+
+def _storage_advice(err: BaseException) -> str:
+    """What to do about a failed write, in words every caller can use (no flags, no code)."""
+    text = str(err)
+    code = getattr(err, "errno", None)
+    if code in (errno.ENOSPC, errno.EDQUOT) or "RESOURCE_EXHAUSTED" in text or "No space" in text:
+        return "free some space there, then run again"
+    if code == errno.EROFS or "Read-only file system" in text:
+        return "the file system is read-only: use a folder elsewhere"
+    if code in (errno.EACCES, errno.EPERM) or "PERMISSION_DENIED" in text:
+        return "make the folder writable for this user or use another one"
+    return "fix the folder or the disk, then run again"
 
 
 def _one_line(err: BaseException, limit: int = 300) -> str:
@@ -207,6 +271,39 @@ def incomplete_checkpoints(directory: str | os.PathLike) -> list[Path]:
         if folder.is_dir():
             found += sorted(p for p in folder.iterdir() if _TMP_MARK in p.name)
     return found
+
+
+def _mark_store(directory: Path) -> None:
+    """Write :data:`STORE_MARKER` (best effort: a read-only store is still readable)."""
+    marker = directory / STORE_MARKER
+    if not marker.is_file():
+        with contextlib.suppress(OSError):
+            marker.write_text(
+                "checkpoints of jnn.checkpoints: temporary folders (*.orbax-checkpoint-tmp*) of "
+                "an interrupted save here are removed when the store is next opened\n"
+            )
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (of any user) on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: another user's live process
+        return True
+    return True
+
+
+def _left_by_killed_save(path: Path) -> bool:
+    """A temporary step folder no save is writing: its name names a process that is gone, or
+    names none (an older jnn's name). A live process's folder, this one's included (a save in
+    another thread), is never one."""
+    found = _TMP_NAME.match(path.name)
+    if found is None:
+        return True
+    pid = int(found.group(1))
+    return pid != os.getpid() and not _process_alive(pid)
 
 
 # --------------------------------------------------------------------------- what a step holds
@@ -300,11 +397,17 @@ def _write_staging(staging: Path, tree: Any, holds: dict[str, Any]) -> None:
         os.fsync(f.fileno())
 
 
+def _tmp_name(path: Path, kind: str = "") -> Path:
+    """A temporary sibling of ``path`` naming this process (so a later open can tell a folder
+    of a live save from one left by a killed process)."""
+    return path.with_name(f"{path.name}{_TMP_MARK}-{kind}{os.getpid()}-{time.time_ns()}")
+
+
 def _commit(staging: Path, path: Path) -> None:
     """Rename ``staging`` to ``path``; an existing ``path`` is moved aside first, deleted after."""
     aside = None
     if path.exists() or path.is_symlink():
-        aside = path.with_name(f"{path.name}{_TMP_MARK}-replaced-{time.time_ns()}")
+        aside = _tmp_name(path, "replaced-")
         os.rename(path, aside)
     try:
         os.rename(staging, path)
@@ -325,7 +428,7 @@ def _commit(staging: Path, path: Path) -> None:
 def _discard(path: Path) -> None:
     """Delete a step so that it disappears at once: renamed to a temporary name, then removed
     (a process killed meanwhile leaves a temporary folder, never a half-deleted step)."""
-    aside = path.with_name(f"{path.name}{_TMP_MARK}-old-{time.time_ns()}")
+    aside = _tmp_name(path, "old-")
     try:
         os.rename(path, aside)
     except OSError:
@@ -372,7 +475,7 @@ def _save(
     path = Path(path).expanduser().absolute()
     if (path.exists() or path.is_symlink()) and not replace:
         raise CheckpointError(f"{path} already exists; pass replace=True to overwrite it")
-    staging = path.with_name(f"{path.name}{_TMP_MARK}-{os.getpid()}-{time.time_ns()}")
+    staging = _tmp_name(path)
     holds = {k: v for k, v in (("epoch", epoch), ("identity", identity)) if v is not None}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -385,8 +488,8 @@ def _save(
     except Exception as err:  # tensorstore: ValueError("RESOURCE_EXHAUSTED ..."), OSError, ...
         _remove(staging)
         raise CheckpointError(
-            f"could not save checkpoint {path}: {_one_line(err)}; the checkpoints already on "
-            "disk are intact (free some space or fix the folder, then rerun with --resume)"
+            f"could not save checkpoint {path}: {_one_line(err)}; nothing of it was kept and "
+            f"the checkpoints already on disk are intact; {_storage_advice(err)}"
         ) from err
     return path
 
@@ -507,7 +610,7 @@ class CheckpointStore:
     and every restore refuses a step that recorded another identity, or another epoch than its
     folder's number (see the module doc). ``skipped`` lists the steps the last
     :meth:`restore_latest` passed over (a CLI can say "step 60 of latest/ was corrupt (...);
-    resumed from step 50").
+    resumed from step 50"); ``removed`` the temporary folders of killed saves this open deleted.
     """
 
     def __init__(
@@ -526,19 +629,39 @@ class CheckpointStore:
         self._unusable: set[Path] = set()  # folders this store found corrupt: save may replace
         if not create and not path.is_dir():
             raise CheckpointError(f"no checkpoint folder at {path}")
+        owned = (path / STORE_MARKER).is_file()
         if create:
             try:
                 (path / ROLLING_DIR).mkdir(parents=True, exist_ok=True)
             except OSError as err:
-                raise CheckpointError(f"cannot create checkpoint folder {path}: {err}") from err
-        stale = incomplete_checkpoints(path)
-        if stale:
-            warnings.warn(
-                f"ignoring {len(stale)} half-written checkpoint(s) (interrupted save): "
-                + ", ".join(str(p) for p in stale),
-                CheckpointWarning,
-                stacklevel=2,
-            )
+                raise CheckpointError(
+                    f"cannot create checkpoint folder {path}: {_one_line(err)}; "
+                    f"{_storage_advice(err)}"
+                ) from err
+            _mark_store(path)
+        self.removed = self._tidy(owned)
+
+    def _tidy(self, owned: bool) -> list[Path]:
+        """Remove the temporary folders of saves whose process is gone (a killed save), when
+        this folder is a store's (``owned``: it holds :data:`STORE_MARKER`); warn about them,
+        and about any left in place (a live process's save, or a folder jnn did not mark)."""
+        stale = incomplete_checkpoints(self.directory)
+        removed = []
+        for path in stale:
+            if owned and _left_by_killed_save(path):
+                _remove(path)
+                if not (path.exists() or path.is_symlink()):
+                    removed.append(path)
+        kept = [p for p in stale if p not in removed]
+        for paths, what in ((removed, "removed"), (kept, "ignoring")):
+            if paths:
+                warnings.warn(
+                    f"{what} {len(paths)} half-written checkpoint folder(s) of an interrupted "
+                    "save: " + ", ".join(str(p) for p in paths),
+                    CheckpointWarning,
+                    stacklevel=3,
+                )
+        return removed
 
     # ------------------------------------------------------------------ listing
     def _folder(self, rolling: bool) -> Path:

@@ -8,6 +8,8 @@ import json
 import logging
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import jax
@@ -69,19 +71,53 @@ def test_rolling_keeps_only_newest_and_never_touches_chosen(tmp_path):
         assert again.saved_epochs() == [2] and again.rolling_epochs() == [5]
 
 
-def test_half_written_checkpoint_is_ignored_with_warning(tmp_path):
+def test_half_written_checkpoint_of_a_killed_save_is_removed_at_the_next_open(tmp_path):
+    """Issue 19: the temporary folders a SIGKILL during a save leaves were only warned about (and
+    piled up); a store's own folder is now tidied when it is next opened."""
     tree = _tree()
     with CheckpointStore(tmp_path / "m") as store:
         store.save(2, tree)
-    # What a SIGKILL during the save of epoch 5 leaves: a temporary folder, never committed.
-    shutil.copytree(tmp_path / "m" / "2", tmp_path / "m" / "5.orbax-checkpoint-tmp-1700000000")
-    assert len(incomplete_checkpoints(tmp_path / "m")) == 1
-    with pytest.warns(RuntimeWarning, match="half-written"):
+        store.save(3, tree, rolling=True)
+    assert (tmp_path / "m" / checkpoints.STORE_MARKER).is_file()
+    dead = _dead_pid()
+    killed = [  # what a SIGKILL during a save, a replace or a rolling discard leaves
+        tmp_path / "m" / f"5.orbax-checkpoint-tmp-{dead}-1700000000000000000",
+        tmp_path / "m" / f"2.orbax-checkpoint-tmp-replaced-{dead}-1700000000000000001",
+        tmp_path / "m" / "latest" / f"3.orbax-checkpoint-tmp-old-{dead}-1700000000000000002",
+        tmp_path / "m" / "4.orbax-checkpoint-tmp-1700000000",  # an older jnn's name, no pid
+    ]
+    for path in killed:
+        shutil.copytree(tmp_path / "m" / "2", path)
+    live = tmp_path / "m" / f"6.orbax-checkpoint-tmp-{os.getppid()}-1700000000000000003"
+    live.mkdir()  # a save another live process is writing right now: never touched
+    assert len(incomplete_checkpoints(tmp_path / "m")) == 5
+    with pytest.warns(checkpoints.CheckpointWarning) as warned:
         store = CheckpointStore(tmp_path / "m")
+    assert sorted(store.removed) == sorted(killed)
+    assert incomplete_checkpoints(tmp_path / "m") == [live]
+    text = " ".join(str(w.message) for w in warned)
+    assert "removed 4 half-written" in text and "ignoring 1 half-written" in text
     with store:
-        assert store.latest_epoch() == 2
-        epoch, _ = store.restore_latest(tree)
-    assert epoch == 2
+        assert store.saved_epochs() == [2] and store.rolling_epochs() == [3]
+        epoch, restored = store.restore_latest(tree)
+    assert epoch == 3 and _equal(restored, tree)
+
+
+def test_temporary_folders_in_a_folder_jnn_did_not_mark_are_left_alone(tmp_path):
+    """An orbax CheckpointManager's folder (same temporary names) is not a store's: warn only."""
+    folder = tmp_path / "orbax_manager"
+    stray = folder / "7.orbax-checkpoint-tmp-1700000000"
+    stray.mkdir(parents=True)
+    with pytest.warns(checkpoints.CheckpointWarning, match="ignoring 1 half-written"):
+        store = CheckpointStore(folder)
+    assert store.removed == [] and stray.is_dir()
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has exited (reaped): what a killed save's name records."""
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    return int(proc.stdout)
 
 
 def test_restore_errors_are_clear(tmp_path):
@@ -301,6 +337,84 @@ def test_storage_failure_during_restore_is_one_line(tmp_path, monkeypatch, capfd
         with pytest.raises(CheckpointError, match="could not read it: RESOURCE_EXHAUSTED") as info:
             store.restore(2, tree)
     _assert_one_quiet_line(str(info.value), capfd, caplog)
+
+
+_LATE_WRITES = """
+import asyncio, sys
+import numpy as np
+import tensorstore
+from jnn.checkpoints import CheckpointError, CheckpointStore
+
+closed = asyncio.new_event_loop()
+closed.close()
+pending = []
+
+
+def late_write():
+    # A write of the failing save still in flight: when it finishes, tensorstore wakes the
+    # event loop orbax awaited it on, which is closed by then (as on a real full disk).
+    promise, future = tensorstore.Promise.new()
+    future.add_done_callback(lambda _: closed.call_soon_threadsafe(print))
+    return promise
+
+
+def full_disk(*args, **kwargs):
+    late_write().set_result(None)  # finishes while orbax is still unwinding
+    pending.extend(late_write() for _ in range(13))
+    raise ValueError("RESOURCE_EXHAUSTED: Error writing local file: No space left on device")
+
+
+store = CheckpointStore(sys.argv[1])
+tensorstore.open = full_disk
+try:
+    store.save(3, {"w": np.ones(4, np.float32)})
+except CheckpointError as err:
+    print(f"error: {err}", file=sys.stderr)
+for promise in pending:  # the other writes finish after the caller has seen the error
+    promise.set_result(None)
+"""
+
+
+def test_full_disk_is_one_line_without_the_late_writes_tracebacks(tmp_path):
+    """Issue 19: a full disk during a sweep's save printed 85 lines, 14 tracebacks of
+    "RuntimeError: Event loop is closed": tensorstore finishing the save's other writes after
+    orbax had given up and closed its event loop. Reproduced with tensorstore's own futures."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _LATE_WRITES, str(tmp_path / "m")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: could not save checkpoint") and "free some space" in lines[0]
+    assert "--resume" not in lines[0] and "replace=True" not in lines[0]
+    assert incomplete_checkpoints(tmp_path / "m") == []
+
+
+@pytest.mark.parametrize(
+    "err, says",
+    [
+        (OSError(28, "No space left on device"), "free some space there"),
+        (PermissionError(13, "Permission denied"), "make the folder writable"),
+        (OSError(30, "Read-only file system"), "the file system is read-only"),
+    ],
+    ids=["ENOSPC", "EACCES", "EROFS"],
+)
+def test_storage_errors_of_a_save_say_what_to_do_without_naming_flags(
+    tmp_path, monkeypatch, err, says
+):
+    """A library error names no flag: vgg_transfer's read-only --cache-dir was told to rerun
+    with --resume, which vgg_transfer does not have."""
+
+    def fail(*args, **kwargs):
+        raise err
+
+    monkeypatch.setattr(checkpoints, "_write_staging", fail)
+    with pytest.raises(CheckpointError, match=says) as info:
+        checkpoints.save_tree(tmp_path / "t", {"a": np.zeros(2)})
+    message = str(info.value)
+    assert "\n" not in message and "--" not in message and "replace=True" not in message
+    assert str(tmp_path / "t") in message and not list(tmp_path.iterdir())
 
 
 # ------------------------------------------------------------------ what a step holds
