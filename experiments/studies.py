@@ -57,7 +57,8 @@ class Console:
         self.names = [m.name for m in s.models]
         what = (
             f"{len(s.models)} model(s) ({len(c.activations)} activation(s) x {len(c.inits)} "
-            f"init(s) x {len(c.lrs)} lr(s) x {c.seeds} seed(s)) x {c.epochs} epochs; "
+            f"init(s) ({', '.join(c.inits)}) x {len(c.lrs)} lr(s) x {c.seeds} seed(s)) x "
+            f"{c.epochs} epochs, {c.optimizer}; "
             f"{s.sizes[0]:,} train / {s.sizes[1]:,} val / {s.sizes[2]:,} test ({c.split}); "
             f"{len(s.devices)} device(s), layout {s.layout}"
             + (f" (probe: {_probe(s.layout_seconds)})" if s.layout_seconds else "")
@@ -96,10 +97,20 @@ class Console:
             note = ", compilation included" if r.nth == 1 else ""
             self.say(
                 f"eta: about {_duration(left)} for jnn's {r.epochs - r.epoch} epochs left "
-                f"(epoch {r.epoch} took {r.seconds:.1f} s{note})"
+                f"(epoch {r.epoch} took {r.seconds:.1f} s{note})" + self._sklearn_eta()
             )
         elif self.bar.disable and (r.epoch % max(1, r.epochs // 10) == 0 or r.epoch == r.epochs):
             self.say(f"epoch {r.epoch}/{r.epochs}: mean val acc {acc:.4f}")
+
+    def _sklearn_eta(self) -> str:
+        """scikit-learn's own ETA at its pace so far (it runs alongside, in its own processes)."""
+        if self.counter is None:
+            return ""
+        done, total = sum(self.counter), self.epochs * self.sklearn_jobs
+        if done == 0:
+            return "; scikit-learn has not finished an epoch yet"
+        left = (total - done) * (time.perf_counter() - self.t0) / done
+        return f"; scikit-learn {done}/{total} epochs, about {_duration(left)} left at its pace"
 
     def _sklearn_text(self) -> str:
         if self.counter is None:

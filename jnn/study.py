@@ -796,3 +796,33 @@ def run(
         evals = _evaluate_saved(c, store, reached, d, eval_fn, mesh.size)
     diverged = np.asarray(st.diverged_at)[: num_models(c)]
     return StudyResult(c, models(c), history, diverged, evals, seconds, start)
+
+
+def export(
+    workdir: str | os.PathLike, out: str | os.PathLike, *, seeds: int, epochs: Sequence[int]
+) -> Path:
+    """A smaller run folder in ``out`` holding the first ``seeds`` seeds of every cell of the
+    run in ``workdir`` at the save epochs ``epochs`` (verified on the way: each step is
+    restored from ``workdir`` and saved again under the smaller run's identity). ``out`` loads
+    like any run (``jnn.runs.load``) and its numbers are the source run's, bit for bit; its
+    run.json names the source. For shipping trained models (a few MB) without the rest."""
+    src = read_run(workdir)
+    c = config_of(src)
+    if not isinstance(seeds, int) or not 1 <= seeds <= c.seeds:
+        raise ConfigError(f"`seeds` to export must be in [1, {c.seeds}], got {seeds!r}")
+    small = dataclasses.replace(c, seeds=seeds, save_at=tuple(epochs), epochs=max(epochs))
+    keep = [m for m, s in enumerate(models(c)) if s.seed < seeds]
+    out = Path(out).expanduser().resolve()
+    if (out / RUN_JSON).exists():
+        raise RunError(f"{out} holds a run already; export into a new folder")
+    out.mkdir(parents=True, exist_ok=True)
+    with open_store(c, Path(workdir).expanduser(), create=False) as store:
+        trees = {e: store.restore(e, checkpoint_like(c, e)) for e in small.save_epochs}
+    with open_store(small, out) as target:
+        for e, tree in trees.items():
+            target.save(e, jax.tree.map(lambda a: np.asarray(a)[keep], tree))
+    _record_run(small, out, src.get("layout", c.layout), {})
+    run = read_run(out)
+    run["exported_from"] = {"run": str(Path(workdir)), "stamps": src.get("stamps"), "seeds": seeds}
+    _write_json(out / RUN_JSON, run)
+    return out

@@ -172,7 +172,7 @@ CASES = [
     Case("resume-and-overwrite", sweep("--resume", "--overwrite"), "contradict"),
     Case("out-holds-another-run", another_run, "already holds another run"),
     Case("resume-other-lr", resume_changed("--lrs", "0.05"), "--lrs: run has [0.1], now [0.05]"),
-    Case("resume-other-init", resume_changed("--inits", "he"), "--inits: run has ['normal']"),
+    Case("resume-other-init", resume_changed("--inits", "he"), "--inits: run has ['glorot']"),
     Case("resume-not-a-run", resume_foreign, "holds no run.json"),
     Case("huge-seed", sweep("--seed", str(2**63)), "--seed must be an integer in [0, "),
     Case("huge-epochs", sweep("--epochs", str(10**12)),

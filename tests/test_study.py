@@ -213,6 +213,30 @@ def test_run_folder_loads_back_and_predicts_the_reported_accuracy(mixed):
     assert latest.epoch == EPOCHS
 
 
+def test_export_ships_the_first_seeds_bit_for_bit(tmp_path):
+    """export: the first seeds of every cell at chosen save epochs, in a run folder of its
+    own that loads like any run and predicts exactly what the source run's model predicts."""
+    c = config(activations=("relu", "tanh"), seeds=3, save_at=(1, 2), layout="map")
+    res = run(c, tmp_path / "src")
+    out = study.export(tmp_path / "src", tmp_path / "small", seeds=1, epochs=(2,))
+    stored = study.read_run(out)
+    assert stored["models"] == ["relu/normal/lr0.1/s0", "tanh/normal/lr0.1/s0"]
+    assert stored["exported_from"]["seeds"] == 1
+    xt = dataset().test[0]
+    for name in stored["models"]:
+        small, full = runs.load(out, name, epoch=2), runs.load(tmp_path / "src", name, epoch=2)
+        np.testing.assert_array_equal(small.logits(xt), full.logits(xt))
+        m = [s.name for s in res.models].index(name)
+        acc = (small.predict(xt) == dataset().test[1]).mean()
+        assert acc == pytest.approx(res.evals[2]["test_accuracy"][m])
+    with pytest.raises(InputError, match="no checkpoint of epoch 1"):
+        runs.load(out, stored["models"][0], epoch=1)
+    with pytest.raises(study.ConfigError, match="seeds"):
+        study.export(tmp_path / "src", tmp_path / "other", seeds=4, epochs=(2,))
+    with pytest.raises(study.RunError, match="holds a run already"):
+        study.export(tmp_path / "src", out, seeds=1, epochs=(2,))
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
