@@ -130,15 +130,11 @@ def parse_config(argv: Sequence[str] | None) -> Config:
 
 
 def build_model() -> Any:
-    """The CNN above as a jnn serial value (He init for the ReLU layers, Glorot for the logits)."""
-    from jnn.core import serial
-    from jnn.layers import Conv2D, Dense, Dropout, Flatten, MaxPool2D, ReLU
+    """The CNN above (``jnn.models``' "cnn" entry) for Fashion-MNIST's images and classes."""
+    from jnn import data, models
 
-    return serial(
-        Conv2D(32, 3), ReLU, MaxPool2D(2),
-        Conv2D(64, 3), ReLU, MaxPool2D(2),
-        Flatten, Dense(128, init="he"), ReLU, Dropout(0.5), Dense(10, init="glorot"),
-    )  # fmt: skip
+    entry = data.get_dataset("fashion_mnist")
+    return models.build("cnn", input_shape=entry.input_shape, classes=entry.num_classes)
 
 
 def load_data(cfg: Config) -> dict[str, tuple[np.ndarray, np.ndarray]]:

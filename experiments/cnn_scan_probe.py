@@ -126,10 +126,9 @@ def _setup(cfg: Config) -> tuple[Any, Any, Any, Any]:
     import jax.numpy as jnp
     import optax
 
-    from experiments.cnn import build_model
-    from jnn import train
+    from jnn import models, train
 
-    model, opt = build_model(), optax.adam(1e-3)
+    model, opt = models.build("cnn"), optax.adam(1e-3)
     rng = np.random.default_rng(0)
     n = cfg.steps * cfg.batch_size
     x = jnp.asarray(rng.random((n, 28, 28, 1), dtype=np.float32))
