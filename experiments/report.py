@@ -8,15 +8,18 @@ import errno
 import functools
 import importlib.metadata
 import json
+import logging
 import math
 import os
 import platform
 import shutil
+import signal
 import sys
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NoReturn
 
 from tqdm.auto import tqdm
 
@@ -343,6 +346,52 @@ def progress(iterable: Iterable | None = None, **kwargs: Any) -> tqdm:
     return tqdm(iterable, **kwargs)
 
 
+_SIGNALLED: list[bool] = []  # holds True once _first_interrupt ran: a real Ctrl-C came
+
+
+def _first_interrupt(signum: int, frame: Any) -> None:
+    """SIGINT handler of a CLI run: the first Ctrl-C raises ``KeyboardInterrupt`` as Python's
+    own handler does, and from then on every further Ctrl-C is ignored (see :func:`cli_main`)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _SIGNALLED.append(True)
+    raise KeyboardInterrupt
+
+
+def _exit_interrupted() -> NoReturn:
+    """End the process with 130 now: streams and log handlers flushed, then ``os._exit``.
+
+    Why not return: after a Ctrl-C that stopped JAX mid-program, the interpreter's teardown
+    (JAX's atexit, the C++ runtime's destructors with XLA's threads still running) crashed with
+    SIGSEGV in about half the runs of an interrupted sweep (exit -11 after the one line). Every
+    file jnn writes is complete by then (checkpoints and results are committed by a rename),
+    and the run-folder locks are released first.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    logging.shutdown()
+    os._exit(130)
+
+
+@contextlib.contextmanager
+def _one_interrupt() -> Iterator[None]:
+    """Within this block the first Ctrl-C interrupts and later ones are ignored until the
+    process ends; a block that saw none restores Python's handler. Only in the main thread and
+    over Python's default handler (a caller's own SIGINT handling is left alone)."""
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield
+        return
+    signal.signal(signal.SIGINT, _first_interrupt)
+    try:
+        yield
+    finally:
+        if signal.getsignal(signal.SIGINT) is _first_interrupt:  # not interrupted
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def cli_main(main: Callable[[Sequence[str] | None], Any]) -> Callable[[Sequence[str] | None], int]:
     """Wrap a CLI ``main(argv)`` so that bad input ends in one line on stderr and exit code 2.
 
@@ -352,13 +401,21 @@ def cli_main(main: Callable[[Sequence[str] | None], Any]) -> Callable[[Sequence[
     ``ValueError`` from deep inside JAX or numpy included, is a bug and keeps its traceback.
     Ctrl-C is one line, exit 130. Either way the run-folder locks are released and a stub
     folder of a failed run is removed.
+
+    A second Ctrl-C is ignored: it used to land in the cleanup (ours, or JAX's at interpreter
+    exit, with its C++ threads running) and abort the process (exit -6 "terminate called ...
+    FATAL: exception not rethrown") instead of exiting 130 with one line. After a real Ctrl-C
+    (a SIGINT, not a ``KeyboardInterrupt`` raised by code) the process ends at once with 130
+    (:func:`_exit_interrupted`), skipping the interpreter teardown that could crash. Finished
+    checkpoints are complete either way (each is committed by one rename).
     """
 
     @functools.wraps(main)
     def wrapped(argv: Sequence[str] | None = None) -> int:
         failed = True
         try:
-            result = main(argv)
+            with _one_interrupt():
+                result = main(argv)
             failed = False
         except InputError as err:
             print(f"error: {err}", file=sys.stderr)
@@ -370,9 +427,11 @@ def cli_main(main: Callable[[Sequence[str] | None], Any]) -> Callable[[Sequence[
             return 2
         except KeyboardInterrupt:
             print("interrupted: finished checkpoints are kept", file=sys.stderr)
-            return 130
+            result = 130
         finally:
             release_run_dirs(failed=failed)
+        if result == 130 and failed and _SIGNALLED:  # a real Ctrl-C of a command: leave now
+            _exit_interrupted()
         return result if isinstance(result, int) else 0
 
     return wrapped

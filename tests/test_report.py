@@ -197,3 +197,72 @@ def test_cli_main_keeps_the_traceback_of_other_os_errors():
 
     with pytest.raises(FileNotFoundError):
         report.cli_main(main)([])
+
+
+# ------------------------------------------------------------------ Ctrl-C (issue 19)
+
+_INTERRUPTIBLE = """
+import atexit, sys, time
+from experiments import report
+
+
+def slow_teardown():  # JAX's own atexit clean_up runs here too: a second Ctrl-C landed in it
+    print("teardown", flush=True)
+    time.sleep(3)
+
+
+def main(argv):
+    import jax
+    import jax.numpy as jnp
+
+    atexit.register(slow_teardown)
+    step = jax.jit(lambda x: jnp.tanh(x @ x))
+    x = jnp.ones((128, 128)) / 128
+    print("running", flush=True)
+    while True:
+        x = step(x)
+
+
+sys.exit(report.cli_main(main)(sys.argv[1:]))
+"""
+
+
+def _interrupt_twice(tmp_path: Path, gap: float) -> tuple[int, str, str]:
+    """Run the script above, Ctrl-C it once it runs, and again ``gap`` s after its one line."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "interruptible.py"
+    script.write_text(_INTERRUPTIBLE)
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen(
+        [sys.executable, str(script)], cwd=repo, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(repo), "JAX_PLATFORMS": "cpu"},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # not inherited SIG_IGN
+    )  # fmt: skip
+    try:
+        assert proc.stdout.readline() == "running\n"
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        first = proc.stderr.readline()
+        time.sleep(gap)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    return proc.returncode, out, first + err
+
+
+@pytest.mark.parametrize("gap", [0.0, 0.5], ids=["at-once", "during-teardown"])
+def test_a_second_ctrl_c_exits_130_with_one_line(tmp_path, gap):
+    """Issue 19: a second Ctrl-C landed in the cleanup after the first (JAX's atexit teardown
+    with XLA's threads running) and aborted the process (exit -6, "terminate called after
+    throwing ... FATAL: exception not rethrown") or printed a KeyboardInterrupt traceback."""
+    code, out, err = _interrupt_twice(tmp_path, gap)
+    assert code == 130, (code, err)
+    assert err == "interrupted: finished checkpoints are kept\n", err
+    assert "teardown" not in out  # the process ended at once, before the crashing teardown
