@@ -41,17 +41,20 @@ def _mlp(
     return mlp((math.prod(input_shape), *hidden, classes), activation, init)
 
 
-def _cnn(*, input_shape: Sequence[int] = (28, 28, 1), classes: int = 10) -> Layer:
+def _cnn(
+    *, input_shape: Sequence[int] = (28, 28, 1), classes: int = 10, lowering: str = "auto"
+) -> Layer:
     """Conv2D(32,3) ReLU MaxPool(2), Conv2D(64,3) ReLU MaxPool(2), Flatten, Dense(128, He)
     ReLU Dropout(0.5), Dense(classes, Glorot): ``experiments.cnn``'s network. ``input_shape``
-    (H, W, C) is checked by ``init``; it is named here so every entry takes the same words."""
+    (H, W, C) is checked by ``init``; it is named here so every entry takes the same words.
+    ``lowering``: the convolutions' (``jnn.layers.Conv2D``: auto, conv or gemm)."""
     from jnn.layers import Conv2D, Dense, Dropout, Flatten, MaxPool2D, ReLU
 
     if len(tuple(input_shape)) != 3:
         raise InputError(f"the cnn takes (H, W, C) images, got input_shape {tuple(input_shape)}")
     return serial(
-        Conv2D(32, 3), ReLU, MaxPool2D(2),
-        Conv2D(64, 3), ReLU, MaxPool2D(2),
+        Conv2D(32, 3, lowering=lowering), ReLU, MaxPool2D(2),
+        Conv2D(64, 3, lowering=lowering), ReLU, MaxPool2D(2),
         Flatten, Dense(128, init="he"), ReLU, Dropout(0.5), Dense(classes, init="glorot"),
     )  # fmt: skip
 

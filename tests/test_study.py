@@ -80,13 +80,13 @@ def final_params(workdir: Path, c: study.StudyConfig) -> dict:
     return store.restore(c.epochs, study.checkpoint_like(c, c.epochs))["state"]
 
 
-def assert_same_model(res: study.StudyResult, m: int, workdir: Path) -> None:
+def assert_same_model(res: study.StudyResult, m: int, workdir: Path, rel: float = 2e-6) -> None:
     losses, val_losses, val_acc, params = run_alone(res.config, res.models[m])
     np.testing.assert_allclose(res.history["train_loss"][m], losses, rtol=2e-6, atol=1e-5)
     np.testing.assert_allclose(res.history["val_loss"][m], val_losses, rtol=2e-6, atol=1e-5)
     np.testing.assert_allclose(res.history["val_accuracy"][m], val_acc, atol=1.5 / 96)
     mine = jax.tree.map(lambda a: a[m], final_params(workdir, res.config).train.params)
-    assert parallel.tree_max_diff(mine, params)["max_rel"] < 2e-6
+    assert parallel.tree_max_diff(mine, params)["max_rel"] <= rel
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +98,8 @@ def mixed(tmp_path_factory) -> tuple[study.StudyResult, Path]:
 @pytest.mark.parametrize("layout", ["vmap", "map"])
 def test_one_model_equals_the_model_alone(tmp_path, layout):
     c = config(activations=("tanh",), inits=("he",), lrs=(0.1,), seed=3, layout=layout)
-    assert_same_model(run(c, tmp_path), 0, tmp_path)
+    # "map" runs each model's own program: within 1e-6 relative (measured: 0 on an Intel Xeon)
+    assert_same_model(run(c, tmp_path), 0, tmp_path, rel=1e-6 if layout == "map" else 2e-6)
 
 
 def test_mixed_study_equals_its_models_alone(mixed):
