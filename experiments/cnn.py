@@ -4,7 +4,8 @@
     python -m experiments.cnn --quick              # a few hundred images, 2 epochs: runs/cnn-quick
 
 (the committed results were made with ``--out results/cnn``). On the harness
-(:mod:`experiments.harness`): ``parse_config`` -> ``run`` -> ``render``.
+(:mod:`experiments.harness`): ``parse`` (generated from :class:`Config` by
+:mod:`experiments.lab`) -> ``run`` -> ``render``.
 
 The network (``build_model``)::
 
@@ -46,7 +47,6 @@ and autodiff). Exit codes: 0 done; 2 bad input (one line on stderr); 3 a network
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 from collections.abc import Sequence
@@ -56,8 +56,9 @@ from typing import Any
 
 import numpy as np
 
-from experiments import harness, report, timing
-from jnn.errors import InputError
+from experiments import harness, lab, report, timing
+from jnn import config
+from jnn.config import option
 
 QUICK_SUBSET = (384, 128, 128)  # train / val / test examples of --quick
 METHODS = ("manual", "autodiff")
@@ -65,67 +66,62 @@ EPOCH_LOOPS = ("steps", "scan")  # jnn.train.EPOCH_LOOPS, the CNN's default firs
 EVAL_CHUNK = 1000  # examples per evaluation call: bounds the conv activations' memory
 
 
+QUICK = {"subset": QUICK_SUBSET, "epochs": 2, "autodiff_epochs": 2}
+
+
 @dataclass(frozen=True)
 class Config:
-    epochs: int = 15
-    autodiff_epochs: int = 15  # the jax.grad twin stops after this many (<= epochs)
-    batch_size: int = 128
-    lr: float = 1e-3
-    seed: int = 0
-    data_dir: str | None = None
-    out: str = harness.default_out("cnn")
-    overwrite: bool = False
-    quick: bool = False
-    epoch_loop: str = "steps"
+    """The CNN twins' settings, declared once (the CLI is generated from them)."""
+
+    epochs: int = option(15, "epochs of the manual-backprop network")
+    autodiff_epochs: int | None = option(None, "epochs of the jax.grad twin, <= epochs [epochs]")
+    batch_size: int = option(128, "minibatch size")
+    lr: float = option(1e-3, "Adam learning rate")
+    seed: int = option(0, "seed of the init, shuffle and dropout keys")
+    epoch_loop: str = option(
+        "steps", "steps (a jitted step in a Python loop) or scan (each epoch in one lax.scan)"
+    )
+    subset: tuple[int, ...] | None = option(
+        None, "use the first N train,val,test examples of the official split (three numbers)"
+    )
+    data_dir: str | None = option(
+        None, "folder with the four Fashion-MNIST .gz files [$JNN_DATA_DIR, else download once]"
+    )
+
+    def __post_init__(self) -> None:
+        config.integer(self.epochs, "epochs", 1, 10_000)
+        if self.autodiff_epochs is not None:
+            config.integer(self.autodiff_epochs, "autodiff_epochs", 1, self.epochs)
+        config.integer(self.batch_size, "batch_size", 1)
+        config.positive(self.lr, "lr")
+        config.integer(self.seed, "seed", 0, 2**32 - 1)
+        config.choice(self.epoch_loop, "epoch_loop", EPOCH_LOOPS)
+        config.folder(self.data_dir, "data_dir")
+        if self.subset is not None:
+            if len(self.subset) != 3:
+                raise config.ConfigError(f"`subset` takes three numbers, got {self.subset}")
+            for n in self.subset:
+                config.integer(n, "subset", 1)
+            if self.batch_size > self.subset[0]:
+                raise config.ConfigError(
+                    f"`batch_size` {self.batch_size} exceeds the {self.subset[0]:,} training "
+                    "examples"
+                )
+
+    @property
+    def twin_epochs(self) -> int:
+        return self.epochs if self.autodiff_epochs is None else self.autodiff_epochs
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = harness.parser(
-        "cnn",
+def parse(argv: Sequence[str] | None) -> lab.Invocation:
+    return lab.parse(
+        Config,
+        argv,
+        name="cnn",
         description="Train a small CNN on Fashion-MNIST (official split) by manual backprop and "
         "by jax.grad side by side; report test accuracy and the epoch-time ratio.",
+        quick=QUICK,
         epilog="Exit codes: 0 done, 2 bad input, 3 a network diverged (see results.json).",
-    )
-    a = p.add_argument
-    a("--epochs", type=int, default=None, help="epochs (default 15, --quick 2)")
-    a("--autodiff-epochs", type=int, default=None, help="epochs of the jax.grad twin (<= epochs)")
-    a("--batch-size", type=int, default=128)
-    a("--lr", type=float, default=1e-3, help="Adam learning rate")
-    a("--seed", type=int, default=0)
-    a("--quick", action="store_true", help="a few hundred images, 2 epochs: seconds")
-    a("--epoch-loop", default="steps", help="steps (jitted step, Python loop) or scan")
-    harness.add_data_flag(p)
-    harness.add_output_flags(p, "cnn")
-    return p
-
-
-def parse_config(argv: Sequence[str] | None) -> Config:
-    """Parse and check the command line; every problem is one InputError line."""
-    args = build_parser().parse_args(argv)
-    epochs = harness.positive_int(
-        args.epochs if args.epochs is not None else (2 if args.quick else 15), "--epochs"
-    )
-    autodiff_epochs = epochs if args.autodiff_epochs is None else args.autodiff_epochs
-    if not 0 < autodiff_epochs <= epochs:
-        raise InputError(
-            f"--autodiff-epochs must be in [1, --epochs={epochs}], got {autodiff_epochs}"
-        )
-    train_size = QUICK_SUBSET[0] if args.quick else 54_000
-    if args.batch_size > train_size:
-        raise InputError(
-            f"--batch-size {args.batch_size} exceeds the {train_size:,} training examples"
-        )
-    return Config(
-        epochs=epochs,
-        autodiff_epochs=autodiff_epochs,
-        batch_size=harness.positive_int(args.batch_size, "--batch-size"),
-        lr=harness.positive_float(args.lr, "--lr"),
-        seed=harness.seed(args.seed),
-        data_dir=harness.data_dir(args.data_dir),
-        out=args.out or harness.default_out("cnn", "quick" if args.quick else ""),
-        overwrite=args.overwrite,
-        quick=args.quick,
-        epoch_loop=harness.choice(args.epoch_loop, EPOCH_LOOPS, "--epoch-loop"),
     )
 
 
@@ -145,7 +141,7 @@ def load_data(cfg: Config) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         "val": (s.x_val, s.y_val),
         "test": (s.x_test, s.y_test),
     }
-    sizes = dict(zip(parts, QUICK_SUBSET)) if cfg.quick else {}
+    sizes = dict(zip(parts, cfg.subset)) if cfg.subset else {}
     return {
         k: (x[: sizes.get(k, len(x)), ..., None], y[: sizes.get(k, len(y))])
         for k, (x, y) in parts.items()
@@ -199,7 +195,7 @@ def train_twins(cfg: Config, data: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for m in METHODS:
         state = train.init_train_state(jax.random.key(cfg.seed), model, optimizer, (28, 28, 1))
-        epochs = cfg.epochs if m == "manual" else cfg.autodiff_epochs
+        epochs = cfg.epochs if m == "manual" else cfg.twin_epochs
         out[m] = {"state": state, "epochs": epochs, "times": [], "diverged_at": None,
                   "history": train.empty_history(epochs)}  # fmt: skip
         fn = train.make_epoch_fn(model, optimizer, cfg.batch_size, m, loop=cfg.epoch_loop)
@@ -225,14 +221,19 @@ def train_twins(cfg: Config, data: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def run(cfg: Config, run_dir: Path | None = None) -> dict[str, Any]:
+def run(inv: lab.Invocation, run_dir: Path | None = None) -> dict[str, Any]:
     """Load the data, train both networks, return the results (nothing written)."""
     import jax
 
     from jnn.core import count_params
 
+    cfg: Config = inv.config
     t0 = time.perf_counter()
     data = load_data(cfg)
+    if cfg.batch_size > len(data["train"][1]):
+        raise config.ConfigError(
+            f"`batch_size` {cfg.batch_size} exceeds the {len(data['train'][1]):,} training examples"
+        )
     model = build_model()
     params = model.init(jax.random.key(cfg.seed), (28, 28, 1))[1]
     nets = train_twins(cfg, data)
@@ -266,7 +267,8 @@ def results_markdown(result: dict[str, Any]) -> str:
     headers = ["gradients", "epochs", "test acc", "test loss", "val acc (last)",
                "epoch 1 s (compile)", "median epoch s (2..)"]  # fmt: skip
     return (
-        f"# CNN on Fashion-MNIST: manual backprop vs jax.grad{' (quick)' * cfg['quick']}\n\n"
+        f"# CNN on Fashion-MNIST: manual backprop vs jax.grad{' (subset)' * bool(cfg['subset'])}"
+        "\n\n"
         f"`{result['model']}`, {result['params']:,} params; {result['optimizer']}; official split "
         f"({sizes['train']}/{sizes['val']}/{sizes['test']}); seed {cfg['seed']}; "
         f"epoch loop `{cfg['epoch_loop']}`.\n\n"
@@ -302,7 +304,7 @@ def plot_curves(path: Path, result: dict[str, Any]) -> Path:
         ax.grid(True, alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(fontsize="small")
-    quick = " (quick)" if result["config"]["quick"] else ""
+    quick = " (subset)" if result["config"]["subset"] else ""
     fig.suptitle(f"CNN on Fashion-MNIST{quick}: manual backprop vs jax.grad, same init and keys")
     from experiments.plots import save_figure
 
@@ -320,7 +322,7 @@ def render(result: dict[str, Any], run_dir: Path) -> list[Path]:
     ]
 
 
-EXPERIMENT = harness.Experiment("cnn", parse_config, run, render, results_markdown)
+EXPERIMENT = harness.Experiment("cnn", parse, run, render, results_markdown)
 main = harness.cli(EXPERIMENT)
 
 if __name__ == "__main__":

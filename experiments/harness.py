@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any, NamedTuple, NoReturn
 
 from experiments import report
+from jnn.config import ConfigError
 from jnn.errors import InputError
-from jnn.study import ConfigError
 
 OUTPUT_ROOT = Path("runs")  # every experiment's default output folder lies under it
 EXIT_OK, EXIT_BAD_INPUT, EXIT_DIVERGED = 0, 2, 3

@@ -1,8 +1,8 @@
 """A command line generated from a config declaration: flags, help, checks, ``--quick``.
 
 An experiment declares its config once, as a frozen dataclass whose fields carry their help
-(``jnn.study.option(default, help, ...)``) and whose ``__post_init__`` checks them (raising
-``jnn.study.ConfigError``, which names fields in backquotes). From it :func:`parse` builds:
+(``jnn.config.option(default, help, ...)``) and whose ``__post_init__`` checks them (raising
+``jnn.config.ConfigError``, which names fields in backquotes). From it :func:`parse` builds:
 
 - one flag per field (``save_at`` -> ``--save-at``), typed from the annotation: ``int``,
   ``float``, ``str``, ``bool`` (``--x`` / ``--no-x``), tuples as comma-separated lists (every
@@ -31,8 +31,8 @@ from typing import Any, NamedTuple
 
 from experiments import harness
 from experiments.harness import flag
+from jnn.config import ConfigError
 from jnn.errors import InputError
-from jnn.study import ConfigError
 
 
 class Invocation(NamedTuple):

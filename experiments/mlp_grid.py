@@ -30,7 +30,8 @@ import numpy as np
 
 from experiments import harness, lab, report, studies
 from experiments.timing import Stopwatch
-from jnn.study import StudyConfig, option
+from jnn.config import option
+from jnn.study import StudyConfig
 
 QUICK = {"hidden": (32,), "subset": (256, 128, 128), "seeds": 2, "epochs": 2}
 

@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from experiments import harness, lab, report, studies
-from jnn.study import ConfigError, StudyConfig, option
+from jnn.config import ConfigError, option
+from jnn.study import StudyConfig
 
 # The smoke run: tiny sets and glorot init, so its models visibly learn in 3 epochs (the study's
 # 0.01*randn init sits on the 10% plateau for the first ~6 epochs of 48,600 images).

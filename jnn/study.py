@@ -44,10 +44,9 @@ import dataclasses
 import json
 import math
 import os
-import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -58,6 +57,7 @@ from jax import Array
 from jax.sharding import Mesh
 
 from jnn import checkpoints, core, optim, parallel, stacked, train
+from jnn.config import ConfigError, folder, integer, option
 from jnn.errors import InputError
 from jnn.layers.dense import Dense
 from jnn.layers.select import SelectActivation
@@ -68,28 +68,6 @@ HISTORY_KEYS = train.HISTORY_KEYS  # train_loss, train_accuracy, val_loss, val_a
 LAYOUTS = ("auto", "vmap", "map")
 MAX_EPOCHS, MAX_SEEDS = 100_000, 1_024  # refused before anything is allocated
 SCALED_INITS = {"normal": "stddev", "random": "limit"}  # inits whose scale init_scale sets
-
-
-def option(default: Any, help: str, **meta: Any) -> Any:  # noqa: A002
-    """A config field with its one-line ``help`` (and e.g. ``quick=`` the smoke-run value);
-    the CLI, its help and its checks' messages are generated from these declarations."""
-    kwargs = {"default_factory": lambda: default} if isinstance(default, list) else {}
-    if not kwargs:
-        kwargs["default"] = default
-    return field(metadata={"help": help, **meta}, **kwargs)
-
-
-class ConfigError(InputError):
-    """A config value that cannot work. Fields are named in backquotes in ``template``
-    (```epochs` must be ...``): ``str()`` shows the field names, :meth:`render` whatever the
-    caller calls them (a command line's flags), so the library never names a flag."""
-
-    def __init__(self, template: str) -> None:
-        self.template = template
-        super().__init__(re.sub(r"`(\w+)`", r"\1", template))
-
-    def render(self, name: Callable[[str], str]) -> str:
-        return " ".join(re.sub(r"`(\w+)`", lambda m: name(m.group(1)), self.template).split())
 
 
 @dataclass(frozen=True)
@@ -168,13 +146,6 @@ def _dataset(name: str) -> Any:
 # ------------------------------------------------------------------------------ checks
 
 
-def _check_int(value: Any, name: str, low: int, high: int | None = None) -> None:
-    ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-    if not ok or value < low or (high is not None and value > high):
-        bound = f"in [{low}, {high:,}]" if high is not None else f">= {low}"
-        raise ConfigError(f"`{name}` must be an integer {bound}, got {value!r}")
-
-
 def _check_names(names: Any, name: str, lookup: Callable[[str], Any]) -> None:
     if not isinstance(names, tuple) or not names:
         raise ConfigError(f"`{name}` needs at least one name, got {names!r}")
@@ -188,27 +159,27 @@ def _check_names(names: Any, name: str, lookup: Callable[[str], Any]) -> None:
 
 
 def _check_numbers(c: StudyConfig) -> None:
-    _check_int(c.epochs, "epochs", 1, MAX_EPOCHS)
-    _check_int(c.seeds, "seeds", 1, MAX_SEEDS)
-    _check_int(c.seed, "seed", 0, 2**32 - 1)
-    _check_int(c.batch_size, "batch_size", 1)
-    _check_int(c.checkpoint_every, "checkpoint_every", 0)
+    integer(c.epochs, "epochs", 1, MAX_EPOCHS)
+    integer(c.seeds, "seeds", 1, MAX_SEEDS)
+    integer(c.seed, "seed", 0, 2**32 - 1)
+    integer(c.batch_size, "batch_size", 1)
+    integer(c.checkpoint_every, "checkpoint_every", 0)
     if c.devices is not None:
-        _check_int(c.devices, "devices", 1)
+        integer(c.devices, "devices", 1)
     if not isinstance(c.lrs, tuple) or not c.lrs or len(set(c.lrs)) != len(c.lrs):
         raise ConfigError(f"`lrs` must list each learning rate once, got {c.lrs!r}")
     for lr in c.lrs:
         if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf:
             raise ConfigError(f"`lrs` must be positive finite numbers, got {lr!r}")
     for e in c.save_at:
-        _check_int(e, "save_at", 1, c.epochs)
+        integer(e, "save_at", 1, c.epochs)
     for w in c.hidden:
-        _check_int(w, "hidden", 1, 1 << 20)
+        integer(w, "hidden", 1, 1 << 20)
     if c.subset is not None:
         if len(c.subset) != 3:
             raise ConfigError(f"`subset` takes three numbers (train, val, test), got {c.subset}")
         for n in c.subset:
-            _check_int(n, "subset", 1)
+            integer(n, "subset", 1)
 
 
 def _check_names_and_choices(c: StudyConfig) -> None:
@@ -221,8 +192,7 @@ def _check_names_and_choices(c: StudyConfig) -> None:
         data.canonical_protocol(c.split)
     except InputError as err:
         raise ConfigError(f"`split`: {err}") from None
-    if c.data_dir is not None and not Path(str(c.data_dir)).expanduser().is_dir():
-        raise ConfigError(f"`data_dir` {c.data_dir} is not a folder; give the one with the files")
+    folder(c.data_dir, "data_dir")
     _check_names(c.activations, "activations", _hidden_activation(get_activation))
     _check_names(c.inits, "inits", get_initializer)
     _check_names((c.optimizer,), "optimizer", optim.get_optimizer)

@@ -29,14 +29,15 @@ def test_quick_run_end_to_end(fashion_dir, tmp_path, capsys):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--epochs", "0"], "--epochs must be a positive integer"),
-        (["--epochs", "3", "--autodiff-epochs", "4"], "--autodiff-epochs"),
-        (["--batch-size", "0"], "--batch-size must be a positive integer"),
+        (["--epochs", "0"], "--epochs must be an integer in [1, 10,000]"),
+        (["--epochs", "3", "--autodiff-epochs", "4"], "--autodiff-epochs must be an integer"),
+        (["--batch-size", "0"], "--batch-size must be an integer >= 1"),
         (["--quick", "--batch-size", "1000"], "exceeds the 384 training examples"),
-        (["--lr", "nan"], "--lr must be a finite number > 0"),
-        (["--seed", "-1"], "--seed must be in [0, "),
+        (["--lr", "nan"], "--lr must be a positive finite number"),
+        (["--seed", "-1"], "--seed must be an integer in [0, "),
         (["--epoch-loop", "while"], "--epoch-loop must be one of"),
         (["--data-dir", "/nonexistent/jnn"], "is not a folder"),
+        (["--subset", "1,2"], "--subset takes three numbers"),
     ],
 )
 def test_bad_flags_are_one_line_errors(argv, message, capsys, tmp_path):

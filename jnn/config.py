@@ -1,0 +1,71 @@
+"""Configs declared once: fields with their help, and checks whose messages name fields.
+
+    @dataclass(frozen=True)
+    class Config:
+        epochs: int = option(15, "epochs per model")
+        def __post_init__(self) -> None:
+            integer(self.epochs, "epochs", 1, 100_000)
+
+``option`` puts the help (and anything else a front end needs) into the field's metadata, so a
+command line, its ``--help`` and its checks come from this one declaration
+(``experiments.lab``). A check raises :class:`ConfigError`, whose message names fields in
+backquotes: ``str()`` shows the field names, :meth:`ConfigError.render` whatever the caller
+calls them (a CLI's flags), so the library never names a flag.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from jnn.errors import InputError
+
+
+def option(default: Any, help: str, **meta: Any) -> Any:  # noqa: A002
+    """A config field with its one-line ``help`` (and e.g. ``quick=`` the smoke-run value)."""
+    return field(default=default, metadata={"help": help, **meta})
+
+
+class ConfigError(InputError):
+    """A config value that cannot work; fields named in backquotes (```epochs` must be``)."""
+
+    def __init__(self, template: str) -> None:
+        self.template = template
+        super().__init__(re.sub(r"`(\w+)`", r"\1", template))
+
+    def render(self, name: Callable[[str], str]) -> str:
+        """The message with every backquoted field written as ``name(field)``."""
+        return " ".join(re.sub(r"`(\w+)`", lambda m: name(m.group(1)), self.template).split())
+
+
+def integer(value: Any, name: str, low: int, high: int | None = None) -> None:
+    """``value`` is an int (not a bool) in [low, high]; a ConfigError naming ``name``."""
+    ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+    if not ok or value < low or (high is not None and value > high):
+        bound = f"in [{low}, {high:,}]" if high is not None else f">= {low}"
+        raise ConfigError(f"`{name}` must be an integer {bound}, got {value!r}")
+
+
+def positive(value: Any, name: str) -> None:
+    """``value`` is a finite number > 0 (learning rates, scales)."""
+    ok = isinstance(value, (int, float, np.floating)) and not isinstance(value, bool)
+    if not ok or not 0 < value < math.inf:
+        raise ConfigError(f"`{name}` must be a positive finite number, got {value!r}")
+
+
+def choice(value: Any, name: str, options: Sequence[str]) -> None:
+    """``value`` is one of ``options``."""
+    if value not in options:
+        raise ConfigError(f"`{name}` must be one of {', '.join(options)}, got {value!r}")
+
+
+def folder(value: Any, name: str) -> None:
+    """``value`` is None or an existing folder."""
+    if value is not None and not Path(str(value)).expanduser().is_dir():
+        raise ConfigError(f"`{name}` {value} is not a folder; give the one with the files")
