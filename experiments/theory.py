@@ -17,7 +17,6 @@ holding only this command's two files is regenerated in place; anything else the
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 from collections.abc import Sequence
@@ -30,8 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import harness, report, timing
-from jnn import losses
+from experiments import harness, lab, report, timing
+from jnn import config, losses
 from jnn.bottleneck import (
     INPUT_SHAPE,
     as_model,
@@ -40,8 +39,8 @@ from jnn.bottleneck import (
     direct_conv_layers,
     numpy_params,
 )
+from jnn.config import option
 from jnn.conv_cost import compiled_flops
-from jnn.errors import InputError
 
 OUTPUT_FILES = ("theory.md", "theory.json")
 # Tolerances the identities are held to, per dtype: absolute for losses up to 1 nat, relative
@@ -405,59 +404,33 @@ def render_markdown(result: dict[str, Any]) -> str:
     ])  # fmt: skip
 
 
-@dataclass(frozen=True)
-class Config:
-    out: str = harness.default_out("theory")
-    overwrite: bool = False
-    resume: bool = False  # set by parse_config when --out holds only this command's outputs
-    seed: int = 0
-    rows: int = 256
-    classes: int = 10
-    smoothing: float = 0.1
-    batch: int = 8
-    repeats: int = 7
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = harness.parser(
-        "theory",
-        description="Answer the assignment's theory questions with code: Q1 cross-entropy vs "
-        "KL divergence, Q2 the cost of a 1x1 bottleneck convolution. Prints the tables and "
-        "writes theory.md and theory.json. Takes seconds.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        epilog=harness.EXIT_CODES_NO_TRAINING,
-    )
-    harness.add_output_flags(parser, "theory")
-    add = parser.add_argument
-    add("--seed", type=int, default=0, help="numpy seed for all random inputs and weights")
-    add("--rows", type=int, default=256, help="Q1: distributions per check")
-    add("--classes", type=int, default=10, help="Q1: number of classes")
-    add("--smoothing", type=float, default=0.1, help="Q1: label smoothing eps")
-    add("--batch", type=int, default=8, help="Q2: batch size for timing")
-    add("--repeats", type=int, default=7, help="Q2: timed forward passes per network")
-    return parser
-
-
 LIMITS = {"rows": 100_000, "classes": 100_000, "batch": 256, "repeats": 1_000}
 MAX_Q1_VALUES = 10_000_000  # rows x classes: a few hundred MB across the f32/f64 checks
 
 
-def check_args(args: argparse.Namespace) -> None:
-    """Refuse sizes that cannot work (or would allocate tens of GB) before anything runs."""
-    for name, limit in LIMITS.items():
-        value = getattr(args, name)
-        if not 1 <= value <= limit:
-            raise InputError(f"--{name} must be between 1 and {limit:,}, got {value}")
-    if args.classes < 2:
-        raise InputError("--classes must be at least 2")
-    if args.rows * args.classes > MAX_Q1_VALUES:
-        raise InputError(
-            f"--rows x --classes = {args.rows * args.classes:,} values is more than the "
-            f"{MAX_Q1_VALUES:,} these checks need; lower one of them"
-        )
-    if not 0.0 < args.smoothing < 1.0:
-        raise InputError(f"--smoothing must be in (0, 1), got {args.smoothing}")
-    harness.seed(args.seed)
+@dataclass(frozen=True)
+class Config:
+    """Sizes of the checks, declared once (the CLI is generated from them by lab)."""
+
+    seed: int = option(0, "numpy seed for all random inputs and weights")
+    rows: int = option(256, "Q1: distributions per check")
+    classes: int = option(10, "Q1: number of classes")
+    smoothing: float = option(0.1, "Q1: label smoothing eps, in (0, 1)")
+    batch: int = option(8, "Q2: batch size for timing")
+    repeats: int = option(7, "Q2: timed forward passes per network")
+
+    def __post_init__(self) -> None:
+        """Refuse sizes that cannot work (or would allocate tens of GB) before anything runs."""
+        for name, limit in LIMITS.items():
+            config.integer(getattr(self, name), name, 2 if name == "classes" else 1, limit)
+        if self.rows * self.classes > MAX_Q1_VALUES:
+            raise config.ConfigError(
+                f"`rows` x `classes` = {self.rows * self.classes:,} values is more than the "
+                f"{MAX_Q1_VALUES:,} these checks need; lower one of them"
+            )
+        if not isinstance(self.smoothing, float) or not 0.0 < self.smoothing < 1.0:
+            raise config.ConfigError(f"`smoothing` must be in (0, 1), got {self.smoothing}")
+        config.integer(self.seed, "seed", 0, 2**32 - 1)
 
 
 def regenerable(out: str, overwrite: bool) -> bool:
@@ -477,26 +450,25 @@ def regenerable(out: str, overwrite: bool) -> bool:
     return True
 
 
-def parse_config(argv: Sequence[str] | None) -> Config:
-    """Command line -> a checked Config (sizes within LIMITS, the output folder usable)."""
-    args = build_parser().parse_args(argv)
-    check_args(args)
-    out = args.out or harness.default_out("theory")
-    return Config(
-        out=out,
-        overwrite=args.overwrite,
-        resume=regenerable(out, args.overwrite),
-        seed=args.seed,
-        rows=args.rows,
-        classes=args.classes,
-        smoothing=args.smoothing,
-        batch=args.batch,
-        repeats=args.repeats,
+def parse(argv: Sequence[str] | None) -> lab.Invocation:
+    """Command line -> the checked config; an output folder holding only this command's outputs
+    is regenerated in place."""
+    inv = lab.parse(
+        Config,
+        argv,
+        name="theory",
+        description="Answer the assignment's theory questions with code: Q1 cross-entropy vs "
+        "KL divergence, Q2 the cost of a 1x1 bottleneck convolution. Prints the tables and "
+        "writes theory.md and theory.json. Takes seconds.",
+        quick={},
+        epilog=harness.EXIT_CODES_NO_TRAINING,
     )
+    return inv._replace(resume=inv.resume or regenerable(inv.out, inv.overwrite))
 
 
-def run(cfg: Config, run_dir: Path | None = None) -> dict[str, Any]:
+def run(inv: lab.Invocation, run_dir: Path | None = None) -> dict[str, Any]:
     """Both questions; returns the result (the harness stamps versions and device)."""
+    cfg: Config = inv.config
     t0 = time.perf_counter()
     q1 = {
         dtype: ce_kl_checks(cfg.seed, dtype, cfg.rows, cfg.classes, cfg.smoothing)
@@ -505,7 +477,7 @@ def run(cfg: Config, run_dir: Path | None = None) -> dict[str, Any]:
     q2 = bottleneck_costs(cfg.seed, cfg.batch, cfg.repeats)
     return {
         "status": "ok",
-        "args": asdict(cfg),
+        "args": {**asdict(cfg), "out": inv.out},
         "tolerance": TOLERANCE,
         "assumptions": ASSUMPTIONS,
         "q1": q1,
@@ -532,7 +504,7 @@ def console(result: dict[str, Any]) -> str:
     )
 
 
-EXPERIMENT = harness.Experiment("theory", parse_config, run, render, console)
+EXPERIMENT = harness.Experiment("theory", parse, run, render, console)
 cli = main = harness.cli(EXPERIMENT)
 
 if __name__ == "__main__":

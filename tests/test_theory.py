@@ -233,9 +233,9 @@ def test_out_folder_reuse_and_refusal(tmp_path) -> None:
         theory.regenerable(str(out), overwrite=False)
     assert theory.cli(["--out", str(out)]) == 2  # one-line error, no traceback
     assert not theory.regenerable(str(out), overwrite=True)
-    cfg = theory.parse_config(["--out", str(out), "--overwrite"])
-    assert (cfg.overwrite, cfg.resume, cfg.out) == (True, False, str(out))
-    assert theory.parse_config([]).out == "runs/theory"
+    inv = theory.parse(["--out", str(out), "--overwrite"])
+    assert (inv.overwrite, inv.resume, inv.out) == (True, False, str(out))
+    assert theory.parse([]).out == "runs/theory"
 
 
 def test_cli_rejects_bad_arguments(tmp_path) -> None:
