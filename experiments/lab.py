@@ -92,14 +92,26 @@ def _show(value: Any) -> str:
 
 
 def _help(f: dataclasses.Field, quick: dict[str, Any]) -> str:
+    """The declared help, then ``[default; quick value with --quick]`` (a help that ends in its
+    own ``[...]`` already says its default; a switch that turns a default on says neither)."""
     text = f.metadata.get("help", "")
-    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-    extra = f"; {_show(quick[f.name])} with --quick" if f.name in quick else ""
-    return f"{text} [{_show(default)}{extra}]".replace("%", "%%")
+    if f.default is True:
+        return ("turn off: " + text).replace("%", "%%")
+    extra = f"{_show(quick[f.name])} with --quick" if f.name in quick else ""
+    if text.rstrip().endswith("]"):
+        tail = f" [{extra}]" if extra else ""
+    else:
+        tail = f" [{_show(f.default)}{'; ' + extra if extra else ''}]"
+    return (text + tail).replace("%", "%%")
 
 
 def build_parser(
-    cls: type, name: str, description: str, quick: dict[str, Any], epilog: str
+    cls: type,
+    name: str,
+    description: str,
+    quick: dict[str, Any],
+    epilog: str,
+    default_out: Callable[[Any, bool], str] | None = None,
 ) -> argparse.ArgumentParser:
     """The parser of ``cls``: one flag per field (default None = "not given") plus the run
     options; values stay text until :func:`parse` converts them."""
@@ -114,6 +126,9 @@ def build_parser(
         else:
             p.add_argument(flag(f.name), dest=f.name, metavar=f.name.upper(), help=text)
     harness.add_output_flags(p, name, resume=True)
+    if default_out is not None:
+        out = next(a for a in p._actions if "--out" in a.option_strings)
+        out.help = f"output folder [{default_out(cls(), False)}; a -quick one with --quick]"
     p.add_argument("--quick", action="store_true", help="the smoke-run preset (seconds)")
     p.add_argument("--config", metavar="FILE", help="rerun the config of a run.json/results.json")
     p.add_argument("--print-config", action="store_true", help="print the config and exit")
@@ -163,7 +178,7 @@ def parse(
     epilog: str = harness.EXIT_CODES,
 ) -> Invocation:
     """Command line -> :class:`Invocation`; ``--print-config`` prints and exits 0."""
-    args = build_parser(cls, name, description, quick, epilog).parse_args(argv)
+    args = build_parser(cls, name, description, quick, epilog, default_out).parse_args(argv)
     if args.resume and args.overwrite:
         raise InputError("--resume and --overwrite contradict each other; pick one")
     config = resolve(cls, args, quick)

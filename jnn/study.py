@@ -106,7 +106,9 @@ class StudyConfig:
         10, "also keep a rolling checkpoint every K epochs (crash safety; 0: only the last)"
     )
     layout: str = option("auto", "how models share a device: auto, vmap or map")
-    devices: int | None = option(None, "devices to spread the models over [all]")
+    devices: int | None = option(
+        None, "devices to spread the models over [all, up to one per model]"
+    )
     data_dir: str | None = option(
         None, "folder with the dataset's files [$JNN_DATA_DIR, else download once]"
     )
