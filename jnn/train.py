@@ -291,6 +291,102 @@ def _step_loop_epoch_fn(
     return epoch
 
 
+# --------------------------------------------------------------------------------------------
+# Checks of every call of an epoch or evaluation function: shapes only (no device sync), in
+# Python before the jitted program, so a direct caller of make_epoch_fn/make_eval_fn is refused
+# as fit's caller is.
+# --------------------------------------------------------------------------------------------
+
+
+def _shapes(tree: Any, drop: int) -> dict[str, tuple[int, ...]]:
+    """{leaf path: shape without its first ``drop`` axes} (paths as ``[0]['w']``)."""
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+    return {jax.tree_util.keystr(path): tuple(np.shape(leaf))[drop:] for path, leaf in flat}
+
+
+def _mismatch(have: dict, want: dict) -> str | None:
+    """The first difference between two {path: shape} maps, in words, or None."""
+    for name, shape in want.items():
+        if name not in have:
+            return f"{name} is missing"
+        if have[name] != shape:
+            return f"{name} has shape {have[name]}, the model makes {shape}"
+    extra = sorted(set(have) - set(want))
+    return f"{extra[0]} is not in the model" if extra else None
+
+
+def _model_checker(model: core.Layer, stacked: bool) -> Callable[[Any, Any, Any], None]:
+    """``check(params, model_state, x)``: refuse params or layer state whose structure or shapes
+    differ from what ``model.init`` makes for x's per-example shape (a network of another width
+    ran silently: Dense computes with whatever weights it is given). ``jax.eval_shape`` of the
+    init, once per input shape; leading model axis M dropped when ``stacked``."""
+    wanted: dict[tuple[int, ...], tuple[dict, dict]] = {}
+
+    def check(params: Any, model_state: Any, x: Any) -> None:
+        shape = tuple(np.shape(x))[1:]
+        if shape not in wanted:
+            try:
+                _, p, st = jax.eval_shape(lambda k: model.init(k, shape), jax.random.PRNGKey(0))
+            except InputError as err:  # the model's own refusal (JAX appends lines to it)
+                first = str(err).splitlines()[0]
+                message = f"x of shape {np.shape(x)} does not fit the model: {first}"
+                raise InputError(message) from None
+            wanted[shape] = (_shapes(p, 0), _shapes(st, 0))
+        drop = 1 if stacked else 0
+        trees = (("params", params), ("layer state", model_state))
+        for (what, tree), want in zip(trees, wanted[shape]):
+            problem = _mismatch(_shapes(tree, drop), want)
+            if problem:
+                raise InputError(
+                    f"the {what} do not match the model {model.name} for inputs of shape "
+                    f"{shape}: {problem}; pass the state init_train_state(s) made for this model"
+                )
+
+    return check
+
+
+def _check_examples(x: Any, y: Any, batch_size: int | None) -> None:
+    """x (N, ...) and y (N,) of one length; N >= ``batch_size`` (training: an epoch of no step
+    has NaN metrics) or N >= 1 (``None``: evaluation, the mean of nothing is NaN). Shapes only."""
+    what = "evaluation" if batch_size is None else "training"
+    if np.ndim(x) < 1 or np.ndim(y) != 1 or np.shape(y)[0] != np.shape(x)[0]:
+        raise InputError(
+            f"{what} x and y must have one label per example: x has shape {np.shape(x)}, "
+            f"y has shape {np.shape(y)}"
+        )
+    n = np.shape(x)[0]
+    if batch_size is None and n == 0:
+        raise InputError("evaluation x has no examples: nothing to measure; pass at least one")
+    if batch_size is not None and n < batch_size:
+        raise InputError(
+            f"training x has {n} examples, fewer than one batch of {batch_size}: the epoch "
+            "would run no step; pass more examples or a smaller batch size"
+        )
+
+
+def _checked_epoch(epoch: Any, model: Any, batch_size: int, stacked: bool) -> EpochFn:
+    """``epoch`` behind the per-call checks: x and y of one length, at least one batch, and
+    (for a Layer) params and layer state of this model. ``.lower`` (AOT) is checked too."""
+    check_model = _model_checker(model, stacked) if isinstance(model, core.Layer) else None
+
+    def check(state: TrainState, x: Any, y: Any) -> None:
+        _check_examples(x, y, batch_size)
+        if check_model is not None:
+            check_model(state.params, state.model_state, x)
+
+    def checked(state: TrainState, x: Array, y: Array) -> tuple[TrainState, EpochMetrics]:
+        check(state, x, y)
+        return epoch(state, x, y)
+
+    def lower(state: TrainState, x: Array, y: Array) -> Any:
+        check(state, x, y)
+        return epoch.lower(state, x, y)
+
+    if hasattr(epoch, "lower"):  # the benchmark compiles ahead of time
+        checked.lower = lower  # type: ignore[attr-defined]
+    return checked
+
+
 EPOCH_LOOPS = ("scan", "steps")
 
 
@@ -311,6 +407,12 @@ def make_epoch_fn(
     leading axis (``init_train_states``); the epoch is vmapped over them with x, y shared, and the
     metrics have shape (M,). ``loop``: "scan" (the whole epoch one XLA program, the default) or
     "steps" (one jitted step per batch from Python, same keys and arithmetic; single models only).
+
+    Every call first refuses (one :class:`InputError`, before the program runs; shapes only, so
+    no device sync): y not of x's length (the batch gather clamps indices: it trained silently),
+    fewer than ``batch_size`` examples (no step: NaN metrics), and, for a Layer, params or layer
+    state of another network (another width trained silently). Labels and finiteness are
+    :func:`fit`'s checks (:func:`check_data`): they read the data.
     """
     validate_hyperparameters(batch_size)
     if loop not in EPOCH_LOOPS:
@@ -319,11 +421,14 @@ def make_epoch_fn(
     if loop == "steps":
         if stacked:
             raise InputError('loop="steps" trains one model; stacked models need loop="scan"')
-        return _step_loop_epoch_fn(value_and_grad, optimizer, batch_size)
+        return _checked_epoch(
+            _step_loop_epoch_fn(value_and_grad, optimizer, batch_size), model, batch_size, False
+        )
     epoch = functools.partial(
         epoch_step, value_and_grad=value_and_grad, optimizer=optimizer, batch_size=batch_size
     )
-    return jax.jit(jax.vmap(epoch, in_axes=(0, None, None)) if stacked else epoch, donate_argnums=0)
+    one_or_all = jax.vmap(epoch, in_axes=(0, None, None)) if stacked else epoch
+    return _checked_epoch(jax.jit(one_or_all, donate_argnums=0), model, batch_size, stacked)
 
 
 def evaluate(
@@ -342,12 +447,17 @@ def make_eval_fn(model: core.Layer, *, stacked: bool = False) -> EvalFn:
 
     ``stacked=True``: params and model_state hold M models along a leading axis; x, y are shared
     and loss, accuracy have shape (M,). The function carries ``.model`` and ``.stacked`` (``fit``
-    reads the number of classes from the model to check the labels).
+    reads the number of classes from the model to check the labels). Each call refuses, as the
+    epoch function does, x and y of different lengths, no examples (the mean of nothing is NaN)
+    and params or layer state of another network.
     """
     one = functools.partial(evaluate, model)
     fn = jax.jit(jax.vmap(one, in_axes=(0, 0, None, None)) if stacked else one)
+    check_model = _model_checker(model, stacked)
 
     def eval_fn(params: core.Params, model_state: core.State, x: Array, y: Array):
+        _check_examples(x, y, None)
+        check_model(params, model_state, x)
         return fn(params, model_state, x, y)
 
     eval_fn.model, eval_fn.stacked = model, stacked  # type: ignore[attr-defined]

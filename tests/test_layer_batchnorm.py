@@ -88,3 +88,23 @@ def test_state_dtype_is_kept_with_float64_inputs():
 def test_bad_hyperparameters(kwargs):
     with pytest.raises(InputError):
         BatchNorm(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "shape", [(0, 3), (0, 4, 4, 3), (2, 0, 4, 3)], ids=["dense", "conv", "hw0"]
+)
+def test_training_on_an_empty_batch_is_refused_and_the_state_stays_finite(shape):
+    """Issue 19: training mode on 0 rows turned the running statistics into NaN (the mean of
+    nothing), silently, for every later inference. Refused eagerly and under jit (shapes are
+    static); inference on 0 rows is fine (0 rows out)."""
+    layer = BatchNorm()
+    _, params, state = layer.init(jax.random.key(0), shape[1:])
+    x = jnp.zeros(shape, jnp.float32)
+    for forward in (layer.forward, jax.jit(layer.forward, static_argnames="train")):
+        with pytest.raises(InputError, match="empty batch") as err:
+            forward(params, state, x, train=True)
+        first = str(err.value).splitlines()[0]  # under jit, JAX appends its own note lines
+        assert first.startswith("BatchNorm in training mode got an empty batch") and "NaN" in first
+    y, _, same = layer.forward(params, state, x, train=False)
+    assert y.shape == shape and same is state
+    assert np.isfinite(np.asarray(state["mean"])).all() and np.isfinite(state["var"]).all()

@@ -294,6 +294,94 @@ def test_make_epoch_fn_checks_its_arguments():
 
 
 # --------------------------------------------------------------------------------------------
+# Every call of an epoch or evaluation function is checked, not only fit's (issue 19)
+# --------------------------------------------------------------------------------------------
+
+WIDER = (20, 32, 8, 4)  # another width: Dense computed with whatever weights it was given
+
+
+def _epoch_and_eval(model, stacked: bool, loop: str = "scan"):
+    return (
+        train.make_epoch_fn(model, optax.sgd(0.1), 10, stacked=stacked, loop=loop),
+        train.make_eval_fn(model, stacked=stacked),
+    )
+
+
+def _states(sizes, stacked: bool):
+    model, keys = mlp(sizes, "relu", "he"), jax.random.split(jax.random.PRNGKey(0), 2)
+    if stacked:
+        return train.init_train_states(keys, model, optax.sgd(0.1), SHAPE)
+    return train.init_train_state(keys[0], model, optax.sgd(0.1), SHAPE)
+
+
+def _refused(fn, *args, match: str) -> None:
+    with pytest.raises(InputError, match=match) as err:
+        fn(*args)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("stacked, loop", [(False, "scan"), (True, "scan"), (False, "steps")])
+def test_a_direct_epoch_call_refuses_y_of_another_length(data, stacked, loop):
+    """make_epoch_fn's function trained silently on x with a shorter y (only fit checked)."""
+    epoch, evaluate = _epoch_and_eval(mlp(SIZES, "relu", "he"), stacked, loop)
+    state, (x, y) = _states(SIZES, stacked), data
+    for short in (y[:-5], y[:0], y[:, None]):
+        _refused(epoch, state, x, short, match="one label per example")
+        _refused(evaluate, state.params, state.model_state, x, short, match="one label per")
+    state, metrics = epoch(state, x, y)  # the state was not donated by the refused calls
+    assert np.all(np.isfinite(np.asarray(metrics.loss)))
+
+
+@pytest.mark.parametrize("stacked", [False, True], ids=["single", "stacked"])
+def test_params_of_another_network_are_refused(data, stacked):
+    """A state of a 20-32-8-4 net ran silently through an epoch and evaluation of 20-16-8-4."""
+    epoch, evaluate = _epoch_and_eval(mlp(SIZES, "relu", "he"), stacked)
+    wider, (x, y) = _states(WIDER, stacked), data
+    says = r"params do not match the model mlp\(20, 16, 8, 4\) relu .*\['b'\] has shape \(32,\)"
+    _refused(epoch, wider, x, y, match=says)
+    _refused(evaluate, wider.params, wider.model_state, x, y, match=says)
+    fewer = wider._replace(params=_states(SIZES, stacked).params[:-1])
+    _refused(epoch, fewer, x, y, match=r"\[4\]\['b'\] is missing")
+    other_input = jnp.ones((len(x), 12))  # params of 20 inputs, data of 12 features
+    says = r"x of shape \(120, 12\) does not fit the model: .* \(20,\), got \(12,\)"
+    _refused(epoch, _states(SIZES, stacked), other_input, y, match=says)
+
+
+def test_layer_state_of_another_network_is_refused(data):
+    from jnn.layers import BatchNorm, Dense
+
+    model = core.serial(Dense(8), BatchNorm(), Dense(4))
+    state = train.init_train_state(jax.random.PRNGKey(0), model, optax.sgd(0.1), SHAPE)
+    bad = state._replace(model_state=(*state.model_state[:1], {"mean": jnp.zeros(5),
+                         "var": jnp.ones(5)}, *state.model_state[2:]))  # fmt: skip
+    epoch, evaluate = _epoch_and_eval(model, stacked=False)
+    _refused(epoch, bad, *data, match=r"layer state do not match .*\[1\]\['mean'\]")
+    _refused(evaluate, bad.params, bad.model_state, *data, match="layer state do not match")
+
+
+def test_empty_and_too_small_data_are_refused(data):
+    """An epoch of fewer examples than one batch ran no step (NaN loss, 0/0 accuracy), and an
+    evaluation of no examples returned NaN."""
+    epoch, evaluate = _epoch_and_eval(mlp(SIZES, "relu", "he"), stacked=False)
+    state, (x, y) = _states(SIZES, False), data
+    _refused(epoch, state, x[:0], y[:0], match="0 examples, fewer than one batch of 10")
+    _refused(epoch, state, x[:9], y[:9], match="9 examples, fewer than one batch of 10")
+    _refused(evaluate, state.params, state.model_state, x[:0], y[:0], match="no examples")
+    loss, accuracy = evaluate(state.params, state.model_state, x[:1], y[:1])
+    assert np.isfinite(float(loss)) and float(accuracy) in (0.0, 1.0)
+
+
+def test_the_checked_epoch_still_compiles_ahead_of_time(data):
+    """experiments.benchmark lowers the epoch function (AOT): ``.lower`` is kept, and checked."""
+    epoch = train.make_epoch_fn(mlp(SIZES, "relu", "he"), optax.sgd(0.1), 10)
+    state, (x, y) = _states(SIZES, False), data
+    compiled = epoch.lower(state, x, y).compile()
+    state, metrics = compiled(state, x, y)
+    assert int(state.epoch) == 1 and np.isfinite(float(metrics.loss))
+    _refused(epoch.lower, _states(WIDER, False), x, y, match="params do not match")
+
+
+# --------------------------------------------------------------------------------------------
 # The study does not move: the serial-model training path against an independent copy of the
 # pre-serial code (jnn.mlp's activation-string API and jnn.train's epoch, git f34eb19), both run
 # here, on this machine: 3 epochs of 2 stacked models per activation and one single model, lr 0.1,

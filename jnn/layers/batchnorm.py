@@ -10,7 +10,9 @@ Training: mu and the *biased* variance var = mean((x - mu)^2) over the N = x.siz
 each channel, xhat = (x - mu) / sqrt(var + eps), y = scale * xhat + bias, and the running
 averages move as ``running = momentum * running + (1 - momentum) * batch`` (Keras/Flax
 convention, biased variance as they store it). Inference (``train=False``) uses the running
-averages and leaves the state alone.
+averages and leaves the state alone. Training on an empty batch (0 rows) is refused with an
+``InputError`` (shapes are static, so this holds under jit too): the mean of nothing is NaN, and
+it used to become the running statistics.
 
 Backward in training mode, with dxhat = dy * scale and sums over the N values of a channel::
 
@@ -118,6 +120,12 @@ def BatchNorm(  # noqa: N802 - layers are named like classes
         if not train:
             y, cache = batchnorm_forward_eval(params, state, x, eps)
             return y, cache, state
+        if x.size == 0:
+            raise InputError(
+                f"BatchNorm in training mode got an empty batch (x of shape {x.shape}): its "
+                "batch statistics would be NaN and so would its running averages; pass at "
+                "least one example"
+            )
         y, cache, mu, var = batchnorm_forward_train(params, x, eps)
         new_state = {
             "mean": momentum * state["mean"] + (1.0 - momentum) * mu.astype(state["mean"].dtype),
