@@ -1,0 +1,111 @@
+"""experiments.lab: a command line generated from a config declaration.
+
+Every flag of every lab-generated experiment is thrown generated text (hypothesis): the command
+either accepts it (with --print-config: exit 0 and the parsed value in the printed config) or
+refuses it in one line starting with ``error:``, exit 2, no traceback, and no folder made.
+Nothing is silently dropped or rounded: a list keeps every item, a number stays a number.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from experiments import cnn, lab, mlp_grid, mlp_sweep, theory
+from jnn.config import ConfigError
+
+EXPERIMENTS = {"mlp_sweep": mlp_sweep, "mlp_grid": mlp_grid, "cnn": cnn, "theory": theory}
+
+
+def run_cli(module, argv, capsys) -> tuple[int, str, str]:
+    try:
+        rc = module.main(argv)
+    except SystemExit as done:  # --print-config, --help and argparse's usage errors
+        rc = done.code
+    out = capsys.readouterr()
+    return rc, out.out, out.err.strip()
+
+
+def flags(module) -> list[tuple[str, typing.Any]]:
+    cls = module.Config
+    hints = typing.get_type_hints(cls)
+    return [(f.name, hints[f.name]) for f in dataclasses.fields(cls) if f.default is not True]
+
+
+CASES = [(name, field) for name, mod in EXPERIMENTS.items() for field, _ in flags(mod)]
+TEXT = st.one_of(
+    st.text(alphabet="0123456789,.-e+naifxz ", max_size=12),
+    st.sampled_from(["", ",", "1,,2", "1,x", "nan", "inf", "-1", "0", "1e3", "2**32", "none"]),
+)
+
+
+@pytest.mark.parametrize("experiment, field", CASES, ids=[f"{e}-{f}" for e, f in CASES])
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(text=TEXT)
+def test_every_flag_accepts_exactly_or_refuses_in_one_line(
+    experiment, field, text, tmp_path, capsys
+):
+    if "--" in text:  # argparse itself treats "--" as the end of options, whatever the flag
+        return
+    module = EXPERIMENTS[experiment]
+    out = tmp_path / "out"
+    argv = [lab.flag(field) + "=" + text, "--print-config", "--out", str(out)]
+    rc, printed, err = run_cli(module, argv, capsys)
+    assert not out.exists()
+    if rc == 0:
+        value = json.loads(printed)[field]
+        kind = lab._kind(typing.get_type_hints(module.Config)[field])
+        expect = lab.convert(text, kind, field)
+        assert value == (list(expect) if isinstance(expect, tuple) else expect)
+    else:
+        assert rc == 2 and err.startswith("error: ") and "\n" not in err, err
+        assert "Traceback" not in err
+
+
+def test_convert_is_strict():
+    many_ints = lab._kind(tuple[int, ...])
+    assert lab.convert("1,2,30", many_ints, "save_at") == (1, 2, 30)
+    for bad in ("1,,2", "1,x", "", "1.5", ","):
+        with pytest.raises(ValueError, match="--save-at"):
+            lab.convert(bad, many_ints, "save_at")
+    optional = lab._kind(float | None)
+    assert lab.convert("none", optional, "init_scale") is None
+    assert lab.convert("0.5", optional, "init_scale") == 0.5
+
+
+def test_flags_given_override_config_file_over_quick(tmp_path, capsys):
+    stored = {"config": {"epochs": 7, "seeds": 3, "activations": ["relu"]}}
+    (tmp_path / "run.json").write_text(json.dumps(stored))
+    argv = ["--quick", "--config", str(tmp_path / "run.json"), "--seeds", "2", "--print-config"]
+    rc, printed, _ = run_cli(mlp_sweep, argv, capsys)
+    shown = json.loads(printed)
+    assert rc == 0 and shown["epochs"] == 7 and shown["seeds"] == 2
+    assert shown["activations"] == ["relu"] and shown["subset"] == [2000, 500, 500]
+
+
+def test_a_config_file_with_unknown_fields_is_refused(tmp_path, capsys):
+    (tmp_path / "run.json").write_text(json.dumps({"config": {"epochs": 7, "colour": "red"}}))
+    rc, _, err = run_cli(mlp_sweep, ["--config", str(tmp_path / "run.json")], capsys)
+    assert rc == 2 and "fields this experiment does not have: ['colour']" in err
+
+
+def test_config_errors_render_as_flags():
+    err = ConfigError("`save_at` 5 is beyond `epochs` 3")
+    assert str(err) == "save_at 5 is beyond epochs 3"
+    assert err.render(lab.flag) == "--save-at 5 is beyond --epochs 3"
+
+
+def test_help_shows_defaults_and_quick_values(capsys):
+    rc, printed, _ = run_cli(mlp_sweep, ["--help"], capsys)
+    text = " ".join(printed.split())
+    assert rc == 0
+    assert "--epochs EPOCHS epochs per model [100; 3 with --quick]" in text
+    assert "--no-sklearn turn off: train scikit-learn" in text
+    assert "[runs/mlp_sweep-original-normal;" in text
