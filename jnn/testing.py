@@ -1,21 +1,21 @@
 """The public gradient check: test a hand-written backward exactly as jnn tests its own.
 
 Every layer of jnn is proven by these functions (``tests/test_layer_*.py`` call them); they are
-public so that a user or a teacher checks a new layer, or a student's, by the same rule::
+public so that a user or a teacher checks a new layer, or a student's, by the same rule:
 
     from jnn.testing import layer_vjp_check
-    layer_vjp_check(MyLayer(16), x)       # raises AssertionError naming the leaf that is off
+    layer_vjp_check(MyLayer(16), x)     # AssertionError naming the leaf that is off
 
 **The reference.** The layer's own ``forward``, differentiated by ``jax.vjp`` with respect to
 the params and the input, against a random (seeded) cotangent ``dy``: nothing but the forward is
 trusted, so a backward cannot be "checked" against a copy of its own mistake. A random ``dy``
 (not ``ones``) catches transposes and swapped axes that a sum would hide.
 
-**Close.** Per leaf of the gradient pytree, in float64::
+**Close.** Per leaf of the gradient pytree, in float64 (b the reference, norms over the leaf):
 
-    rel_err(a, b) = ||a - b||_2 / ||b||_2        (b the reference; Frobenius norm of the leaf)
+    rel_err(a, b) = ||a - b||_2 / ||b||_2
 
-at most :data:`TOL` of the dtype: 1e-5 in float32 and 1e-10 in float64 (float64 needs
+at most `TOL` of the dtype: 1e-5 in float32 and 1e-10 in float64 (float64 needs
 ``jax.config.update("jax_enable_x64", True)`` before any array is made). Where the reference
 leaf is exactly zero (zero init makes many gradients exactly zero) the relative error is
 undefined and the *absolute* error ``||a - b||_2`` is held to the same tolerance: an exactly
@@ -23,12 +23,12 @@ zero reference demands an (all but) exactly zero answer. Nothing is loosened for
 
 Which function to use:
 
-* :func:`layer_vjp_check` -- one layer, params from its own ``init``, eager (simplest).
-* :func:`jit_vjp_check` -- one layer, params drawn by numpy, manual and reference in one
+* `layer_vjp_check` -- one layer, params from its own ``init``, eager (simplest).
+* `jit_vjp_check` -- one layer, params drawn by numpy, manual and reference in one
   ``jax.jit`` (fast for many shapes: no per-primitive compiles, no threefry per kernel shape).
-* :func:`model_grad_check` -- a whole model (``jnn.core.serial`` of layers) with the fused
+* `model_grad_check` -- a whole model (``jnn.core.serial`` of layers) with the fused
   softmax cross-entropy: ``jnn.core.value_and_grad(model)`` against ``jax.grad``.
-* :func:`assert_tree_close`, :func:`tree_rel_errs`, :func:`rel_err`, :func:`tol` -- the rule
+* `assert_tree_close`, `tree_rel_errs`, `rel_err`, `tol` -- the rule
   itself, for gradients you compute some other way.
 """
 
@@ -84,7 +84,7 @@ def rel_err(actual: Any, expected: Any) -> float:
 
 
 def tree_rel_errs(actual: Any, expected: Any) -> dict[str, float]:
-    """:func:`rel_err` of every leaf, keyed by its path (e.g. ``"[1]['w']"``).
+    """`rel_err` of every leaf, keyed by its path (e.g. ``"[1]['w']"``).
 
     The two pytrees must have the same structure (``AssertionError`` otherwise): a backward that
     returns a gradient for the wrong param, or drops one, fails here."""
@@ -135,7 +135,7 @@ def layer_vjp_check(
     """Check ``layer.backward`` against ``jax.vjp`` of ``layer.forward``, w.r.t. params and input.
 
     Args:
-        layer: a :class:`jnn.core.Layer` (``init``, ``forward``, ``backward``).
+        layer: a `jnn.core.Layer` (``init``, ``forward``, ``backward``).
         x: a batch ``(B, *input_shape)`` of float32 or float64; its dtype sets the tolerance.
         key: PRNG key passed to both forwards (a Dropout draws the same mask in each).
         train: the ``train`` flag of both forwards (BatchNorm's batch statistics, Dropout).
@@ -144,7 +144,7 @@ def layer_vjp_check(
         what: a label for the failure message (default: ``layer.name``).
 
     The params come from ``layer.init`` cast to ``x.dtype``. Asserts the forward outputs agree
-    and dx (and dparams, if the layer has any) are within :func:`tol`.
+    and dx (and dparams, if the layer has any) are within `tol`.
 
     Returns:
         ``(y, dparams, dx)`` of the hand-written side, for further checks.
@@ -188,11 +188,11 @@ def jit_vjp_check(
     params: Any = None,
     state: Any = None,
 ) -> tuple[Any, Any, Any]:
-    """:func:`layer_vjp_check` with both sides compiled as one ``jax.jit`` program.
+    """`layer_vjp_check` with both sides compiled as one ``jax.jit`` program.
 
     Eager ``jax.vjp`` and an eager backward compile every primitive on its own, and every kernel
     shape drawn by ``jax.random`` compiles a threefry program: seconds per shape on a loaded
-    2-core machine. Here params come from :func:`random_params` (unless ``params`` and ``state``
+    2-core machine. Here params come from `random_params` (unless ``params`` and ``state``
     are given) and the manual and reference passes share one ``jax.jit``. Same cotangent
     convention (numpy normal, ``seed + 1``) and tolerances. Returns the manual
     ``(y, dparams, dx)``.
@@ -235,7 +235,7 @@ def model_grad_check(
     "autodiff")`` (``jax.value_and_grad`` of the same forward and loss), same params, state and
     ``key``. ``x`` is ``(B, *input_shape)``, ``y`` int labels ``(B,)`` or target rows ``(B, C)``;
     params come from ``model.init(jax.random.key(seed), ...)`` cast to ``x.dtype``. Asserts the
-    losses agree and every gradient leaf is within :func:`tol`. Returns ``(loss, grads)`` of the
+    losses agree and every gradient leaf is within `tol`. Returns ``(loss, grads)`` of the
     manual side.
     """
     from jnn.core import value_and_grad
