@@ -128,7 +128,9 @@ def build_parser(
     harness.add_output_flags(p, name, resume=True)
     if default_out is not None:
         out = next(a for a in p._actions if "--out" in a.option_strings)
-        out.help = f"output folder [{default_out(cls(), False)}; a -quick one with --quick]"
+        out.help = (
+            f"output folder [{default_out(cls(), False)}; {default_out(cls(), True)} with --quick]"
+        )
     p.add_argument("--quick", action="store_true", help="the smoke-run preset (seconds)")
     p.add_argument("--config", metavar="FILE", help="rerun the config of a run.json/results.json")
     p.add_argument("--print-config", action="store_true", help="print the config and exit")

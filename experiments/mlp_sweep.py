@@ -75,10 +75,8 @@ class Config(StudyConfig):
 
 
 def default_out(cfg: Config, quick: bool) -> str:
-    """``runs/mlp_sweep-<split>-<init>[-<scale>][-quick]``."""
-    scale = f"{cfg.init_scale:g}" if cfg.init_scale is not None else ""
-    init = "+".join(cfg.inits)
-    return harness.default_out("mlp_sweep", cfg.split, init, scale, "quick" if quick else "")
+    """``runs/mlp_sweep[-quick]``, as every experiment's (another config: pass --out)."""
+    return harness.default_out("mlp_sweep", "quick" if quick else "")
 
 
 def parse(argv: Sequence[str] | None) -> lab.Invocation:

@@ -1,7 +1,7 @@
 """The way back from a run folder: load any trained model, at a save epoch or ``latest``.
 
     from jnn import runs, study
-    net = runs.load("runs/mlp_sweep-original-normal", activation="relu", epoch=100)
+    net = runs.load("runs/mlp_sweep", activation="relu", seed=0, epoch=100)
     d = study.load_data(net.config)                     # the run's own split and subset
     accuracy = (net.predict(d.test[0]) == d.test[1]).mean()   # the run's reported test accuracy
 

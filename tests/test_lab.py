@@ -108,4 +108,4 @@ def test_help_shows_defaults_and_quick_values(capsys):
     assert rc == 0
     assert "--epochs EPOCHS epochs per model [100; 3 with --quick]" in text
     assert "--no-sklearn turn off: train scikit-learn" in text
-    assert "[runs/mlp_sweep-original-normal;" in text
+    assert "output folder [runs/mlp_sweep; runs/mlp_sweep-quick with --quick]" in text
