@@ -289,16 +289,27 @@ def plot_curves(result: dict[str, Any], run_dir: Path) -> list[Path]:
             save_at,
             sklearn_histories=sk_hist,
             notes=notes,
-            title=f"{result['study']}: loss and accuracy per epoch",
+            title=f"{result['study']}: loss and accuracy per epoch ({_overview_settings(c)})",
         )
     )
     return paths
 
 
+def _overview_settings(c: dict[str, Any]) -> str:
+    return (
+        f"init {', '.join(c['inits'])}, lr {', '.join(f'{x:g}' for x in c['lrs'])}, batch "
+        f"{c['batch_size']}, {c['optimizer']}, split {c['split']}, {c['seeds']} seed(s)"
+        + (", quick subset" if c.get("subset") else "")
+    )
+
+
 def _panel_note(cell: dict[str, Any], sk: dict[str, Any]) -> str:
     lines = []
-    if cell["diverged"]:
-        lines.append(f"jnn: {cell['diverged']}/{cell['seeds']} seed(s) diverged")
+    at = sorted(m["diverged_at"] for m in cell["models"] if m["diverged_at"])
+    if at:
+        when = f"epoch {at[0]}" if len(at) == 1 else f"epochs {at[0]}-{at[-1]}"
+        lines.append(f"jnn: {len(at)}/{cell['seeds']} seed(s) diverged ({when}); no checkpoint")
+        lines.append("after that; the curves average the seeds still training")
     if sk.get("status") == "diverged":
         lines.append(f"sklearn diverged at epoch {sk.get('diverged_at')}")
     elif sk.get("status") == "failed":
