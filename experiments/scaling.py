@@ -324,8 +324,27 @@ class Config:
     overwrite: bool = False
 
 
+PLATFORMS = ("cpu", "cuda", "gpu", "rocm", "tpu")  # what JAX_PLATFORMS may name
+
+
+def check_platform(value: str | None) -> str | None:
+    """``--platform``: None, or JAX platform names (comma-separated, no gaps). An unknown name
+    made every worker fail while the run reported status ok."""
+    if value is None:
+        return None
+    names = [n.strip() for n in value.split(",")]
+    unknown = [n for n in names if n not in PLATFORMS]
+    if unknown:
+        what = "an empty item is" if "" in unknown else f"{unknown[0]!r} is"
+        raise InputError(
+            f"--platform {value!r}: {what} not a JAX platform; pass one of "
+            f"{', '.join(PLATFORMS)} (or several, comma-separated)"
+        )
+    return ",".join(names)
+
+
 def parse(argv: Sequence[str] | None) -> Config:
-    """Command line -> Config (device counts and --models checked; one line each)."""
+    """Command line -> Config (device counts, --platform and --models checked; one line each)."""
     p = harness.parser(
         "scaling",
         description=__doc__.split("\n")[0],
@@ -341,7 +360,7 @@ def parse(argv: Sequence[str] | None) -> Config:
     if a.models is not None:
         harness.positive_int(a.models, "--models", maximum=1024)
     out = a.out or harness.default_out("scaling")
-    return Config(devices, a.quick, a.platform, a.models, out, a.overwrite)
+    return Config(devices, a.quick, check_platform(a.platform), a.models, out, a.overwrite)
 
 
 def run(cfg: Config, run_dir: Path) -> dict[str, Any]:

@@ -52,7 +52,7 @@ import optax
 
 from experiments import harness, report, timing
 from jnn import core, runs, train, vgg, vgg_weights
-from jnn.checkpoints import CheckpointStore
+from jnn.checkpoints import CheckpointError, CheckpointStore
 from jnn.data import CLASS_NAMES, load_fashion_mnist, split_indices
 from jnn.errors import InputError
 from jnn.parallel import check_divisible, data_mesh, make_sharded_epoch_fn, replicate
@@ -506,6 +506,10 @@ def load_weights(spec: str, cache_dir: str | None, seed: int) -> dict[str, Any]:
             w = vgg_weights.fetch_pretrained(fmt, cache_dir, weights_file=path, progress=progress)
     except (vgg_weights.WeightsUnavailableError, ImportError) as e:
         raise InputError(f"{e} (or run with --weights random for a random-feature floor)") from None
+    except CheckpointError as e:  # the converted weights could not be cached (read-only, full)
+        raise InputError(
+            f"cannot cache the converted VGG16 weights: {e} (or pass another --cache-dir)"
+        ) from None
     check_finite_weights(w.params)
     label = f"pretrained ImageNet VGG16 ({'Keras' if w.fmt == 'keras' else 'torchvision'})"
     return {

@@ -474,7 +474,10 @@ def _save(
     """:func:`save_tree`, recording the (checked) ``identity`` and ``epoch`` when not None."""
     path = Path(path).expanduser().absolute()
     if (path.exists() or path.is_symlink()) and not replace:
-        raise CheckpointError(f"{path} already exists; pass replace=True to overwrite it")
+        raise CheckpointError(
+            f"{path} already exists, and a checkpoint is never overwritten unasked; delete it "
+            "or save somewhere else"
+        )
     staging = _tmp_name(path)
     holds = {k: v for k, v in (("epoch", epoch), ("identity", identity)) if v is not None}
     try:
@@ -729,13 +732,15 @@ class CheckpointStore:
                 )
             else:
                 raise CheckpointError(
-                    f"epoch {epoch} is already saved at {target}; pass replace=True to overwrite it"
+                    f"epoch {epoch} is already saved at {target}, and a saved epoch is never "
+                    "overwritten unasked; delete that folder to save the epoch again"
                 )
         newest = self.latest_epoch()
         if newest is not None and epoch < newest and not replace:
             raise CheckpointError(
                 f"cannot save epoch {epoch} in {self.directory}: it is older than the newest "
-                f"checkpoint (epoch {newest}); pass replace=True to save it anyway"
+                f"checkpoint (epoch {newest}), and saves never go back in time unasked; delete "
+                "the newer checkpoints first, or save into a new folder"
             )
 
     # ------------------------------------------------------------------ restore

@@ -49,6 +49,7 @@ import hashlib
 import os
 import pathlib
 import re
+import stat
 import zlib
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
@@ -416,6 +417,35 @@ def _sha256(path: pathlib.Path) -> str:
     return _sha256_cached(str(path.resolve()), st.st_mtime_ns, st.st_size, st.st_ino)
 
 
+def _unreadable(path: pathlib.Path, err: OSError) -> DataError:
+    """A data file the system will not let us read (permissions, I/O error), in one line."""
+    return DataError(
+        f"cannot read {path.name} in {path.parent}: {err.strerror or err}; make it readable by "
+        "this user (e.g. chmod a+r) or put a readable copy of the official file there"
+    )
+
+
+def _not_a_file(path: pathlib.Path) -> str | None:
+    """What sits at ``path`` when it is not a regular file (a folder, a FIFO, a symlink loop or
+    a dangling symlink), else None (a regular file, or nothing at all). Never opens it: a FIFO
+    would block the read."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return (
+            f"a symlink to {os.readlink(path)}, which does not exist" if path.is_symlink() else None
+        )
+    except OSError as err:  # ELOOP (a symlink loop), EACCES on the folder, ENOTDIR, ...
+        return f"unreachable ({err.strerror or err})"
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    return (
+        "a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "not a regular file (a socket or device)"
+    )
+
+
 def _verify_file(entry: Dataset, path: pathlib.Path) -> None:
     """Raise DataError unless ``path`` has the official size and SHA-256 for its name."""
     size, sha = entry.files[path.name]
@@ -430,7 +460,10 @@ def _verify_file(entry: Dataset, path: pathlib.Path) -> None:
             f"{path.name} in {path.parent} has {actual_size:,} bytes, expected {size:,}: "
             f"{what}; {fix}"
         )
-    actual_sha = _sha256(path)
+    try:
+        actual_sha = _sha256(path)
+    except OSError as err:
+        raise _unreadable(path, err) from None
     if actual_sha != sha:
         raise DataError(
             f"{path.name} in {path.parent} fails the SHA-256 check (got {actual_sha[:16]}..., "
@@ -468,8 +501,19 @@ def _download(entry: Dataset, name: str, directory: pathlib.Path) -> pathlib.Pat
 
 
 def _ensure_files(entry: Dataset, directory: pathlib.Path, *, download: bool, verify: bool) -> None:
+    """Each file of ``entry`` present (downloaded when missing and ``download``) and verified.
+    Something else in a file's place (a folder, a FIFO, a symlink loop) is refused as what it
+    is: it was reported as a failed download."""
     for name in entry.files:
         path = directory / name
+        odd = _not_a_file(path)
+        if odd is not None:
+            then = (
+                "and it is downloaded again"
+                if download and _mirrors(entry)
+                else f"and put the official {entry.title} file there"
+            )
+            raise DataError(f"{name} in {directory} is {odd}, not the data file; remove it {then}")
         if not path.is_file():
             if not download:
                 raise DataError(
@@ -489,10 +533,19 @@ def _ensure_files(entry: Dataset, directory: pathlib.Path, *, download: bool, ve
 
 
 def _read_gz(path: pathlib.Path) -> bytes:
+    """The decompressed bytes of ``path``; a file that cannot be read (permissions) and one that
+    is not gzip are two different one-line :class:`DataError` s."""
     try:
         with gzip.open(path, "rb") as f:
             return f.read()
-    except (OSError, EOFError, zlib.error) as e:
+    except OSError as e:
+        if e.errno is not None:  # the system refused the read (gzip's own errors carry none)
+            raise _unreadable(path, e) from None
+        raise DataError(
+            f"{path.name} in {path.parent} is not a valid gzip file ({e}); replace it with the "
+            f"official file"
+        ) from e
+    except (EOFError, zlib.error) as e:
         raise DataError(
             f"{path.name} in {path.parent} is not a valid gzip file ({e}); replace it with the "
             f"official file"

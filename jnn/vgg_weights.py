@@ -155,10 +155,35 @@ def load_keras_h5(path: str | os.PathLike, include_top: bool | None = None) -> d
             check_params(datasets, include_top)  # shapes only: no data read yet
         except WeightFileError as e:
             raise WeightFileError(f"{path.name}: {e}") from None
-        return {
-            layer: {n: np.asarray(d[()], dtype=np.float32) for n, d in v.items()}
-            for layer, v in datasets.items()
-        }
+        return _read_h5_arrays(path, datasets)
+
+
+def _read_h5_arrays(path: Path, datasets: dict[str, dict[str, Any]]) -> dict:
+    """Each h5 dataset of ``datasets`` (layer -> name -> dataset) as a float32 array. A dataset
+    of strings (or any non-numeric type) and a read that fails (a damaged file) are one
+    :class:`WeightFileError` line naming the layer: a string bias was a numpy traceback."""
+    params: dict[str, dict[str, np.ndarray]] = {}
+    for layer, named in datasets.items():
+        params[layer] = {}
+        for name, d in named.items():
+            if d.dtype.kind not in "fiu":
+                raise WeightFileError(
+                    f"{path.name}: {layer} {name} holds {d.dtype} values, not numbers; the "
+                    "file is not VGG16 weights (or is damaged): use the published file"
+                )
+            try:
+                params[layer][name] = np.asarray(d[()], dtype=np.float32)
+            except (OSError, ValueError, TypeError) as e:
+                raise WeightFileError(
+                    f"{path.name}: cannot read {layer} {name} ({_first_line(e)}); the file is "
+                    "damaged: download it again"
+                ) from None
+    return params
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
 
 
 def _to_str(name: bytes | str) -> str:

@@ -281,7 +281,7 @@ def test_save_never_skips_an_existing_or_older_epoch(tmp_path):
     a, b = _tree(0), _tree(1)
     with CheckpointStore(tmp_path / "m") as store:
         store.save(2, a)
-        with pytest.raises(CheckpointError, match="epoch 2 is already saved.*replace=True"):
+        with pytest.raises(CheckpointError, match="epoch 2 is already saved.*delete that"):
             store.save(2, b)
         store.save(5, a, rolling=True)
         with pytest.raises(CheckpointError, match=r"older than the newest checkpoint \(epoch 5\)"):
@@ -295,6 +295,26 @@ def test_save_never_skips_an_existing_or_older_epoch(tmp_path):
         assert _equal(store.restore(2, a), b) and store.saved_epochs() == [2]
         store.save(4, b, rolling=True, replace=True)
         assert store.rolling_epochs() == [4] and _equal(store.restore(4, a), b)
+
+
+def test_refusals_say_what_to_do_in_words_a_cli_user_can_follow(tmp_path):
+    """Issue 19: the library's refusals told CLI users to "pass replace=True" (a keyword of a
+    function they never call); they say what to do without naming code or flags."""
+    a = _tree(0)
+    store = CheckpointStore(tmp_path / "m")
+    store.save(2, a)
+    store.save(5, a, rolling=True)
+    checkpoints.save_tree(tmp_path / "t", a)
+    refusals = [
+        (lambda: store.save(2, a), "delete that folder to save the epoch again"),
+        (lambda: store.save(4, a), "delete the newer checkpoints first, or save into a new"),
+        (lambda: checkpoints.save_tree(tmp_path / "t", a), "delete it or save somewhere else"),
+    ]
+    for refused, says in refusals:
+        with pytest.raises(CheckpointError) as info:
+            refused()
+        message = str(info.value)
+        assert says in message and "replace=True" not in message and "--" not in message
 
 
 def _resource_exhausted(*args, **kwargs):

@@ -343,3 +343,53 @@ def test_nan_weights_are_refused(tmp_path, capsys):
     assert vgg_transfer.cli(argv) == 2
     err = capsys.readouterr().err.strip()
     assert "NaN/inf" in err and "\n" not in err, err
+
+
+# ------------------------------------------------------------------ strict flags (issue 19)
+
+STRICT_CASES = [
+    scaling_case("scaling-unknown-platform", ("--devices", "1", "--platform", "foo"),
+                 "--platform 'foo': 'foo' is not a JAX platform"),
+    scaling_case("scaling-platform-gap", ("--devices", "1", "--platform", "cpu,"),
+                 "an empty item is not a JAX platform"),
+    bench_case("bench-devices-gap", ("--devices", "1,,2"), "--devices '1,,2' has an empty item"),
+    bench_case("bench-models-trailing-comma", ("--models", "1,4,"), "--models '1,4,' has an empty"),
+    bench_case("bench-sections-gap", ("--sections", "ceiling,,vgg"), "has an empty item"),
+    bench_case("bench-huge-devices", ("--devices", "1,100000"), "--devices values must be at most"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", STRICT_CASES, ids=[c.id for c in STRICT_CASES])
+def test_list_flags_and_platforms_are_parsed_strictly(case: Case, tmp_path, fashion_dir, capsys):
+    """`scaling --platform foo` reported status ok with every device count failed, and the
+    benchmark ran `--devices 1,,2` as 1,2: bad values are refused (exit 2, one line, no folder)."""
+    rc = case.main(case.argv(tmp_path, fashion_dir))
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("error: ") and "\n" not in err, err
+    assert case.message in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_read_only_cache_dir_names_only_vgg_transfers_flags(tmp_path, capsys, monkeypatch):
+    """vgg_transfer has no --resume, yet a read-only --cache-dir was told to "rerun with
+    --resume" (the checkpoint library's advice to the sweep)."""
+    import errno
+    import re
+
+    from jnn import checkpoints, vgg, vgg_weights
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(tmp_path / "cache"))
+
+    weights = tmp_path / "my_vgg16_notop.h5"  # a local file, converted then cached
+    weights.write_bytes(b"stand-in: the conversion is faked below")
+    monkeypatch.setattr(vgg_weights, "load_weight_file", lambda *a, **k: vgg.he_params(1))
+    monkeypatch.setattr(checkpoints, "_write_staging", read_only)
+    argv = ["--quick", "--weights", str(weights), "--cache-dir", str(tmp_path / "cache"),
+            "--out", str(tmp_path / "out")]  # fmt: skip
+    assert vgg_transfer.cli(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: cannot cache the converted VGG16 weights") and "\n" not in err
+    assert "Read-only file system" in err and "--cache-dir" in err, err
+    assert "--resume" not in err and "replace=True" not in err, err
+    assert set(re.findall(r"--[a-z-]+", err)) == {"--cache-dir"}, err

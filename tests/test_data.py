@@ -1,8 +1,10 @@
 """jnn.data: loading, verification, download (against a local fake mirror), splits, tfds."""
 
+import builtins
 import gzip
 import hashlib
 import inspect
+import os
 import pathlib
 import socket
 import stat
@@ -196,6 +198,74 @@ def test_missing_file_offline(tmp_path, fashion_dir):
     with pytest.raises(DataError) as e:
         load_fashion_mnist(folder, download=False)
     assert_clear(e, TRAIN_LABELS, "missing", str(folder), "JNN_DATA_DIR")
+
+
+def _in_place_of(kind: str, path: pathlib.Path) -> None:
+    """Put something that is not a data file at ``path``."""
+    path.unlink()
+    if kind == "folder":
+        path.mkdir()
+        (path / "x").write_text("x")
+    elif kind == "fifo":
+        os.mkfifo(path)  # reading it would block forever
+    elif kind == "symlink-loop":
+        path.symlink_to(path.name)
+    else:  # dangling symlink
+        path.symlink_to(path.parent / "gone.gz")
+
+
+@pytest.mark.parametrize(
+    "kind, says",
+    [
+        ("folder", "is a folder"),
+        ("fifo", "is a FIFO"),
+        ("symlink-loop", "symbolic links"),
+        ("dangling", "which does not exist"),
+    ],
+)
+@pytest.mark.parametrize("download", [True, False], ids=["download", "offline"])
+def test_something_else_in_place_of_a_data_file_is_named(
+    tmp_path, fashion_dir, monkeypatch, kind, says, download
+):
+    """Issue 19: a folder, FIFO or symlink loop in place of a data file was reported as a failed
+    download (or as a missing file); it is named as what it is, and nothing is fetched."""
+    folder = folder_with(tmp_path, fashion_dir)
+    _in_place_of(kind, folder / TEST_LABELS)
+    monkeypatch.setattr(data, "MIRRORS", ("http://127.0.0.1:9/never-asked/",))
+    with pytest.raises(DataError) as e:
+        load_fashion_mnist(folder, download=download)
+    msg = assert_clear(e, TEST_LABELS, str(folder), says, "not the data file; remove it")
+    assert "download" not in msg.split("; remove it")[0]
+    assert ("downloaded again" in msg) == download
+
+
+def _refuse_reading(monkeypatch, names: set[str]) -> None:
+    """Reads of ``names`` fail as for a file of mode 000 (the tests may run as root, whom
+    chmod does not stop): PermissionError from open and from gzip.open."""
+
+    def guard(opener):
+        def opened(path, *args, **kwargs):
+            if pathlib.Path(path).name in names:
+                raise PermissionError(13, "Permission denied", str(path))
+            return opener(path, *args, **kwargs)
+
+        return opened
+
+    monkeypatch.setattr(builtins, "open", guard(builtins.open))
+    monkeypatch.setattr(gzip, "open", guard(gzip.open))
+
+
+@pytest.mark.parametrize("verify", [True, False], ids=["verify", "no-verify"])
+def test_an_unreadable_data_file_is_one_line(tmp_path, fashion_dir, monkeypatch, verify):
+    """Issue 19: PermissionError escaped as a traceback from the hash check, and without it was
+    called "not a valid gzip file"."""
+    folder = folder_with(tmp_path, fashion_dir)
+    data._sha256_cached.cache_clear()
+    _refuse_reading(monkeypatch, {TRAIN_IMAGES})
+    with pytest.raises(DataError) as e:
+        load_fashion_mnist(folder, download=False, verify=verify)
+    msg = assert_clear(e, f"cannot read {TRAIN_IMAGES} in {folder}", "Permission denied")
+    assert "chmod" in msg and "gzip" not in msg
 
 
 def test_synthetic_files_load_without_verify(tmp_path):

@@ -381,6 +381,21 @@ def test_keras_wrong_shape_names_layer_and_shapes(tmp_path):
     )
 
 
+@pytest.mark.parametrize("dtype", ["S8", h5py.string_dtype()], ids=["bytes", "vlen-str"])
+def test_keras_string_bias_is_one_line(tmp_path, dtype):
+    """Issue 19: a weight file whose bias holds strings (right shape) was a numpy traceback
+    ("could not convert string to float"); it is one WeightFileError line naming the layer."""
+    fake = {k: {"bias": np.zeros(s["bias"], np.float32)} for k, s in vgg.expected_shapes().items()}
+    shapes = {k: s["kernel"] for k, s in vgg.expected_shapes().items()}  # kernels never written
+    fake["block2_conv1"]["bias"] = np.array(["0.1"] * 128, dtype=object).astype(dtype)
+    path = write_keras_h5(tmp_path / "w.h5", fake, shapes=shapes)
+    with pytest.raises(WeightFileError) as err:
+        vgg_weights.load_keras_h5(path)
+    message = str(err.value)
+    assert "\n" not in message and message.startswith("w.h5: block2_conv1 bias holds ")
+    assert "not numbers" in message
+
+
 def test_not_an_h5_file(tmp_path):
     (tmp_path / "w.h5").write_bytes(b"not hdf5")
     with pytest.raises(WeightFileError, match="not a readable HDF5"):

@@ -16,6 +16,8 @@ from jnn.errors import InputError
 
 NAME = "benchmark"
 BATCH_SIZE = 32  # the MLP sections' batch (the study's)
+MAX_DEVICES = 64  # as experiments.scaling's --devices (forced host devices)
+MAX_MODELS = 1024  # models per XLA program, as experiments.scaling's --models
 SECTIONS = ("train_epoch", "evaluation", "ceiling", "vgg", "models_per_program", "devices", "cnn")
 # (quick, full) defaults of the flags whose default depends on --quick
 DEFAULTS: dict[str, tuple[Any, Any]] = {
@@ -91,18 +93,31 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _counts(text: str, flag: str, example: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(t) for t in text.split(",") if t.strip())
-    except ValueError:
-        values = ()
-    if not values or min(values) < 1:
+def _items(text: str, flag: str, example: str) -> list[str]:
+    """The comma-separated items of ``text``, stripped; an empty item (``1,,2``, a trailing
+    comma) is refused, not dropped: what runs must be what was typed."""
+    items = [t.strip() for t in text.split(",")]
+    if "" in items and any(items):
+        raise InputError(
+            f"{flag} {text!r} has an empty item; pass comma-separated values without gaps, "
+            f"e.g. {example}"
+        )
+    return [t for t in items if t]
+
+
+def _counts(text: str, flag: str, example: str, maximum: int) -> tuple[int, ...]:
+    """Comma-separated integers in [1, maximum], each item checked (none dropped)."""
+    items = _items(text, flag, example)
+    if not items or not all(t.isascii() and t.isdigit() and int(t) >= 1 for t in items):
         raise InputError(f"{flag} needs comma-separated positive integers, e.g. {example}")
+    values = tuple(int(t) for t in items)
+    if max(values) > maximum:
+        raise InputError(f"{flag} values must be at most {maximum:,}, got {max(values):,}")
     return values
 
 
 def _sections(text: str) -> tuple[str, ...]:
-    sections = tuple(s.strip() for s in text.split(",") if s.strip())
+    sections = tuple(_items(text, "--sections", "train_epoch,evaluation"))
     if not sections:
         raise InputError(f"--sections is empty; choose from {', '.join(SECTIONS)}")
     unknown = set(sections) - set(SECTIONS)
@@ -132,10 +147,10 @@ def check(args: argparse.Namespace) -> Config:
         eval_examples=v["eval_examples"],
         data=args.data,
         torch_device=args.torch_device,
-        models=_counts(v["models"], "--models", "1,4"),
+        models=_counts(v["models"], "--models", "1,4", MAX_MODELS),
         sections=_sections(args.sections),
         vgg_images=harness.positive_int(v["vgg_images"], "--vgg-images"),
-        devices=_counts(v["devices"], "--devices", "1,2"),
+        devices=_counts(v["devices"], "--devices", "1,2", MAX_DEVICES),
         cnn_steps=harness.positive_int(v["cnn_steps"], "--cnn-steps", maximum=1000),
         seed=harness.seed(args.seed),
     )
