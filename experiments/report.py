@@ -100,26 +100,18 @@ def versions() -> dict[str, str]:
     return found
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def device_info() -> dict[str, Any]:
     """What ran the numbers: JAX backend and devices, CPU, core count, threading env vars."""
     import jax
+
+    from jnn import parallel
 
     devices = jax.devices()
     return {
         "backend": jax.default_backend(),
         "devices": [f"{d.platform}:{d.device_kind}" for d in devices],
         "device_count": len(devices),
-        "cpu": _cpu_model(),
+        "cpu": parallel.cpu_model(),
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
         "env": {k: os.environ[k] for k in _ENV_VARS if k in os.environ},

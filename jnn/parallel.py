@@ -39,6 +39,7 @@ import functools
 import os
 import re
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -69,6 +70,21 @@ FORCE_DEVICES_FLAG = "--xla_force_host_platform_device_count"
 # --------------------------------------------------------------------------------------------
 # Meshes and placement
 # --------------------------------------------------------------------------------------------
+
+
+def cpu_model() -> str:
+    """The host CPU's model name (``/proc/cpuinfo``; else what ``platform`` knows): results and
+    layout choices name the CPU, because XLA:CPU's code, its speed and its rounding differ by
+    CPU."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
 
 
 def _devices(num_devices: int | None) -> list[jax.Device]:

@@ -574,7 +574,8 @@ def choose_layout(c: StudyConfig, mesh: Mesh, make: Callable, st: Any, d: Data) 
     per_device = -(-num_models(c) // mesh.size)
     if per_device == 1:
         return "map", {}
-    key = f"{_cpu_name()}|jax {jax.__version__}|{mesh.size}x{per_device}|{c.sizes}|{c.batch_size}"
+    key = f"{parallel.cpu_model()}|jax {jax.__version__}|{mesh.size}x{per_device}"
+    key += f"|{c.sizes}|{c.batch_size}"
     known = _layout_cache().get(key)
     if known in ("vmap", "map"):
         return known, {}
@@ -584,18 +585,6 @@ def choose_layout(c: StudyConfig, mesh: Mesh, make: Callable, st: Any, d: Data) 
     best = min(seconds, key=seconds.get)
     _remember_layout(key, best)
     return best, seconds
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()
 
 
 def layout_cache_path() -> Path:
