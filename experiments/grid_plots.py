@@ -76,7 +76,8 @@ def _settings(results: dict[str, Any]) -> str:
     cfg, n = results["config"], results["sizes"]
     net = "-".join(map(str, cfg["sizes"]))
     return (
-        f"MLP {net}, plain SGD batch {cfg['batch_size']}, {n['train']:,} training examples "
+        f"MLP {net}, {cfg.get('optimizer', 'sgd')} batch {cfg['batch_size']}, "
+        f"{n['train']:,} training examples "
         f"(split {cfg['split']}), {n['val']:,} val, {n['test']:,} test"
     )
 

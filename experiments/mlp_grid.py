@@ -197,9 +197,10 @@ def results_markdown(results: dict[str, Any]) -> str:
     cfg, n = results["config"], results["sizes"]
     last = str(cfg["save_at"][-1])
     lines = [
-        "# MLP grid: activation x init x lr, several seeds, one vmapped program\n",
+        f"# MLP grid: activation x init x lr, several seeds, one program per device (layout "
+        f"{results['layout']})\n",
         f"{results['num_models']} models = {len(results['cells'])} cells x {cfg['seeds']} "
-        f"seeds; {cfg['epochs']} epochs; sizes {cfg['sizes']}; plain SGD, batch "
+        f"seeds; {cfg['epochs']} epochs; sizes {cfg['sizes']}; {cfg['optimizer']}, batch "
         f"{cfg['batch_size']}; split `{cfg['split']}` ({n['train']:,} train / {n['val']:,} val / "
         f"{n['test']:,} test); model axis over {results['devices']} device(s) of "
         f"{results['device']['cpu']}. Test accuracy: mean ± std [min, max] over the seeds that "
@@ -208,12 +209,16 @@ def results_markdown(results: dict[str, Any]) -> str:
         throughput_line(results),
     ]
     if cfg.get("subset") or cfg["seeds"] < 5 or cfg["epochs"] < 100:
-        first = " (the first of the split's sets)" if cfg.get("subset") else ""
+        sets = (
+            f"the first {n['train']:,} / {n['val']:,} / {n['test']:,} examples of the split's "
+            "training, validation and test sets"
+            if cfg.get("subset")
+            else "the complete sets"
+        )
         lines.append(
             f"**Reduced run** (sized for the machine): {cfg['seeds']} seeds, {cfg['epochs']} "
-            f"epochs, {n['train']:,} training examples{first}; the full design is 5 seeds, 100 "
-            "epochs, all 48,600 (a checkpointed run grows with `--resume --epochs N`). "
-            "Validation and test sets are complete.\n"
+            f"epochs, {sets}; the full design is 5 seeds, 100 epochs, all 48,600 / 5,400 / "
+            "6,000 (a checkpointed run grows with `--resume --epochs N`).\n"
         )
     head = ["activation", "init", "lr", "diverged"]
     head += [f"test acc @{e}" for e in cfg["save_at"]] + [f"unit spread @{last}"]
