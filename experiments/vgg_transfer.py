@@ -51,7 +51,7 @@ import numpy as np
 import optax
 
 from experiments import harness, report, timing
-from jnn import core, runs, train, vgg, vgg_weights
+from jnn import core, features, runs, train, vgg, vgg_weights
 from jnn.checkpoints import CheckpointError, CheckpointStore
 from jnn.data import CLASS_NAMES, load_fashion_mnist, split_indices
 from jnn.errors import InputError
@@ -127,46 +127,13 @@ def load_data(cfg: Config) -> Data:
 # --------------------------------------------------------------------------- frozen features
 
 
-@functools.partial(jax.jit, static_argnames=("fmt", "size", "last_block"))
-def _extract(used: dict, batch_uint8: jax.Array, *, fmt: str, size: int, last_block: int):
-    x = vgg.preprocess(vgg.gray_to_rgb_resized(batch_uint8, size), fmt)
-    return vgg.features(used, x, last_block=last_block)
-
-
-def make_extractor(params: dict, fmt: str, size: int, last_block: int = 5):
-    """Jitted (B, 28, 28) uint8 -> (B, size/2^last_block, same, 512) float32 features. The
-    weights are arguments of one module-level jit (not baked-in constants): extractors of the
-    same shapes share its compiled program."""
-    used = {k: params[k] for k in vgg.layers_of_blocks(1, last_block)}
-    return functools.partial(_extract, used, fmt=fmt, size=size, last_block=last_block)
-
-
 def extract_features(
     extract, images: np.ndarray, batch_size: int, desc: str = "features"
 ) -> tuple[np.ndarray, dict[str, float]]:
-    """Run ``extract`` over ``images`` in fixed-size batches (last one padded: one compile).
-
-    Returns the features and timings (``experiments.timing.Stopwatch``): compile plus first
-    batch seconds, then images/s of the compiled batches after it.
-    """
-    n = len(images)
-    pad = (-n) % batch_size
-    padded = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])
-    with timing.Stopwatch() as first_sw:
-        first = np.asarray(extract(padded[:batch_size]))
-    out = np.empty((len(padded), *first.shape[1:]), np.float32)
-    out[:batch_size] = first
-    starts = range(batch_size, len(padded), batch_size)
-    with timing.Stopwatch() as sw:
-        for s in report.progress(starts, desc=desc, unit="batch", leave=False):
-            out[s : s + batch_size] = np.asarray(extract(padded[s : s + batch_size]))
-    timed = len(padded) - batch_size
-    return out[:n], {
-        "compile_and_first_batch_s": first_sw.s,
-        "seconds": sw.s,
-        "images_timed": timed,
-        "images_per_s": timed / sw.s if timed else float("nan"),
-    }
+    """``jnn.features.extract_features`` (the library owns the frozen-feature pipeline) with a
+    progress bar named ``desc`` on a terminal."""
+    bar = functools.partial(report.progress, desc=desc, unit="batch", leave=False)
+    return features.extract_features(extract, images, batch_size, progress=bar)
 
 
 def throughput_case(
@@ -178,7 +145,7 @@ def throughput_case(
     torchvision's layout with the same weights, same resize and preprocessing in torch).
     Returns (case, backend label)."""
     if backend == "jnn":
-        extract = make_extractor(params, fmt, size)
+        extract = features.make_extractor(params, fmt, size)
         run = lambda batch: np.asarray(extract(batch))  # noqa: E731
         label = "jnn (jax.jit)"
     elif backend == "torch":
@@ -639,7 +606,9 @@ def title_of(cfg: Config, pretrained: bool) -> str:
 def frozen_features(cfg: Config, weights: dict, data: Data) -> tuple[np.ndarray, dict[str, Any]]:
     """Blocks 1-5 (1-4 with --finetune-top) over the train and test images, once."""
     last_block = 4 if cfg.finetune_top else 5
-    extract = make_extractor(weights["params"], weights["preprocessing"], cfg.size, last_block)
+    extract = features.make_extractor(
+        weights["params"], weights["preprocessing"], cfg.size, last_block
+    )
     all_idx = np.concatenate([data.train_idx, data.test_idx])
     feats, fe = extract_features(extract, data.images[all_idx], cfg.feature_batch, "frozen base")
     print(
@@ -666,7 +635,9 @@ def features_of_run(run_dir: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]
     weights = load_weights(cfg.weights, cfg.cache_dir, cfg.seed)
     data = load_data(cfg)
     last_block = 4 if cfg.finetune_top else 5
-    extract = make_extractor(weights["params"], weights["preprocessing"], cfg.size, last_block)
+    extract = features.make_extractor(
+        weights["params"], weights["preprocessing"], cfg.size, last_block
+    )
     feats, _ = extract_features(extract, data.images[data.test_idx], cfg.feature_batch, "test")
     return feats, data.labels[data.test_idx]
 

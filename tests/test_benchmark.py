@@ -240,9 +240,9 @@ def test_ceiling_share_counts_the_model_axis_over_devices():
 def test_cnn_torch_twin_has_the_same_parameter_count():
     torch = pytest.importorskip("torch")
     from experiments.benchmark import cnn
-    from experiments.cnn import build_model
+    from jnn import models
 
-    model = build_model()
+    model = models.build("cnn")
     params = jax.eval_shape(lambda key: model.init(key, (28, 28, 1))[1], jax.random.key(0))
     jnn_count = sum(math.prod(p.shape) for p in jax.tree.leaves(params))
     net = cnn.torch_net("cpu")

@@ -1,4 +1,4 @@
-"""Section ``cnn``: one Adam train step of the CNN (``experiments.cnn.build_model``), batch 128.
+"""Section ``cnn``: one Adam train step of the CNN (``jnn.models.build("cnn")``), batch 128.
 
 Conv2D(32,3) ReLU MaxPool Conv2D(64,3) ReLU MaxPool Flatten Dense(128) ReLU Dropout(0.5)
 Dense(10) on 28x28x1 inputs. Three cases, interleaved, each sample ``--cnn-steps`` steps:
@@ -142,9 +142,9 @@ def step_flops(model: Any, input_shape: tuple[int, ...], batch: int) -> tuple[di
 
 
 def _jnn_case(cfg: Config, gradients: str, x: Any, y: Any) -> tuple[Callable, float, dict]:
-    from experiments.cnn import build_model
+    from jnn import models
 
-    model, optimizer = build_model(), optax.adam(LR)
+    model, optimizer = models.build("cnn"), optax.adam(LR)
     _, params, model_state = model.init(jax.random.key(cfg.seed), (28, 28, 1))
     opt_state = optimizer.init(params)
     keys = list(jax.random.split(jax.random.key(cfg.seed + 1), cfg.cnn_steps))
@@ -198,7 +198,7 @@ def _torch_case(cfg: Config, device: str, x_np: np.ndarray, y_np: np.ndarray) ->
 def measure(cfg: Config, ctx: Context) -> dict[str, Any]:
     """Per-step medians of the three cases, manual / jax.grad and jnn / torch ratios, GFLOP/s
     and ceiling shares, each conv layer's lowering, and the machine's load while timing."""
-    from experiments.cnn import build_model
+    from jnn import models
 
     x_np, y_np = batch(ctx, cfg.seed)
     x, y = jax.device_put(x_np), jax.device_put(y_np)
@@ -213,7 +213,7 @@ def measure(cfg: Config, ctx: Context) -> dict[str, Any]:
         skipped["torch_eager"] = ctx.torch_reason
     with machine_load() as load:
         times = time_interleaved(cases, cfg.reps, cfg.warmup)
-    flops, layers = step_flops(build_model(), (28, 28, 1), BATCH)
+    flops, layers = step_flops(models.build("cnn"), (28, 28, 1), BATCH)
     out = _result(cfg, times, compile_s, hlo, skipped, flops, ctx.ceiling)
     return out | {"flops": flops, "layers": layers, "load": load}
 
@@ -241,7 +241,7 @@ def _result(cfg, times, compile_s, hlo, skipped, flops, ceiling) -> dict[str, An
         "batch_size": BATCH,
         "steps_per_sample": cfg.cnn_steps,
         "optimizer": f"adam(lr={LR:g})",
-        "model": "experiments.cnn.build_model(): Conv2D(32,3) ReLU MaxPool Conv2D(64,3) ReLU "
+        "model": "jnn.models.build('cnn'): Conv2D(32,3) ReLU MaxPool Conv2D(64,3) ReLU "
         "MaxPool Flatten Dense(128) ReLU Dropout(0.5) Dense(10), 28x28x1",
         "results": results,
         "ratios": ratios,

@@ -1,9 +1,9 @@
 """Section ``vgg``: VGG16 frozen feature extraction images/s at 32x32, jnn vs PyTorch eager.
 
-Uses the VGG experiment's own pipeline (``experiments.vgg_transfer``): ``make_extractor`` /
-``extract_features`` for jnn (compiled once; each repetition times every batch after an untimed
-first one) and ``feature_throughput(backend="torch")`` for the torch reference built from the
-same (random) params. Repetitions alternate jnn, torch, jnn, torch, ...
+Uses the library's pipeline (``jnn.features``, as ``experiments.vgg_transfer`` does):
+``make_extractor`` / ``extract_features`` for jnn (compiled once; each repetition times every
+batch after an untimed first one) and ``feature_throughput(backend="torch")`` for the torch
+reference built from the same (random) params. Repetitions alternate jnn, torch, jnn, torch, ...
 
 Work: the FLOPs per image are ``jnn.conv_cost``'s count of the 13 convolutions as jnn traces
 them (2 * MACs, every kernel tap; pooling, ReLU and preprocessing not counted), so each side
@@ -42,7 +42,7 @@ def _modules() -> tuple[Any, Any] | str:
         from jnn import vgg
     except Exception as err:
         return f"experiments.vgg_transfer not importable: {err}"
-    needed = ("make_extractor", "extract_features", "feature_throughput")
+    needed = ("feature_throughput",)
     missing = [name for name in needed if not hasattr(vgg_transfer, name)]
     return f"experiments.vgg_transfer lacks {missing}" if missing else (vgg_transfer, vgg)
 
@@ -53,8 +53,10 @@ def _samples(cfg, ctx, vgg_transfer, extract, params, images, batch) -> tuple[di
     if ctx.torch_device is not None:
         samples["torch_eager"] = []
     torch_label = ""
+    from jnn import features
+
     for rep in range(cfg.warmup + cfg.reps):
-        _, timing = vgg_transfer.extract_features(extract, images, batch, desc="vgg")
+        _, timing = features.extract_features(extract, images, batch)
         if rep >= cfg.warmup:
             samples["jnn"].append(timing["images_timed"] / timing["images_per_s"])
         if "torch_eager" in samples:
@@ -101,7 +103,9 @@ def measure(cfg: Config, ctx: Context) -> dict[str, Any]:
         raise InputError(f"--vgg-images must exceed the batch size {batch} (one untimed batch)")
     params = vgg.init_params(jax.random.key(cfg.seed), image_size=SIZE)
     images = np.random.default_rng(cfg.seed).integers(0, 256, (cfg.vgg_images, 28, 28), np.uint8)
-    extract = vgg_transfer.make_extractor(params, FMT, SIZE)
+    from jnn import features
+
+    extract = features.make_extractor(params, FMT, SIZE)
     with Stopwatch() as sw:  # compile + first batch, as the VGG experiment reports it
         jax.block_until_ready(extract(images[:batch]))
     with machine_load() as load:
