@@ -28,7 +28,7 @@ ways to run it): "steps" (default) runs each epoch as a Python loop over one jit
 (``jnn.train.train_step``): same permutation, same dropout key per step.
 On XLA:CPU (jaxlib 0.10.2) the scanned epoch is ~10x slower per step than the jitted step, for
 manual backprop and ``jax.grad`` alike, and ``fori_loop`` or ``unroll=2`` change nothing
-(``python -m experiments.cnn_scan_probe``, numbers in results/cnn/scan_probe.md). The cause is
+(``python -m bench.cnn_scan_probe``, numbers in results/cnn/scan_probe.md). The cause is
 one convolution: the kernel gradient, which both jnn's backward and JAX's transpose rule write as
 a conv with batch and channels exchanged (dimension numbers CHWN/IHWO/HWNC). Outside a loop
 XLA:CPU rewrites it into a canonical NHWC/HWIO conv plus transposes and runs it through its fast

@@ -117,11 +117,16 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def parser(
-    name: str, *, description: str, epilog: str = EXIT_CODES, **kwargs: Any
+    name: str,
+    *,
+    description: str,
+    epilog: str = EXIT_CODES,
+    package: str = "experiments",
+    **kwargs: Any,
 ) -> argparse.ArgumentParser:
-    """The argument parser of ``python -m experiments.<name>`` (exit codes in the epilog)."""
+    """The argument parser of ``python -m <package>.<name>`` (exit codes in the epilog)."""
     return OneLineParser(
-        prog=f"python -m experiments.{name}", description=description, epilog=epilog, **kwargs
+        prog=f"python -m {package}.{name}", description=description, epilog=epilog, **kwargs
     )
 
 

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import baselines, benchmark
+from bench import baselines, benchmark
 from jnn import core
 from jnn.errors import InputError
 from jnn.mlp import dense_params, mlp
@@ -180,7 +180,7 @@ def test_pytorch_targets_are_not_judged_on_a_busy_machine():
     """A CNN or VGG section timed while other processes kept the CPU busy withholds its PyTorch
     verdicts and the CNN's ceiling share ("not judged" in results.md); the jax.grad ratio, two
     jnn steps interleaved, is still judged."""
-    from experiments.benchmark.render import targets_md
+    from bench.benchmark.render import targets_md
 
     sections = _sections_with(mlp_auto=0.9, torch=2.4, numpy=1.6, cnn=1.09)
     busy = {"judged": False, "why": "other processes used 1.10 cores (quiet: <= 0.25)"}
@@ -206,7 +206,7 @@ def test_machine_load_counts_other_processes_cpu():
     (spinning) must not count as someone else's load."""
     import time
 
-    from experiments.benchmark.cnn import QUIET_OTHER_CORES, machine_load
+    from bench.benchmark.cnn import QUIET_OTHER_CORES, machine_load
 
     with machine_load() as load:
         end = time.process_time() + 0.3
@@ -239,7 +239,7 @@ def test_ceiling_share_counts_the_model_axis_over_devices():
 
 def test_cnn_torch_twin_has_the_same_parameter_count():
     torch = pytest.importorskip("torch")
-    from experiments.benchmark import cnn
+    from bench.benchmark import cnn
     from jnn import models
 
     model = models.build("cnn")
@@ -273,8 +273,8 @@ def _fake_scaling(devices=(1, 2, 4), quick=False, **kwargs):
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
-    """One tiny run of every section (experiments.scaling's subprocesses faked: see below)."""
-    from experiments import scaling
+    """One tiny run of every section (bench.scaling's subprocesses faked: see below)."""
+    from bench import scaling
 
     out = tmp_path_factory.mktemp("bench")
     with pytest.MonkeyPatch.context() as mp:
@@ -379,7 +379,7 @@ def test_vgg_section_ran_or_says_why(quick_run):
 
 
 def test_missing_torch_is_skipped_with_a_reason(monkeypatch):
-    from experiments.benchmark import ceiling, evaluation
+    from bench.benchmark import ceiling, evaluation
 
     monkeypatch.setattr(baselines, "torch_status", lambda: (False, "torch not installed (test)"))
     cfg = benchmark.parse([*TINY, "--sections", "ceiling,evaluation"])
@@ -413,8 +413,8 @@ def test_rerun_needs_overwrite_and_never_replaces_a_foreign_folder(tmp_path, mon
 
 
 def test_devices_section_reports_experiments_scaling(monkeypatch):
-    from experiments import scaling
-    from experiments.benchmark import devices
+    from bench import scaling
+    from bench.benchmark import devices
 
     calls = []
 

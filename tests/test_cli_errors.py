@@ -19,7 +19,8 @@ from typing import NamedTuple
 import numpy as np
 import pytest
 
-from experiments import benchmark, mlp_sweep, report, theory, vgg_transfer
+from bench import benchmark
+from experiments import mlp_sweep, report, theory, vgg_transfer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -123,14 +124,14 @@ def theory_case(id: str, args: tuple[str, ...], message: str) -> Case:
 
 def bench_case(id: str, args: tuple[str, ...], message: str) -> Case:
     argv = lambda tmp, data: ["--quick", "--out", str(tmp / "out"), *args]  # noqa: E731
-    return Case(id, argv, message, benchmark.main, "experiments.benchmark")
+    return Case(id, argv, message, benchmark.main, "bench.benchmark")
 
 
 def scaling_case(id: str, args: tuple[str, ...], message: str) -> Case:
-    from experiments import scaling
+    from bench import scaling
 
     argv = lambda tmp, data: ["--quick", "--out", str(tmp / "out"), *args]  # noqa: E731
-    return Case(id, argv, message, scaling.main, "experiments.scaling")
+    return Case(id, argv, message, scaling.main, "bench.scaling")
 
 
 CASES = [

@@ -53,7 +53,7 @@ def test_explicit_transpose_kernel_gradient_is_bit_identical(strides, padding, n
     import jax
     import jax.numpy as jnp
 
-    from experiments.cnn_scan_probe import swapped_conv_backward
+    from bench.cnn_scan_probe import swapped_conv_backward
     from jnn.layers import Conv2D
     from jnn.layers.conv import axis_geometry
 

@@ -1,4 +1,4 @@
-"""experiments.grid_probe end to end on a tiny grid: every variant timed, every variant's params
+"""bench.grid_probe end to end on a tiny grid: every variant timed, every variant's params
 equal to the vmapped grid's (same arithmetic), and bad input as one line with exit code 2."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from experiments import grid_probe
+from bench import grid_probe
 
 
 def test_tiny_probe_times_every_variant_and_they_agree(tmp_path):

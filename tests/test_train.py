@@ -372,7 +372,7 @@ def test_empty_and_too_small_data_are_refused(data):
 
 
 def test_the_checked_epoch_still_compiles_ahead_of_time(data):
-    """experiments.benchmark lowers the epoch function (AOT): ``.lower`` is kept, and checked."""
+    """bench.benchmark lowers the epoch function (AOT): ``.lower`` is kept, and checked."""
     epoch = train.make_epoch_fn(mlp(SIZES, "relu", "he"), optax.sgd(0.1), 10)
     state, (x, y) = _states(SIZES, False), data
     compiled = epoch.lower(state, x, y).compile()

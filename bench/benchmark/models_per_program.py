@@ -8,7 +8,7 @@ from typing import Any
 import jax
 import optax
 
-from experiments.benchmark.common import (
+from bench.benchmark.common import (
     LEARNING_RATE,
     MODEL,
     SIZES,
@@ -20,7 +20,7 @@ from experiments.benchmark.common import (
     stacked_states,
     train_flops_per_example,
 )
-from experiments.benchmark.config import BATCH_SIZE, Config
+from bench.benchmark.config import BATCH_SIZE, Config
 from experiments.timing import compile_timed, time_interleaved
 from jnn.train import make_epoch_fn
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import jax
 
-from experiments import baselines
-from experiments.benchmark.common import (
+from bench import baselines
+from bench.benchmark.common import (
     LEARNING_RATE,
     MIN_SAMPLE_S,
     MODEL,
@@ -20,7 +20,7 @@ from experiments.benchmark.common import (
     fresh_params,
     rate_fields,
 )
-from experiments.benchmark.config import BATCH_SIZE, Config
+from bench.benchmark.config import BATCH_SIZE, Config
 from experiments.timing import compile_timed, repeated, time_interleaved
 from jnn import core
 from jnn.mlp import dense_params

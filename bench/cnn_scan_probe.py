@@ -1,7 +1,7 @@
 """Why the scanned CNN epoch is slow on XLA:CPU: one train step, four ways of looping it.
 
-    python -m experiments.cnn_scan_probe --steps 4 --reps 3          # the loop forms
-    python -m experiments.cnn_scan_probe --ops --steps 4 --reps 3    # the three convs alone
+    python -m bench.cnn_scan_probe --steps 4 --reps 3          # the loop forms
+    python -m bench.cnn_scan_probe --ops --steps 4 --reps 3    # the three convs alone
 
 Loop forms (the same step as ``jnn.train.epoch_step``: gather the batch, value-and-grad, Adam):
 
@@ -49,7 +49,7 @@ class Config:
 
 
 def parse(argv: Sequence[str] | None) -> Config:
-    p = argparse.ArgumentParser(prog="python -m experiments.cnn_scan_probe", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m bench.cnn_scan_probe", description=__doc__)
     p.add_argument("--steps", type=int, default=4, help="train steps per timed loop")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--reps", type=int, default=3, help="timed repetitions (after one warm-up)")

@@ -27,10 +27,10 @@ def _entry(name: str, goal: str, value: float | None, threshold: float, at_most=
 
 
 def _device_shares(sections: dict[str, Any]) -> dict[str, float]:
-    """Ceiling shares of the ``devices`` section's batch-32 rows (experiments.scaling: the
+    """Ceiling shares of the ``devices`` section's batch-32 rows (bench.scaling: the
     model axis, and data parallelism, over 1, 2, 4 devices of this host), from its measured
     rates and the benchmark's FLOP count; batch-256 rows are another training and not counted."""
-    from experiments.benchmark.common import train_flops_per_example
+    from bench.benchmark.common import train_flops_per_example
 
     dev, ceiling = sections.get("devices", {}), sections.get("ceiling", {})
     gflops = ceiling.get("xla_ceiling_gflops") if ceiling.get("status") == "ok" else None

@@ -1,6 +1,6 @@
 """Why k vmapped models run no faster than one on XLA:CPU: the grid's epoch, four ways.
 
-    python -m experiments.grid_probe --models 24 --examples 4800 --reps 2
+    python -m bench.grid_probe --models 24 --examples 4800 --reps 2
 
 The same M grid models (``jnn.study``: SelectActivation, per-model lr and init) train one epoch of
 batch-32 SGD on synthetic data, as
@@ -50,7 +50,7 @@ class Config:
 
 def parse(argv: Sequence[str] | None) -> Config:
     """Command line -> a checked Config (one-line InputError per bad value)."""
-    p = harness.parser("grid_probe", description=__doc__.split("\n")[0],
+    p = harness.parser("grid_probe", package="bench", description=__doc__.split("\n")[0],
                        epilog=harness.EXIT_CODES_NO_TRAINING)  # fmt: skip
     p.add_argument("--models", type=int, default=24, help="models in the program [24]")
     p.add_argument("--examples", type=int, default=4800, help="training examples per epoch")
@@ -122,7 +122,7 @@ def alone_case(seed: int, x: Any, y: Any) -> Callable[[int], None]:
     carried from call to call."""
     import optax
 
-    from experiments.benchmark.common import epoch_case
+    from bench.benchmark.common import epoch_case
     from jnn import study, train
     from jnn.mlp import STUDY_SIZES, mlp
 

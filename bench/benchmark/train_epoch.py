@@ -12,8 +12,8 @@ from typing import Any
 import jax
 import optax
 
-from experiments import baselines
-from experiments.benchmark.common import (
+from bench import baselines
+from bench.benchmark.common import (
     LEARNING_RATE,
     MODEL,
     SIZES,
@@ -25,7 +25,7 @@ from experiments.benchmark.common import (
     rate_fields,
     train_flops_per_example,
 )
-from experiments.benchmark.config import BATCH_SIZE, Config
+from bench.benchmark.config import BATCH_SIZE, Config
 from experiments.timing import Stopwatch, compile_timed, repeated, time_interleaved
 from jnn import core
 from jnn.mlp import dense_params

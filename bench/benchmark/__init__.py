@@ -1,8 +1,8 @@
 """Benchmark: jnn's jitted training against the numpy loop, PyTorch eager and scikit-learn.
 
-    python -m experiments.benchmark                       # full run into runs/benchmark
-    python -m experiments.benchmark --quick               # CI smoke run: small sizes, 3 reps
-    python -m experiments.benchmark --out results/benchmark --overwrite
+    python -m bench.benchmark                       # full run into runs/benchmark
+    python -m bench.benchmark --quick               # CI smoke run: small sizes, 3 reps
+    python -m bench.benchmark --out results/benchmark --overwrite
 
 Writes ``results.json`` (every number), ``results.md`` (the tables a person reads, with ratios
 against jnn and the targets met or missed) and ``benchmark.png`` into ``--out``.
@@ -24,8 +24,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from experiments import baselines, harness
-from experiments.benchmark import (
+from bench import baselines
+from bench.benchmark import (
     ceiling,
     cnn,
     devices,
@@ -34,7 +34,7 @@ from experiments.benchmark import (
     train_epoch,
     vgg,
 )
-from experiments.benchmark.common import (
+from bench.benchmark.common import (
     ACTIVATION,
     FLOP_FORMULA,
     INIT,
@@ -49,9 +49,10 @@ from experiments.benchmark.common import (
     macs_per_example,
     train_flops_per_example,
 )
-from experiments.benchmark.config import BATCH_SIZE, NAME, SECTIONS, Config, parse
-from experiments.benchmark.render import OUTPUT_FILES, render, render_markdown
-from experiments.benchmark.targets import targets
+from bench.benchmark.config import BATCH_SIZE, NAME, SECTIONS, Config, parse
+from bench.benchmark.render import OUTPUT_FILES, render, render_markdown
+from bench.benchmark.targets import targets
+from experiments import harness
 from experiments.report import RunDirError
 
 # run order: the ceiling first (the others divide by it)
@@ -120,7 +121,7 @@ def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
     start = time.perf_counter()
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     # On a GPU, JAX would otherwise grab 75% of its memory up front, leaving too little for the
-    # PyTorch reference and for experiments.scaling's worker processes. No effect on a CPU.
+    # PyTorch reference and for bench.scaling's worker processes. No effect on a CPU.
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     ctx, env, source = context(cfg)
     sections = run_sections(cfg, ctx)

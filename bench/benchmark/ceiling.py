@@ -9,8 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.benchmark.common import MIN_SAMPLE_S, Context, rate_fields
-from experiments.benchmark.config import Config
+from bench.benchmark.common import MIN_SAMPLE_S, Context, rate_fields
+from bench.benchmark.config import Config
 from experiments.timing import compile_timed, repeated, time_interleaved
 
 CEILING_N = 2048

@@ -20,9 +20,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from experiments.benchmark.cnn import machine_load
-from experiments.benchmark.common import Context
-from experiments.benchmark.config import Config
+from bench.benchmark.cnn import machine_load
+from bench.benchmark.common import Context
+from bench.benchmark.config import Config
 from experiments.timing import Stopwatch, summarize
 from jnn.conv_cost import recorded_conv_costs
 from jnn.errors import InputError

@@ -1,8 +1,8 @@
 """Throughput of jnn.parallel on 1, 2, 4, ... devices: data parallel and independent models.
 
-    python -m experiments.scaling                      # devices 1 2 4, full-size epochs
-    python -m experiments.scaling --devices 1 2 --quick --out runs/scaling-quick
-    python -m experiments.scaling --platform cpu       # forced host devices even on a GPU box
+    python -m bench.scaling                      # devices 1 2 4, full-size epochs
+    python -m bench.scaling --devices 1 2 --quick --out runs/scaling-quick
+    python -m bench.scaling --platform cpu       # forced host devices even on a GPU box
 
 Each device count runs in its own subprocess, because the number of CPU host devices is fixed
 when JAX initialises (``XLA_FLAGS=--xla_force_host_platform_device_count=N``). Measured there,
@@ -196,7 +196,7 @@ def run_one(
     timeout: float = 900,
 ) -> dict[str, Any]:
     """Measure one device count in a fresh interpreter; returns the worker's dict."""
-    cmd = [sys.executable, "-m", "experiments.scaling", "--worker", str(num_devices)]
+    cmd = [sys.executable, "-m", "bench.scaling", "--worker", str(num_devices)]
     if quick:
         cmd.append("--quick")
     if models:
@@ -347,6 +347,7 @@ def parse(argv: Sequence[str] | None) -> Config:
     """Command line -> Config (device counts, --platform and --models checked; one line each)."""
     p = harness.parser(
         "scaling",
+        package="bench",
         description=__doc__.split("\n")[0],
         epilog=harness.EXIT_CODES_NO_TRAINING,
     )
@@ -387,7 +388,7 @@ main = harness.cli(EXPERIMENT)
 
 def _worker_main(argv: Sequence[str]) -> int:
     """``--worker N [--quick] [--models M]``: one device count, its dict as a JSON line."""
-    p = argparse.ArgumentParser(prog="python -m experiments.scaling --worker")
+    p = argparse.ArgumentParser(prog="python -m bench.scaling --worker")
     p.add_argument("--worker", type=int, required=True)
     p.add_argument("--quick", action="store_true")
     p.add_argument("--models", type=int, default=None)

@@ -38,8 +38,8 @@ import jax
 import numpy as np
 import optax
 
-from experiments.benchmark.common import Context, add_time_vs
-from experiments.benchmark.config import Config
+from bench.benchmark.common import Context, add_time_vs
+from bench.benchmark.config import Config
 from experiments.timing import compile_timed, time_interleaved
 from jnn import core
 from jnn.conv_cost import recorded_conv_costs

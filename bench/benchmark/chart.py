@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from experiments.benchmark.render import SHORT_LABELS
+from bench.benchmark.render import SHORT_LABELS
 
 PANELS = (
     ((0, 0), "train_epoch", "examples_per_s", "Training: examples/s (one epoch)"),

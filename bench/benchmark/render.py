@@ -7,8 +7,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from experiments.benchmark.ceiling import CEILING_N
-from experiments.benchmark.common import (
+from bench.benchmark.ceiling import CEILING_N
+from bench.benchmark.common import (
     FLOP_FORMULA,
     SIZES,
     forward_flops_per_example,
@@ -251,7 +251,7 @@ SECTION_RENDERERS: Sequence[tuple[str, str, Callable[..., list[str]]]] = (
     ("ceiling", "", ceiling),
     ("vgg", "## 4. VGG16 frozen feature extraction (32x32, random weights shared)", vgg),
     ("models_per_program", "", models_per_program),
-    ("devices", "## 5b. Data parallel over devices (experiments.scaling)", devices),
+    ("devices", "## 5b. Data parallel over devices (bench.scaling)", devices),
     ("cnn", "## 6. CNN train step: manual backprop vs jax.grad vs PyTorch eager", cnn),
 )
 
@@ -322,7 +322,7 @@ def render_markdown(result: dict[str, Any]) -> str:
 
 def render(result: dict[str, Any], run_dir: Path) -> list[Path]:
     """results.json, results.md and benchmark.png into ``run_dir``, from ``result`` alone."""
-    from experiments.benchmark.chart import render_chart
+    from bench.benchmark.chart import render_chart
 
     run_dir = Path(run_dir)
     write_json(run_dir / "results.json", result)

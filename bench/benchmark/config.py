@@ -16,8 +16,8 @@ from jnn.errors import InputError
 
 NAME = "benchmark"
 BATCH_SIZE = 32  # the MLP sections' batch (the study's)
-MAX_DEVICES = 64  # as experiments.scaling's --devices (forced host devices)
-MAX_MODELS = 1024  # models per XLA program, as experiments.scaling's --models
+MAX_DEVICES = 64  # as bench.scaling's --devices (forced host devices)
+MAX_MODELS = 1024  # models per XLA program, as bench.scaling's --models
 SECTIONS = ("train_epoch", "evaluation", "ceiling", "vgg", "models_per_program", "devices", "cnn")
 # (quick, full) defaults of the flags whose default depends on --quick
 DEFAULTS: dict[str, tuple[Any, Any]] = {
@@ -55,6 +55,7 @@ class Config:
 def _parser() -> argparse.ArgumentParser:
     p = harness.parser(
         "benchmark",
+        package="bench",
         description=(
             "Time one training epoch and the evaluation pass of the study's 784-256-128-64-10 "
             "MLP in jnn (scanned epoch with manual backprop or jax.grad, jitted step loop) "

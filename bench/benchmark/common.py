@@ -15,8 +15,9 @@ import jax
 import numpy as np
 import optax
 
-from experiments import baselines, harness
-from experiments.benchmark.config import BATCH_SIZE
+from bench import baselines
+from bench.benchmark.config import BATCH_SIZE
+from experiments import harness
 from jnn import core
 from jnn.errors import InputError
 from jnn.mlp import STUDY_SIZES, mlp
