@@ -349,7 +349,8 @@ def parse(argv: Sequence[str] | None) -> Config:
         "scaling",
         package="bench",
         description=__doc__.split("\n")[0],
-        epilog=harness.EXIT_CODES_NO_TRAINING,
+        epilog="Exit codes: 0 done, 1 every device count failed (reasons in results.json), "
+        "2 bad input (one line on stderr).",
     )
     p.add_argument("--devices", type=int, nargs="+", default=[1, 2, 4], help="device counts")
     p.add_argument("--quick", action="store_true", help="8,192 examples, 3 timed epochs")
@@ -368,7 +369,8 @@ def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
     """Every device count in its own subprocess (see the module docstring)."""
     result = measure_scaling(cfg.devices, cfg.quick, cfg.platform, cfg.models)
     failed = [d for d, r in result["runs"].items() if "error" in r]
-    return {"study": "scaling", "status": "ok", "failed_device_counts": failed, **result}
+    status = "failed" if failed and len(failed) == len(result["runs"]) else "ok"
+    return {"study": "scaling", "status": status, "failed_device_counts": failed, **result}
 
 
 def render(result: dict[str, Any], run_dir: Path) -> list[Path]:

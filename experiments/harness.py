@@ -32,7 +32,7 @@ from jnn.config import ConfigError
 from jnn.errors import InputError
 
 OUTPUT_ROOT = Path("runs")  # every experiment's default output folder lies under it
-EXIT_OK, EXIT_BAD_INPUT, EXIT_DIVERGED = 0, 2, 3
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_DIVERGED = 0, 1, 2, 3
 MAX_SEED = 2**32 - 1  # jax.random.key takes a uint32 seed; larger ones would wrap silently
 
 
@@ -62,8 +62,9 @@ def stamp() -> dict[str, Any]:
 
 
 def exit_code(result: dict[str, Any]) -> int:
-    """0 for a finished run, 3 when any model diverged (its last good state is kept)."""
-    return EXIT_DIVERGED if result.get("status") == "diverged" else EXIT_OK
+    """0 for a finished run, 3 when any model diverged (its last good state is kept), 1 when
+    nothing could be measured (status "failed": every part failed, reasons in the results)."""
+    return {"diverged": EXIT_DIVERGED, "failed": EXIT_FAILED}.get(result.get("status"), EXIT_OK)
 
 
 def execute(exp: Experiment, argv: Sequence[str] | None = None) -> int:

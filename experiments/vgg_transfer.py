@@ -471,7 +471,13 @@ def load_weights(spec: str, cache_dir: str | None, seed: int) -> dict[str, Any]:
                 )
             fmt = vgg_weights.detect_format(path)
             w = vgg_weights.fetch_pretrained(fmt, cache_dir, weights_file=path, progress=progress)
-    except (vgg_weights.WeightsUnavailableError, ImportError) as e:
+    except vgg_weights.WeightsUnavailableError as e:
+        fname = vgg_weights.OFFICIAL[spec].filename if spec in vgg.FORMATS else "the file"
+        raise InputError(
+            f"{e}; here: pass --weights /path/to/{fname} (or --weights random for a "
+            "random-feature floor)"
+        ) from None
+    except ImportError as e:
         raise InputError(f"{e} (or run with --weights random for a random-feature floor)") from None
     except CheckpointError as e:  # the converted weights could not be cached (read-only, full)
         raise InputError(

@@ -451,9 +451,9 @@ def _download_official(
     if allow is None:
         allow = not os.environ.get("JNN_OFFLINE")
     how = (
-        f"supply the file: download {official.url} elsewhere and pass "
-        f"--weights /path/to/{official.filename} (python -m experiments.vgg_transfer) or "
-        f"weights_file=..., or copy it to {source}"
+        f"supply the file: download {official.url} elsewhere and give its path as the weights "
+        f"file (weights_file=..., or the transfer experiment's weights option), or copy it to "
+        f"{source}"
     )
     if not allow:
         raise WeightsUnavailableError(

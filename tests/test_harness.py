@@ -25,7 +25,7 @@ def _parse(argv):
     argv = list(argv or [])
     if "--bad" in argv:
         raise InputError("--bad is not a flag of the toy")
-    status = "diverged" if "--diverge" in argv else "ok"
+    status = "diverged" if "--diverge" in argv else "failed" if "--all-failed" in argv else "ok"
     return ToyConfig(out=argv[0], status=status, fail_in_run="--fail" in argv)
 
 
@@ -58,6 +58,12 @@ def test_run_renders_stamps_and_says_where(tmp_path, capsys):
 def test_divergence_is_exit_3_and_said(tmp_path, capsys):
     assert toy_main([str(tmp_path / "run"), "--diverge"]) == harness.EXIT_DIVERGED == 3
     assert "(status: diverged)" in capsys.readouterr().out
+
+
+def test_a_run_that_measured_nothing_is_exit_1_and_said(tmp_path, capsys):
+    """(bench.scaling with every device count failed reported "ok" and exit 0.)"""
+    assert toy_main([str(tmp_path / "run"), "--all-failed"]) == harness.EXIT_FAILED == 1
+    assert "(status: failed)" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("argv", [["--bad"], ["--fail"]])
