@@ -476,7 +476,7 @@ def test_download_with_bad_hash_leaves_nothing(keras_h5, tmp_path, monkeypatch):
 
 def test_unreachable_url_is_a_clear_error(tmp_path, monkeypatch):
     _serve_official(monkeypatch, tmp_path / "does-not-exist.h5", "0" * 32)
-    with pytest.raises(WeightsUnavailableError, match="could not download.*--weights"):
+    with pytest.raises(WeightsUnavailableError, match="could not download.*weights_file="):
         vgg_weights.fetch_pretrained("keras", tmp_path / "cache", allow_download=True)
 
 
