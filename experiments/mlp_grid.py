@@ -48,9 +48,6 @@ class Config(StudyConfig):
     seeds: int = option(5, "seeds per (activation, init, lr) cell")
     checkpoint_every: int = option(1, "epochs between rolling checkpoints (0: only the last)")
 
-    def study(self) -> StudyConfig:
-        return StudyConfig(**{k: getattr(self, k) for k in StudyConfig.__dataclass_fields__})
-
 
 def parse(argv: Sequence[str] | None) -> lab.Invocation:
     return lab.parse(

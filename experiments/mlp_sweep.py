@@ -69,10 +69,6 @@ class Config(StudyConfig):
         if self.sklearn and (len(self.inits) > 1 or len(self.lrs) > 1):
             raise ConfigError("`sklearn` compares one init and lr; pass one of each, or no sklearn")
 
-    def study(self) -> StudyConfig:
-        """The part that goes into the library."""
-        return StudyConfig(**{k: getattr(self, k) for k in StudyConfig.__dataclass_fields__})
-
 
 def default_out(cfg: Config, quick: bool) -> str:
     """``runs/mlp_sweep[-quick]``, as every experiment's (another config: pass --out)."""

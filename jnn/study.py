@@ -127,6 +127,13 @@ class StudyConfig:
         """``save_at``, or half and end when empty."""
         return tuple(sorted(set(self.save_at or (self.epochs // 2, self.epochs)) - {0}))
 
+    def study(self) -> StudyConfig:
+        """The study's own fields as a plain StudyConfig: what an experiment's config (a
+        subclass adding its own fields) hands to :func:`run`."""
+        return StudyConfig(
+            **{f.name: getattr(self, f.name) for f in dataclasses.fields(StudyConfig)}
+        )
+
     def identity(self) -> dict[str, Any]:
         """The fields that define the numbers, as run.json stores them."""
         return _plain({k: v for k, v in dataclasses.asdict(self).items() if k not in RUN_FIELDS})
@@ -560,6 +567,9 @@ def _mesh(c: StudyConfig) -> Mesh:
         raise ConfigError(f"`devices`: {err}") from None
 
 
+EVAL_ROWS = 1000  # validation rows of the layout probe
+
+
 def choose_layout(c: StudyConfig, mesh: Mesh, make: Callable, st: Any, d: Data) -> tuple:
     """(layout, probe seconds): ``c.layout`` when given; ``"vmap"`` off CPU; ``"map"`` with one
     model per device (the same program either way); else the faster of both on a probe epoch
@@ -609,9 +619,6 @@ def _remember_layout(key: str, layout: str) -> None:
         _write_json(path, {**_layout_cache(), key: layout})
     except OSError:
         pass
-
-
-EVAL_ROWS = 1000  # validation rows of the layout probe
 
 
 def _resume_state(c: StudyConfig, store: Any, workdir: Path) -> tuple | None:
