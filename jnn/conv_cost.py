@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, cast
 
 import flax.linen as nn
 import jax
@@ -107,7 +107,9 @@ def _explicit_pads(
     n = len(in_sizes)
     if isinstance(padding, str):
         if padding.upper() in ("SAME", "VALID", "SAME_LOWER"):
-            return [tuple(p) for p in jax.lax.padtype_to_pads(in_sizes, window, strides, padding)]
+            return [
+                (lo, hi) for lo, hi in jax.lax.padtype_to_pads(in_sizes, window, strides, padding)
+            ]
         return None  # CIRCULAR / CAUSAL / REFLECT pad with jnp.pad before a VALID conv
     if isinstance(padding, int):
         return [(padding, padding)] * n
@@ -151,7 +153,9 @@ def conv_layer_costs(
 
     def forward(variables: Any, x: Array) -> Array:
         with nn.intercept_methods(interceptor):  # records each conv while jit traces
-            return model.apply(variables, x, **apply_kwargs)
+            out = model.apply(variables, x, **apply_kwargs)
+        # Flax types apply() as Any | (Any, variables); the pair comes only with ``mutable=``.
+        return cast(Array, out)
 
     y = jax.jit(forward)(variables, x)
 
@@ -229,8 +233,18 @@ def shape_conv_cost(
 def recorded_conv_costs(records: Sequence[dict[str, Any]], bias: bool = True) -> list[ConvCost]:
     """One :class:`ConvCost` per record of ``jnn.layers.conv.record_plans`` / ``conv_plans``
     (jnn ``Conv2D`` layers and the VGG16 3x3 convs, which Flax's interceptor cannot see)."""
-    keys = ("layer", "input_shape", "output_shape", "kernel_shape", "strides", "pads")
-    return [shape_conv_cost(*(r[k] for k in keys), bias=bias) for r in records]
+    return [
+        shape_conv_cost(
+            r["layer"],
+            r["input_shape"],
+            r["output_shape"],
+            r["kernel_shape"],
+            r["strides"],
+            r["pads"],
+            bias=bias,
+        )
+        for r in records
+    ]
 
 
 def compiled_flops(compiled: jax.stages.Compiled) -> float:

@@ -37,6 +37,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax import tree_util
 
@@ -88,11 +89,11 @@ def tree_rel_errs(actual: Any, expected: Any) -> dict[str, float]:
 
     The two pytrees must have the same structure (``AssertionError`` otherwise): a backward that
     returns a gradient for the wrong param, or drops one, fails here."""
-    if tree_util.tree_structure(actual) != tree_util.tree_structure(expected):
-        raise AssertionError(
-            f"tree structure mismatch: {tree_util.tree_structure(actual)} vs "
-            f"{tree_util.tree_structure(expected)}"
-        )
+    # object: jaxlib ships PyTreeDef without a stub, so mypy cannot see its __eq__.
+    got: object = tree_util.tree_structure(actual)
+    want: object = tree_util.tree_structure(expected)
+    if got != want:
+        raise AssertionError(f"tree structure mismatch: {got} vs {want}")
     leaves = tree_util.tree_leaves_with_path(expected)
     return {
         tree_util.keystr(path): rel_err(a, b)
@@ -152,7 +153,7 @@ def layer_vjp_check(
     _, params, state = layer.init(jax.random.key(seed), tuple(x.shape[1:]))
     params = jax.tree.map(lambda p: p.astype(x.dtype), params)
     y, cache, _ = layer.forward(params, state, x, key=key, train=train)
-    dy = np.random.default_rng(seed + 1).standard_normal(y.shape).astype(x.dtype)
+    dy = jnp.asarray(np.random.default_rng(seed + 1).standard_normal(y.shape).astype(x.dtype))
     manual = layer.backward(params, cache, dy)
 
     def fwd(p, v):

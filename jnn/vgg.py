@@ -264,7 +264,7 @@ def conv3x3_backward(params: dict, x: jax.Array, dy: jax.Array) -> tuple[dict, j
     ``Conv2D(F, 3, padding="SAME", lowering="auto")``, each pass lowered by the same rule as its
     forward (``jnn.layers.conv.auto_passes``; on CPU, block5's 2x2 maps: dw = patches^T dy and
     dx = col2im(dy w^T))."""
-    plan = _conv.conv_plan("auto", x.shape, params["w"].shape, x.shape[1:3], x.dtype)
+    plan = _conv.conv_plan("auto", x.shape, params["w"].shape, _conv.hw_pair(x.shape[1:3]), x.dtype)
     return _conv.lowered_backward(params, x, dy, (1, 1), _SAME_3X3, plan)
 
 

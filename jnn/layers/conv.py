@@ -112,6 +112,13 @@ def conv_forward(
     return y + params["b"], x
 
 
+def hw_pair(dims: tuple[int, ...]) -> tuple[int, int]:
+    """A two-entry shape slice (``x.shape[1:3]``, ``w.shape[:2]``) as the (H, W) pair the
+    geometry functions take; any other length is a ValueError from the unpacking."""
+    h, w = dims
+    return h, w
+
+
 def conv_input_grad(w: Array, dy: Array, x_hw: tuple[int, int], strides, pads: Pads) -> Array:
     """dx (B, H, W, C): the transposed convolution with the flipped, channel-swapped kernel."""
     kh, kw = w.shape[:2]
@@ -149,8 +156,8 @@ def conv_backward(
 ) -> tuple[ConvParams, Array]:
     """(dparams, dx) for dy: (B, H', W', F), every pass a convolution (module docstring)."""
     w = params["w"]
-    dx = conv_input_grad(w, dy, x.shape[1:3], strides, pads)
-    dw = conv_kernel_grad(x, dy, w.shape[:2], strides, pads)
+    dx = conv_input_grad(w, dy, hw_pair(x.shape[1:3]), strides, pads)
+    dw = conv_kernel_grad(x, dy, hw_pair(w.shape[:2]), strides, pads)
     return {"w": dw, "b": jnp.sum(dy, axis=(0, 1, 2))}, dx
 
 
@@ -186,7 +193,7 @@ def col2im(dpatches: Array, x_hw: tuple[int, int], ksize: tuple[int, int], strid
     _, oh, ow, k = dpatches.shape
     c = k // (kh * kw)
     zero = jnp.zeros((), dpatches.dtype)
-    dx = None
+    parts = []
     for t in range(kh * kw):
         p, q = divmod(t, kw)
         config = [
@@ -195,9 +202,8 @@ def col2im(dpatches: Array, x_hw: tuple[int, int], ksize: tuple[int, int], strid
             _tap_pad(q, pads[1][0], strides[1], ow, w),
             (0, 0, 0),
         ]
-        part = lax.pad(dpatches[..., t * c : (t + 1) * c], zero, config)
-        dx = part if dx is None else dx + part
-    return dx
+        parts.append(lax.pad(dpatches[..., t * c : (t + 1) * c], zero, config))
+    return sum(parts[1:], parts[0])  # tap 0 + tap 1 + ..., in tap order
 
 
 def _chunked(a: Array, chunk: int, chunks: int) -> Array:
@@ -237,7 +243,7 @@ def gemm_forward(w: Array, b: Array | None, x: Array, strides, pads: Pads, chunk
     wm = w.reshape(-1, w.shape[-1])
 
     def one(xc: Array) -> Array:
-        y = jnp.dot(im2col(xc, w.shape[:2], strides, pads), wm)
+        y = jnp.dot(im2col(xc, hw_pair(w.shape[:2]), strides, pads), wm)
         return y if b is None else y + b
 
     return map_batch(one, chunk, x)
@@ -259,7 +265,7 @@ def gemm_input_grad(w: Array, dy: Array, x_hw: tuple[int, int], strides, pads, c
     wm = w.reshape(-1, w.shape[-1])
 
     def one(dyc: Array) -> Array:
-        return col2im(jnp.dot(dyc, wm.T), x_hw, w.shape[:2], strides, pads)
+        return col2im(jnp.dot(dyc, wm.T), x_hw, hw_pair(w.shape[:2]), strides, pads)
 
     return map_batch(one, chunk, dy)
 
@@ -384,7 +390,7 @@ def _pair(v: int | tuple[int, int], what: str) -> tuple[int, int]:
     pair = (v, v) if isinstance(v, int) else tuple(v)
     if len(pair) != 2 or not all(isinstance(i, int) and i > 0 for i in pair):
         raise InputError(f"Conv2D {what} must be a positive int or a pair of them, got {v!r}")
-    return pair  # type: ignore[return-value]
+    return pair[0], pair[1]
 
 
 def _checked(features: int, padding: str, lowering: str) -> tuple[str, str]:
@@ -413,15 +419,15 @@ def lowered_backward(
     ``conv_backward`` itself (looked up at call time, so a patched one is used)."""
     if plan.input_grad == plan.kernel_grad == "conv":
         return conv_backward(params, x, dy, strides, pads)
-    w, x_hw = params["w"], x.shape[1:3]
+    w, x_hw = params["w"], hw_pair(x.shape[1:3])
     if plan.input_grad == "conv":
         dx = conv_input_grad(w, dy, x_hw, strides, pads)
     else:
         dx = gemm_input_grad(w, dy, x_hw, strides, pads, plan.chunk)
     if plan.kernel_grad == "conv":
-        dw = conv_kernel_grad(x, dy, w.shape[:2], strides, pads)
+        dw = conv_kernel_grad(x, dy, hw_pair(w.shape[:2]), strides, pads)
     else:
-        dw = gemm_kernel_grad(x, dy, w.shape[:2], strides, pads, plan.chunk)
+        dw = gemm_kernel_grad(x, dy, hw_pair(w.shape[:2]), strides, pads, plan.chunk)
     return {"w": dw, "b": jnp.sum(dy, axis=(0, 1, 2))}, dx
 
 
@@ -438,7 +444,9 @@ def layer_geometry(
 
 def _plan(lowering: str, x: Array, w: Array, strides, padding: str, label: str, note: bool):
     """(pads, plan) of one traced call; ``note`` reports it to :func:`record_plans`."""
-    out_hw, pads = layer_geometry(tuple(x.shape[1:3]), w.shape[:2], strides, padding, label)
+    out_hw, pads = layer_geometry(
+        hw_pair(x.shape[1:3]), hw_pair(w.shape[:2]), strides, padding, label
+    )
     plan = conv_plan(lowering, x.shape, w.shape, out_hw, x.dtype)
     if note:
         _note(label, plan, x.shape, w.shape, out_hw, strides, pads)
@@ -492,7 +500,7 @@ def Conv2D(  # noqa: N802 - layers are named like classes, as in stax and Flax
     def init_fn(key: Array, input_shape: Shape) -> tuple[Shape, ConvParams, tuple]:
         if len(input_shape) != 3:
             raise InputError(f"{label} needs per-example shape (H, W, C), got {input_shape}")
-        (oh, ow), _ = geometry(tuple(input_shape[:2]))
+        (oh, ow), _ = geometry(hw_pair(input_shape[:2]))
         w = initializer(key, (*ksize, input_shape[2], int(features)), dtype)
         return (oh, ow, int(features)), {"w": w, "b": jnp.zeros((int(features),), dtype)}, ()
 

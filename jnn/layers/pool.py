@@ -91,7 +91,7 @@ def _pair(v: int | tuple[int, int], what: str) -> tuple[int, int]:
     pair = (v, v) if isinstance(v, int) else tuple(v)
     if len(pair) != 2 or not all(isinstance(i, int) and i > 0 for i in pair):
         raise InputError(f"MaxPool2D {what} must be a positive int or a pair of them, got {v!r}")
-    return pair  # type: ignore[return-value]
+    return pair[0], pair[1]
 
 
 def MaxPool2D(  # noqa: N802 - layers are named like classes
@@ -119,7 +119,7 @@ def MaxPool2D(  # noqa: N802 - layers are named like classes
         del key
         if len(input_shape) != 3:
             raise InputError(f"{label} needs per-example shape (H, W, C), got {input_shape}")
-        (oh, ow), _ = geometry(tuple(input_shape[:2]))
+        (oh, ow), _ = geometry((input_shape[0], input_shape[1]))
         return (oh, ow, input_shape[2]), (), ()
 
     def forward(params, state, x, *, key=None, train=False):
