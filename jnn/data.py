@@ -207,7 +207,11 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def _is_count(value: object, minimum: int) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= minimum
+    return (
+        isinstance(value, (int, np.integer))
+        and not isinstance(value, bool)
+        and bool(value >= minimum)
+    )
 
 
 def _check_entry(entry: Dataset) -> None:
@@ -826,7 +830,8 @@ def _stratified(
     for c in np.unique(labels[idx]):
         for part, chosen in zip(parts, _three_way(idx[labels[idx] == c], rng, sizes)):
             part.append(chosen)
-    return tuple(rng.permutation(np.concatenate(p)) for p in parts)  # type: ignore[return-value]
+    train, val, test = (rng.permutation(np.concatenate(p)) for p in parts)
+    return train, val, test
 
 
 def split_indices(
