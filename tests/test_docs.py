@@ -38,7 +38,8 @@ def test_mkdocs_build_strict(tmp_path):
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     site = tmp_path / "site"
-    for page in ("backprop", "own-layer", "mlp-study", "api/testing", "proofs/conv"):
+    pages = ("backprop", "own-layer", "tutorial", "mlp-study", "reliability", "api/testing")
+    for page in (*pages, "proofs/conv"):
         assert (site / page / "index.html").stat().st_size > 1000, page
 
 
@@ -80,6 +81,56 @@ def test_tutorial_runs_as_printed(capsys, monkeypatch, tmp_path, fashion_dir):
     assert "relu/normal/lr0.1/s0 at epoch 100: test accuracy" in out
     saved = list(tmp_path.glob("*/prelu-mlp/10/checksums.json"))
     assert len(saved) == 1, "the page saved its model through the checkpoint store"
+
+
+TEST_REF = re.compile(r"(tests/[\w/]+\.py)::(\w+(?:::\w+)?)")
+
+
+def defined_tests(path: Path) -> set[str]:
+    """The test functions ``path`` defines: ``name`` at module level, ``Class::name`` in a
+    class (parsed, so a ``def test_...`` inside a string does not count)."""
+    import ast
+
+    names: set[str] = set()
+    functions = (ast.FunctionDef, ast.AsyncFunctionDef)
+    for node in ast.parse(path.read_text(), str(path)).body:
+        if isinstance(node, functions):
+            names.add(node.name)
+        elif isinstance(node, ast.ClassDef):
+            names |= {f"{node.name}::{n.name}" for n in node.body if isinstance(n, functions)}
+    return {name for name in names if name.split("::")[-1].startswith("test_")}
+
+
+def test_every_test_the_reliability_page_names_exists():
+    """docs/reliability.md maps each promise to ``tests/FILE.py::TEST`` references: each file
+    must exist and define that test, so renaming or deleting a test breaks this check instead
+    of leaving a promise that quotes nothing."""
+    refs = TEST_REF.findall((DOCS / "reliability.md").read_text())
+    assert len(refs) >= 50, f"only {len(refs)} test references found on the page"
+    missing = []
+    for file, name in sorted(set(refs)):
+        path = REPO / file
+        if not path.is_file():
+            missing.append(f"{file} (no such file)")
+        elif name not in defined_tests(path):
+            missing.append(f"{file}::{name} (no such test)")
+    assert not missing, "docs/reliability.md names tests that do not exist: " + ", ".join(missing)
+
+
+def test_the_reference_check_catches_a_renamed_test(tmp_path):
+    """The parser above finds module-level and class tests, and not a def inside a string."""
+    source = tmp_path / "test_x.py"
+    source.write_text(
+        'OLD = """\ndef test_in_a_string():\n    pass\n"""\n\n\n'
+        "def test_real():\n    pass\n\n\n"
+        "class TestGroup:\n    def test_method(self):\n        pass\n"
+    )
+    assert defined_tests(source) == {"test_real", "TestGroup::test_method"}
+    text = "`tests/test_x.py::test_real`, `tests/a/test_y.py::TestGroup::test_method`"
+    assert TEST_REF.findall(text) == [
+        ("tests/test_x.py", "test_real"),
+        ("tests/a/test_y.py", "TestGroup::test_method"),
+    ]
 
 
 def test_readme_links_into_the_docs_exist():
