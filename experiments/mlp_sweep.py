@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments import harness, lab, report, studies
+from jnn import reference
 from jnn.config import ConfigError, option
 from jnn.study import StudyConfig
 
@@ -93,27 +94,26 @@ def parse(argv: Sequence[str] | None) -> lab.Invocation:
     )
 
 
-def sklearn_specs(cfg: Config, data: Any) -> list[dict[str, Any]]:
+def sklearn_jobs(cfg: Config, data: Any) -> dict[str, reference.Job]:
     """One scikit-learn job per activation, on the study's own split (seed ``cfg.seed``)."""
-    arrays = (*data.train, *data.val, *data.test)
-    return [
-        {
-            "activation": act,
-            "hidden": list(cfg.hidden),
-            "epochs": cfg.epochs,
-            "save_at": list(cfg.save_epochs),
-            "lr": cfg.lrs[0],
-            "batch_size": cfg.batch_size,
-            "seed": cfg.seed,
-            "data": arrays,
-        }
+    return {
+        act: reference.Job(
+            activation=act,
+            hidden=tuple(cfg.hidden),
+            epochs=cfg.epochs,
+            save_at=tuple(cfg.save_epochs),
+            data=tuple(data),
+            lr=cfg.lrs[0],
+            batch_size=cfg.batch_size,
+            seed=cfg.seed,
+            num_classes=cfg.sizes[-1],
+        )
         for act in cfg.activations
-    ]
+    }
 
 
 def run(inv: lab.Invocation, run_dir: Path) -> dict[str, Any]:
     """``jnn.study.run`` with scikit-learn alongside; the result dict for ``render``."""
-    from experiments import sklearn_mlp
     from jnn import study
 
     cfg: Config = inv.config
@@ -124,11 +124,9 @@ def run(inv: lab.Invocation, run_dir: Path) -> dict[str, Any]:
     try:
         data = study.load_data(cfg.study())  # once, for jnn and scikit-learn
         if cfg.sklearn:
-            console.counter = sklearn_mlp.epoch_counter(len(cfg.activations))
-            specs = sklearn_specs(cfg, data)
-            pool, futures = sklearn_mlp.start_pool(
-                specs, cfg.sklearn_workers, counter=console.counter
-            )
+            console.counter = reference.epoch_counter(len(cfg.activations))
+            jobs = sklearn_jobs(cfg, data)
+            pool, futures = reference.start_pool(jobs, cfg.sklearn_workers, counter=console.counter)
         res = study.run(
             cfg.study(),
             run_dir,
@@ -142,7 +140,7 @@ def run(inv: lab.Invocation, run_dir: Path) -> dict[str, Any]:
     finally:
         console.close()
         if pool is not None:
-            sklearn_mlp.stop_pool(pool)
+            reference.stop_pool(pool)
     result = studies.result_dict("mlp_sweep", asdict(cfg) | {"layout": res.start.layout}, res)
     result["sklearn"] = sk
     result["timing"]["jax_s"] = jax_s
