@@ -4,18 +4,16 @@
   matmuls with a hand-written forward/backward and an in-place SGD update.
 * :class:`TorchMLP`: PyTorch eager (``nn.Linear`` + ReLU, ``F.cross_entropy``, ``optim.SGD``) on
   a chosen device. Optional: :func:`torch_status` says why it cannot run when torch is missing.
-* :class:`SklearnMLP`: scikit-learn ``MLPClassifier`` set up as plain SGD (no momentum, no L2,
-  constant rate), one epoch per :meth:`SklearnMLP.train_epoch` through ``partial_fit``.
 
-Each has ``train_epoch(x, y) -> mean loss`` (shuffles, drops the last partial batch except
-sklearn, which keeps it) and ``predict(x) -> logits or probabilities``. The numpy and torch ones
-start from the same weights as a jnn dense parameter list (``jnn.mlp.dense_params(params)``,
-``[{"w": (in, out), "b": (out,)}, ...]``).
+Each has ``train_epoch(x, y) -> mean loss`` (shuffles, drops the last partial batch) and
+``predict(x) -> logits``, and starts from the same weights as a jnn dense parameter list
+(``jnn.mlp.dense_params(params)``, ``[{"w": (in, out), "b": (out,)}, ...]``). The third
+reference, scikit-learn's ``MLPClassifier`` as plain SGD, is the study's own and lives in the
+library: ``jnn.reference`` (``make_classifier``, ``train_epoch``, ``settings``).
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -195,53 +193,3 @@ class TorchMLP:
             out = self.model(x)
         self.synchronize()
         return out
-
-
-class SklearnMLP:
-    """scikit-learn ``MLPClassifier`` as plain SGD; one epoch per :meth:`train_epoch`."""
-
-    def __init__(
-        self,
-        hidden: Sequence[int],
-        lr: float = 0.1,
-        batch_size: int = 32,
-        seed: int = 0,
-        num_classes: int = 10,
-    ):
-        from sklearn.neural_network import MLPClassifier
-
-        self.classes = np.arange(num_classes)
-        self.clf = MLPClassifier(
-            hidden_layer_sizes=tuple(hidden),
-            activation="relu",
-            solver="sgd",
-            momentum=0.0,
-            nesterovs_momentum=False,
-            alpha=0.0,
-            batch_size=batch_size,
-            learning_rate="constant",
-            learning_rate_init=lr,
-            max_iter=1,
-            shuffle=True,
-            random_state=seed,
-        )
-
-    def settings(self) -> dict[str, Any]:
-        """The estimator's parameters that matter for a fair comparison."""
-        keys = ("solver", "momentum", "nesterovs_momentum", "alpha", "batch_size")
-        keys += ("learning_rate", "learning_rate_init", "max_iter", "shuffle", "activation")
-        params = self.clf.get_params()
-        return {k: params[k] for k in keys} | {"epoch_via": "partial_fit"}
-
-    def train_epoch(self, x: np.ndarray, y: np.ndarray) -> float:
-        """One pass over (x, y) with ``partial_fit``; returns sklearn's mean loss."""
-        from sklearn.exceptions import ConvergenceWarning
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            self.clf.partial_fit(x, y, classes=self.classes)
-        return float(self.clf.loss_)
-
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        """Class probabilities (N, C)."""
-        return self.clf.predict_proba(x)

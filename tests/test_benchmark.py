@@ -90,17 +90,6 @@ def test_torch_reference_matches_jnn_forward():
     assert math.isfinite(model.train_epoch(xt, yt))
 
 
-def test_sklearn_reference_is_plain_sgd_and_runs_one_epoch():
-    model = baselines.SklearnMLP([256, 128, 64], lr=0.1, batch_size=32)
-    s = model.settings()
-    assert s["solver"] == "sgd" and s["momentum"] == 0 and s["nesterovs_momentum"] is False
-    assert s["alpha"] == 0 and s["batch_size"] == 32 and s["learning_rate_init"] == 0.1
-    x, y = _batch(96)
-    assert math.isfinite(model.train_epoch(x, y))
-    assert model.clf.n_iter_ == 1  # exactly one epoch per call
-    assert model.predict(x).shape == (96, 10)
-
-
 def test_flags_fill_quick_defaults_and_refuse_what_cannot_work():
     cfg = benchmark.parse(["--quick"])
     assert (cfg.reps, cfg.train_examples, cfg.models, cfg.cnn_steps) == (3, 4_800, (1, 4), 2)

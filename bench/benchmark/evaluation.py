@@ -22,7 +22,7 @@ from bench.benchmark.common import (
 )
 from bench.benchmark.config import BATCH_SIZE, Config
 from experiments.timing import compile_timed, repeated, time_interleaved
-from jnn import core
+from jnn import core, reference
 from jnn.mlp import dense_params
 
 
@@ -54,9 +54,12 @@ def measure(cfg: Config, ctx: Context) -> dict[str, Any]:
         cases["torch_eager"] = repeated(lambda: torch_model.predict(xt))
     else:
         skipped["torch_eager"] = ctx.torch_reason
-    sk = baselines.SklearnMLP(SIZES[1:-1], LEARNING_RATE, BATCH_SIZE, cfg.seed, SIZES[-1])
-    sk.train_epoch(data["x_train"][: BATCH_SIZE * 4], data["y_train"][: BATCH_SIZE * 4])
-    cases["sklearn_mlp"] = repeated(lambda: sk.predict(x_np))
+    sk = reference.make_classifier(
+        SIZES[1:-1], "relu", lr=LEARNING_RATE, batch_size=BATCH_SIZE, seed=cfg.seed
+    )
+    few = slice(0, BATCH_SIZE * 4)  # a fitted model to predict with; its accuracy is not timed
+    reference.train_epoch(sk, data["x_train"][few], data["y_train"][few], SIZES[-1])
+    cases["sklearn_mlp"] = repeated(lambda: sk.predict_proba(x_np))
     times = time_interleaved(cases, cfg.reps, cfg.warmup, MIN_SAMPLE_S)
     flops = forward_flops_per_example(SIZES) * n
     results = {

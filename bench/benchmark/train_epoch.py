@@ -27,7 +27,7 @@ from bench.benchmark.common import (
 )
 from bench.benchmark.config import BATCH_SIZE, Config
 from experiments.timing import Stopwatch, compile_timed, repeated, time_interleaved
-from jnn import core
+from jnn import core, reference
 from jnn.mlp import dense_params
 from jnn.train import make_epoch_fn
 
@@ -113,8 +113,10 @@ def _reference_cases(cfg: Config, ctx: Context, skipped: dict[str, str]) -> dict
         cases["torch_eager"] = repeated(lambda: torch_model.train_epoch(xt, yt))
     else:
         skipped["torch_eager"] = ctx.torch_reason
-    sk = baselines.SklearnMLP(SIZES[1:-1], LEARNING_RATE, BATCH_SIZE, cfg.seed, SIZES[-1])
-    cases["sklearn_mlp"] = repeated(lambda: sk.train_epoch(x_np, y_np))
+    sk = reference.make_classifier(
+        SIZES[1:-1], "relu", lr=LEARNING_RATE, batch_size=BATCH_SIZE, seed=cfg.seed
+    )
+    cases["sklearn_mlp"] = repeated(lambda: reference.train_epoch(sk, x_np, y_np, SIZES[-1]))
     cases["_sklearn"] = sk  # not a case: its settings go into the result
     return cases
 
@@ -148,5 +150,5 @@ def measure(cfg: Config, ctx: Context) -> dict[str, Any]:
         "flops_per_epoch": per_example * n_used,
         "results": results,
         "skipped": skipped,
-        "sklearn_settings": sk.settings(),
+        "sklearn_settings": reference.settings(sk),
     }
