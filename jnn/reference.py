@@ -23,9 +23,11 @@ A model whose weights or losses become non-finite is reported as diverged (``sta
 ``ValueError``, which :func:`train_epoch` turns into :class:`DivergedError`.
 
 Worker processes (:func:`start_pool`) train several models beside a JAX run. This module does
-not import JAX (nor sklearn until a function needs it), so the workers stay light and never
-touch the parent's devices; they die with the parent however it dies, and report their finished
-epochs through a small shared-memory array (:func:`epoch_counter`).
+not import JAX (nor sklearn until a function needs it) and a :class:`Job` holds plain numpy, so a
+job brings no JAX into a worker and never touches the parent's devices (spawn still re-imports
+the parent's ``__main__`` module in each worker: keep that one light for light workers). The
+workers die with the parent however it dies, and report their finished epochs through a small
+shared-memory array (:func:`epoch_counter`).
 """
 
 from __future__ import annotations
