@@ -55,26 +55,9 @@ def evaluate_chunked(
     model: core.Layer, params: Any, model_state: Any, x: Array, y: Array, chunk: int = EVAL_CHUNK
 ) -> tuple[Array, Array]:
     """Mean cross-entropy and accuracy of one model on x (N, ...), y (N,), ``chunk`` rows at a
-    time (``lax.map``): M stacked models hold (M, chunk, width) activations, not (M, N, width).
-    The rows are padded to a multiple of ``chunk`` and the padding weighted 0; the loss is the
-    sum of per-example ``logsumexp(z) - z_y`` over N (``train.evaluate`` takes the mean of the
-    same terms in one reduction: equal to float32 summation order)."""
-    n = x.shape[0]
-    chunk = max(1, min(int(chunk), n))
-    pad = -n % chunk
-    xs = jnp.concatenate([x, jnp.zeros((pad, *x.shape[1:]), x.dtype)])
-    xs = xs.reshape(-1, chunk, *x.shape[1:])
-    ys = jnp.concatenate([y, jnp.zeros((pad,), y.dtype)]).reshape(-1, chunk)
-    ws = (jnp.arange(n + pad) < n).astype(jnp.float32).reshape(-1, chunk)
-
-    def one(args: tuple[Array, Array, Array]) -> tuple[Array, Array]:
-        xb, yb, wb = args
-        z = core.apply(model, params, model_state, xb)
-        nll = jax.nn.logsumexp(z, axis=-1) - jnp.take_along_axis(z, yb[:, None], axis=-1)[:, 0]
-        return jnp.sum(nll * wb), jnp.sum((jnp.argmax(z, axis=-1) == yb) * wb)
-
-    losses, correct = jax.lax.map(one, (xs, ys, ws))
-    return jnp.sum(losses) / n, jnp.sum(correct) / n
+    time: ``train.evaluate_chunked`` (the library's one chunked evaluation), so M stacked models
+    hold (M, chunk, width) activations, not (M, N, width)."""
+    return train.evaluate_chunked(model, params, model_state, x, y, chunk)
 
 
 def per_model_epoch(

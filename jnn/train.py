@@ -15,9 +15,11 @@ built from it, so training and evaluation cannot disagree about the network.
 Several independent models (seeds, initialisations) train in one program:
 ``init_train_states(keys, model, ...)`` stacks them along a leading axis M and
 ``make_epoch_fn(..., stacked=True)`` / ``make_eval_fn(..., stacked=True)`` vmap over that axis
-(the data are shared, not copied). ``fit`` runs the epochs, records the per-epoch history, stops
-a model whose loss or params became non-finite, and calls back after every epoch (the sweep
-saves its checkpoints there).
+(the data are shared, not copied). ``make_eval_fn(..., chunk=n)`` evaluates n examples at a
+time inside its program (``evaluate_chunked``), so a large test set never holds all its
+activations at once. ``fit`` runs the epochs, records the per-epoch history, stops a model whose
+loss or params became non-finite, and calls back after every epoch (the sweep saves its
+checkpoints there).
 
 Inside the epoch: a fresh permutation from the state's shuffle key, then ``lax.scan`` over
 batches; each step gathers its batch from the device-resident arrays, runs the model with
@@ -442,16 +444,68 @@ def evaluate(
     return loss, accuracy
 
 
-def make_eval_fn(model: core.Layer, *, stacked: bool = False) -> EvalFn:
+def evaluate_chunked(
+    model: core.Layer,
+    params: core.Params,
+    model_state: core.State,
+    x: Array,
+    y: Array,
+    chunk: int,
+) -> tuple[Array, Array]:
+    """Mean cross-entropy and accuracy of ``model`` on x (N, ...), y (N,), ``chunk`` rows at a
+    time (``lax.map`` inside the one program): the activations held at once are (chunk, ...),
+    not (N, ...), whatever N is (a conv net's test set, block5 of VGG16, M stacked models under
+    ``vmap``). The rows are padded to a multiple of ``chunk`` (``chunk`` above N is taken as N)
+    and the padding weighted 0; the loss is the sum of per-example ``logsumexp(z) - z_y`` over
+    N, divided by N: :func:`evaluate`'s mean of the same terms, up to float32 summation order.
+    Traceable (jit, vmap, shard_map); un-jitted."""
+    n = x.shape[0]
+    chunk = max(1, min(int(chunk), n))
+    pad = -n % chunk
+    xs = jnp.concatenate([x, jnp.zeros((pad, *x.shape[1:]), x.dtype)])
+    xs = xs.reshape(-1, chunk, *x.shape[1:])
+    ys = jnp.concatenate([y, jnp.zeros((pad,), y.dtype)]).reshape(-1, chunk)
+    ws = (jnp.arange(n + pad) < n).astype(jnp.float32).reshape(-1, chunk)
+
+    def one(args: tuple[Array, Array, Array]) -> tuple[Array, Array]:
+        xb, yb, wb = args
+        z = core.apply(model, params, model_state, xb)
+        nll = jax.nn.logsumexp(z, axis=-1) - jnp.take_along_axis(z, yb[:, None], axis=-1)[:, 0]
+        return jnp.sum(nll * wb), jnp.sum((jnp.argmax(z, axis=-1) == yb) * wb)
+
+    losses, correct = jax.lax.map(one, (xs, ys, ws))
+    return jnp.sum(losses) / n, jnp.sum(correct) / n
+
+
+def check_chunk(chunk: Any) -> int | None:
+    """``chunk`` (examples per evaluation step) if it is None or an int >= 1, else a one-line
+    InputError."""
+    if chunk is None:
+        return None
+    if isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk < 1:
+        raise InputError(
+            f"chunk must be a positive number of examples per evaluation step (or None for "
+            f"all at once), got {chunk!r}"
+        )
+    return int(chunk)
+
+
+def make_eval_fn(model: core.Layer, *, stacked: bool = False, chunk: int | None = None) -> EvalFn:
     """A jitted ``eval_fn(params, model_state, x, y) -> (loss, accuracy)`` (see :func:`evaluate`).
 
     ``stacked=True``: params and model_state hold M models along a leading axis; x, y are shared
-    and loss, accuracy have shape (M,). The function carries ``.model`` and ``.stacked`` (``fit``
-    reads the number of classes from the model to check the labels). Each call refuses, as the
-    epoch function does, x and y of different lengths, no examples (the mean of nothing is NaN)
-    and params or layer state of another network.
+    and loss, accuracy have shape (M,). ``chunk``: evaluate ``chunk`` examples at a time inside
+    the program (:func:`evaluate_chunked`), so activation memory is bounded by the chunk, not by
+    the size of x (None: all of x in one pass). The function carries ``.model``, ``.stacked``
+    and ``.chunk`` (``fit`` reads the number of classes from the model to check the labels).
+    Each call refuses, as the epoch function does, x and y of different lengths, no examples
+    (the mean of nothing is NaN) and params or layer state of another network.
     """
-    one = functools.partial(evaluate, model)
+    chunk = check_chunk(chunk)
+    if chunk is None:
+        one = functools.partial(evaluate, model)
+    else:
+        one = functools.partial(evaluate_chunked, model, chunk=chunk)
     fn = jax.jit(jax.vmap(one, in_axes=(0, 0, None, None)) if stacked else one)
     check_model = _model_checker(model, stacked)
 
@@ -460,7 +514,7 @@ def make_eval_fn(model: core.Layer, *, stacked: bool = False) -> EvalFn:
         check_model(params, model_state, x)
         return fn(params, model_state, x, y)
 
-    eval_fn.model, eval_fn.stacked = model, stacked  # type: ignore[attr-defined]
+    eval_fn.model, eval_fn.stacked, eval_fn.chunk = model, stacked, chunk  # type: ignore[attr-defined]
     return eval_fn
 
 
