@@ -135,7 +135,13 @@ def two_processes(subprocesses) -> list[dict]:
 # The README runs the suite with --dist loadfile: every test of this module shares one worker, so
 # the subprocesses above start once. (--dist loadgroup with this mark did not group anything
 # under pytest 9.2 + pytest-xdist 3.8: no "@group" suffix, tests spread over both workers.)
-multi = pytest.mark.xdist_group("parallel-4-devices")
+# They are `slow` too: the subprocesses take ~60 s on 2 cores (the fast tier leaves them out).
+
+
+def multi(test):
+    """Mark a test that reads the multi-device subprocesses' results: grouped, and `slow`."""
+    return pytest.mark.slow(pytest.mark.xdist_group("parallel-4-devices")(test))
+
 
 # ------------------------------------------------------------------ in-process, any device count
 
