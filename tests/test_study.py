@@ -95,6 +95,7 @@ def mixed(tmp_path_factory) -> tuple[study.StudyResult, Path]:
     return run(config(**MIXED), workdir), workdir
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", ["vmap", "map"])
 def test_one_model_equals_the_model_alone(tmp_path, layout):
     c = config(activations=("tanh",), inits=("he",), lrs=(0.1,), seed=3, layout=layout)
@@ -102,6 +103,7 @@ def test_one_model_equals_the_model_alone(tmp_path, layout):
     assert_same_model(run(c, tmp_path), 0, tmp_path, rel=1e-6 if layout == "map" else 2e-6)
 
 
+@pytest.mark.slow
 def test_mixed_study_equals_its_models_alone(mixed):
     res, workdir = mixed
     assert len(res.models) == 24 and res.start.layout == "vmap"
@@ -119,6 +121,7 @@ def test_zero_init_units_stay_identical(mixed):
     assert np.all(spread[~zero & alive] > 1e-3) and np.isnan(spread[~alive]).all()
 
 
+@pytest.mark.slow
 def test_divergent_model_is_masked_and_others_bit_identical(tmp_path):
     base = dict(activations=("relu", "linear"), seeds=2, layout="map")
     bad = run(config(lrs=(0.05, 1e30), **base), tmp_path / "bad")
@@ -137,6 +140,7 @@ def test_divergent_model_is_masked_and_others_bit_identical(tmp_path):
     assert net.epoch == 0  # its last good state is the initial one
 
 
+@pytest.mark.slow
 def test_resumed_run_equals_uninterrupted_bit_for_bit(tmp_path):
     """One epoch, then resume to three (a run grows): history, evals, divergence and the final
     checkpoint are bit-identical to three epochs straight; metrics.jsonl is one line per model
@@ -165,6 +169,7 @@ def test_resumed_run_equals_uninterrupted_bit_for_bit(tmp_path):
     assert json.loads(lines[-1])["epoch"] == 3
 
 
+@pytest.mark.slow
 def test_resume_refuses_another_study_or_a_gap(tmp_path):
     c = config(activations=("relu",), seeds=2)
     run(c, tmp_path)
@@ -184,6 +189,7 @@ def test_resume_refuses_another_study_or_a_gap(tmp_path):
             resume=True)  # fmt: skip
 
 
+@pytest.mark.slow
 def test_auto_layout_is_timed_once_per_machine_and_shape(tmp_path, monkeypatch):
     """The probe's verdict is cached, so a second fresh run picks the same layout (and so the
     same float rounding) without timing again."""
@@ -214,6 +220,7 @@ def test_run_folder_loads_back_and_predicts_the_reported_accuracy(mixed):
     assert latest.epoch == EPOCHS
 
 
+@pytest.mark.slow
 def test_export_ships_the_first_seeds_bit_for_bit(tmp_path):
     """export: the first seeds of every cell at chosen save epochs, in a run folder of its
     own that loads like any run and predicts exactly what the source run's model predicts."""
@@ -288,6 +295,7 @@ def sharded_numbers() -> dict:
     return out
 
 
+@pytest.mark.slow
 def test_model_axis_on_two_devices_equals_one():
     env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_"))}
     proc = subprocess.run(
