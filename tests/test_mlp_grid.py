@@ -22,6 +22,7 @@ def quick_run(tmp_path_factory, fashion_dir):
     return out
 
 
+@pytest.mark.slow
 def test_quick_grid_writes_every_output(quick_run):
     names = {p.name for p in quick_run.iterdir()}
     assert {"results.json", "results.md", "heatmap-e1.png", "heatmap-e2.png"} <= names
@@ -42,6 +43,7 @@ def _models(out):
     return json.loads((out / "results.json").read_text())["models"]
 
 
+@pytest.mark.slow
 def test_killed_grid_resumes_and_grows_bit_for_bit(quick_run, tmp_path, fashion_dir, capsys):
     """A 1-epoch run continued with --resume to 2 epochs (adding save epoch 2) gives the 2-epoch
     run's numbers exactly; a refused resume names the problem in one line and leaves the run."""
