@@ -877,6 +877,22 @@ def split_indices(
     return train, val, test
 
 
+def take_stratified(indices: np.ndarray, labels: np.ndarray, n: int | None) -> np.ndarray:
+    """A class-balanced subset of ``n`` of ``indices`` (into ``labels``), in their original
+    order: the first image of each class, then the second of each, ... (``n`` None or at least
+    ``len(indices)``: all of them). A subset of a stratified split stays stratified."""
+    if n is not None and (isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1):
+        raise InputError(f"n must be a positive number of examples (or None), got {n!r}")
+    if n is None or n >= len(indices):
+        return indices
+    lab = labels[indices]
+    rank = np.empty(len(indices), np.int64)  # position of each image within its class
+    for c in np.unique(lab):
+        rank[lab == c] = np.arange(np.sum(lab == c))
+    order = np.lexsort((np.arange(len(indices)), rank))  # by rank, then by original order
+    return indices[np.sort(order[:n])]
+
+
 def split(
     ds: OfficialSplit, protocol: str = DEFAULT_PROTOCOL, *, seed: int = 0, stratify: bool = False
 ) -> Splits:

@@ -28,10 +28,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import jax
 import numpy as np
 
 from jnn.errors import InputError
-from jnn.vgg import CONV_LAYERS, FORMATS, TOP_LAYERS, expected_shapes
+from jnn.vgg import CONV_LAYERS, FORMATS, TOP_LAYERS, expected_shapes, he_params
 
 
 class WeightFileError(InputError):
@@ -515,3 +516,68 @@ def fetch_pretrained(
     params = load_weight_file(source, fmt, include_top)
     save_params(params, ckpt, replace=True)  # swaps out a cache that failed verification
     return VGGWeights(params, fmt, str(source), verified, False)
+
+
+# ---------------------------------------------------------------------- by name, checked
+
+RANDOM_LABEL = "random init, not pretrained"  # every output of random weights says so
+
+
+def check_finite(params: dict) -> None:
+    """Refuse weights holding NaN or inf (they would give chance accuracy, labelled
+    pretrained): one InputError naming the first bad array and the count."""
+    leaves = jax.tree_util.tree_leaves_with_path(params)
+    bad = {
+        jax.tree_util.keystr(path): int(np.size(leaf) - np.isfinite(leaf).sum())
+        for path, leaf in leaves
+    }
+    bad = {k: n for k, n in bad.items() if n}
+    if bad:
+        first = next(iter(bad))
+        more = f" and {len(bad) - 1} more arrays" if len(bad) > 1 else ""
+        raise InputError(
+            f"the VGG16 weights hold {sum(bad.values())} NaN/inf values ({bad[first]} in "
+            f"{first}{more}); the weight file is corrupt: download it again"
+        )
+
+
+def load(
+    spec: str, cache_dir: str | os.PathLike | None = None, *, seed: int = 0, progress: bool = False
+) -> dict[str, Any]:
+    """VGG16 base weights by name: ``"keras"`` / ``"torch"`` (the published ImageNet files,
+    :func:`fetch_pretrained`), a path to a local .h5 / .pth file (format detected), or
+    ``"random"`` (He-normal, ``jnn.vgg.he_params(seed + 1)``: a floor, labelled
+    :data:`RANDOM_LABEL`). Returns {"params", "label", "preprocessing", "source", "verified",
+    "pretrained"}; pretrained params are checked finite (:func:`check_finite`).
+
+    Raises InputError (no such file, NaN weights), WeightsUnavailableError (offline, nothing
+    cached), ImportError (torch missing), CheckpointError (the cache cannot be written)."""
+    if spec == "random":
+        return {
+            "params": he_params(seed + 1),
+            "label": RANDOM_LABEL,
+            "preprocessing": "keras",
+            "source": f"He-normal init (numpy), seed {seed + 1}",
+            "verified": False,
+            "pretrained": False,
+        }
+    if spec in FORMATS:
+        w = fetch_pretrained(spec, cache_dir, progress=progress)
+    else:
+        path = Path(spec).expanduser()
+        if not path.is_file():
+            raise InputError(
+                f"weights {spec}: no such file; use keras, torch, random or a path to a Keras "
+                ".h5 / torchvision .pth file"
+            )
+        fmt = detect_format(path)
+        w = fetch_pretrained(fmt, cache_dir, weights_file=path, progress=progress)
+    check_finite(w.params)
+    return {
+        "params": w.params,
+        "label": f"pretrained ImageNet VGG16 ({'Keras' if w.fmt == 'keras' else 'torchvision'})",
+        "preprocessing": w.fmt,
+        "source": w.source,
+        "verified": w.verified,
+        "pretrained": True,
+    }

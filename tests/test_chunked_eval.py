@@ -6,6 +6,7 @@ stacked models; a chunk that is not a positive int is refused in one line."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from jnn import core, models, stacked, train
@@ -43,7 +44,7 @@ def test_chunked_equals_one_pass(n, chunk):
 def test_stacked_chunked_equals_one_pass_and_the_study_engine():
     model = small_model()
     keys = jax.random.split(jax.random.key(1), 3)
-    st = train.init_train_states(keys, model, train.optax.sgd(0.1), (12,))
+    st = train.init_train_states(keys, model, optax.sgd(0.1), (12,))
     x, y = data(50, seed=2)
     whole = train.make_eval_fn(model, stacked=True)(st.params, st.model_state, x, y)
     parts = train.make_eval_fn(model, stacked=True, chunk=8)(st.params, st.model_state, x, y)
