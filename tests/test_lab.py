@@ -16,10 +16,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from experiments import cnn, lab, mlp_grid, mlp_sweep, theory
+from experiments import cnn, lab, mlp_grid, mlp_sweep, theory, vgg_transfer
 from jnn.config import ConfigError
 
-EXPERIMENTS = {"mlp_sweep": mlp_sweep, "mlp_grid": mlp_grid, "cnn": cnn, "theory": theory}
+EXPERIMENTS = {
+    "mlp_sweep": mlp_sweep,
+    "mlp_grid": mlp_grid,
+    "cnn": cnn,
+    "theory": theory,
+    "vgg_transfer": vgg_transfer,
+}
 
 
 def run_cli(module, argv, capsys) -> tuple[int, str, str]:

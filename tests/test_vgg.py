@@ -509,8 +509,7 @@ def test_split_is_the_original_vgg_studys_and_subsets_stay_stratified(fashion):
     """vgg_transfer trains on the original VGG16 study's split: 48,000 / 12,000 of the 60,000
     official training images (indices into train+test), stratified; --test-size subsets keep
     the classes balanced."""
-    from experiments.vgg_transfer import take_stratified
-    from jnn.data import split_indices
+    from jnn.data import split_indices, take_stratified
 
     labels = np.concatenate([fashion.train_labels, fashion.test_labels])
     train, val, test = split_indices(fashion, "original-vgg", seed=0, stratify=True)

@@ -12,9 +12,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 SCRIPT = r"""
 import json, jax, numpy as np
-from experiments import vgg_transfer
-from experiments.vgg_transfer import train_head
 from jnn import parallel
+from jnn.features import train_head
 from jnn.parallel import data_mesh
 
 rng = np.random.default_rng(0)
@@ -33,7 +32,7 @@ def spy(*a, **k):
         seen.append(str(jax.tree.leaves(out[0].params)[0].sharding))
         return out
     return epoch
-vgg_transfer.make_sharded_epoch_fn = spy
+parallel.make_sharded_epoch_fn = spy
 two = train_head(*data, devices=2, **common)
 diff = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
            for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(two.params)))

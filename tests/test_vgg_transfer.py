@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from experiments import harness, vgg_transfer
-from jnn import core, runs, vgg
+from jnn import core, features, runs, vgg
 from jnn.checkpoints import CheckpointError
 from jnn.layers import Dense, Dropout, Flatten, MaxPool2D, ReLU
 from tests.gradcheck import assert_tree_close
@@ -97,8 +97,8 @@ def test_finetuning_moves_block5_at_its_own_learning_rate():
     _, params, _ = jax.eval_shape(lambda k: model.init(k, (2, 2, 512)), jax.random.key(0))
     params = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), params)
     grads = jax.tree.map(jnp.ones_like, params)
-    placeholder = vgg_transfer.make_optimizer(True)  # what the compiled epoch holds
-    state = vgg_transfer.make_optimizer(True, lr=1e-3, finetune_lr=1e-6).init(params)
+    placeholder = features.make_optimizer(True)  # what the compiled epoch holds
+    state = features.make_optimizer(True, lr=1e-3, finetune_lr=1e-6).init(params)
     updates, _ = jax.jit(placeholder.update)(grads, state, params)
     step = [float(jnp.abs(updates[i]["w"]).max()) for i in (0, 2, 4, 9, 15)]
     np.testing.assert_allclose(step, [1e-6] * 3 + [1e-3] * 2, rtol=1e-3)  # Adam's first step
@@ -142,7 +142,7 @@ def test_run_outputs_are_labelled_random(tiny_runs, fashion_dir):
     assert r["data"] == {**r["data"], "train": 40, "test": 20}
     assert sum(r["per_class_count"]) == 20 and len(r["per_class_accuracy"]) == 10
     assert r["feature_extraction"]["images_per_s"] > 0 and r["head"]["epoch_seconds_median"] > 0
-    assert r["config"]["out"] == str(out) and "versions" in r and "device" in r
+    assert r["out"] == str(out) and "versions" in r and "device" in r and not r["quick"]
     argv = [*TINY, "--data-dir", str(fashion_dir), "--out", str(out)]
     assert vgg_transfer.main(argv) == harness.EXIT_BAD_INPUT  # holds another run
 
@@ -174,3 +174,68 @@ def test_divergence_exits_3_with_the_last_good_epoch(tmp_path, fashion_dir, caps
     assert np.isfinite(r["accuracy"]) and "diverged at epoch 1" in capsys.readouterr().out
     head = runs.load_vgg_head(tmp_path / "o")  # the last good (here: initial) state was saved
     assert head.epoch == 0 and all(np.isfinite(p).all() for p in jax.tree.leaves(head.params))
+
+
+# ------------------------------------------------------------------- the generated command line
+
+
+def printed_config(argv, capsys):
+    with pytest.raises(SystemExit) as done:
+        vgg_transfer.main([*argv, "--print-config"])
+    assert done.value.code == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_every_earlier_flag_keeps_its_meaning(capsys, tmp_path):
+    """The flags of the earlier argparse CLI parse to the same settings (``--bench-torch`` moved
+    to ``python -m bench.vgg_reference``); ``--standardize`` spells out the default."""
+    cfg = printed_config(
+        ["--weights", "random", "--size", "64", "--epochs", "3", "--batch-size", "32",
+         "--lr", "0.01", "--gradients", "autodiff", "--finetune-top", "--finetune-lr", "1e-4",
+         "--no-standardize", "--feature-batch", "64", "--train-size", "100", "--test-size", "50",
+         "--seed", "7", "--devices", "2", "--cache-dir", str(tmp_path)],
+        capsys,
+    )  # fmt: skip
+    assert cfg == {
+        "weights": "random", "size": 64, "epochs": 3, "batch_size": 32, "lr": 0.01,
+        "gradients": "autodiff", "finetune_top": True, "finetune_lr": 1e-4,
+        "standardize": False, "feature_batch": 64, "train_size": 100, "test_size": 50,
+        "seed": 7, "devices": 2, "data_dir": None, "cache_dir": str(tmp_path),
+    }  # fmt: skip
+    quick = printed_config(["--quick", "--standardize"], capsys)
+    assert (quick["train_size"], quick["test_size"], quick["epochs"]) == (2000, 500, 2)
+    assert quick["standardize"] is True and quick["weights"] == "keras"
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--standardize", "--no-standardize"], "--standardize is the default"),
+        (["--resume"], "cannot --resume"),
+        (["--size", "16"], "--size must be an integer in [32,"),
+        (["--devices", "3"], "--batch-size 128 must divide by --devices"),
+        (["--weights", "nope.h5"], "--weights nope.h5: no such file"),
+        (["--bench-torch"], "--bench-torch moved: python -m bench.vgg_reference"),
+    ],
+)
+def test_bad_flags_are_one_line_before_any_folder(argv, message, capsys, tmp_path):
+    assert vgg_transfer.main([*argv, "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and not (tmp_path / "o").exists(), err
+
+
+def test_a_runs_config_reruns_it(tiny_runs, capsys):
+    stored = load(tiny_runs["manual"])["config"]
+    assert printed_config(["--config", str(tiny_runs["manual"] / "results.json")], capsys) == stored
+
+
+def test_stratified_subsets_refuse_a_bad_size():
+    from jnn.data import take_stratified
+    from jnn.errors import InputError
+
+    idx, labels = np.arange(20), np.arange(20) % 4
+    assert list(take_stratified(idx, labels, 4)) == [0, 1, 2, 3]
+    assert take_stratified(idx, labels, None) is idx and take_stratified(idx, labels, 99) is idx
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(InputError, match="positive number of examples"):
+            take_stratified(idx, labels, bad)
