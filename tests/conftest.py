@@ -10,6 +10,58 @@ import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
+# The `slow` tests of modules that do not mark them themselves (docs/contributing.md, "Test
+# tiers"): node id -> why it is slow (seconds: one busy 2-core machine, 2026-12). A file::function
+# id marks every parametrization, a file::function[param] id that one. Applied below before `-m`
+# selects; a listed test that is gone from its module stops the run, so the list cannot go stale.
+SLOW: dict[str, str] = {
+    "tests/test_cnn.py::test_quick_run_end_to_end": "trains the CNN study end to end (13 s)",
+    "tests/test_vgg_transfer.py::test_manual_and_autodiff_runs_agree": "two tiny VGG runs (14 s)",
+    "tests/test_vgg_transfer.py::test_run_outputs_are_labelled_random": "the tiny VGG runs",
+    "tests/test_vgg_transfer.py::test_way_back_reproduces_the_reported_accuracy": "the tiny runs",
+    "tests/test_vgg_transfer.py::test_a_runs_config_reruns_it": "the tiny VGG runs, and a rerun",
+    "tests/test_vgg_transfer.py::test_divergence_exits_3_with_the_last_good_epoch": "a whole run",
+    "tests/test_mlp_sweep.py::test_quick_run_writes_every_output": "the quick sweep (36 s)",
+    "tests/test_mlp_sweep.py::test_reported_accuracy_is_the_restored_checkpoints": "quick sweep",
+    "tests/test_mlp_sweep.py::test_interrupted_run_resumes_bit_identically": "two sweeps (20 s)",
+    "tests/test_mlp_sweep.py::test_resume_with_another_config_names_the_flag": "the quick sweep",
+    "tests/test_mlp_sweep.py::test_divergence_is_recorded_and_others_go_on": "a sweep (12 s)",
+    "tests/test_mlp_sweep.py::test_config_file_reruns_a_run_exactly": "the quick sweep, rerun",
+    "tests/test_mlp_sweep.py::test_sweep_downloads_its_data_on_first_use": "a sweep (15 s)",
+    "tests/test_core.py::test_study_mlp_manual_grads_equal_jax_grad": "the study MLP (8-10 s)",
+    "tests/test_vgg_parallel.py::test_head_data_parallel_matches_one_device": "4 devices (10 s)",
+    "tests/test_models.py::test_manual_grads_equal_jax_grad[cnn-f64]": "the CNN in float64 (10 s)",
+}
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m "not slow"` deselects
+def pytest_collection_modifyitems(config, items):
+    """Mark the tests ``SLOW`` lists `slow`; refuse a listed test that no longer exists."""
+    modules = {
+        item.nodeid.split("::")[0]: item.module for item in items if getattr(item, "module", None)
+    }
+    ids = {item.nodeid for item in items}
+    for node_id in SLOW:
+        path, *names = node_id.split("[")[0].split("::")
+        gone = path in modules and _lookup(modules[path], names) is None
+        base = node_id.split("[")[0]
+        whole = not any("::" in arg for arg in config.args)  # no single test picked by id
+        if "[" in node_id and whole and any(i.startswith(f"{base}[") for i in ids):
+            gone = gone or node_id not in ids  # the function is there, that parametrization not
+        if gone:
+            raise pytest.UsageError(f"tests/conftest.py SLOW lists {node_id}, which is gone")
+    for item in items:
+        if item.nodeid in SLOW or item.nodeid.split("[")[0] in SLOW:
+            item.add_marker(pytest.mark.slow)
+
+
+def _lookup(module, names):
+    """``module.a.b`` for names ``[a, b]`` (a test function, or a class then its method)."""
+    obj = module
+    for name in names:
+        obj = getattr(obj, name, None)
+    return obj
+
 
 @pytest.fixture(autouse=True)
 def _no_internet(monkeypatch):

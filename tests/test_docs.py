@@ -21,6 +21,7 @@ def python_blocks(page: Path) -> list[str]:
     return re.findall(r"```python\n(.*?)```", page.read_text(), re.S)
 
 
+@pytest.mark.slow
 def test_mkdocs_build_strict(tmp_path):
     missing = [
         m for m in ("mkdocs", "material", "mkdocstrings", "mkdocstrings_handlers.python")
@@ -43,6 +44,7 @@ def test_mkdocs_build_strict(tmp_path):
         assert (site / page / "index.html").stat().st_size > 1000, page
 
 
+@pytest.mark.slow
 def test_own_layer_page_runs_as_printed(capsys):
     """docs/own-layer.md: write two layers, check them with jnn.testing (a broken backward is
     caught), check a model of them against jax.grad and train it."""
@@ -58,6 +60,7 @@ def test_own_layer_page_runs_as_printed(capsys):
     assert accuracy == 1.0, out
 
 
+@pytest.mark.slow
 def test_tutorial_runs_as_printed(capsys, monkeypatch, tmp_path, fashion_dir):
     """docs/tutorial.md, from the repository root as its text says: a PReLU layer proven against
     jax.vjp, a network of it trained on Fashion-MNIST, saved and loaded back with identical
@@ -145,6 +148,7 @@ def test_readme_links_into_the_docs_exist():
     assert not unlisted, unlisted
 
 
+@pytest.mark.slow
 def test_layer_protocol_example_runs_and_agrees_with_jax_grad(capsys):
     """docs/layers.md: a CNN's manual grads against jax.grad, then one training epoch."""
     namespace: dict = {}
@@ -156,6 +160,7 @@ def test_layer_protocol_example_runs_and_agrees_with_jax_grad(capsys):
     assert bool(namespace["metrics"].params_finite)
 
 
+@pytest.mark.slow
 def test_multi_host_script_runs_as_printed(capsys):
     """docs/scaling.md's train.py, single-host here (initialize_distributed is a no-op)."""
     exec(compile(python_blocks(DOCS / "scaling.md")[0], "docs/scaling.md", "exec"), {})  # noqa: S102

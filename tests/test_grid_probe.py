@@ -10,6 +10,7 @@ import pytest
 from bench import grid_probe
 
 
+@pytest.mark.slow
 def test_tiny_probe_times_every_variant_and_they_agree(tmp_path):
     out = tmp_path / "probe"
     args = ["--models", "3", "--examples", "96", "--reps", "1", "--out", str(out)]

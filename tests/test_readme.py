@@ -42,6 +42,7 @@ def test_readme_stays_a_five_minute_page():
     assert len(README.read_text().splitlines()) <= 150
 
 
+@pytest.mark.slow
 def test_the_way_back_runs_as_printed(tmp_path, fashion_dir, capsys, monkeypatch):
     """The snippet loads model "relu/normal/lr0.1/s0" at epoch 100 from runs/mlp_sweep and
     scores the run's own test set: here from a small run (tiny subset and width, 100 epochs of

@@ -56,6 +56,7 @@ def test_init_train_states_stacks_single_models():
     assert float(jnp.std(stacked.params[0]["w"][0])) == pytest.approx(0.3, rel=0.1)
 
 
+@pytest.mark.slow
 def test_stacked_fit_matches_single_fits(data):
     model = mlp(SIZES, "tanh", "glorot")
     keys = jax.random.split(jax.random.PRNGKey(0), 2)
@@ -472,6 +473,7 @@ def _old_fit(keys, sizes, activation, stacked, train_data, val_data, epochs):
     return history, state[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["relu", "relu-single", "tanh"])
 def test_study_mlp_trains_bit_identically_to_the_old_code(case):
     rng = np.random.default_rng(0)
