@@ -2,8 +2,9 @@
 
 Uses the library's pipeline (``jnn.features``, as ``experiments.vgg_transfer`` does):
 ``make_extractor`` / ``extract_features`` for jnn (compiled once; each repetition times every
-batch after an untimed first one) and ``feature_throughput(backend="torch")`` for the torch
-reference built from the same (random) params. Repetitions alternate jnn, torch, jnn, torch, ...
+batch after an untimed first one) and ``bench.vgg_reference.feature_throughput(backend="torch")``
+for the torch reference built from the same (random) params. Repetitions alternate jnn, torch,
+jnn, torch, ...
 
 Work: the FLOPs per image are ``jnn.conv_cost``'s count of the 13 convolutions as jnn traces
 them (2 * MACs, every kernel tap; pooling, ReLU and preprocessing not counted), so each side
@@ -23,7 +24,9 @@ import numpy as np
 from bench.benchmark.cnn import machine_load
 from bench.benchmark.common import Context
 from bench.benchmark.config import Config
+from bench.vgg_reference import feature_throughput
 from experiments.timing import Stopwatch, summarize
+from jnn import features, vgg
 from jnn.conv_cost import recorded_conv_costs
 from jnn.errors import InputError
 from jnn.layers.conv import record_plans
@@ -35,41 +38,25 @@ PIPELINE = (
 )
 
 
-def _modules() -> tuple[Any, Any] | str:
-    """(vgg_transfer, jnn.vgg), or why they cannot be used."""
-    try:
-        from experiments import vgg_transfer
-        from jnn import vgg
-    except Exception as err:
-        return f"experiments.vgg_transfer not importable: {err}"
-    needed = ("feature_throughput",)
-    missing = [name for name in needed if not hasattr(vgg_transfer, name)]
-    return f"experiments.vgg_transfer lacks {missing}" if missing else (vgg_transfer, vgg)
-
-
-def _samples(cfg, ctx, vgg_transfer, extract, params, images, batch) -> tuple[dict, str]:
+def _samples(cfg, ctx, extract, params, images, batch) -> tuple[dict, str]:
     """Alternating jnn / torch repetitions (warm-ups dropped): seconds per repetition."""
     samples: dict[str, list[float]] = {"jnn": []}
     if ctx.torch_device is not None:
         samples["torch_eager"] = []
     torch_label = ""
-    from jnn import features
-
     for rep in range(cfg.warmup + cfg.reps):
         _, timing = features.extract_features(extract, images, batch)
         if rep >= cfg.warmup:
             samples["jnn"].append(timing["images_timed"] / timing["images_per_s"])
         if "torch_eager" in samples:
-            t = vgg_transfer.feature_throughput(
-                params, SIZE, len(images), batch, backend="torch", fmt=FMT
-            )
+            t = feature_throughput(params, SIZE, len(images), batch, backend="torch", fmt=FMT)
             torch_label = t.get("backend", "")
             if rep >= cfg.warmup:
                 samples["torch_eager"].append(t["seconds"])
     return samples, torch_label
 
 
-def conv_work(vgg: Any, params: dict, batch: int) -> tuple[int, list[dict[str, Any]]]:
+def conv_work(params: dict, batch: int) -> tuple[int, list[dict[str, Any]]]:
     """(FLOPs per image of the 13 convs, one record per conv layer) at SIZE x SIZE, ``batch``
     images a call: traced with ``jax.eval_shape`` (nothing computed)."""
     import jax.numpy as jnp
@@ -94,29 +81,23 @@ def _rates(results: dict, flops_per_image: int, ceiling: float | None) -> None:
 
 def measure(cfg: Config, ctx: Context) -> dict[str, Any]:
     """images/s of both implementations on the same random weights; time vs jnn."""
-    mods = _modules()
-    if isinstance(mods, str):
-        return {"status": "skipped", "reason": mods}
-    vgg_transfer, vgg = mods
     batch = 32 if cfg.quick else 64
     if cfg.vgg_images <= batch:
         raise InputError(f"--vgg-images must exceed the batch size {batch} (one untimed batch)")
     params = vgg.init_params(jax.random.key(cfg.seed), image_size=SIZE)
     images = np.random.default_rng(cfg.seed).integers(0, 256, (cfg.vgg_images, 28, 28), np.uint8)
-    from jnn import features
-
     extract = features.make_extractor(params, FMT, SIZE)
     with Stopwatch() as sw:  # compile + first batch, as the VGG experiment reports it
         jax.block_until_ready(extract(images[:batch]))
     with machine_load() as load:
-        samples, torch_label = _samples(cfg, ctx, vgg_transfer, extract, params, images, batch)
+        samples, torch_label = _samples(cfg, ctx, extract, params, images, batch)
     timed = cfg.vgg_images - batch
     results = {name: summarize(s) for name, s in samples.items()}
     for r in results.values():
         r["images_per_s"] = timed / r["median_s"]
         r["time_vs_jnn"] = r["median_s"] / results["jnn"]["median_s"]
     results["jnn"]["compile_s"] = sw.s
-    flops, layers = conv_work(vgg, params, batch)
+    flops, layers = conv_work(params, batch)
     _rates(results, flops, ctx.ceiling)
     return {
         "flops_per_image": flops,
