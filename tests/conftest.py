@@ -11,9 +11,10 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 # The `slow` tests of modules that do not mark them themselves (docs/contributing.md, "Test
-# tiers"): node id -> why it is slow (seconds: one busy 2-core machine, 2026-12). A file::function
-# id marks every parametrization, a file::function[param] id that one. Applied below before `-m`
-# selects; a listed test that is gone from its module stops the run, so the list cannot go stale.
+# tiers"): modules other work owns, and single parametrizations. Node id -> why it is slow
+# (seconds: one busy 2-core machine, 2026-12). A file::function id marks every parametrization, a
+# file::function[param] id that one. Applied below before `-m` selects; a listed test that is
+# gone from its module stops the run, so the list cannot go stale.
 SLOW: dict[str, str] = {
     "tests/test_cnn.py::test_quick_run_end_to_end": "trains the CNN study end to end (13 s)",
     "tests/test_vgg_transfer.py::test_manual_and_autodiff_runs_agree": "two tiny VGG runs (14 s)",
@@ -31,6 +32,14 @@ SLOW: dict[str, str] = {
     "tests/test_core.py::test_study_mlp_manual_grads_equal_jax_grad": "the study MLP (8-10 s)",
     "tests/test_vgg_parallel.py::test_head_data_parallel_matches_one_device": "4 devices (10 s)",
     "tests/test_models.py::test_manual_grads_equal_jax_grad[cnn-f64]": "the CNN in float64 (10 s)",
+    "tests/test_models.py::test_manual_grads_equal_jax_grad[cnn-f32]": "the CNN (6 s)",
+    "tests/test_models.py::test_manual_grads_equal_jax_grad[bn_cnn-f64]": "BN CNN, float64 (7 s)",
+    "tests/test_models.py::test_manual_grads_equal_jax_grad[bn_cnn-f32]": "the BN CNN (6 s)",
+    "tests/test_chunked_eval.py::test_stacked_chunked_equals_one_pass_and_the_study_engine": "9 s",
+    "tests/test_chunked_eval.py::test_a_conv_net_chunked_equals_one_pass": "7 s",
+    "tests/test_mlp.py::ManualEqualsAutodiff::test_random_shapes_and_values__with_jit": "9 s",
+    "tests/test_mlp.py::ManualEqualsAutodiff::test_random_shapes_and_values__without_jit": "5 s",
+    "tests/test_cli_errors.py::test_cli_process_exit_code_and_one_line": "a process each (4 s)",
 }
 
 

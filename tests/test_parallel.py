@@ -187,6 +187,7 @@ def test_count_collectives_reads_hlo_text():
     assert counts["all-reduce"] == 1 and counts["all-gather"] == 1 and counts["all-to-all"] == 0
 
 
+@pytest.mark.slow
 def test_one_device_mesh_is_bit_identical_to_train():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(256, SIZES[0])).astype(np.float32)

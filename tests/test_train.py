@@ -44,6 +44,7 @@ def _fit(model, state, data, epochs, *, stacked=False, lr=0.1, **kwargs):
     )
 
 
+@pytest.mark.slow
 def test_init_train_states_stacks_single_models():
     keys = jax.random.split(jax.random.PRNGKey(0), 3)
     model = mlp(SIZES, "relu", "normal", stddev=0.3)
@@ -209,6 +210,7 @@ def _image_model() -> core.Layer:
     return core.serial(flatten, _noisy_counter(), mlp((16, 8, 4), "tanh", "glorot"))
 
 
+@pytest.mark.slow
 def test_any_model_image_input_state_and_step_keys():
     x = jax.random.normal(jax.random.PRNGKey(5), (60, 4, 4, 1))
     y = (jnp.arange(60) % 4).astype(jnp.int32)
