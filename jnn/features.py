@@ -107,8 +107,8 @@ def base_features(
     extract = make_extractor(params, fmt, size, last_block)
     feats, info = extract_features(extract, images, batch_size, progress)
     shape = list(feats.shape[1:])
-    info.update(images=len(images), last_block=last_block, feature_shape=shape)
-    return feats, {**info, "batch_size": int(batch_size)}
+    sizes = {"images": len(images), "last_block": last_block, "feature_shape": shape}
+    return feats, {**info, **sizes, "batch_size": int(batch_size)}
 
 
 # ------------------------------------------------------------------ the head on cached features
@@ -207,7 +207,7 @@ def init_head(
     finetune = block5 is not None
     state = programs.init(jax.random.key(seed))  # one program: eager init compiles op by op
     params, model_state = list(state.params), list(state.model_state)
-    if finetune:
+    if block5 is not None:
         params[: vgg.BLOCK5_LAYERS] = block5
     if standardize:
         mean, std = head_input_stats(feats, block5)
@@ -290,9 +290,11 @@ def train_head(
         if on_epoch is not None:
             on_epoch(epoch, float(history["train_loss"][epoch - 1]))
 
+    on_device = (jax.numpy.asarray(x), jax.numpy.asarray(y))  # once, not at every epoch's call
+    test_on_device = (jax.numpy.asarray(xt), jax.numpy.asarray(yt))
     fitted = train.fit(
-        state, programs.epoch, (x, y), (xt, yt), eval_fn=programs.eval_fn, epochs=epochs,
-        on_epoch=keep,
+        state, programs.epoch, on_device, test_on_device, eval_fn=programs.eval_fn,
+        epochs=epochs, on_epoch=keep,
     )  # fmt: skip
     ((epoch, (params, model_state)),) = good.items()
     rows = history_rows(fitted, np.diff(stamps).tolist())

@@ -346,7 +346,7 @@ def load_data(c: StudyConfig) -> Data:
 def check_data(c: StudyConfig, sets: Data) -> Data:
     """``sets`` if every set has one label per row, labels in range, finite x of the dataset's
     width, and at least ``batch_size`` training rows; a one-line InputError otherwise."""
-    sets = Data(*(tuple(pair) for pair in sets))
+    sets = Data(*((x, y) for x, y in sets))
     for what, (x, y) in zip(("training", "validation", "test"), sets):
         if np.ndim(x) != 2 or np.shape(x)[1] != c.sizes[0]:
             raise InputError(f"{what} x must be (N, {c.sizes[0]}), got {np.shape(x)}")
@@ -592,7 +592,7 @@ def choose_layout(c: StudyConfig, mesh: Mesh, make: Callable, st: Any, d: Data) 
     rows = min(len(d.train[1]), 50 * c.batch_size)
     probe = (d.train[0][:rows], d.train[1][:rows], d.val[0][:EVAL_ROWS], d.val[1][:EVAL_ROWS])
     seconds = stacked.time_layouts(make, stacked.pad_models(st, mesh.size), probe)
-    best = min(seconds, key=seconds.get)
+    best = min(seconds, key=lambda layout: seconds[layout])
     _remember_layout(key, best)
     return best, seconds
 
@@ -753,7 +753,8 @@ def run(
         log = MetricsLog(workdir / METRICS, names)
         log.rewrite(history, np.asarray(st.diverged_at), first - 1)
         devices = [str(x) for x in mesh.devices.flat]
-        start = Start(c, models(c), tuple(len(s[1]) for s in d), devices, layout, probe,
+        sizes = (len(d.train[1]), len(d.val[1]), len(d.test[1]))
+        start = Start(c, models(c), sizes, devices, layout, probe,
                       resumed, list(store.skipped))  # fmt: skip
         if on_start is not None:
             on_start(start)
