@@ -8,14 +8,17 @@ stored results.json).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
 import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from experiments import plots, report
 
@@ -34,10 +37,19 @@ def mean_std(values: Any) -> str:
     return f"{a.mean():.4f}" + (f" ± {a.std():.4f}" if a.size > 1 else "")
 
 
+BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]"
+"""The epoch bar without tqdm's own remaining time: the one ETA is the console's, which counts
+scikit-learn as well (tqdm's would count jnn alone, compilation included)."""
+
+
 class Console:
     """What a person watches: the start line, one bar over epochs (a terminal) or plain lines
-    at save epochs (CI, logs), ETA after the first two epochs, divergence warnings as they
-    happen, scikit-learn's finished epochs. The library only calls back; this prints."""
+    at save epochs (CI, logs), one overall ETA, divergence warnings as they happen,
+    scikit-learn's finished epochs. The library only calls back; this prints.
+
+    While the bar is open every other line (notices, warnings, Python warnings and log records)
+    goes above it through ``tqdm.write``, so nothing is spliced into the bar; :meth:`close`
+    closes it (ending its line) before anything else is printed."""
 
     def __init__(self, epochs: int, sklearn_jobs: int, quick: bool) -> None:
         self.epochs, self.sklearn_jobs, self.quick = epochs, int(sklearn_jobs or 0), quick
@@ -45,9 +57,17 @@ class Console:
         self.bar: Any = None
         self.said_diverged: set[int] = set()
         self.names: list[str] = []
+        self.resumed_from: int | None = None
+        self.paces: list[float] = []  # seconds of this call's epochs after its first
+        self.said_eta = False
+        self.val_acc = ""  # the bar's last mean val accuracy
+        # scikit-learn's clock: its pool starts a little later (after the data load), so its
+        # pace errs slow, and so does the ETA
         self.t0 = time.perf_counter()
+        self._redirects = contextlib.ExitStack()
 
     def say(self, text: str, err: bool = False) -> None:
+        """One line above the bar (stdout, or stderr for warnings)."""
         from tqdm.auto import tqdm
 
         tqdm.write(text, file=sys.stderr if err else sys.stdout)
@@ -55,35 +75,35 @@ class Console:
     def start(self, s: Any) -> None:
         c = s.config
         self.names = [m.name for m in s.models]
-        what = (
-            f"{len(s.models)} model(s) ({len(c.activations)} activation(s) x {len(c.inits)} "
-            f"init(s) ({', '.join(c.inits)}) x {len(c.lrs)} lr(s) x {c.seeds} seed(s)) x "
-            f"{c.epochs} epochs, {c.optimizer}; "
-            f"{s.sizes[0]:,} train / {s.sizes[1]:,} val / {s.sizes[2]:,} test ({c.split}); "
-            f"{len(s.devices)} device(s), layout {s.layout}"
-            + (f" (probe: {_probe(s.layout_seconds)})" if s.layout_seconds else "")
-            + ("; scikit-learn alongside" if self.sklearn_jobs else "")
-        )
         self.say(
-            ("SMOKE RUN (--quick: checks that everything runs): " if self.quick else "") + what
+            ("SMOKE RUN (--quick: checks that everything runs): " if self.quick else "")
+            + _what_runs(s)
+            + ("; scikit-learn alongside" if self.sklearn_jobs else "")
         )
         for skipped in s.skipped:
             self.say(
                 f"warning: checkpoint of epoch {skipped.epoch} unusable ({skipped.reason})", True
             )
+        self.resumed_from = s.resumed_from
         if s.resumed_from is not None:
-            self.say(f"resumed every model from epoch {s.resumed_from} (its last checkpoint)")
+            self.say(
+                f"resumed every model from epoch {s.resumed_from} (its last checkpoint); "
+                f"{c.epochs - s.resumed_from} epoch(s) to go"
+            )
         first = s.resumed_from or 0
-        self.bar = report.progress(total=c.epochs, initial=first, desc="epochs", unit="ep")
+        self.bar = report.progress(
+            total=c.epochs, initial=first, desc="epochs", unit="ep", bar_format=BAR_FORMAT
+        )
+        if not self.bar.disable:
+            self._redirects.enter_context(_warnings_above_bar(self.say))
+            self._redirects.enter_context(logging_redirect_tqdm())
 
     def epoch(self, r: Any) -> None:
-        self.bar.update(1)
-        acc = (
-            np.nanmean(r.rows["val_accuracy"])
-            if np.isfinite(r.rows["val_accuracy"]).any()
-            else np.nan
-        )
-        self.bar.set_postfix(val_acc=f"{acc:.4f}", sklearn=self._sklearn_text(), refresh=False)
+        finite = np.isfinite(r.rows["val_accuracy"]).any()
+        acc = np.nanmean(r.rows["val_accuracy"]) if finite else np.nan
+        self.val_acc = f"{acc:.4f}"
+        self.show_sklearn(refresh=False)
+        self.bar.update(1)  # one redraw: count and postfix together
         for m in np.flatnonzero(r.diverged_at):
             if int(m) not in self.said_diverged:
                 self.said_diverged.add(int(m))
@@ -92,25 +112,52 @@ class Console:
                     "(loss or weights not finite); kept its last good state, others go on",
                     True,
                 )
-        if r.nth in (1, 2) and r.epoch < r.epochs:
-            left = (r.epochs - r.epoch) * r.seconds
-            note = ", compilation included" if r.nth == 1 else ""
-            self.say(
-                f"eta: about {_duration(left)} for jnn's {r.epochs - r.epoch} epochs left "
-                f"(epoch {r.epoch} took {r.seconds:.1f} s{note})" + self._sklearn_eta()
-            )
-        elif self.bar.disable and (r.epoch % max(1, r.epochs // 10) == 0 or r.epoch == r.epochs):
+        if r.nth >= 2:
+            self.paces.append(r.seconds)  # the first epoch of a call includes compilation
+        if r.epoch < r.epochs:
+            self.say_eta(r.epochs - r.epoch)
+        if self.bar.disable and (r.epoch % max(1, r.epochs // 10) == 0 or r.epoch == r.epochs):
             self.say(f"epoch {r.epoch}/{r.epochs}: mean val acc {acc:.4f}")
 
-    def _sklearn_eta(self) -> str:
-        """scikit-learn's own ETA at its pace so far (it runs alongside, in its own processes)."""
-        if self.counter is None:
-            return ""
-        done, total = sum(self.counter), self.epochs * self.sklearn_jobs
-        if done == 0:
-            return "; scikit-learn has not finished an epoch yet"
-        left = (total - done) * (time.perf_counter() - self.t0) / done
-        return f"; scikit-learn {done}/{total} epochs, about {_duration(left)} left at its pace"
+    def say_eta(self, jnn_left: int) -> None:
+        """Say the overall ETA once, as soon as both paces are known (jnn's after its second
+        epoch, scikit-learn's after its first; see :meth:`eta_line`)."""
+        if self.said_eta or not self.paces:
+            return
+        line = self.eta_line(jnn_left)
+        if line:
+            self.said_eta = True
+            self.say(line)
+
+    def eta_line(self, jnn_left: int) -> str:
+        """The one overall ETA: the run ends when jnn and scikit-learn (alongside, in its own
+        processes) are both done, so it is the longer of the two at each one's pace so far.
+        jnn's pace is the mean of this call's epochs after its first (which compiles; epochs
+        restored by a resume are not counted); "" while scikit-learn has no epoch done (no
+        pace yet: said at a later epoch)."""
+        pace = float(np.mean(self.paces))
+        left = jnn_left * pace
+        resumed = f", resumed from epoch {self.resumed_from}" if self.resumed_from else ""
+        parts = [
+            f"jnn {jnn_left} epoch(s) at {pace:.1f} s each{resumed}" if jnn_left else "jnn done"
+        ]
+        if self.counter is not None:
+            done, total = sum(self.counter), self.epochs * self.sklearn_jobs
+            if done == 0:
+                return ""
+            sk_left = (total - done) * (time.perf_counter() - self.t0) / done
+            left = max(left, sk_left)
+            parts.append(f"scikit-learn {done}/{total} epochs done, {_duration(sk_left)} left")
+        return f"eta: about {_duration(left)} left in all ({'; '.join(parts)})"
+
+    def show_sklearn(self, refresh: bool = True) -> None:
+        """The bar's postfix: mean val accuracy, and scikit-learn's finished epochs."""
+        if self.bar is None:
+            return
+        postfix = {"val_acc": self.val_acc} if self.val_acc else {}
+        if self.counter is not None:
+            postfix["sklearn"] = self._sklearn_text()
+        self.bar.set_postfix(postfix, refresh=refresh)
 
     def _sklearn_text(self) -> str:
         if self.counter is None:
@@ -118,8 +165,42 @@ class Console:
         return f"{sum(self.counter)}/{self.epochs * self.sklearn_jobs}"
 
     def close(self) -> None:
+        """Close the bar (its line ends; on Ctrl-C too) and stop redirecting other output."""
+        self._redirects.close()
         if self.bar is not None:
             self.bar.close()
+            self.bar = None
+
+
+def _what_runs(s: Any) -> str:
+    """The start line: models, epochs, optimizer, set sizes, devices, layout."""
+    c = s.config
+    return (
+        f"{len(s.models)} model(s) ({len(c.activations)} activation(s) x {len(c.inits)} "
+        f"init(s) ({', '.join(c.inits)}) x {len(c.lrs)} lr(s) x {c.seeds} seed(s)) x "
+        f"{c.epochs} epochs, {c.optimizer}; "
+        f"{s.sizes[0]:,} train / {s.sizes[1]:,} val / {s.sizes[2]:,} test ({c.split}); "
+        f"{len(s.devices)} device(s), layout {s.layout}"
+        + (f" (probe: {_probe(s.layout_seconds)})" if s.layout_seconds else "")
+    )
+
+
+@contextlib.contextmanager
+def _warnings_above_bar(say: Callable[[str, bool], None]) -> Iterator[None]:
+    """Python warnings printed as one line above the bar instead of into it."""
+    shown = warnings.showwarning
+
+    def show(
+        message: Warning | str, category: type[Warning], filename: str, lineno: int,
+        file: TextIO | None = None, line: str | None = None,
+    ) -> None:  # fmt: skip
+        say(f"warning: {category.__name__}: {message} ({Path(filename).name}:{lineno})", True)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = shown
 
 
 def _probe(seconds: dict[str, float]) -> str:
@@ -134,11 +215,17 @@ def _duration(seconds: float) -> str:
 
 
 def collect_sklearn(futures: dict[str, Any] | None, console: Console) -> dict[str, Any] | None:
-    """scikit-learn's results; a failed job is recorded (it must not lose jnn's results)."""
+    """scikit-learn's results; a failed job is recorded (it must not lose jnn's results).
+    While it is still training, the bar shows its finished epochs (polled once a second)."""
+    from concurrent.futures import wait
+
     if futures is None:
         return None
     if any(not f.done() for f in futures.values()):
         console.say(f"jnn done; waiting for scikit-learn (epochs {console._sklearn_text()})")
+        while wait(list(futures.values()), timeout=1.0).not_done:
+            console.show_sklearn()
+            console.say_eta(0)
     out = {}
     for act, fut in futures.items():
         try:
