@@ -22,6 +22,9 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import shlex
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -68,7 +71,9 @@ def exit_code(result: dict[str, Any]) -> int:
 
 
 def execute(exp: Experiment, argv: Sequence[str] | None = None) -> int:
-    """Parse, take the run folder, run, stamp, render, print; returns the exit code."""
+    """Parse, take the run folder, run, stamp, render, print; returns the exit code. A Ctrl-C
+    once the folder is taken becomes :class:`experiments.report.Interrupted` carrying the one
+    line that says how to continue (:func:`interrupted_line`)."""
     t0 = time.perf_counter()
     cfg = exp.parse(argv)
     run_dir = report.prepare_run_dir(
@@ -77,6 +82,14 @@ def execute(exp: Experiment, argv: Sequence[str] | None = None) -> int:
         overwrite=getattr(cfg, "overwrite", False),
         markers=("results.json", "run.json"),
     )
+    try:
+        return _run_and_report(exp, cfg, run_dir, t0)
+    except KeyboardInterrupt:
+        raise report.Interrupted(interrupted_line(exp, argv, cfg, run_dir)) from None
+
+
+def _run_and_report(exp: Experiment, cfg: Any, run_dir: Path, t0: float) -> int:
+    """Run, stamp, render, print the console text and the last line; the exit code."""
     try:
         result = exp.run(cfg, run_dir)
     except ConfigError as err:  # found while running (data, devices, resume): name the flag
@@ -90,6 +103,34 @@ def execute(exp: Experiment, argv: Sequence[str] | None = None) -> int:
     status = "" if result.get("status", "ok") == "ok" else f" (status: {result['status']})"
     print(f"done in {time.perf_counter() - t0:.0f} s{status}; outputs in {run_dir}", flush=True)
     return exit_code(result)
+
+
+def interrupted_line(exp: Experiment, argv: Sequence[str] | None, cfg: Any, run_dir: Path) -> str:
+    """What Ctrl-C prints: where the finished checkpoints are and the command that continues
+    the run (the user's own flags, with ``--resume --out FOLDER`` for the run-folder ones),
+    for an experiment with ``--resume``; else that finished checkpoints are kept."""
+    if getattr(cfg, "resume", None) is None:
+        return report.INTERRUPTED
+    folder = os.path.relpath(run_dir)
+    folder = str(run_dir) if folder.startswith("..") else folder
+    kept: list[str] = []
+    args = iter(sys.argv[1:] if argv is None else argv)
+    for arg in args:
+        if arg == "--out":
+            next(args, None)
+        elif not (arg.startswith("--out=") or arg in ("--resume", "--overwrite")):
+            kept.append(arg)
+    command = shlex.join(["python", "-m", _module(exp), *kept, "--resume", "--out", folder])
+    return f"interrupted: finished checkpoints kept in {folder}; continue with {command}"
+
+
+def _module(exp: Experiment) -> str:
+    """The module that ``python -m`` runs for ``exp`` (its ``run`` lives there)."""
+    name = getattr(exp.run, "__module__", "") or ""
+    if name == "__main__":
+        spec = getattr(sys.modules["__main__"], "__spec__", None)
+        name = spec.name if spec is not None else ""
+    return name or f"experiments.{exp.name}"
 
 
 def cli(exp: Experiment) -> Callable[[Sequence[str] | None], int]:

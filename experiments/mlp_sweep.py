@@ -126,7 +126,10 @@ def run(inv: lab.Invocation, run_dir: Path) -> dict[str, Any]:
         if cfg.sklearn:
             console.counter = reference.epoch_counter(len(cfg.activations))
             jobs = sklearn_jobs(cfg, data)
-            pool, futures = reference.start_pool(jobs, cfg.sklearn_workers, counter=console.counter)
+            with report.children_ignore_interrupts():  # Ctrl-C is this process's
+                pool, futures = reference.start_pool(
+                    jobs, cfg.sklearn_workers, counter=console.counter
+                )
         res = study.run(
             cfg.study(),
             run_dir,

@@ -17,6 +17,7 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any, NoReturn
@@ -338,6 +339,14 @@ def progress(iterable: Iterable | None = None, **kwargs: Any) -> tqdm:
     return tqdm(iterable, **kwargs)
 
 
+INTERRUPTED = "interrupted: finished checkpoints are kept"  # Ctrl-C's line, unless told more
+
+
+class Interrupted(KeyboardInterrupt):
+    """A Ctrl-C that a command has turned into its own one line (``str(err)``): where the
+    finished work is and how to continue it (see ``experiments.harness.interrupted_line``)."""
+
+
 _SIGNALLED: list[bool] = []  # holds True once _first_interrupt ran: a real Ctrl-C came
 
 
@@ -357,7 +366,21 @@ def _exit_interrupted() -> NoReturn:
     SIGSEGV in about half the runs of an interrupted sweep (exit -11 after the one line). Every
     file jnn writes is complete by then (checkpoints and results are committed by a rename),
     and the run-folder locks are released first.
+
+    What the skipped teardown would have done for multiprocessing is done here, else the
+    resource tracker, which outlives this process, warns on the terminal about "leaked
+    semaphore objects" after the one line: this process's other non-daemon threads may end
+    (a stopped process pool's manager thread releases the pool's semaphores as it ends; 2 s
+    at most in all), then multiprocessing's finalizers unlink the semaphores still held.
     """
+    deadline = time.monotonic() + 2.0
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join(max(0.0, deadline - time.monotonic()))
+    mp_util = sys.modules.get("multiprocessing.util")
+    if mp_util is not None:
+        with contextlib.suppress(Exception):
+            mp_util._run_finalizers(0)  # what its atexit hook runs first
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()
@@ -382,6 +405,26 @@ def _one_interrupt() -> Iterator[None]:
     finally:
         if signal.getsignal(signal.SIGINT) is _first_interrupt:  # not interrupted
             signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+@contextlib.contextmanager
+def children_ignore_interrupts() -> Iterator[None]:
+    """Processes started within this block (a pool's spawned workers) ignore Ctrl-C.
+
+    A Ctrl-C in a terminal goes to every process of the foreground group: workers of a process
+    pool got it too and printed ``Process SpawnProcess-1:`` and a traceback across the
+    terminal. Here SIGINT is ignored while they start: an ignored signal stays ignored through
+    exec, and Python keeps it so, so they never see one (no window while they import); this
+    process handles Ctrl-C and stops them. A Ctrl-C during the block itself is dropped. Only
+    in the main thread (elsewhere a no-op)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, handler)
 
 
 def cli_main(main: Callable[[Sequence[str] | None], Any]) -> Callable[[Sequence[str] | None], int]:
@@ -417,8 +460,9 @@ def cli_main(main: Callable[[Sequence[str] | None], Any]) -> Callable[[Sequence[
                 raise
             print(f"error: {storage_error(None, err, 'use')}", file=sys.stderr)
             return 2
-        except KeyboardInterrupt:
-            print("interrupted: finished checkpoints are kept", file=sys.stderr)
+        except KeyboardInterrupt as err:
+            line = str(err) if isinstance(err, Interrupted) and str(err) else INTERRUPTED
+            print(line, file=sys.stderr, flush=True)
             result = 130
         finally:
             release_run_dirs(failed=failed)
