@@ -21,6 +21,10 @@ from jnn import checkpoints, train
 from jnn.checkpoints import CheckpointError, CheckpointStore, incomplete_checkpoints
 from jnn.mlp import mlp
 
+# Every test here saves and restores through orbax (its thread pool, fsync, checksums): 3-9 s each
+# on 2 busy cores, the largest share of what the fast tier had left, so the module is `slow`.
+pytestmark = pytest.mark.slow
+
 # Big enough that the largest file of a step is an OCDBT data file (as in the real study).
 SIZES = (100, 64, 10)
 
@@ -226,7 +230,6 @@ def test_step_without_checksums_is_refused(tmp_path):
         CheckpointStore(tmp_path / "m").restore(4, tree)
 
 
-@pytest.mark.slow
 def test_restore_latest_falls_back_to_newest_good_step(tmp_path):
     good, newer = _tree(0), _tree(1)
     with CheckpointStore(tmp_path / "m") as store:
@@ -277,7 +280,6 @@ def test_empty_numbered_folder_is_never_a_step(tmp_path):
     assert sorted(p.name for p in (tmp_path / "m" / "latest").iterdir()) == ["4"]
 
 
-@pytest.mark.slow
 def test_save_never_skips_an_existing_or_older_epoch(tmp_path):
     """Orbax returned without saving when the epoch was not newer than the newest one."""
     a, b = _tree(0), _tree(1)
@@ -326,7 +328,6 @@ def _resource_exhausted(*args, **kwargs):
     )
 
 
-@pytest.mark.slow
 def test_full_disk_during_save_is_one_line_and_keeps_finished_steps(
     tmp_path, monkeypatch, capfd, caplog
 ):
@@ -349,7 +350,6 @@ def test_full_disk_during_save_is_one_line_and_keeps_finished_steps(
     assert store.latest_epoch() == 2 and _equal(store.restore(2, tree), tree)
 
 
-@pytest.mark.slow
 def test_storage_failure_during_restore_is_one_line(tmp_path, monkeypatch, capfd, caplog):
     import tensorstore
 
@@ -453,7 +453,6 @@ def _replace_step(src: Path, dst: Path) -> None:
     shutil.copytree(src, dst)
 
 
-@pytest.mark.slow
 def test_manifest_records_identity_and_epoch(tmp_path):
     with CheckpointStore(tmp_path / "relu", identity=RELU) as store:
         store.save(6, _tree())
@@ -464,7 +463,6 @@ def test_manifest_records_identity_and_epoch(tmp_path):
         assert manifest["identity"] == {**RELU, "sizes": [100, 64, 10]}  # as JSON stores it
 
 
-@pytest.mark.slow
 def test_a_copy_of_another_models_step_is_refused(tmp_path, capfd, caplog):
     """Issue 19: relu/6 replaced by a copy of sigmoid/6 (same shapes) restored silently, and
     --resume went on training the sigmoid net as the relu one."""
@@ -489,7 +487,6 @@ def test_a_copy_of_another_models_step_is_refused(tmp_path, capfd, caplog):
     assert _equal(CheckpointStore(tmp_path / "sigmoid").restore(6, sigmoid), relu)
 
 
-@pytest.mark.slow
 def test_a_copy_of_another_epochs_step_is_refused(tmp_path):
     """Issue 19: relu/6 copied over relu/12 made load_sweep_checkpoint(run, "relu", 12) return
     the epoch-6 model labelled epoch 12. The folder's number must be the epoch stored in it,
@@ -513,7 +510,6 @@ def test_a_copy_of_another_epochs_step_is_refused(tmp_path):
     assert epoch == 6 and _equal(restored, six) and [s.epoch for s in store.skipped] == [12]
 
 
-@pytest.mark.slow
 def test_steps_that_record_no_identity_or_epoch_still_restore(tmp_path):
     """Back-compat: steps written before identities existed (their manifest has neither field)
     restore under a store that has an identity; a step saved with an identity must match."""

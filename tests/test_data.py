@@ -144,6 +144,7 @@ def test_real_data_loads(fashion):
     assert abs(fashion.test_images.mean() - 73.1466) < 1e-3
 
 
+@pytest.mark.slow
 def test_data_dir_from_env(fashion_dir, fashion, monkeypatch):
     monkeypatch.setenv("JNN_DATA_DIR", str(fashion_dir))
     assert default_data_dir() == fashion_dir
@@ -309,6 +310,7 @@ def test_bad_source():
 # --------------------------------------------------------------------------- download
 
 
+@pytest.mark.slow
 def test_download_into_default_cache(tmp_path, mirror, fashion, monkeypatch):
     monkeypatch.delenv("JNN_DATA_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
@@ -512,6 +514,7 @@ def idx_reference(fashion_dir) -> list[np.ndarray]:
     return [read_idx(fashion_dir / name) for name in FILES]
 
 
+@pytest.mark.slow
 def test_fashion_mnist_entry_reads_what_a_plain_idx_reader_reads(fashion_dir, idx_reference):
     official = load_dataset("fashion_mnist", fashion_dir, download=False)
     for got, want, dtype in zip(official, idx_reference, [np.uint8, np.int32] * 2):
@@ -520,6 +523,7 @@ def test_fashion_mnist_entry_reads_what_a_plain_idx_reader_reads(fashion_dir, id
     assert_same(load_dataset(data.FASHION_MNIST, fashion_dir, download=False), official)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "key",
     [
@@ -620,6 +624,7 @@ def test_to_float():
     assert to_float(np.zeros((0, 28, 28), np.uint8)).shape == (0, 784)
 
 
+@pytest.mark.slow
 def test_load_splits(fashion_dir, fashion):
     s = load_splits("official", seed=1, data_dir=fashion_dir, download=False, stratify=True)
     assert s.x_train.shape == (54_000, 784) and s.x_train.dtype == np.float32

@@ -78,6 +78,7 @@ def test_stacked_fit_matches_single_fits(data):
             np.testing.assert_allclose(a, b[i], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_fit_continues_from_state_epoch_and_calls_back(data):
     model = mlp(SIZES, "relu", "he")
     state = train.init_train_state(jax.random.PRNGKey(3), model, optax.sgd(0.1), SHAPE)
@@ -335,6 +336,7 @@ def test_a_direct_epoch_call_refuses_y_of_another_length(data, stacked, loop):
     assert np.all(np.isfinite(np.asarray(metrics.loss)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stacked", [False, True], ids=["single", "stacked"])
 def test_params_of_another_network_are_refused(data, stacked):
     """A state of a 20-32-8-4 net ran silently through an epoch and evaluation of 20-16-8-4."""
