@@ -61,9 +61,8 @@ class Console:
         self.paces: list[float] = []  # seconds of this call's epochs after its first
         self.said_eta = False
         self.val_acc = ""  # the bar's last mean val accuracy
-        # scikit-learn's clock: its pool starts a little later (after the data load), so its
-        # pace errs slow, and so does the ETA
-        self.t0 = time.perf_counter()
+        self.clock = time.perf_counter
+        self.sk_anchor: tuple[float, int] | None = None  # (time, epochs) when first seen > 0
         self._redirects = contextlib.ExitStack()
 
     def say(self, text: str, err: bool = False) -> None:
@@ -122,7 +121,7 @@ class Console:
     def say_eta(self, jnn_left: int) -> None:
         """Say the overall ETA once, as soon as both paces are known (jnn's after its second
         epoch, scikit-learn's after its first; see :meth:`eta_line`)."""
-        if self.said_eta or not self.paces:
+        if self.said_eta:
             return
         line = self.eta_line(jnn_left)
         if line:
@@ -131,24 +130,37 @@ class Console:
 
     def eta_line(self, jnn_left: int) -> str:
         """The one overall ETA: the run ends when jnn and scikit-learn (alongside, in its own
-        processes) are both done, so it is the longer of the two at each one's pace so far.
-        jnn's pace is the mean of this call's epochs after its first (which compiles; epochs
-        restored by a resume are not counted); "" while scikit-learn has no epoch done (no
-        pace yet: said at a later epoch)."""
+        processes) are both done, so it is the longer of the two at each one's pace. jnn's pace
+        is the mean of this call's epochs after its first (which compiles; epochs restored by a
+        resume are not counted); scikit-learn's, see :meth:`sklearn_left`. "" while either is
+        unknown (said at a later epoch)."""
+        sk_left = self.sklearn_left() if self.counter is not None else 0.0
+        if not self.paces or sk_left is None:
+            return ""
         pace = float(np.mean(self.paces))
-        left = jnn_left * pace
         resumed = f", resumed from epoch {self.resumed_from}" if self.resumed_from else ""
         parts = [
             f"jnn {jnn_left} epoch(s) at {pace:.1f} s each{resumed}" if jnn_left else "jnn done"
         ]
         if self.counter is not None:
-            done, total = sum(self.counter), self.epochs * self.sklearn_jobs
-            if done == 0:
-                return ""
-            sk_left = (total - done) * (time.perf_counter() - self.t0) / done
-            left = max(left, sk_left)
-            parts.append(f"scikit-learn {done}/{total} epochs done, {_duration(sk_left)} left")
+            parts.append(f"scikit-learn {self._sklearn_text()} epochs, {_duration(sk_left)} left")
+        left = max(jnn_left * pace, sk_left)
         return f"eta: about {_duration(left)} left in all ({'; '.join(parts)})"
+
+    def sklearn_left(self) -> float | None:
+        """Seconds scikit-learn still needs at its steady pace, None while unknown. The pace is
+        measured from the first time it is seen with an epoch done (its workers' start-up,
+        several seconds of spawning and importing, comes before that and would swamp it):
+        epochs done since then over the time since then."""
+        done, total = sum(self.counter), self.epochs * self.sklearn_jobs
+        now = self.clock()
+        if done >= total:
+            return 0.0
+        if self.sk_anchor is None:
+            self.sk_anchor = (now, done) if done > 0 else None
+            return None
+        since, first = self.sk_anchor
+        return None if done == first else (total - done) * (now - since) / (done - first)
 
     def show_sklearn(self, refresh: bool = True) -> None:
         """The bar's postfix: mean val accuracy, and scikit-learn's finished epochs."""
@@ -226,6 +238,7 @@ def collect_sklearn(futures: dict[str, Any] | None, console: Console) -> dict[st
         while wait(list(futures.values()), timeout=1.0).not_done:
             console.show_sklearn()
             console.say_eta(0)
+    console.show_sklearn()  # its last count on the bar that stays
     out = {}
     for act, fut in futures.items():
         try:

@@ -198,34 +198,38 @@ def _eta_lines(text: str) -> list[str]:
 
 
 def test_one_overall_eta_after_epoch_two_counts_scikit_learn(capsys):
-    """Epoch 1 (compilation) sets no pace; after epoch 2 one line: the longer of jnn's time
-    left (8 epochs at 3 s) and scikit-learn's at its pace (2 of 20 epochs in 100 s: 15 min)."""
+    """Epoch 1 (compilation) sets no pace for jnn, scikit-learn's first epoch done (after its
+    start-up) none for it; once both are known one line: the longer of jnn's time left (7
+    epochs at 3 s) and scikit-learn's at its pace since (2 epochs in 100 s, 16 left: 800 s)."""
     console = Console(10, 2, quick=False)
-    console.counter = [0, 0]
+    console.counter, now = [0, 0], [0.0]
+    console.clock = lambda: now[0]
     console.start(_start())
     console.epoch(_epoch(1, 1, 40.0))
+    console.counter[0], now[0] = 2, 10.0  # seen done: its pace is measured from here
+    console.epoch(_epoch(2, 2, 3.0))
     assert _eta_lines(capsys.readouterr().out) == []
-    console.counter = [2, 0]
-    console.t0 = time.perf_counter() - 100.0
-    console.epoch(_epoch(2, 2, 3.0))
+    console.counter[1], now[0] = 2, 110.0
     console.epoch(_epoch(3, 3, 3.0))
+    console.counter[1], now[0] = 5, 120.0
+    console.epoch(_epoch(4, 4, 3.0))  # said once only
     console.close()
-    lines = _eta_lines(capsys.readouterr().out)
-    assert len(lines) == 1 and lines[0].startswith("eta: about 15 min left in all ("), lines
-    assert "jnn 8 epoch(s) at 3.0 s each" in lines[0] and "scikit-learn 2/20" in lines[0]
+    assert _eta_lines(capsys.readouterr().out) == [
+        "eta: about 13 min left in all (jnn 7 epoch(s) at 3.0 s each; "
+        "scikit-learn 4/20 epochs, 13 min left)"
+    ]
 
 
-def test_the_eta_waits_for_scikit_learns_first_epoch(capsys):
-    console = Console(10, 1, quick=False)
-    console.counter = [0]
+def test_without_scikit_learn_the_eta_comes_after_epoch_two(capsys):
+    console = Console(10, 0, quick=False)
     console.start(_start())
     console.epoch(_epoch(1, 1, 40.0))
+    assert _eta_lines(capsys.readouterr().out) == []  # compilation: no pace
     console.epoch(_epoch(2, 2, 3.0))
-    assert _eta_lines(capsys.readouterr().out) == []  # no pace for scikit-learn yet
-    console.counter = [1]
-    console.epoch(_epoch(3, 3, 3.0))
     console.close()
-    assert len(_eta_lines(capsys.readouterr().out)) == 1
+    assert _eta_lines(capsys.readouterr().out) == [
+        "eta: about 24 s left in all (jnn 8 epoch(s) at 3.0 s each)"
+    ]
 
 
 def test_a_resumed_run_says_where_and_paces_only_its_own_epochs(capsys):
