@@ -124,10 +124,11 @@ def alone_case(seed: int, x: Any, y: Any) -> Callable[[int], None]:
 
     from bench.benchmark.common import epoch_case
     from jnn import study, train
-    from jnn.mlp import STUDY_SIZES, mlp
+    from jnn.mlp import mlp
 
-    model, opt = mlp(STUDY_SIZES, "relu", "he"), optax.sgd(0.1)
-    state = train.init_train_state(study.model_key(seed, 0), model, opt, STUDY_SIZES[:1])
+    sizes = study.StudyConfig().sizes  # the study's widths; the ends from the dataset entry
+    model, opt = mlp(sizes, "relu", "he"), optax.sgd(0.1)
+    state = train.init_train_state(study.model_key(seed, 0), model, opt, sizes[:1])
     return epoch_case(train.make_epoch_fn(model, opt, 32), state, x, y)
 
 

@@ -29,8 +29,6 @@ from jnn.layers.dense import Dense, DenseParams, dense_init
 
 MLPParams = list[DenseParams]
 
-STUDY_SIZES = (784, 256, 128, 64, 10)
-
 
 def init_mlp(
     key: Array, sizes: Sequence[int], init: str = "normal", dtype: Any = jnp.float32, **init_kwargs
@@ -47,7 +45,7 @@ def init_mlp(
 
 
 def mlp(
-    sizes: Sequence[int] = STUDY_SIZES,
+    sizes: Sequence[int],
     activation: str = "relu",
     init: str = "normal",
     dtype: Any = jnp.float32,

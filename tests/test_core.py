@@ -9,6 +9,7 @@ import pytest
 from jnn import mlp
 from jnn.core import Layer, apply, count_params, serial, stateless, value_and_grad
 from jnn.layers import Dense, ReLU, Sigmoid, Softmax, Tanh
+from jnn.study import StudyConfig
 from tests.gradcheck import assert_tree_close, layer_vjp_check
 
 
@@ -113,9 +114,10 @@ def _check_study_mlp(act, dtype):
 
 def test_study_mlp_keeps_the_original_key_convention():
     """init splits the key once per dense layer, so the study's weights did not move."""
-    model = mlp.mlp()
+    sizes = StudyConfig().sizes
+    model = mlp.mlp(sizes)
     _, params, _ = model.init(jax.random.key(0), (784,))
-    old = mlp.init_mlp(jax.random.key(0), mlp.STUDY_SIZES)
+    old = mlp.init_mlp(jax.random.key(0), sizes)
     assert len(params) == 7 and params[1] == params[3] == params[5] == ()
     for new, ref in zip(mlp.dense_params(params), old):
         np.testing.assert_array_equal(new["w"], ref["w"])

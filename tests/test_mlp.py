@@ -20,11 +20,13 @@ from hypothesis import strategies as st
 from jnn import core
 from jnn.activations import ACTIVATIONS
 from jnn.initializers import INITIALIZERS
-from jnn.mlp import STUDY_SIZES, dense_params, init_mlp, mlp
+from jnn.mlp import dense_params, init_mlp, mlp
+from jnn.study import StudyConfig
 from tests.gradcheck import assert_tree_close, rel_err
 
 ACTS = sorted(ACTIVATIONS)
 INITS = sorted(INITIALIZERS)
+STUDY_SIZES = StudyConfig().sizes  # (784, 256, 128, 64, 10)
 ARCHS = {"study": STUDY_SIZES, "odd": (3, 7, 1, 5), "single": (4, 3)}
 DTYPES = ("float32", "float64")
 

@@ -61,7 +61,7 @@ REFERENCE = "jnn_manual"
 
 def batch(ctx: Context, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """128 images (128, 28, 28, 1) float32 and labels from the run's training data (tiled)."""
-    x = np.resize(ctx.data["x_train"], (BATCH, 784)).reshape(BATCH, 28, 28, 1)
+    x = np.resize(ctx.data["x_train"], (BATCH, 28 * 28)).reshape(BATCH, 28, 28, 1)
     y = np.resize(ctx.data["y_train"], (BATCH,)).astype(np.int32)
     return np.ascontiguousarray(x, np.float32), y
 

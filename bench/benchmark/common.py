@@ -20,10 +20,11 @@ from bench.benchmark.config import BATCH_SIZE
 from experiments import harness
 from jnn import core
 from jnn.errors import InputError
-from jnn.mlp import STUDY_SIZES, mlp
+from jnn.mlp import mlp
+from jnn.study import StudyConfig
 from jnn.train import epoch_step, init_train_state
 
-SIZES: tuple[int, ...] = tuple(STUDY_SIZES)
+SIZES: tuple[int, ...] = StudyConfig().sizes  # the study's widths (ends: the dataset entry)
 LEARNING_RATE = 0.1
 ACTIVATION = "relu"
 INIT = "normal"
