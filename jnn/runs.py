@@ -68,8 +68,13 @@ class LoadedModel(NamedTuple):
 
 
 def select_model(c: study.StudyConfig, name: str | None, fields: dict[str, Any]) -> int:
-    """The index of the one model named ``name`` or matching every given field."""
+    """The index of the one model named ``name`` or matching every given field.
+
+    ``name`` is a model's full name (``"relu/normal/lr0.1/s0"``) or its leading parts
+    (``"relu"``, ``"relu/normal"``): enough to pick one model of the run, else refused."""
     specs = study.models(c)
+    if name is not None and (not isinstance(name, str) or not name.strip("/")):
+        raise InputError(f"a model name is a string such as 'relu/normal/lr0.1/s0', got {name!r}")
     unknown = set(fields) - set(study.ModelSpec._fields)
     if unknown:
         raise InputError(
@@ -78,7 +83,7 @@ def select_model(c: study.StudyConfig, name: str | None, fields: dict[str, Any])
     hits = [
         m
         for m, s in enumerate(specs)
-        if (name is None or s.name == name)
+        if (name is None or _name_matches(s.name, name))
         and all(getattr(s, k) == (float(v) if k == "lr" else v) for k, v in fields.items())
     ]
     if len(hits) != 1:
@@ -86,6 +91,13 @@ def select_model(c: study.StudyConfig, name: str | None, fields: dict[str, Any])
         what = "no model" if not hits else f"{len(hits)} models"
         raise InputError(f"{what} of this run match {name or fields}; the run has: {names}")
     return hits[0]
+
+
+def _name_matches(full: str, name: str) -> bool:
+    """``name``'s parts are the leading parts of ``full`` (``relu`` or ``relu/normal`` match
+    ``relu/normal/lr0.1/s0``; ``rel`` does not)."""
+    parts = name.strip("/").split("/")
+    return full.split("/")[: len(parts)] == parts
 
 
 def _epoch(store: CheckpointStore, c: study.StudyConfig, epoch: int | str) -> int:

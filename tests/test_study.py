@@ -250,6 +250,9 @@ def test_export_ships_the_first_seeds_bit_for_bit(tmp_path):
     [
         (dict(model="nope/normal/lr1/s0"), "no model of this run"),
         (dict(activation="relu"), "6 models of this run"),
+        (dict(model="relu"), "6 models of this run"),  # leading parts: still ambiguous here
+        (dict(model="rel"), "no model of this run"),  # parts, not characters
+        (dict(model=3), "a model name is a string"),
         (dict(activation="relu", init="zero", lr=0.05, seed=0, epoch="2"), "int or 'latest'"),
         (dict(activation="relu", init="zero", lr=0.05, seed=0, epoch=7), "no checkpoint of epoch"),
         (dict(colour="red"), "chosen by"),
