@@ -14,7 +14,7 @@ each with manual backprop and ``jax.grad``. ``--ops`` times the CNN's three conv
 (forward, input gradient, kernel gradient, as ``jnn.layers.conv`` writes them) once jitted and
 inside a ``fori_loop``, to find which one XLA:CPU slows down inside a loop. XLA options are taken
 from ``XLA_FLAGS`` (run the probe once per setting). Interleaved repetitions, medians
-(:mod:`experiments.timing`); every time is seconds per train step (or per conv). Writes
+(:mod:`jnn.timing`); every time is seconds per train step (or per conv). Writes
 probe.json and probe.md into ``--out`` (default ``runs/cnn_scan_probe``).
 """
 
@@ -29,7 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from experiments import harness, report, timing
+from experiments import harness, report
+from jnn import timing
 
 LOOPS = ("steps", "scan", "scan-unroll2", "fori")
 GRADIENTS = ("manual", "autodiff")

@@ -14,7 +14,7 @@ batch-32 SGD on synthetic data, as
 - ``map-k``: ``lax.map`` over the models, k at a time (``batch_size=k``): models in sequence
   inside one program, so each model's params stay in cache.
 
-Interleaved repetitions, medians (:mod:`experiments.timing`); the rate is model-epochs/s scaled
+Interleaved repetitions, medians (:mod:`jnn.timing`); the rate is model-epochs/s scaled
 to the study's 48,600-example epoch, and each variant's params after the epoch are compared with
 ``vmap``'s per model (the same arithmetic up to float32 summation order: see ``param_diffs``).
 One host device: this is about what one XLA program does with M models, not about sharding.
@@ -31,7 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from experiments import harness, report, timing
+from experiments import harness, report
+from jnn import timing
 from jnn.errors import InputError
 
 STUDY_EXAMPLES = 48_600

@@ -63,7 +63,7 @@ def _time_epochs(epoch: Any, state: Any, x: Any, y: Any, reps: int) -> dict[str,
     """first_epoch_s (incl. compile), then the median and min of ``reps`` further epochs."""
     import jax
 
-    from experiments.timing import Stopwatch, repeated, time_interleaved
+    from jnn.timing import Stopwatch, repeated, time_interleaved
 
     box = [state]
 

@@ -6,7 +6,7 @@
 The reference is a ``torch.nn`` stack in torchvision's ``vgg16().features`` layout holding the
 same weights as jnn's (:func:`torch_vgg16_features`), fed by the same resize and preprocessing
 written in torch (:func:`torch_runner`), run eagerly on the CPU. :func:`compare_throughput` times
-both pipelines over the same random gray images, interleaved (``experiments.timing``), after an
+both pipelines over the same random gray images, interleaved (``jnn.timing``), after an
 untimed warm-up batch each; ``bench.benchmark``'s ``vgg`` section uses
 :func:`feature_throughput`. Needs torch (optional); without it the command says so in one line.
 """
@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from experiments import harness, report, timing
-from jnn import features, vgg, vgg_weights
+from experiments import harness, report
+from jnn import features, timing, vgg, vgg_weights
 from jnn.errors import InputError
 
 BACKENDS = ("jnn", "torch")
@@ -72,7 +72,7 @@ def torch_runner(params: dict, size: int, fmt: str) -> tuple[Callable[[np.ndarra
 def throughput_case(
     params: dict, size: int, fmt: str, images: np.ndarray, batch_size: int, backend: str
 ) -> tuple[Callable[[int], None], str]:
-    """``case(calls)`` for ``experiments.timing``: one pass of frozen VGG16 feature extraction
+    """``case(calls)`` for ``jnn.timing``: one pass of frozen VGG16 feature extraction
     over ``images`` (after the first batch) per call, by ``backend`` "jnn" (``jnn.features``'
     jitted pipeline) or "torch" (:func:`torch_runner`). Returns (case, backend label)."""
     if backend == "jnn":

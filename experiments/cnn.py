@@ -56,8 +56,8 @@ from typing import Any
 
 import numpy as np
 
-from experiments import harness, lab, report, timing
-from jnn import config
+from experiments import harness, lab, report
+from jnn import config, timing
 from jnn.config import option
 
 QUICK_SUBSET = (384, 128, 128)  # train / val / test examples of --quick

@@ -29,9 +29,9 @@ from typing import Any
 import numpy as np
 
 from experiments import harness, lab, report, studies
-from experiments.timing import Stopwatch
 from jnn.config import option
 from jnn.study import StudyConfig
+from jnn.timing import Stopwatch
 
 QUICK = {"hidden": (32,), "subset": (256, 128, 128), "seeds": 2, "epochs": 2}
 

@@ -8,7 +8,7 @@ Writes ``results.json`` (every number), ``results.md`` (the tables a person read
 against jnn and the targets met or missed) and ``benchmark.png`` into ``--out``.
 
 Method: all implementations of a section run in one process, interleaved (A B C A B C ...),
-after a warm-up round (``experiments.timing.time_interleaved``); the median of the repetitions
+after a warm-up round (``jnn.timing.time_interleaved``); the median of the repetitions
 is reported, XLA compile time separately. Every timed call blocks until its result exists.
 
 One module per section (``ceiling``, ``train_epoch``, ``evaluation``, ``models_per_program``,

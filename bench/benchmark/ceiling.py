@@ -11,7 +11,7 @@ import numpy as np
 
 from bench.benchmark.common import MIN_SAMPLE_S, Context, rate_fields
 from bench.benchmark.config import Config
-from experiments.timing import compile_timed, repeated, time_interleaved
+from jnn.timing import compile_timed, repeated, time_interleaved
 
 CEILING_N = 2048
 

@@ -40,10 +40,10 @@ import optax
 
 from bench.benchmark.common import Context, add_time_vs
 from bench.benchmark.config import Config
-from experiments.timing import compile_timed, time_interleaved
 from jnn import core
 from jnn.conv_cost import recorded_conv_costs
 from jnn.layers.conv import conv_plans
+from jnn.timing import compile_timed, time_interleaved
 
 BATCH, LR = 128, 1e-3
 # PyTorch targets are judged only when other processes used at most this many cores on average

@@ -21,9 +21,9 @@ from bench.benchmark.common import (
     rate_fields,
 )
 from bench.benchmark.config import BATCH_SIZE, Config
-from experiments.timing import compile_timed, repeated, time_interleaved
 from jnn import core, reference
 from jnn.mlp import dense_params
+from jnn.timing import compile_timed, repeated, time_interleaved
 
 
 def _jnn_case(params: Any, x: Any) -> tuple[Callable[[int], None], float]:

@@ -21,7 +21,7 @@ from bench.benchmark.common import (
     train_flops_per_example,
 )
 from bench.benchmark.config import BATCH_SIZE, Config
-from experiments.timing import compile_timed, time_interleaved
+from jnn.timing import compile_timed, time_interleaved
 from jnn.train import make_epoch_fn
 
 BASELINE = "the faster of 1 model plain (train.make_epoch_fn) and 1 model vmapped"

@@ -26,9 +26,9 @@ from bench.benchmark.common import (
     train_flops_per_example,
 )
 from bench.benchmark.config import BATCH_SIZE, Config
-from experiments.timing import Stopwatch, compile_timed, repeated, time_interleaved
 from jnn import core, reference
 from jnn.mlp import dense_params
+from jnn.timing import Stopwatch, compile_timed, repeated, time_interleaved
 from jnn.train import make_epoch_fn
 
 REFERENCE = "jnn_scan_manual"

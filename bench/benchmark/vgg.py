@@ -25,11 +25,11 @@ from bench.benchmark.cnn import machine_load
 from bench.benchmark.common import Context
 from bench.benchmark.config import Config
 from bench.vgg_reference import feature_throughput
-from experiments.timing import Stopwatch, summarize
 from jnn import features, vgg
 from jnn.conv_cost import recorded_conv_costs
 from jnn.errors import InputError
 from jnn.layers.conv import record_plans
+from jnn.timing import Stopwatch, summarize
 
 SIZE, FMT = 32, "keras"
 PIPELINE = (
