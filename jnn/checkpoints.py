@@ -445,6 +445,43 @@ def _remove(path: Path) -> None:
             path.unlink()
 
 
+def _is_key(leaf: Any) -> bool:
+    """A typed PRNG key array (``jax.random.key``), concrete or abstract."""
+    dtype = getattr(leaf, "dtype", None)
+    return dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
+
+
+def _key_impl(leaf: Any) -> str:
+    """The PRNG implementation's name of a typed key leaf, also of a ShapeDtypeStruct (whose
+    impl ``jax.random.key_impl`` cannot read, so it is read while tracing)."""
+    found: list[str] = []
+    jax.eval_shape(lambda k: found.append(str(jax.random.key_impl(k))) or k, leaf)
+    return found[0]
+
+
+def _keys_as_data(tree: Any) -> Any:
+    """``tree`` with every typed key leaf as its raw ``uint32`` key data: orbax and numpy store
+    plain dtypes only; the data plus the template's impl rebuild the same keys bit for bit."""
+
+    def data(leaf: Any) -> Any:
+        if not _is_key(leaf):
+            return leaf
+        if isinstance(leaf, jax.ShapeDtypeStruct):
+            return jax.eval_shape(jax.random.key_data, leaf)
+        return jax.random.key_data(leaf)
+
+    return jax.tree.map(data, tree)
+
+
+def _data_as_keys(restored: Any, like: Any) -> Any:
+    """Inverse of :func:`_keys_as_data`: key data back into typed keys where ``like`` has them."""
+    return jax.tree.map(
+        lambda r, t: jax.random.wrap_key_data(r, impl=_key_impl(t)) if _is_key(t) else r,
+        restored,
+        like,
+    )
+
+
 def save_tree(
     path: str | os.PathLike,
     tree: Any,
@@ -480,6 +517,7 @@ def _save(
         )
     staging = _tmp_name(path)
     holds = {k: v for k, v in (("epoch", epoch), ("identity", identity)) if v is not None}
+    tree = _keys_as_data(tree)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with _SAVE_LOCK, _quiet_orbax():  # one save at a time per process (see CheckpointStore)
@@ -582,6 +620,7 @@ def _restore(
 ) -> Any:
     """:func:`restore_tree`, also refusing a step whose recorded epoch is not ``epoch``."""
     path = Path(path).expanduser().absolute()
+    template, like = like, _keys_as_data(like)
     manifest = _read_manifest(path)
     _check_holds(path, manifest, identity, epoch)
     _check_like(path, manifest, like)
@@ -594,7 +633,7 @@ def _restore(
     except Exception as err:  # files verified, so this is a storage or orbax failure
         raise CorruptCheckpointError(path, f"orbax could not read it: {_one_line(err)}") from err
     _check_leaves(path, restored, manifest)
-    return restored
+    return _data_as_keys(restored, template)
 
 
 def _is_finished(path: Path) -> bool:

@@ -58,6 +58,26 @@ def test_save_restore_roundtrip_bit_exact(tmp_path):
     assert restored["state"].key.dtype == np.uint32
 
 
+@pytest.mark.parametrize("impl", ["threefry2x32", "rbg"])
+def test_a_state_with_typed_keys_round_trips_to_the_same_keys(tmp_path, impl):
+    """train.py recommends jax.random.key(...): such a TrainState saves and restores (as key data
+    plus the template's impl), whether the template is concrete or abstract."""
+    model = mlp(SIZES, "relu", "glorot")
+    state = train.init_train_state(jax.random.key(3, impl=impl), model, optax.adam(1e-3), (100,))
+    assert jax.dtypes.issubdtype(state.key.dtype, jax.dtypes.prng_key)
+    with CheckpointStore(tmp_path / "keys") as store:
+        store.save(1, state)
+        store.wait()
+        for like in (state, jax.eval_shape(lambda: state)):
+            restored = store.restore(1, like)
+            assert restored.key.dtype == state.key.dtype
+            assert jax.random.key_impl(restored.key) == jax.random.key_impl(state.key)
+            np.testing.assert_array_equal(
+                jax.random.key_data(restored.key), jax.random.key_data(state.key)
+            )
+            assert _equal(restored.params, state.params)
+
+
 def test_rolling_keeps_only_newest_and_never_touches_chosen(tmp_path):
     tree = _tree()
     with CheckpointStore(tmp_path / "m") as store:
