@@ -455,7 +455,12 @@ def _key_impl(leaf: Any) -> str:
     """The PRNG implementation's name of a typed key leaf, also of a ShapeDtypeStruct (whose
     impl ``jax.random.key_impl`` cannot read, so it is read while tracing)."""
     found: list[str] = []
-    jax.eval_shape(lambda k: found.append(str(jax.random.key_impl(k))) or k, leaf)
+
+    def read(key: Any) -> Any:
+        found.append(str(jax.random.key_impl(key)))
+        return key
+
+    jax.eval_shape(read, leaf)
     return found[0]
 
 
