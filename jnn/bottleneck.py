@@ -15,19 +15,28 @@ layer's own forward run on an all-ones input with an all-ones kernel (each outpu
 number of its non-padding taps times C_in), so whatever padding and strides the layer uses are
 the ones counted. ``bias_adds``: one add per output element. XLA's CPU cost model counts a
 convolution as ``2 * valid_macs + bias_adds`` FLOPs (the tests check it).
+
+:func:`bottleneck_costs` answers the question: both :data:`NETWORKS` built, compiled and run on a
+batch, with the counts above per network, XLA's own FLOP count of the compiled forward, a
+measured forward time (interleaved repetitions, :mod:`jnn.timing`) and the network 1 / network 2
+ratios of each.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jnn import timing
+from jnn.conv_cost import compiled_flops
 from jnn.core import Layer, Shape, serial
+from jnn.errors import InputError
 from jnn.layers import Conv2D
 
 INPUT_SHAPE = (28, 28, 192)
@@ -114,3 +123,77 @@ def _init_shapes(layer: Layer, shape: Shape) -> tuple[Shape, Any, Any]:
 
     params, state = jax.eval_shape(init, jax.random.key(0))
     return box["out"], params, state
+
+
+NETWORKS: dict[str, Callable[[], list[Layer]]] = {
+    "Network 1 (5x5, 32)": direct_conv_layers,
+    "Network 2 (1x1, 16 -> 5x5, 32)": bottleneck_conv_layers,
+}
+
+
+def network_costs(
+    layers: Sequence[Layer], xb: jax.Array, seed: int = 0
+) -> tuple[dict[str, Any], Callable[[jax.Array], jax.Array]]:
+    """One network's counts per example for a batch ``xb`` (B, H, W, C), and its compiled
+    forward with the params bound. ``xla_flops`` is XLA's count for the batch divided by B (it
+    is linear in the batch); ``xla_flops_is_2valid_macs_plus_bias`` says whether it is exactly
+    2 * padding-free MACs + bias adds (true of XLA's CPU cost model)."""
+    if xb.ndim != 4:
+        raise InputError(f"xb must be a batch (B, H, W, C), got shape {tuple(xb.shape)}")
+    shape = tuple(int(d) for d in xb.shape[1:])
+    model, params = as_model(layers), numpy_params(layers, shape, seed)
+    states = ((),) * len(layers)
+    forward = jax.jit(lambda p, x: model.forward(p, states, x)[0])
+    compiled = forward.lower(params, xb).compile()
+    y = compiled(params, xb)
+    costs = [
+        dict(c, name=f"conv{c['kernel_shape'][0]}x{c['kernel_shape'][1]}")
+        for c in conv_costs(layers, shape)
+    ]
+    flops = compiled_flops(compiled) / xb.shape[0]
+    macs, valid, bias = (sum(c[k] for c in costs) for k in ("macs", "valid_macs", "bias_adds"))
+    net = {
+        "model": model.name,
+        "output_shape": tuple(y.shape[1:]),
+        "batch_output_shape": tuple(y.shape),
+        "params": sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(params)),
+        "macs": macs,
+        "valid_macs": valid,
+        "bias_adds": bias,
+        "xla_flops": flops,
+        "xla_flops_over_2macs": flops / (2 * macs),
+        "xla_flops_is_2valid_macs_plus_bias": flops == 2 * valid + bias,
+        "layers": costs,
+    }
+    return net, partial(compiled, params)
+
+
+def bottleneck_costs(seed: int = 0, batch: int = 8, repeats: int = 7) -> dict[str, Any]:
+    """Both :data:`NETWORKS` on a random (batch, 28, 28, 192) input: :func:`network_costs` per
+    network plus ``forward_median_s``, the median of ``repeats`` interleaved forward passes of
+    ``batch`` after two warm-up rounds, and ``ratio_network1_over_network2`` of params, MACs,
+    padding-free MACs, XLA FLOPs and forward time. Counts are exact; times depend on the machine.
+    """
+    for name, value, low in (("seed", seed, 0), ("batch", batch, 1), ("repeats", repeats, 1)):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
+            raise InputError(f"{name} must be an integer >= {low}, got {value!r}")
+    rng = np.random.default_rng(seed)
+    xb = jnp.asarray(rng.standard_normal((batch, *INPUT_SHAPE)), jnp.float32)
+    nets, fns = {}, {}
+    for name, build in NETWORKS.items():
+        nets[name], fn = network_costs(build(), xb, seed)
+        fns[name] = timing.repeated(lambda fn=fn: fn(xb).block_until_ready())
+    for name, t in timing.time_interleaved(fns, reps=repeats, warmup=2).items():
+        nets[name]["forward_median_s"] = t["median_s"]
+    n1, n2 = (nets[name] for name in NETWORKS)
+    ratios = {
+        key: n1[key] / n2[key]
+        for key in ("params", "macs", "valid_macs", "xla_flops", "forward_median_s")
+    }
+    return {
+        "input_shape": INPUT_SHAPE,
+        "batch": batch,
+        "repeats": repeats,
+        "networks": nets,
+        "ratio_network1_over_network2": ratios,
+    }

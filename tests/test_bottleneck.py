@@ -1,6 +1,7 @@
 """jnn.bottleneck: the Q2 networks built from jnn's Conv2D have the parameter and MAC counts
 tests/test_theory.py pins for the Flax networks, and compute the same function given the same
-weights (Flax's nn.Conv kernel is HWIO like Conv2D's)."""
+weights (Flax's nn.Conv kernel is HWIO like Conv2D's); network_costs and bottleneck_costs, the
+measurement the theory command reports, are checked directly, bad inputs included."""
 
 import math
 
@@ -11,13 +12,17 @@ import pytest
 
 from jnn.bottleneck import (
     INPUT_SHAPE,
+    NETWORKS,
     as_model,
     bottleneck_conv_layers,
+    bottleneck_costs,
     conv_costs,
     direct_conv_layers,
+    network_costs,
     numpy_params,
 )
 from jnn.conv_cost import BottleneckConv, DirectConv, numpy_init, xla_flops
+from jnn.errors import InputError
 from jnn.layers import Conv2D
 
 
@@ -94,3 +99,54 @@ def test_padding_free_macs_follow_strides_and_padding(strides, padding):
         )
     assert got == 2 * c["valid_macs"] + c["bias_adds"]
     assert (c["valid_macs"] == c["macs"]) == (padding == "VALID")
+
+
+def test_network_costs_of_a_small_network():
+    """Counts per example whatever the batch; the returned forward is the compiled model."""
+    layers = [Conv2D(4, 3, padding="SAME"), Conv2D(2, 1, padding="VALID")]
+    xb = jnp.asarray(np.random.default_rng(1).standard_normal((3, 6, 5, 2)), jnp.float32)
+    with ON_CPU:
+        net, forward = network_costs(layers, xb, seed=1)
+    assert net["output_shape"] == (6, 5, 2) and net["batch_output_shape"] == (3, 6, 5, 2)
+    assert net["params"] == (3 * 3 * 2 * 4 + 4) + (4 * 2 + 2)
+    assert net["macs"] == 6 * 5 * 4 * 3 * 3 * 2 + 6 * 5 * 2 * 4
+    assert [c["name"] for c in net["layers"]] == ["conv3x3", "conv1x1"]
+    assert net["xla_flops_is_2valid_macs_plus_bias"]
+    assert net["xla_flops"] == 2 * net["valid_macs"] + net["bias_adds"]
+    params = numpy_params(layers, (6, 5, 2), seed=1)
+    expected = as_model(layers).forward(params, ((), ()), xb)[0]
+    np.testing.assert_allclose(forward(xb), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_bottleneck_costs_answer_the_question():
+    with ON_CPU:
+        got = bottleneck_costs(seed=0, batch=1, repeats=1)
+    n1, n2 = (got["networks"][name] for name in NETWORKS)
+    assert (n1["params"], n2["params"]) == (153_632, 15_920)
+    assert (n1["macs"], n2["macs"]) == (120_422_400, 12_443_648)
+    assert (n1["xla_flops"], n2["xla_flops"]) == (220_668_416, 23_241_472)
+    assert n1["output_shape"] == n2["output_shape"] == (28, 28, 32)
+    assert n1["forward_median_s"] > 0 and n2["forward_median_s"] > 0
+    r = got["ratio_network1_over_network2"]
+    assert r["macs"] == pytest.approx(120_422_400 / 12_443_648)
+    assert r["forward_median_s"] == n1["forward_median_s"] / n2["forward_median_s"]
+    assert (got["batch"], got["repeats"], got["input_shape"]) == (1, 1, INPUT_SHAPE)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"batch": 0}, "batch must be an integer >= 1"),
+        ({"repeats": 2.0}, "repeats must be an integer >= 1"),
+        ({"seed": -1}, "seed must be an integer >= 0"),
+        ({"batch": True}, "batch must be an integer"),
+    ],
+)
+def test_bottleneck_costs_refuse_bad_inputs(kwargs, message):
+    with pytest.raises(InputError, match=message):
+        bottleneck_costs(**kwargs)
+
+
+def test_network_costs_refuse_an_unbatched_input():
+    with pytest.raises(InputError, match=r"xb must be a batch \(B, H, W, C\)"):
+        network_costs(direct_conv_layers(), jnp.zeros(INPUT_SHAPE))

@@ -1,4 +1,5 @@
-"""Issue 6: the theory answers. CE/KL identities with jnn.losses; conv costs from built layers."""
+"""Issue 6: the theory answers. jnn.theory's CE/KL checks (and the identities behind them, with
+jnn.losses); Flax conv costing (jnn.conv_cost); the experiments.theory command that renders both."""
 
 from __future__ import annotations
 
@@ -13,14 +14,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from experiments import report, theory
-from jnn import losses
-from jnn.conv_cost import (
-    conv_layer_costs,
-    count_params,
-    numpy_init,
-    xla_flops,
-)
+from experiments import theory
+from jnn import losses, workdir
+from jnn import theory as jtheory
+from jnn.bottleneck import NETWORKS
+from jnn.conv_cost import conv_layer_costs, count_params, numpy_init, xla_flops
+from jnn.errors import InputError
 
 DTYPES = ("float32", "float64")
 TOL = {"float32": 1e-6, "float64": 1e-12}
@@ -54,7 +53,7 @@ def test_identity_on_random_distributions(dtype: str) -> None:
         ce = losses.cross_entropy_rows(p, q)
         return ce, losses.entropy(p) + losses.kl_divergence(p, q), losses.cross_entropy(q, p)
 
-    x = theory.q1_inputs(seed=1, rows=128, classes=10)
+    x = jtheory.q1_inputs(seed=1, rows=128, classes=10)
     p, q = x["p"].astype(dtype), x["q"].astype(dtype)
     with jax.enable_x64(dtype == "float64"):
         ce, both, batch_mean = jax.device_get(compute(p, q))
@@ -75,7 +74,7 @@ def test_one_hot_cross_entropy_is_exactly_kl(dtype: str) -> None:
         return losses.entropy(p), losses.cross_entropy_rows(p, q), losses.kl_divergence(p, q), fused
 
     with jax.enable_x64(dtype == "float64"):
-        x = theory.q1_inputs(seed=2, rows=64, classes=10)
+        x = jtheory.q1_inputs(seed=2, rows=64, classes=10)
         h, ce, kl, fused = jax.device_get(compute(x["labels"], x["logits"].astype(dtype)))
     assert kl.dtype == dtype
     assert np.all(h == 0.0)  # H(one-hot) = 0 exactly
@@ -103,7 +102,7 @@ def test_smoothed_labels_constant_gap_and_equal_gradients(dtype: str) -> None:
         return jnp.mean(losses.entropy(smooth)), ces, kls, jax.grad(ce)(z0), jax.grad(kl)(z0)
 
     with jax.enable_x64(dtype == "float64"):
-        x = theory.q1_inputs(seed=3, rows=32, classes=classes)
+        x = jtheory.q1_inputs(seed=3, rows=32, classes=classes)
         h, ces, kls, g_ce, g_kl = jax.device_get(compute(x["labels"], x["logits"].astype(dtype)))
     assert float(h) > 0.4  # a real, non-zero gap
     # the gap is H(P) whatever the logits
@@ -129,24 +128,70 @@ def test_assumptions_zero_terms_and_support() -> None:
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_ce_kl_checks_report_within_tolerance(dtype: str) -> None:
     """What the CLI prints: every deviation within the stated tolerance, exact ones exactly 0."""
-    assert theory.TOLERANCE == TOL
-    got = theory.ce_kl_checks(0, dtype)
+    assert jtheory.TOLERANCE == TOL
+    got = jtheory.ce_kl_checks(0, dtype)
     for key in ("onehot_entropy", "onehot_ce_minus_kl", "random_batch_mean"):
         assert got[key] == 0.0, key
-    for key, _, _ in theory.Q1_ROWS:
-        if key != "smoothed_mean_entropy":
-            assert 0.0 <= got[key] <= TOL[dtype], (key, got[key])
+    assert set(jtheory.CHECKS) <= set(got)
+    assert set(jtheory.DEVIATIONS) == set(jtheory.CHECKS) - {"smoothed_mean_entropy"}
+    for key in jtheory.DEVIATIONS:
+        assert 0.0 <= got[key] <= TOL[dtype], (key, got[key])
     h = got["smoothed_mean_entropy"]  # -(0.91 log 0.91 + 9 * 0.01 log 0.01)
     expected = -(0.91 * np.log(0.91) + 9 * 0.01 * np.log(0.01))
     assert h == pytest.approx(expected, rel={"float32": 1e-5, "float64": 1e-12}[dtype])
     np.testing.assert_allclose(got["smoothed_gaps"], h, atol=10 * TOL[dtype])
 
 
+def test_q1_inputs_shapes_zeros_and_seed() -> None:
+    x = jtheory.q1_inputs(seed=5, rows=7, classes=3)
+    assert {k: v.shape for k, v in x.items()} == dict.fromkeys(
+        ("p", "q", "logits", "shift"), (7, 3)
+    ) | {"labels": (7,)}
+    np.testing.assert_allclose(x["p"].sum(-1), 1.0)
+    np.testing.assert_allclose(x["q"].sum(-1), 1.0)
+    assert np.all(x["p"][:, 0] > 0) and np.all(x["q"] > 0) and x["labels"].max() < 3
+    np.testing.assert_array_equal(jtheory.q1_inputs(5, 7, 3)["p"], x["p"])  # seeded
+    assert not np.array_equal(jtheory.q1_inputs(6, 7, 3)["p"], x["p"])
+
+
+def test_smoothing_sets_the_gap() -> None:
+    """The CE - KL gap is H(smoothed one-hot), which grows with eps (float64, so exact to 1e-12)."""
+    got = {eps: jtheory.ce_kl_checks(1, "float64", 16, 4, eps) for eps in (0.05, 0.3)}
+    for eps, checks in got.items():
+        high, low = 1 - eps + eps / 4, eps / 4
+        expected = -(high * np.log(high) + 3 * low * np.log(low))
+        assert checks["smoothed_mean_entropy"] == pytest.approx(expected, rel=1e-12)
+    assert got[0.3]["smoothed_mean_entropy"] > got[0.05]["smoothed_mean_entropy"]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"dtype": "float16"}, "dtype must be one of float32, float64"),
+        ({"eps": 1.0}, r"eps \(label smoothing\) must be a float in \(0, 1\)"),
+        ({"eps": 0}, "eps"),
+        ({"rows": 0}, "rows must be an integer >= 1"),
+        ({"classes": 1}, "classes must be an integer >= 2"),
+        ({"seed": -1}, "seed must be an integer >= 0"),
+        ({"rows": 2.5}, "rows must be an integer"),
+        ({"classes": True}, "classes must be an integer"),
+    ],
+)
+def test_ce_kl_checks_refuse_bad_inputs(kwargs: dict, message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        jtheory.ce_kl_checks(**kwargs)
+
+
+def test_q1_inputs_refuse_bad_sizes() -> None:
+    with pytest.raises(InputError, match="classes must be an integer >= 2"):
+        jtheory.q1_inputs(0, 4, 1)
+
+
 # --------------------------------------------------------------------- Q2: bottleneck cost
 
-# The Q2 networks themselves (counts, padding-free MACs, XLA's FLOPs, the same function as Flax's
-# nn.Conv) are tested on the jnn layers the CLI builds in tests/test_bottleneck.py; here the
-# general Flax conv costing of jnn.conv_cost.
+# The Q2 networks themselves and their measurement (counts, padding-free MACs, XLA's FLOPs, the
+# same function as Flax's nn.Conv, bottleneck_costs) are tested in tests/test_bottleneck.py; here
+# the general Flax conv costing of jnn.conv_cost.
 
 # XLA's cost model is backend-specific; the exact relation below is the CPU one, so the tests that
 # depend on it compile for the CPU even where an accelerator is the default device.
@@ -211,7 +256,7 @@ def test_cli_writes_theory_md_and_json(tmp_path, capsys) -> None:
             assert number in text, number
     assert "H(P,Q) = H(P) + KL(P||Q)" in md and "0 log 0 = 0" in md
     data = json.loads((out / "theory.json").read_text())
-    n1, n2 = (data["q2"]["networks"][k] for k in theory.NETWORKS)
+    n1, n2 = (data["q2"]["networks"][k] for k in NETWORKS)
     assert (n1["params"], n2["params"]) == (153_632, 15_920)
     assert (n1["macs"], n2["macs"]) == (120_422_400, 12_443_648)
     assert n1["output_shape"] == n2["output_shape"] == [28, 28, 32]
@@ -229,7 +274,7 @@ def test_out_folder_reuse_and_refusal(tmp_path) -> None:
         (out / name).write_text("old")
     assert theory.regenerable(str(out), overwrite=False)  # only our files: regenerated in place
     (out / "results.json").write_text("{}")  # someone else's run
-    with pytest.raises(report.RunDirError, match="--overwrite"):
+    with pytest.raises(workdir.RunDirError, match="--overwrite"):
         theory.regenerable(str(out), overwrite=False)
     assert theory.cli(["--out", str(out)]) == 2  # one-line error, no traceback
     assert not theory.regenerable(str(out), overwrite=True)
