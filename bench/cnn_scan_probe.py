@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from experiments import harness, report
-from jnn import timing
+from jnn import timing, workdir
 
 LOOPS = ("steps", "scan", "scan-unroll2", "fori")
 GRADIENTS = ("manual", "autodiff")
@@ -366,8 +366,8 @@ def console(result: dict[str, Any]) -> str:
 
 
 def render(result: dict[str, Any], run_dir: Path) -> list[Path]:
-    report.write_json(run_dir / "probe.json", result)
-    report.write_text_atomic(run_dir / "probe.md", console(result))
+    workdir.write_json(run_dir / "probe.json", result)
+    workdir.write_text_atomic(run_dir / "probe.md", console(result))
     return [run_dir / "probe.json", run_dir / "probe.md"]
 
 

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from experiments import harness, report
-from jnn import timing
+from jnn import timing, workdir
 from jnn.errors import InputError
 
 STUDY_EXAMPLES = 48_600
@@ -202,8 +202,8 @@ def markdown(result: dict[str, Any]) -> str:
 def render(result: dict[str, Any], out: str | Path) -> list[Path]:
     """probe.json and probe.md in ``out``."""
     out = Path(out)
-    report.write_json(out / "probe.json", result)
-    report.write_text_atomic(out / "probe.md", markdown(result))
+    workdir.write_json(out / "probe.json", result)
+    workdir.write_text_atomic(out / "probe.md", markdown(result))
     return [out / "probe.json", out / "probe.md"]
 
 

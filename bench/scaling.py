@@ -375,7 +375,7 @@ def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
 
 def render(result: dict[str, Any], run_dir: Path) -> list[Path]:
     """results.json and results.md (the summary table) in ``run_dir``."""
-    from experiments.report import write_json, write_text_atomic
+    from jnn.workdir import write_json, write_text_atomic
 
     md = "# jnn.parallel scaling\n\n" + markdown(result)
     return [

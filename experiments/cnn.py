@@ -57,7 +57,7 @@ from typing import Any
 import numpy as np
 
 from experiments import harness, lab, report
-from jnn import config, timing
+from jnn import config, timing, workdir
 from jnn.config import option
 
 QUICK_SUBSET = (384, 128, 128)  # train / val / test examples of --quick
@@ -293,8 +293,8 @@ def plot_curves(path: Path, result: dict[str, Any]) -> Path:
 
 def render(result: dict[str, Any], run_dir: Path) -> list[Path]:
     """Write results.json, results.md and curves.png into ``run_dir``."""
-    report.write_json(run_dir / "results.json", result)
-    report.write_text_atomic(run_dir / "results.md", results_markdown(result))
+    workdir.write_json(run_dir / "results.json", result)
+    workdir.write_text_atomic(run_dir / "results.md", results_markdown(result))
     return [
         run_dir / "results.json",
         run_dir / "results.md",

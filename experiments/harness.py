@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, NoReturn
 
 from experiments import report
+from jnn import workdir
 from jnn.config import ConfigError
 from jnn.errors import InputError
 
@@ -61,7 +62,7 @@ def default_out(name: str, *suffixes: str) -> str:
 
 def stamp() -> dict[str, Any]:
     """The one place for what ran a result: package versions and the device/CPU/env stamps."""
-    return {"versions": report.versions(), "device": report.device_info()}
+    return {"versions": workdir.versions(), "device": workdir.device_info()}
 
 
 def exit_code(result: dict[str, Any]) -> int:
@@ -76,7 +77,7 @@ def execute(exp: Experiment, argv: Sequence[str] | None = None) -> int:
     line that says how to continue (:func:`interrupted_line`)."""
     t0 = time.perf_counter()
     cfg = exp.parse(argv)
-    run_dir = report.prepare_run_dir(
+    run_dir = workdir.prepare_run_dir(
         cfg.out,
         resume=getattr(cfg, "resume", False),
         overwrite=getattr(cfg, "overwrite", False),
@@ -248,11 +249,11 @@ def stored_run(out: str, identity: dict[str, Any], study: str) -> dict[str, Any]
     import json
 
     path = Path(out).expanduser().resolve()
-    if not path.is_dir() or not any(p.name not in report.BOOKKEEPING for p in path.iterdir()):
+    if not path.is_dir() or not any(p.name not in workdir.BOOKKEEPING for p in path.iterdir()):
         return None
     run_json = path / "run.json"
     if not run_json.is_file():
-        raise report.RunDirError(
+        raise workdir.RunDirError(
             f"--resume: {path} holds no run.json, so it is not a run of {study}"
         )
     try:
@@ -260,13 +261,13 @@ def stored_run(out: str, identity: dict[str, Any], study: str) -> dict[str, Any]
         have = stored["identity"]
         differ = [k for k in identity if have.get(k) != _json_plain(identity[k])]
     except (ValueError, KeyError, TypeError, AttributeError) as err:
-        raise report.RunDirError(f"--resume: {run_json} is unreadable ({err})") from None
+        raise workdir.RunDirError(f"--resume: {run_json} is unreadable ({err})") from None
     if differ:
         what = "; ".join(
             f"--{k.replace('_', '-')}: run has {have.get(k)!r}, now {_json_plain(identity[k])!r}"
             for k in differ
         )
-        raise report.RunDirError(
+        raise workdir.RunDirError(
             f"--resume with a different config than the checkpointed run in {path} ({what})"
         )
     return stored

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from experiments import harness, lab, report, studies
+from jnn import workdir
 from jnn.config import option
 from jnn.study import StudyConfig
 from jnn.timing import Stopwatch
@@ -237,8 +238,8 @@ def render(results: dict[str, Any], out: str | Path) -> list[Path]:
     from experiments import grid_plots
 
     out = Path(out)
-    report.write_json(out / "results.json", results)
-    report.write_text_atomic(out / "results.md", results_markdown(results))
+    workdir.write_json(out / "results.json", results)
+    workdir.write_text_atomic(out / "results.md", results_markdown(results))
     plots = grid_plots.plot_grid(out, results, results["config"]["save_at"])
     return [out / "results.json", out / "results.md", *plots]
 

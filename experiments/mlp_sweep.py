@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments import harness, lab, report, studies
-from jnn import reference
+from jnn import reference, workdir
 from jnn.config import ConfigError, option
 from jnn.study import StudyConfig
 
@@ -230,8 +230,8 @@ def results_markdown(result: dict[str, Any]) -> str:
 def render(result: dict[str, Any], run_dir: Path) -> list[Path]:
     """results.json, results.md and the curves, from ``result`` alone."""
     paths = studies.plot_curves(result, Path(run_dir))
-    paths.append(report.write_json(Path(run_dir) / "results.json", result))
-    paths.append(report.write_text_atomic(Path(run_dir) / "results.md", results_markdown(result)))
+    paths.append(workdir.write_json(Path(run_dir) / "results.json", result))
+    paths.append(workdir.write_text_atomic(Path(run_dir) / "results.md", results_markdown(result)))
     return paths
 
 

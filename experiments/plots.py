@@ -111,9 +111,9 @@ def _seeds(history: Mapping[str, Any]) -> int:
 
 def save_figure(fig: Figure, path: Path) -> Path:
     """Render ``fig`` with Agg and write it to ``path`` as a PNG, atomically: a temporary file,
-    then a rename (``report.write_atomic``), so a full disk or a read-only folder leaves no
-    half-written PNG (and no temporary file) and is one ``report.StorageError`` line."""
-    from experiments.report import write_atomic
+    then a rename (``jnn.workdir.write_atomic``), so a full disk or a read-only folder leaves
+    no half-written PNG (and no temporary file) and is one ``jnn.workdir.StorageError`` line."""
+    from jnn.workdir import write_atomic
 
     FigureCanvasAgg(fig)
     return write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))

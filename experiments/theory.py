@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments import harness, lab, report
-from jnn import config
+from jnn import config, workdir
 from jnn.bottleneck import NETWORKS, bottleneck_costs
 from jnn.config import option
 from jnn.theory import ASSUMPTIONS, CHECKS, TOLERANCE, ce_kl_checks
@@ -205,10 +205,10 @@ def regenerable(out: str, overwrite: bool) -> bool:
     path = Path(out).expanduser().resolve()
     if not path.is_dir() or overwrite:
         return False
-    mine = set(OUTPUT_FILES) | report.BOOKKEEPING
+    mine = set(OUTPUT_FILES) | workdir.BOOKKEEPING
     foreign = sorted(p.name for p in path.iterdir() if p.name not in mine)
     if foreign:
-        raise report.RunDirError(
+        raise workdir.RunDirError(
             f"output folder {path} holds files this command did not write "
             f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}); "
             "pass --overwrite to replace the folder, or another --out"
@@ -255,8 +255,8 @@ def run(inv: lab.Invocation, run_dir: Path | None = None) -> dict[str, Any]:
 
 def render(result: dict[str, Any], run_dir: Path) -> list[Path]:
     """theory.json and theory.md in ``run_dir``."""
-    report.write_json(run_dir / "theory.json", result)
-    report.write_text_atomic(run_dir / "theory.md", render_markdown(result))
+    workdir.write_json(run_dir / "theory.json", result)
+    workdir.write_text_atomic(run_dir / "theory.md", render_markdown(result))
     return [run_dir / name for name in ("theory.json", "theory.md")]
 
 

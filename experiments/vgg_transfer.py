@@ -30,7 +30,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from experiments import harness, lab, report
-from jnn import config, core, features, runs, vgg, vgg_weights
+from jnn import config, core, features, runs, vgg, vgg_weights, workdir
 from jnn.checkpoints import CheckpointError
 from jnn.config import ConfigError, option
 from jnn.data import CLASS_NAMES, load_fashion_mnist, split_indices, take_stratified
@@ -312,8 +312,8 @@ def render_markdown(r: dict[str, Any]) -> str:
 def render(result: dict[str, Any], run_dir: Path) -> list[Path]:
     """results.json, results.md and confusion_matrix.png, from ``result`` alone."""
     paths = [Path(run_dir) / name for name in OUTPUT_FILES]
-    report.write_json(paths[0], result)
-    report.write_text_atomic(paths[1], render_markdown(result))
+    workdir.write_json(paths[0], result)
+    workdir.write_text_atomic(paths[1], render_markdown(result))
     title = f"{result['title']}\ntest accuracy {result['accuracy']:.4f}"
     plot_confusion(np.asarray(result["confusion_matrix"]), title, paths[2])
     return paths

@@ -62,6 +62,7 @@ from jnn.errors import InputError
 from jnn.layers.dense import Dense
 from jnn.layers.select import SelectActivation
 from jnn.mlp import mlp
+from jnn.workdir import StorageError, stamps, write_json
 
 FORMAT = "jnn.study/1"
 HISTORY_KEYS = train.HISTORY_KEYS  # train_loss, train_accuracy, val_loss, val_accuracy
@@ -373,42 +374,6 @@ class RunError(InputError):
     """A run folder that cannot be used as asked (foreign, edited, another config, gaps)."""
 
 
-def _git(*args: str) -> str | None:
-    import subprocess
-
-    try:
-        out = subprocess.run(
-            ["git", *args], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
-
-
-def stamps() -> dict[str, Any]:
-    """What made a run: jnn's version, its git commit and dirty flag (None outside a
-    checkout), the command line and the start time (UTC)."""
-    import sys
-    from datetime import datetime, timezone
-
-    from jnn import __version__
-
-    status = _git("status", "--porcelain", "--untracked-files=no")
-    return {
-        "jnn_version": __version__,
-        "git_commit": _git("rev-parse", "HEAD"),
-        "git_dirty": None if status is None else bool(status),
-        "command": list(sys.argv),
-        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, allow_nan=False) + "\n")
-    os.replace(tmp, path)
-
-
 def read_run(workdir: str | os.PathLike) -> dict[str, Any]:
     """``run.json`` of a study run folder; one-line :class:`RunError` when it is not one."""
     path = Path(workdir).expanduser() / RUN_JSON
@@ -616,8 +581,8 @@ def _remember_layout(key: str, layout: str) -> None:
     path = layout_cache_path()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        _write_json(path, {**_layout_cache(), key: layout})
-    except OSError:
+        write_json(path, {**_layout_cache(), key: layout}, indent=1)
+    except (OSError, StorageError):
         pass
 
 
@@ -703,7 +668,7 @@ def _evaluate_saved(
 
 def _record_run(c: StudyConfig, workdir: Path, layout: str, seconds: dict) -> None:
     """run.json: the format, the config, its identity, the models, the layout, the stamps."""
-    _write_json(
+    write_json(
         workdir / RUN_JSON,
         {
             "format": FORMAT,
@@ -714,6 +679,7 @@ def _record_run(c: StudyConfig, workdir: Path, layout: str, seconds: dict) -> No
             "layout_seconds": seconds,
             "stamps": stamps(),
         },
+        indent=1,
     )
 
 
@@ -793,5 +759,5 @@ def export(
     _record_run(small, out, src.get("layout", c.layout), {})
     run = read_run(out)
     run["exported_from"] = {"run": str(Path(workdir)), "stamps": src.get("stamps"), "seeds": seeds}
-    _write_json(out / RUN_JSON, run)
+    write_json(out / RUN_JSON, run, indent=1)
     return out

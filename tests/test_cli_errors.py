@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 
 from bench import benchmark
-from experiments import mlp_sweep, report, theory, vgg_transfer
+from experiments import mlp_sweep, theory, vgg_transfer
+from jnn import workdir
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -183,7 +184,7 @@ CASES = [
          "is unreadable"),
     Case("overwrite-users-folder", users_folder("--overwrite"), "never deletes files"),
     Case("overwrite-users-folder-with-a-lock", lambda t, d: (users_folder("--overwrite")(t, d),
-         (t / "out" / report.LOCK_FILE).touch())[0], "never deletes files"),
+         (t / "out" / workdir.LOCK_FILE).touch())[0], "never deletes files"),
     Case("out-under-a-file", out_under_file, "which is a file"),
     vgg_case("vgg-nan-lr", ("--lr", "nan"), "--lr must be a positive finite number"),
     vgg_case("vgg-inf-lr", ("--lr", "inf"), "--lr must be a positive finite number"),
@@ -294,31 +295,31 @@ def test_overwrite_never_deletes_the_users_files(tmp_path, fashion_dir):
 
 
 def test_overwrite_replaces_a_jnn_run(tmp_path):
-    out = report.prepare_run_dir(tmp_path / "out")
+    out = workdir.prepare_run_dir(tmp_path / "out")
     (out / "results.json").write_text("{}")
-    report.release_run_dirs()
-    assert report.prepare_run_dir(out, overwrite=True) == out
-    assert not (out / "results.json").exists() and (out / report.RUN_MARKER).is_file()
-    report.release_run_dirs()
+    workdir.release_run_dirs()
+    assert workdir.prepare_run_dir(out, overwrite=True) == out
+    assert not (out / "results.json").exists() and (out / workdir.RUN_MARKER).is_file()
+    workdir.release_run_dirs()
 
 
 def test_a_second_run_on_the_same_folder_is_refused(tmp_path):
     """Two runs on one --out corrupted each other: a lock held by the first refuses the second."""
     out = tmp_path / "out"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from experiments import report; "
-         f"report.prepare_run_dir({str(out)!r}); print('locked', flush=True); time.sleep(60)"],
+        [sys.executable, "-c", "import sys, time; from jnn import workdir; "
+         f"workdir.prepare_run_dir({str(out)!r}); print('locked', flush=True); time.sleep(60)"],
         cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
         assert holder.stdout.readline().strip() == "locked"
-        with pytest.raises(report.RunDirError, match="in use by another running jnn process"):
-            report.prepare_run_dir(out, resume=True)
+        with pytest.raises(workdir.RunDirError, match="in use by another running jnn process"):
+            workdir.prepare_run_dir(out, resume=True)
     finally:
         holder.kill()
         holder.wait()
-    assert report.prepare_run_dir(out, resume=True) == out.resolve()  # free once it ended
-    report.release_run_dirs()
+    assert workdir.prepare_run_dir(out, resume=True) == out.resolve()  # free once it ended
+    workdir.release_run_dirs()
 
 
 def test_a_refused_run_leaves_no_stub(tmp_path, fashion_dir, capsys):
@@ -326,8 +327,8 @@ def test_a_refused_run_leaves_no_stub(tmp_path, fashion_dir, capsys):
     folder again when it holds nothing but jnn's own bookkeeping."""
     (tmp_path / "empty").mkdir()
     argv = [*sweep()(tmp_path, fashion_dir)[:-2], "--data-dir", str(tmp_path / "empty")]
-    report.prepare_run_dir(tmp_path / "out")  # as the sweep does before reading the data
-    report._CREATED.add((tmp_path / "out").resolve())
+    workdir.prepare_run_dir(tmp_path / "out")  # as the sweep does before reading the data
+    workdir._CREATED.add((tmp_path / "out").resolve())
     assert mlp_sweep.main(argv) == 2
     assert not (tmp_path / "out").exists()
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from experiments import harness, report
+from experiments import harness
+from jnn import workdir
 from jnn.errors import InputError
 
 
@@ -30,14 +31,14 @@ def _parse(argv):
 
 
 def _run(cfg, run_dir: Path):
-    assert run_dir.is_dir() and (run_dir / report.RUN_MARKER).is_file()  # taken before run
+    assert run_dir.is_dir() and (run_dir / workdir.RUN_MARKER).is_file()  # taken before run
     if cfg.fail_in_run:
         raise InputError("the toy's data are missing")
     return {"status": cfg.status, "value": 1.5}
 
 
 def _render(result, run_dir: Path):
-    return [report.write_json(run_dir / "results.json", result)]
+    return [workdir.write_json(run_dir / "results.json", result)]
 
 
 TOY = harness.Experiment("toy", _parse, _run, _render, lambda r: f"value {r['value']}")

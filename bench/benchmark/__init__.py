@@ -53,7 +53,7 @@ from bench.benchmark.config import BATCH_SIZE, NAME, SECTIONS, Config, parse
 from bench.benchmark.render import OUTPUT_FILES, render, render_markdown
 from bench.benchmark.targets import targets
 from experiments import harness
-from experiments.report import RunDirError
+from jnn.workdir import RunDirError
 
 # run order: the ceiling first (the others divide by it)
 MEASURES: dict[str, Callable[[Config, Context], dict[str, Any]]] = {

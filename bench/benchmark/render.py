@@ -14,7 +14,8 @@ from bench.benchmark.common import (
     forward_flops_per_example,
     train_flops_per_example,
 )
-from experiments.report import markdown_table, write_json, write_text_atomic
+from experiments.report import markdown_table
+from jnn.workdir import write_json, write_text_atomic
 
 OUTPUT_FILES = ("results.json", "results.md", "benchmark.png")
 QUICK_NOTE = "QUICK run (smoke test, not for quoting)."
