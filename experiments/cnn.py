@@ -122,6 +122,7 @@ def parse(argv: Sequence[str] | None) -> lab.Invocation:
         "by jax.grad side by side; report test accuracy and the epoch-time ratio.",
         quick=QUICK,
         epilog="Exit codes: 0 done, 2 bad input, 3 a network diverged (see results.json).",
+        resume=False,  # the twins' epochs alternate in one process: a run starts afresh
     )
 
 
@@ -286,7 +287,7 @@ def plot_curves(path: Path, result: dict[str, Any]) -> Path:
         ax.legend(fontsize="small")
     quick = " (subset)" if result["config"]["subset"] else ""
     fig.suptitle(f"CNN on Fashion-MNIST{quick}: manual backprop vs jax.grad, same init and keys")
-    from experiments.plots import save_figure
+    from jnn.plots import save_figure
 
     return save_figure(fig, path)
 

@@ -112,9 +112,11 @@ def build_parser(
     quick: dict[str, Any],
     epilog: str,
     default_out: Callable[[Any, bool], str] | None = None,
+    resume: bool = True,
 ) -> argparse.ArgumentParser:
     """The parser of ``cls``: one flag per field (default None = "not given") plus the run
-    options; values stay text until :func:`parse` converts them."""
+    options (``--resume`` only where the experiment can continue a run); values stay text
+    until :func:`parse` converts them."""
     p = harness.parser(name, description=description, epilog=epilog)
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
@@ -125,7 +127,7 @@ def build_parser(
             p.add_argument(opt, dest=f.name, action="store_const", const=on, help=text)
         else:
             p.add_argument(flag(f.name), dest=f.name, metavar=f.name.upper(), help=text)
-    harness.add_output_flags(p, name, resume=True)
+    harness.add_output_flags(p, name, resume=resume)
     if default_out is not None:
         out = next(a for a in p._actions if "--out" in a.option_strings)
         out.help = (
@@ -178,9 +180,13 @@ def parse(
     quick: dict[str, Any],
     default_out: Callable[[Any, bool], str] | None = None,
     epilog: str = harness.EXIT_CODES,
+    resume: bool = True,
 ) -> Invocation:
-    """Command line -> :class:`Invocation`; ``--print-config`` prints and exits 0."""
-    args = build_parser(cls, name, description, quick, epilog, default_out).parse_args(argv)
+    """Command line -> :class:`Invocation`; ``--print-config`` prints and exits 0. ``resume``:
+    whether the experiment can continue a run (else it has no ``--resume`` flag)."""
+    parser = build_parser(cls, name, description, quick, epilog, default_out, resume)
+    args = parser.parse_args(argv)
+    args.resume = getattr(args, "resume", False)
     if args.resume and args.overwrite:
         raise InputError("--resume and --overwrite contradict each other; pick one")
     config = resolve(cls, args, quick)

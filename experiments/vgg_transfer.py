@@ -119,9 +119,8 @@ def parse(argv: Sequence[str] | None) -> lab.Invocation:
         epilog="Without network access, download the weight file elsewhere and pass it with "
         "--weights PATH (converted once, then cached as an orbax checkpoint in --cache-dir). "
         "Exit codes: 0 done, 2 bad input, 3 the head diverged (see results.json).",
+        resume=False,  # the features live in memory only: a run starts from its beginning
     )
-    if inv.resume:  # the features live in memory only: a run starts from its beginning
-        raise InputError("vgg_transfer cannot --resume; rerun with --overwrite")
     return inv
 
 
@@ -253,7 +252,7 @@ def plot_confusion(cm: np.ndarray, title: str, path: Path) -> Path:
     """The row-normalised confusion matrix with the counts written in its cells."""
     from matplotlib.figure import Figure
 
-    from experiments.plots import save_figure
+    from jnn.plots import save_figure
 
     fig = Figure(figsize=(8, 7), layout="tight")
     ax = fig.subplots()

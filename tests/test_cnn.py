@@ -72,3 +72,12 @@ def test_explicit_transpose_kernel_gradient_is_bit_identical(strides, padding, n
     (want, want_dx), (got, got_dx) = both(params, x, dy)
     for a, b in ((got["w"], want["w"]), (got["b"], want["b"]), (got_dx, want_dx)):
         np.testing.assert_array_equal(a, b)
+
+
+def test_it_has_no_resume_flag_since_a_run_cannot_be_continued(capsys, tmp_path):
+    """A --resume it could not honour would start afresh silently: argparse refuses it."""
+    with pytest.raises(SystemExit) as exit_:
+        cnn.main(["--resume", "--out", str(tmp_path / "x")])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "unrecognized arguments: --resume" in err
+    assert err.count("\n") == 1 and not (tmp_path / "x").exists()

@@ -211,7 +211,6 @@ def test_every_earlier_flag_keeps_its_meaning(capsys, tmp_path):
     "argv, message",
     [
         (["--standardize", "--no-standardize"], "--standardize is the default"),
-        (["--resume"], "cannot --resume"),
         (["--size", "16"], "--size must be an integer in [32,"),
         (["--devices", "3"], "--batch-size 128 must divide by --devices"),
         (["--weights", "nope.h5"], "--weights nope.h5: no such file"),
@@ -239,3 +238,12 @@ def test_stratified_subsets_refuse_a_bad_size():
     for bad in (0, -1, 2.5, True):
         with pytest.raises(InputError, match="positive number of examples"):
             take_stratified(idx, labels, bad)
+
+
+def test_it_has_no_resume_flag_since_a_run_cannot_be_continued(capsys, tmp_path):
+    """A --resume it could not honour would start afresh silently: argparse refuses it."""
+    with pytest.raises(SystemExit) as exit_:
+        vgg_transfer.main(["--resume", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "unrecognized arguments: --resume" in err
+    assert err.count("\n") == 1 and not (tmp_path / "o").exists()
