@@ -61,9 +61,6 @@ def q2_table(q2: dict[str, Any]) -> str:
     return report.markdown_table(headers, rows)
 
 
-# ----------------------------------------------------------------------------- report / CLI
-
-
 def _xla_sentence(n1: dict[str, Any], n2: dict[str, Any], backend: str) -> str:
     """The XLA-count bullet; claims the exact relation only where this run's numbers hold it."""
     head = (
@@ -262,11 +259,9 @@ def render(result: dict[str, Any], run_dir: Path) -> list[Path]:
 
 def console(result: dict[str, Any]) -> str:
     """The two tables, as printed at the end."""
+    q1, q2 = q1_table(result["q1"]), q2_table(result["q2"])
     return (
-        "Q1: cross-entropy vs KL divergence\n\n"
-        + q1_table(result["q1"])
-        + "\nQ2: 1x1 bottleneck convolution cost\n\n"
-        + q2_table(result["q2"])
+        f"Q1: cross-entropy vs KL divergence\n\n{q1}\nQ2: 1x1 bottleneck convolution cost\n\n{q2}"
     )
 
 
