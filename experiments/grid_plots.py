@@ -1,5 +1,6 @@
 """Figures of the MLP grid (``experiments.mlp_grid``): a heatmap of mean test accuracy per cell
-and validation curves with +-1 std bands over seeds, in the style of ``experiments.plots``.
+and validation curves with +-1 std bands over seeds, in the style of ``experiments.plots``
+(drawn with :mod:`jnn.plots`).
 
 Input is the grid's results dict (results.json): ``cells`` with per-save-epoch stats and
 ``models`` with per-model histories (NaN/None from a model's divergence on).
@@ -15,7 +16,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from experiments.plots import _mean_std, save_figure, write_on_panel
+from jnn.plots import mean_std_curves, save_figure, write_on_panel
 
 INIT_COLORS = ("tab:gray", "tab:orange", "tab:blue", "tab:green", "tab:purple", "tab:brown")
 
@@ -93,7 +94,7 @@ def _histories(results: dict[str, Any], activation: str, init: str, lr: float) -
 
 
 def _draw_band(ax: Any, values: np.ndarray, color: str) -> None:
-    mean, std = _mean_std(values)
+    mean, std = mean_std_curves(values)
     epochs = np.arange(1, len(mean) + 1)
     ax.plot(epochs, mean, color=color, marker="o" if len(mean) < 15 else None, ms=3)
     ax.fill_between(epochs, mean - std, mean + std, color=color, alpha=0.2, linewidth=0)
@@ -105,7 +106,7 @@ def _chance_note(ax: Any, results: dict[str, Any], act: str, lr: float) -> None:
     hidden curve is not read as a missing one."""
     low = []
     for init in results["config"]["inits"]:
-        acc = _mean_std(_histories(results, act, init, lr)[0]["val_accuracy"])[0]
+        acc = mean_std_curves(_histories(results, act, init, lr)[0]["val_accuracy"])[0]
         if np.isfinite(acc[-1]) and acc[-1] < 0.15:
             low.append(init)
     if low:

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from experiments import harness, lab, report, studies
-from jnn import workdir
+from jnn import summary, workdir
 from jnn.config import option
 from jnn.study import StudyConfig
 from jnn.timing import Stopwatch
@@ -118,7 +118,7 @@ def cell_summaries(result: dict[str, Any]) -> list[dict[str, Any]]:
     """Per cell: diverged count and, per save epoch, test/val accuracy stats over the seeds
     that did not diverge, and the largest unit spread per hidden layer over those seeds."""
     out = []
-    for cell in studies.cells(result):
+    for cell in summary.cells(result):
         rows, per_epoch = cell["models"], {}
         for e in sorted({e for m in rows for e in m["evals"]}, key=int):
             ev = [m["evals"][e] for m in rows]
@@ -153,7 +153,7 @@ def run(inv: lab.Invocation, run_dir: Path) -> dict[str, Any]:
                         on_epoch=console.epoch, data=data)  # fmt: skip
     finally:
         console.close()
-    result = studies.result_dict("mlp_grid", asdict(cfg) | {"layout": res.start.layout}, res)
+    result = summary.result_dict("mlp_grid", asdict(cfg) | {"layout": res.start.layout}, res)
     for m in result["models"]:
         m["cell"] = {"activation": m["activation"], "init": m["init"], "lr": m["lr"]}
     result["config"]["sizes"] = result["sizes"]

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments import harness, lab, report, studies
-from jnn import reference, workdir
+from jnn import reference, summary, workdir
 from jnn.config import ConfigError, option
 from jnn.study import StudyConfig
 
@@ -144,7 +144,7 @@ def run(inv: lab.Invocation, run_dir: Path) -> dict[str, Any]:
         console.close()
         if pool is not None:
             reference.stop_pool(pool)
-    result = studies.result_dict("mlp_sweep", asdict(cfg) | {"layout": res.start.layout}, res)
+    result = summary.result_dict("mlp_sweep", asdict(cfg) | {"layout": res.start.layout}, res)
     result["sklearn"] = sk
     result["timing"]["jax_s"] = jax_s
     result["timing"]["wall_s"] = time.perf_counter() - t0
@@ -170,12 +170,12 @@ def table_rows(result: dict[str, Any]) -> list[list[Any]]:
     quick = result["config"].get("subset") is not None
     sk = result.get("sklearn") or {}
     rows = []
-    for cell in studies.cells(result):
+    for cell in summary.cells(result):
         act = cell["activation"]
         for e, stats in cell["evals"].items():
             s = (sk.get(act) or {}).get("checkpoints", {}).get(str(e))
             sk_cells = (
-                [studies.fmt(s.get(k)) for k in ("train_accuracy", "test_accuracy")]
+                [summary.fmt(s.get(k)) for k in ("train_accuracy", "test_accuracy")]
                 if s
                 else ([str((sk.get(act) or {}).get("status", "-"))] * 2)
             )
@@ -210,8 +210,8 @@ def results_markdown(result: dict[str, Any]) -> str:
         + ". jnn accuracies come from the restored checkpoints.\n\n"
     )
     lines = [head, report.markdown_table(TABLE_HEADERS, table_rows(result))]
-    lines += [f"\n- {m}" for m in studies.divergence_notes(result)]
-    lines.append("\n\n" + studies.timing_line(result) + "\n")
+    lines += [f"\n- {m}" for m in summary.divergence_notes(result)]
+    lines.append("\n\n" + summary.timing_line(result) + "\n")
     if result.get("sklearn"):
         lines.append(
             "\nOriginal study's MLPClassifier test accuracies: "

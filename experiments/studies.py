@@ -1,15 +1,13 @@
-"""What the MLP study presets share: the console while ``jnn.study`` runs, the result as JSON,
-per-cell summaries (mean +- std over seeds), and the curves.
+"""What the MLP study presets share: the console while ``jnn.study`` runs, scikit-learn's
+results alongside, and the curves.
 
-A *cell* is one (activation, init, lr); its seeds are its models. ``result_dict`` turns a
-``jnn.study.StudyResult`` into the JSON-able dict the presets render from (and re-render from a
-stored results.json).
+A *cell* is one (activation, init, lr); its seeds are its models. The result as JSON and its
+per-cell summaries (mean +- std over seeds) are library material: :mod:`jnn.summary`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import sys
 import time
 import warnings
@@ -21,21 +19,7 @@ import numpy as np
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from experiments import plots, report
-
-METRIC_KEYS = ("train_accuracy", "val_accuracy", "test_accuracy", "test_loss")
-
-
-def fmt(value: float | None) -> str:
-    return "n/a" if value is None or not math.isfinite(value) else f"{value:.4f}"
-
-
-def mean_std(values: Any) -> str:
-    """``0.8812 ± 0.0021`` over the finite values (one value: no ±; none: n/a)."""
-    a = np.asarray([v for v in values if v is not None and math.isfinite(v)], np.float64)
-    if a.size == 0:
-        return "n/a"
-    return f"{a.mean():.4f}" + (f" ± {a.std():.4f}" if a.size > 1 else "")
-
+from jnn.summary import cells
 
 BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]"
 """The epoch bar without tqdm's own remaining time: the one ETA is the console's, which counts
@@ -246,104 +230,6 @@ def collect_sklearn(futures: dict[str, Any] | None, console: Console) -> dict[st
         except Exception as err:  # noqa: BLE001 - recorded in the result, said in results.md
             out[act] = {"status": "failed", "error": f"{type(err).__name__}: {err}"}
     return out
-
-
-def result_dict(name: str, config: dict[str, Any], res: Any) -> dict[str, Any]:
-    """A ``jnn.study.StudyResult`` as JSON: every model with its history and evaluations."""
-    models = []
-    for m, spec in enumerate(res.models):
-        models.append(
-            {
-                **spec._asdict(),
-                "name": spec.name,
-                "diverged_at": int(res.diverged_at[m]) or None,
-                "history": {k: v[m].tolist() for k, v in res.history.items()},
-                "evals": {
-                    str(e): {k: v[m].tolist() for k, v in ev.items()} for e, ev in res.evals.items()
-                },
-            }
-        )
-    s = res.start
-    trained = len(res.epoch_seconds) * len(res.models)
-    secs = float(sum(res.epoch_seconds))
-    return {
-        "study": name,
-        "status": "diverged" if np.any(res.diverged_at) else "ok",
-        "config": config,
-        "sizes": list(res.config.sizes),
-        "models": models,
-        "layout": s.layout,
-        "layout_seconds": s.layout_seconds,
-        "devices_used": s.devices,
-        "resumed_from": s.resumed_from,
-        "set_sizes": list(s.sizes),
-        "timing": {
-            "model_epochs": trained,
-            "train_s": secs,
-            "model_epochs_per_s": trained / secs if secs > 0 else None,
-            "epoch_seconds": res.epoch_seconds,
-        },
-    }
-
-
-def cells(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """Per (activation, init, lr): label, seeds, diverged count, and per save epoch the
-    mean ± std over seeds of :data:`METRIC_KEYS` (diverged seeds excluded, counted)."""
-    groups: dict[tuple, list[dict]] = {}
-    for m in result["models"]:
-        groups.setdefault((m["activation"], m["init"], m["lr"]), []).append(m)
-    c = result["config"]
-    out = []
-    for (act, init, lr), ms in groups.items():
-        label = (
-            act
-            + (f" / {init}" if len(c["inits"]) > 1 else "")
-            + (f" / lr {lr:g}" if len(c["lrs"]) > 1 else "")
-        )
-        epochs = sorted({int(e) for m in ms for e in m["evals"]})
-        evals = {
-            e: {k: mean_std(m["evals"][str(e)][k] for m in ms) for k in METRIC_KEYS} for e in epochs
-        }
-        diverged = sum(m["diverged_at"] is not None for m in ms)
-        out.append(
-            {
-                "activation": act,
-                "init": init,
-                "lr": lr,
-                "label": label,
-                "seeds": len(ms),
-                "diverged": diverged,
-                "evals": evals,
-                "models": ms,
-            }
-        )
-    return out
-
-
-def divergence_notes(result: dict[str, Any]) -> list[str]:
-    """One line per cell with diverged seeds: which epochs, and that the state was kept."""
-    notes = []
-    for cell in cells(result):
-        at = [m["diverged_at"] for m in cell["models"] if m["diverged_at"]]
-        if at:
-            notes.append(
-                f"{cell['label']}: {len(at)}/{cell['seeds']} seed(s) diverged (loss or weights "
-                f"not finite) at epoch(s) {sorted(at)}; each kept its last good state and its "
-                "later numbers are refused (n/a); try a lower --lrs or --inits he/glorot"
-            )
-    return notes
-
-
-def timing_line(result: dict[str, Any]) -> str:
-    t = result["timing"]
-    rate = t["model_epochs_per_s"]
-    return (
-        f"{t['model_epochs']} model-epochs trained in {t['train_s']:.1f} s"
-        + (f" ({rate:.2f} model-epochs/s)" if rate else "")
-        + f" on {len(result['devices_used'])} device(s), layout {result['layout']}"
-        + (f"; wall {t['wall_s']:.1f} s" if "wall_s" in t else "")
-        + "."
-    )
 
 
 def plot_curves(result: dict[str, Any], run_dir: Path) -> list[Path]:

@@ -52,10 +52,10 @@ def _vmap(ax: Any, res: dict[str, Any]) -> None:
 
 
 def render_chart(result: dict[str, Any], path: Path) -> Path:
-    """Write the 2x3 panel chart to ``path`` (Agg, atomically via plots.save_figure)."""
+    """Write the 2x3 panel chart to ``path`` (Agg, atomically via jnn.plots.save_figure)."""
     from matplotlib.figure import Figure
 
-    from experiments.plots import save_figure
+    from jnn.plots import save_figure
 
     secs = result["sections"]
     fig = Figure(figsize=(17, 8), layout="tight")
