@@ -168,6 +168,11 @@ def network_costs(
     return net, partial(compiled, params)
 
 
+def _block(forward: Callable[[jax.Array], jax.Array], xb: jax.Array) -> None:
+    """One forward pass, waited for (so the timer measures the work, not its dispatch)."""
+    forward(xb).block_until_ready()
+
+
 def bottleneck_costs(seed: int = 0, batch: int = 8, repeats: int = 7) -> dict[str, Any]:
     """Both :data:`NETWORKS` on a random (batch, 28, 28, 192) input: :func:`network_costs` per
     network plus ``forward_median_s``, the median of ``repeats`` interleaved forward passes of
@@ -181,8 +186,8 @@ def bottleneck_costs(seed: int = 0, batch: int = 8, repeats: int = 7) -> dict[st
     xb = jnp.asarray(rng.standard_normal((batch, *INPUT_SHAPE)), jnp.float32)
     nets, fns = {}, {}
     for name, build in NETWORKS.items():
-        nets[name], fn = network_costs(build(), xb, seed)
-        fns[name] = timing.repeated(lambda fn=fn: fn(xb).block_until_ready())
+        nets[name], forward = network_costs(build(), xb, seed)
+        fns[name] = timing.repeated(partial(_block, forward, xb))
     for name, t in timing.time_interleaved(fns, reps=repeats, warmup=2).items():
         nets[name]["forward_median_s"] = t["median_s"]
     n1, n2 = (nets[name] for name in NETWORKS)
