@@ -182,7 +182,7 @@ class StorageError(InputError):
 
 _NO_PERMISSION = "fix its permissions (this user must be able to write there) or use another folder"
 # errno -> what the user can do about it (the reason itself is the system's strerror)
-_STORAGE_ADVICE = {
+_STORAGE_ADVICE: dict[int | None, str] = {
     errno.ENOSPC: "free some space there",
     errno.EDQUOT: "free some space there (the disk quota is used up)",
     errno.EACCES: _NO_PERMISSION,
@@ -204,7 +204,7 @@ def storage_error(
     return StorageError(f"cannot {doing} {where}: {reason}; {advice}, then run the command again")
 
 
-def write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
+def write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], object]) -> Path:
     """``write(f)`` into a temporary file beside ``path``, synced, then renamed onto ``path``.
 
     A reader sees the old file or the whole new one, never a half-written one: on any failure
