@@ -44,15 +44,21 @@ def test_mkdocs_build_strict(tmp_path):
         assert (site / page / "index.html").stat().st_size > 1000, page
 
 
+def run_page(page: str, min_blocks: int) -> dict:
+    """Execute a docs page's python blocks in order, in one namespace, as a reader would."""
+    namespace: dict = {}
+    blocks = python_blocks(DOCS / page)
+    assert len(blocks) >= min_blocks, f"docs/{page} lost code blocks"
+    for block in blocks:
+        exec(compile(block, f"docs/{page}", "exec"), namespace)  # noqa: S102
+    return namespace
+
+
 @pytest.mark.slow
 def test_own_layer_page_runs_as_printed(capsys):
     """docs/own-layer.md: write two layers, check them with jnn.testing (a broken backward is
     caught), check a model of them against jax.grad and train it."""
-    namespace: dict = {}
-    blocks = python_blocks(DOCS / "own-layer.md")
-    assert len(blocks) >= 4
-    for block in blocks:
-        exec(compile(block, "docs/own-layer.md", "exec"), namespace)  # noqa: S102
+    run_page("own-layer.md", min_blocks=4)
     out = capsys.readouterr().out
     assert "Softplus and Affine agree with jax.vjp" in out
     assert "caught: Affine dx" in out
@@ -71,11 +77,7 @@ def test_tutorial_runs_as_printed(capsys, monkeypatch, tmp_path, fashion_dir):
     monkeypatch.chdir(REPO)  # the page opens checkpoints/ and results/ by relative path
     monkeypatch.setenv("JNN_DATA_DIR", str(fashion_dir))
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # its checkpoint folder
-    namespace: dict = {}
-    blocks = python_blocks(DOCS / "tutorial.md")
-    assert len(blocks) >= 6
-    for block in blocks:
-        exec(compile(block, "docs/tutorial.md", "exec"), namespace)  # noqa: S102
+    run_page("tutorial.md", min_blocks=6)
     out = capsys.readouterr().out
     assert "PReLU agrees with jax.vjp in float32 and float64" in out
     assert float(re.search(r"validation accuracy after 10 epochs: ([0-9.]+)", out).group(1)) > 0.7
