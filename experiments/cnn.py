@@ -228,10 +228,18 @@ def run(inv: lab.Invocation, run_dir: Path | None = None) -> dict[str, Any]:
         "optimizer": f"adam(lr={cfg.lr:g}), batch {cfg.batch_size}",
         "sizes": {k: len(v[1]) for k, v in data.items()},
         "networks": nets,
-        "epoch_time_ratio_manual_over_autodiff": timing.median_ratio(man["times"], auto["times"]),
+        "epoch_time_ratio_manual_over_autodiff": epoch_ratio(man["times"], auto["times"]),
         "wall_s": time.perf_counter() - t0,
         **harness.stamp(),
     }
+
+
+def epoch_ratio(manual: list[float], autodiff: list[float]) -> float | None:
+    """Median manual / autodiff epoch time over epochs 2.. that both ran; None (reported as n/a)
+    when either ran one epoch only, since epoch 1's time is mostly compilation."""
+    if min(len(manual), len(autodiff)) < 2:
+        return None
+    return timing.median_ratio(manual, autodiff, skip_first=True)
 
 
 def results_markdown(result: dict[str, Any]) -> str:
@@ -240,9 +248,8 @@ def results_markdown(result: dict[str, Any]) -> str:
     rows = []
     for m, r in nets.items():
         t = r["times"]
-        later = t[1:] if len(t) > 1 else t
         val = r["history"]["val_accuracy"][len(t) - 1] if t else None
-        med = statistics.median(later) if later else None
+        med = statistics.median(t[1:]) if len(t) > 1 else None  # epoch 1 compiles: never a median
         rows.append([m, len(t), r["test_accuracy"], r["test_loss"], val, t[0] if t else None, med])
     ratio = result["epoch_time_ratio_manual_over_autodiff"]
     headers = ["gradients", "epochs", "test acc", "test loss", "val acc (last)",
@@ -255,7 +262,7 @@ def results_markdown(result: dict[str, Any]) -> str:
         f"epoch loop `{cfg['epoch_loop']}`.\n\n"
         + report.markdown_table(headers, rows)
         + "\nManual / autodiff epoch time, median over the epochs both ran (first excluded): "
-        + (f"**{ratio:.3f}x**" if ratio is not None else "n/a")
+        + (f"**{ratio:.3f}x**" if ratio is not None else "n/a (each needs 2 epochs or more)")
         + f". Measured side by side in one process, epochs alternating, on {dev['cpu']} "
         f"({dev['cpu_count']} cores, backend {dev['backend']}); the machine was shared with other "
         f"jobs, so absolute times are noisy. Wall time {result['wall_s']:.0f} s.\n"
@@ -278,7 +285,15 @@ def plot_curves(path: Path, result: dict[str, Any]) -> Path:
         for ax, metric in ((ax_loss, "loss"), (ax_acc, "accuracy")):
             for split, color in zip(("train", "val"), colors):
                 v = np.asarray(r["history"][f"{split}_{metric}"], dtype=float)
-                ax.plot(np.arange(1, len(v) + 1), v, style, color=color, label=f"{m} {split}")
+                ax.plot(
+                    np.arange(1, len(v) + 1),
+                    v,
+                    style,
+                    color=color,
+                    marker="o",
+                    ms=3,
+                    label=f"{m} {split}",
+                )  # a 1-epoch twin is a point
     ax_loss.set(title="loss", xlabel="epoch", ylabel="cross-entropy")
     ax_acc.set(title="accuracy", xlabel="epoch", ylabel="accuracy")
     for ax in (ax_loss, ax_acc):
