@@ -72,14 +72,15 @@ def draw_metric(
 ) -> None:
     """Train and validation ``metric`` ("loss" or "accuracy") vs epoch on the axes ``ax``, mean
     over seeds with a +-1 std band, and a dot at every checkpoint epoch (``save_at``, 1-based)
-    that ran. Keys missing from ``history`` are skipped (scikit-learn records no training
-    accuracy). ``style``: :data:`JNN` or :data:`SKLEARN`, or a dict of the same keys."""
+    that ran. Keys missing from ``history`` (scikit-learn records no training accuracy) or with
+    no epochs (a model that diverged in epoch 1) are skipped. ``style``: :data:`JNN` or
+    :data:`SKLEARN`, or a dict of the same keys."""
     if metric not in METRICS:
         raise InputError(f"draw_metric: metric must be one of {list(METRICS)}, got {metric!r}")
     for split, color in zip(("train", "val"), style["colors"]):
         key = f"{split}_{metric}"
-        if key not in history:
-            continue
+        if key not in history or np.size(history[key]) == 0:
+            continue  # not recorded, or a model that diverged in its first epoch: no curve
         mean, std = mean_std_curves(history[key])
         epochs = np.arange(1, len(mean) + 1)
         marks = [e - 1 for e in save_at if 0 < e <= len(mean) and np.isfinite(mean[e - 1])]
