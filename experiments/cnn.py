@@ -228,18 +228,10 @@ def run(inv: lab.Invocation, run_dir: Path | None = None) -> dict[str, Any]:
         "optimizer": f"adam(lr={cfg.lr:g}), batch {cfg.batch_size}",
         "sizes": {k: len(v[1]) for k, v in data.items()},
         "networks": nets,
-        "epoch_time_ratio_manual_over_autodiff": epoch_ratio(man["times"], auto["times"]),
+        "epoch_time_ratio_manual_over_autodiff": timing.median_ratio(man["times"], auto["times"]),
         "wall_s": time.perf_counter() - t0,
         **harness.stamp(),
     }
-
-
-def epoch_ratio(manual: list[float], autodiff: list[float]) -> float | None:
-    """Median manual / autodiff epoch time over epochs 2.. that both ran; None (reported as n/a)
-    when either ran one epoch only, since epoch 1's time is mostly compilation."""
-    if min(len(manual), len(autodiff)) < 2:
-        return None
-    return timing.median_ratio(manual, autodiff, skip_first=True)
 
 
 def results_markdown(result: dict[str, Any]) -> str:

@@ -140,12 +140,13 @@ def median_ratio(
     a_s: Sequence[float], b_s: Sequence[float], *, skip_first: bool = True
 ) -> float | None:
     """Median of ``a_s`` over median of ``b_s`` on the samples both have (the first ``n`` of
-    each, ``n`` the shorter length); the first (compiling) sample is dropped when ``skip_first``
-    and there are later ones. None when either is empty."""
+    each, ``n`` the shorter length); the first (compiling) sample is dropped when ``skip_first``.
+    None when nothing is left to compare: either is empty, or ``skip_first`` and either has one
+    sample only (a ratio of compiling samples is mostly compile time, never a step time)."""
+    first = 1 if skip_first else 0
     n = min(len(a_s), len(b_s))
-    if n == 0:
+    if n <= first:
         return None
-    first = 1 if skip_first and n > 1 else 0
     return statistics.median(a_s[first:n]) / statistics.median(b_s[first:n])
 
 

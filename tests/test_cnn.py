@@ -81,11 +81,3 @@ def test_it_has_no_resume_flag_since_a_run_cannot_be_continued(capsys, tmp_path)
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and "unrecognized arguments: --resume" in err
     assert err.count("\n") == 1 and not (tmp_path / "x").exists()
-
-
-def test_the_epoch_ratio_is_refused_when_a_network_ran_one_epoch():
-    """Epoch 1 is mostly compilation: with one epoch of either network there is no honest ratio
-    (a 10 + 1 run once reported 2.137x from the two compiling epochs)."""
-    assert cnn.epoch_ratio([280.0, 45.0, 46.0], [131.0]) is None
-    assert cnn.epoch_ratio([280.0], [131.0, 90.0]) is None
-    assert cnn.epoch_ratio([280.0, 45.0, 47.0], [131.0, 90.0, 94.0]) == pytest.approx(46 / 92)

@@ -82,6 +82,15 @@ def test_median_ratio_skips_the_compiling_sample():
     assert timing.median_ratio([], [1.0]) is None
 
 
+def test_the_ratio_is_refused_when_only_compiling_samples_are_left():
+    """Epoch 1 is mostly compilation: with one sample of either there is no honest ratio (a CNN
+    10 + 1 epoch run once reported 2.137x from the two compiling epochs)."""
+    assert timing.median_ratio([280.0, 45.0, 46.0], [131.0]) is None
+    assert timing.median_ratio([280.0], [131.0, 90.0]) is None
+    assert timing.median_ratio([280.0, 45.0, 47.0], [131.0, 90.0, 94.0]) == pytest.approx(46 / 92)
+    assert timing.median_ratio([280.0], [131.0], skip_first=False) == pytest.approx(280 / 131)
+
+
 def test_compile_timed_refuses_a_plain_function():
     with pytest.raises(InputError, match="jax.jit"):
         timing.compile_timed(lambda x: x, 1.0)
