@@ -151,7 +151,7 @@ def _raise(err: OSError):
 def test_a_full_disk_while_saving_a_plot_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
     from matplotlib.figure import Figure
 
-    from experiments import plots
+    from jnn import plots  # the library writes every plot (jnn.plots.save_figure)
 
     fig = Figure()
     fig.subplots().plot([1, 2, 3])
