@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from bench import checks
 from experiments import harness, report
 from jnn import timing, workdir
 
@@ -69,11 +70,11 @@ def parse(argv: Sequence[str] | None) -> Config:
     )
     harness.add_output_flags(p, "cnn_scan_probe")
     a = p.parse_args(argv)
-    loops = tuple(harness.choice(s, LOOPS, "--loops") for s in a.loops.split(","))
+    loops = tuple(checks.choice(s, LOOPS, "--loops") for s in a.loops.split(","))
     return Config(
-        harness.positive_int(a.steps, "--steps", maximum=1000),
-        harness.positive_int(a.batch_size, "--batch-size", maximum=4096),
-        harness.positive_int(a.reps, "--reps", maximum=100),
+        checks.positive_int(a.steps, "--steps", maximum=1000),
+        checks.positive_int(a.batch_size, "--batch-size", maximum=4096),
+        checks.positive_int(a.reps, "--reps", maximum=100),
         a.ops,
         a.pool,
         a.swapped_dw,

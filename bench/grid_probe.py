@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from bench import checks
 from experiments import harness, report
 from jnn import timing, workdir
 from jnn.errors import InputError
@@ -59,12 +60,12 @@ def parse(argv: Sequence[str] | None) -> Config:
     p.add_argument("--seed", type=int, default=0, help="data and model seed [0]")
     harness.add_output_flags(p, "grid_probe")
     a = p.parse_args(argv)
-    harness.positive_int(a.models, "--models", maximum=600)
-    harness.positive_int(a.examples, "--examples", maximum=STUDY_EXAMPLES)
+    checks.positive_int(a.models, "--models", maximum=600)
+    checks.positive_int(a.examples, "--examples", maximum=STUDY_EXAMPLES)
     if a.examples < 32:
         raise InputError(f"--examples must be at least one batch of 32, got {a.examples}")
-    harness.positive_int(a.reps, "--reps", maximum=100)
-    harness.seed(a.seed)
+    checks.positive_int(a.reps, "--reps", maximum=100)
+    checks.seed(a.seed)
     out = a.out or harness.default_out("grid_probe")
     return Config(a.models, a.examples, a.reps, a.seed, out, a.overwrite)
 

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench import checks
 from experiments import harness
 from jnn.errors import InputError
 
@@ -358,9 +359,9 @@ def parse(argv: Sequence[str] | None) -> Config:
     p.add_argument("--models", type=int, default=None, help="independent models (default 4)")
     harness.add_output_flags(p, "scaling")
     a = p.parse_args(argv)
-    devices = tuple(harness.positive_int(d, "--devices", maximum=64) for d in a.devices)
+    devices = tuple(checks.positive_int(d, "--devices", maximum=64) for d in a.devices)
     if a.models is not None:
-        harness.positive_int(a.models, "--models", maximum=1024)
+        checks.positive_int(a.models, "--models", maximum=1024)
     out = a.out or harness.default_out("scaling")
     return Config(devices, a.quick, check_platform(a.platform), a.models, out, a.overwrite)
 

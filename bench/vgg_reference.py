@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from bench import checks
 from experiments import harness, report
 from jnn import features, timing, vgg, vgg_weights
 from jnn.errors import InputError
@@ -159,7 +160,7 @@ def parse(argv: Sequence[str] | None) -> Any:
     if a.size < vgg.MIN_SIZE:
         raise InputError(f"--size must be at least {vgg.MIN_SIZE} (VGG16 pools 5 times)")
     for name in ("images", "batch_size", "reps"):
-        harness.positive_int(getattr(a, name), harness.flag(name), maximum=100_000)
+        checks.positive_int(getattr(a, name), harness.flag(name), maximum=100_000)
     return a
 
 

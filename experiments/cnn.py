@@ -94,7 +94,7 @@ class Config:
             config.integer(self.autodiff_epochs, "autodiff_epochs", 1, self.epochs)
         config.integer(self.batch_size, "batch_size", 1)
         config.positive(self.lr, "lr")
-        config.integer(self.seed, "seed", 0, 2**32 - 1)
+        config.integer(self.seed, "seed", 0, config.MAX_SEED)
         config.choice(self.epoch_loop, "epoch_loop", EPOCH_LOOPS)
         config.folder(self.data_dir, "data_dir")
         if self.subset is not None:

@@ -21,7 +21,6 @@ The library (``jnn``) never prints and never names a flag; this module and the e
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import shlex
 import sys
@@ -37,7 +36,6 @@ from jnn.errors import InputError
 
 OUTPUT_ROOT = Path("runs")  # every experiment's default output folder lies under it
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_DIVERGED = 0, 1, 2, 3
-MAX_SEED = 2**32 - 1  # jax.random.key takes a uint32 seed; larger ones would wrap silently
 
 
 class Experiment(NamedTuple):
@@ -183,112 +181,3 @@ def add_output_flags(p: argparse.ArgumentParser, name: str, *, resume: bool = Fa
     )
     if resume:
         p.add_argument("--resume", action="store_true", help="continue the run in --out")
-
-
-def add_data_flag(p: argparse.ArgumentParser) -> None:
-    """``--data-dir``: a folder with the four Fashion-MNIST .gz files (else download + cache)."""
-    p.add_argument(
-        "--data-dir",
-        default=None,
-        help="folder with the four Fashion-MNIST .gz files (default: $JNN_DATA_DIR, or "
-        "download once into ~/.cache/jnn/fashion-mnist)",
-    )
-
-
-def positive_int(value: int, flag: str, *, maximum: int | None = None) -> int:
-    """``value`` if 1 <= value <= maximum, else an InputError naming ``flag``."""
-    if value < 1:
-        raise InputError(f"{flag} must be a positive integer, got {value}")
-    if maximum is not None and value > maximum:
-        raise InputError(f"{flag} must be at most {maximum:,}, got {value:,}")
-    return value
-
-
-def positive_float(value: float, flag: str) -> float:
-    """``value`` if finite and > 0 (learning rates, scales), else an InputError naming ``flag``."""
-    if not (math.isfinite(value) and value > 0):
-        raise InputError(f"{flag} must be a finite number > 0, got {value}")
-    return value
-
-
-def seed(value: int, flag: str = "--seed") -> int:
-    """A seed jax.random.key takes without wrapping: 0 <= value < 2**32."""
-    if not 0 <= value <= MAX_SEED:
-        raise InputError(f"{flag} must be in [0, {MAX_SEED}], got {value}")
-    return value
-
-
-def data_dir(value: str | None) -> str | None:
-    """``--data-dir`` must name an existing folder (None: the default lookup and download)."""
-    if value is not None and not Path(value).expanduser().is_dir():
-        raise InputError(f"--data-dir {value} is not a folder; pass the folder with the .gz files")
-    return value
-
-
-def choice(value: str, options: Sequence[str], flag: str) -> str:
-    """``value`` if it is one of ``options``, else an InputError listing them."""
-    if value not in options:
-        raise InputError(f"{flag} must be one of {', '.join(options)}, got {value!r}")
-    return value
-
-
-# ----------------------------------------------------------------- resuming a run
-
-
-def _json_plain(value: Any) -> Any:
-    """``value`` as run.json stores it (tuples become lists), for comparing configs."""
-    import json
-
-    return json.loads(json.dumps(value))
-
-
-def stored_run(out: str, identity: dict[str, Any], study: str) -> dict[str, Any] | None:
-    """On ``--resume``: the run.json of the run in ``out``, whose ``identity`` (the settings that
-    define the numbers) must equal ``identity``; None when ``out`` is new or holds only jnn's
-    bookkeeping. Reads only, so it can refuse before anything is written to ``out``."""
-    import json
-
-    path = Path(out).expanduser().resolve()
-    if not path.is_dir() or not any(p.name not in workdir.BOOKKEEPING for p in path.iterdir()):
-        return None
-    run_json = path / "run.json"
-    if not run_json.is_file():
-        raise workdir.RunDirError(
-            f"--resume: {path} holds no run.json, so it is not a run of {study}"
-        )
-    try:
-        stored = json.loads(run_json.read_text())
-        have = stored["identity"]
-        differ = [k for k in identity if have.get(k) != _json_plain(identity[k])]
-    except (ValueError, KeyError, TypeError, AttributeError) as err:
-        raise workdir.RunDirError(f"--resume: {run_json} is unreadable ({err})") from None
-    if differ:
-        what = "; ".join(
-            f"--{k.replace('_', '-')}: run has {have.get(k)!r}, now {_json_plain(identity[k])!r}"
-            for k in differ
-        )
-        raise workdir.RunDirError(
-            f"--resume with a different config than the checkpointed run in {path} ({what})"
-        )
-    return stored
-
-
-def restore_latest(store: Any, like: Any, label: str, say: Any = None) -> tuple[int, Any] | None:
-    """``store.restore_latest(like)`` (a ``jnn.checkpoints.CheckpointStore``), saying each step
-    it skipped (corrupt, partial, empty) in one line on stderr: which, why, and what happens."""
-    import sys
-    import warnings
-
-    from jnn.checkpoints import CheckpointWarning
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", CheckpointWarning)  # said below, once, in one line each
-        found = store.restore_latest(like)
-    then = f"resumed from epoch {found[0]}" if found else "starting from epoch 0"
-    for skipped in store.skipped:
-        line = (
-            f"warning: {label}: checkpoint of epoch {skipped.epoch} ({skipped.path}) is "
-            f"unusable ({skipped.reason}); {then}"
-        )
-        say(line, err=True) if say else print(line, file=sys.stderr, flush=True)
-    return found

@@ -85,7 +85,7 @@ class Config:
         config.positive(self.lr, "lr")
         config.positive(self.finetune_lr, "finetune_lr")
         config.choice(self.gradients, "gradients", core.GRADIENT_METHODS)
-        config.integer(self.seed, "seed", 0, harness.MAX_SEED)
+        config.integer(self.seed, "seed", 0, config.MAX_SEED)
         config.folder(self.data_dir, "data_dir")
         for name in ("train_size", "test_size", "devices"):
             if getattr(self, name) is not None:

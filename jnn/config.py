@@ -26,6 +26,8 @@ import numpy as np
 
 from jnn.errors import InputError
 
+MAX_SEED = 2**32 - 1  # jax.random.key takes a uint32 seed; a larger one would wrap silently
+
 
 def option(default: Any, help: str, **meta: Any) -> Any:  # noqa: A002
     """A config field with its one-line ``help`` (and e.g. ``quick=`` the smoke-run value)."""

@@ -57,7 +57,7 @@ from jax import Array
 from jax.sharding import Mesh
 
 from jnn import checkpoints, core, optim, parallel, stacked, train
-from jnn.config import ConfigError, folder, integer, option
+from jnn.config import MAX_SEED, ConfigError, folder, integer, option
 from jnn.errors import InputError
 from jnn.layers.dense import Dense
 from jnn.layers.select import SelectActivation
@@ -171,7 +171,7 @@ def _check_names(names: Any, name: str, lookup: Callable[[str], Any]) -> None:
 def _check_numbers(c: StudyConfig) -> None:
     integer(c.epochs, "epochs", 1, MAX_EPOCHS)
     integer(c.seeds, "seeds", 1, MAX_SEEDS)
-    integer(c.seed, "seed", 0, 2**32 - 1)
+    integer(c.seed, "seed", 0, MAX_SEED)
     integer(c.batch_size, "batch_size", 1)
     integer(c.checkpoint_every, "checkpoint_every", 0)
     if c.devices is not None:

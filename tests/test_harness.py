@@ -87,31 +87,3 @@ def test_a_second_run_into_the_same_folder_is_refused(tmp_path, capsys):
 def test_default_out_is_under_the_one_root():
     assert harness.default_out("mlp_grid", "quick") == str(Path("runs") / "mlp_grid-quick")
     assert harness.default_out("cnn", "") == str(Path("runs") / "cnn")
-
-
-@pytest.mark.parametrize(
-    "check, args, message",
-    [
-        (harness.positive_int, (0, "--epochs"), "--epochs must be a positive integer"),
-        (harness.positive_int, (10**12, "--epochs"), "--epochs must be at most"),
-        (harness.positive_float, (float("nan"), "--lr"), "--lr must be a finite number > 0"),
-        (harness.positive_float, (-0.1, "--lr"), "--lr must be a finite number > 0"),
-        (harness.seed, (2**32,), "--seed must be in [0, 4294967295]"),
-        (harness.seed, (-1,), "--seed must be in"),
-        (harness.choice, ("x", ("a", "b"), "--mode"), "--mode must be one of a, b"),
-    ],
-)
-def test_shared_checks_name_the_flag(check, args, message):
-    kwargs = {"maximum": 1000} if args == (10**12, "--epochs") else {}
-    with pytest.raises(InputError, match=None) as err:
-        check(*args, **kwargs)
-    assert message in str(err.value)
-
-
-def test_shared_checks_pass_good_values(tmp_path):
-    assert harness.positive_int(3, "--epochs", maximum=3) == 3
-    assert harness.positive_float(0.1, "--lr") == 0.1
-    assert harness.seed(2**32 - 1) == 2**32 - 1
-    assert harness.data_dir(str(tmp_path)) == str(tmp_path)
-    with pytest.raises(InputError, match="--data-dir .* is not a folder"):
-        harness.data_dir(str(tmp_path / "missing"))

@@ -11,6 +11,7 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
+from bench import checks
 from experiments import harness
 from jnn.errors import InputError
 
@@ -150,10 +151,10 @@ def check(args: argparse.Namespace) -> Config:
         torch_device=args.torch_device,
         models=_counts(v["models"], "--models", "1,4", MAX_MODELS),
         sections=_sections(args.sections),
-        vgg_images=harness.positive_int(v["vgg_images"], "--vgg-images"),
+        vgg_images=checks.positive_int(v["vgg_images"], "--vgg-images"),
         devices=_counts(v["devices"], "--devices", "1,2", MAX_DEVICES),
-        cnn_steps=harness.positive_int(v["cnn_steps"], "--cnn-steps", maximum=1000),
-        seed=harness.seed(args.seed),
+        cnn_steps=checks.positive_int(v["cnn_steps"], "--cnn-steps", maximum=1000),
+        seed=checks.seed(args.seed),
     )
 
 
