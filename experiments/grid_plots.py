@@ -1,6 +1,5 @@
 """Figures of the MLP grid (``experiments.mlp_grid``): a heatmap of mean test accuracy per cell
-and validation curves with +-1 std bands over seeds, in the style of ``experiments.plots``
-(drawn with :mod:`jnn.plots`).
+and validation curves with +-1 std bands over seeds, drawn with :mod:`jnn.plots`.
 
 Input is the grid's results dict (results.json): ``cells`` with per-save-epoch stats and
 ``models`` with per-model histories (NaN/None from a model's divergence on).

@@ -229,7 +229,10 @@ def results_markdown(result: dict[str, Any]) -> str:
 
 def render(result: dict[str, Any], run_dir: Path) -> list[Path]:
     """results.json, results.md and the curves, from ``result`` alone."""
-    paths = studies.plot_curves(result, Path(run_dir))
+    from jnn import plots
+
+    save_at = sorted({int(e) for m in result["models"] for e in m["evals"]})
+    paths = plots.study_curves(result, Path(run_dir), save_at)
     paths.append(workdir.write_json(Path(run_dir) / "results.json", result))
     paths.append(workdir.write_text_atomic(Path(run_dir) / "results.md", results_markdown(result)))
     return paths

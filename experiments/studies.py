@@ -1,5 +1,5 @@
-"""What the MLP study presets share: the console while ``jnn.study`` runs, scikit-learn's
-results alongside, and the curves.
+"""What the MLP study presets share: the console while ``jnn.study`` runs and scikit-learn's
+results alongside (the curves are the library's: ``jnn.plots.study_curves``).
 
 A *cell* is one (activation, init, lr); its seeds are its models. The result as JSON and its
 per-cell summaries (mean +- std over seeds) are library material: :mod:`jnn.summary`.
@@ -18,8 +18,7 @@ from typing import Any, TextIO
 import numpy as np
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from experiments import plots, report
-from jnn.summary import cells
+from experiments import report
 
 BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]"
 """The epoch bar without tqdm's own remaining time: the one ETA is the console's, which counts
@@ -230,74 +229,3 @@ def collect_sklearn(futures: dict[str, Any] | None, console: Console) -> dict[st
         except Exception as err:  # noqa: BLE001 - recorded in the result, said in results.md
             out[act] = {"status": "failed", "error": f"{type(err).__name__}: {err}"}
     return out
-
-
-def plot_curves(result: dict[str, Any], run_dir: Path) -> list[Path]:
-    """One PNG per cell (bands over seeds, scikit-learn dashed) and the overview."""
-    sk = result.get("sklearn") or {}
-    save_at = sorted({int(e) for m in result["models"] for e in m["evals"]})
-    c = result["config"]
-    histories, sk_hist, notes, paths = {}, {}, {}, []
-    for cell in cells(result):
-        hist = {
-            k: np.asarray([m["history"][k] for m in cell["models"]], np.float64)
-            for k in cell["models"][0]["history"]
-        }
-        key = cell["label"]
-        histories[key] = hist
-        s = sk.get(cell["activation"]) or {}
-        if "history" in s and len(c["inits"]) == 1 and len(c["lrs"]) == 1:
-            sk_hist[key] = s["history"]
-        notes[key] = _panel_note(cell, s)
-        settings = (
-            f"init {cell['init']}, lr {cell['lr']:g}, batch {c['batch_size']}, split {c['split']}"
-            + (f", {cell['seeds']} seeds" if cell["seeds"] > 1 else "")
-            + (" (quick)" if c.get("subset") else "")
-        )
-        fname = "loss_" + key.replace(" / ", "_").replace(" ", "") + ".png"
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            paths.append(
-                plots.plot_activation(
-                    run_dir / fname,
-                    key,
-                    hist,
-                    save_at,
-                    sklearn_history=sk_hist.get(key),
-                    note=notes[key],
-                    settings=settings,
-                )
-            )
-    paths.append(
-        plots.plot_overview(
-            run_dir / "loss_overview.png",
-            histories,
-            save_at,
-            sklearn_histories=sk_hist,
-            notes=notes,
-            title=f"{result['study']}: loss and accuracy per epoch ({_overview_settings(c)})",
-        )
-    )
-    return paths
-
-
-def _overview_settings(c: dict[str, Any]) -> str:
-    return (
-        f"init {', '.join(c['inits'])}, lr {', '.join(f'{x:g}' for x in c['lrs'])}, batch "
-        f"{c['batch_size']}, {c['optimizer']}, split {c['split']}, {c['seeds']} seed(s)"
-        + (", quick subset" if c.get("subset") else "")
-    )
-
-
-def _panel_note(cell: dict[str, Any], sk: dict[str, Any]) -> str:
-    lines = []
-    at = sorted(m["diverged_at"] for m in cell["models"] if m["diverged_at"])
-    if at:
-        when = f"epoch {at[0]}" if len(at) == 1 else f"epochs {at[0]}-{at[-1]}"
-        lines.append(f"jnn: {len(at)}/{cell['seeds']} seed(s) diverged ({when}); no checkpoint")
-        lines.append("after that; the curves average the seeds still training")
-    if sk.get("status") == "diverged":
-        lines.append(f"sklearn diverged at epoch {sk.get('diverged_at')}")
-    elif sk.get("status") == "failed":
-        lines.append("sklearn failed (see results.json)")
-    return "\n".join(lines)

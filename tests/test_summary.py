@@ -135,11 +135,11 @@ def test_a_model_that_diverged_in_its_first_epoch_draws_no_curve_and_does_not_fa
     epochs. Drawing it must leave the panel to the others (the main job failed at its plots)."""
     from matplotlib.figure import Figure
 
-    from experiments import plots as study_plots
+    from jnn import plots
 
     ax_loss, ax_acc = Figure().subplots(1, 2)
     empty = {"train_loss": [], "val_loss": [], "val_accuracy": []}
     jnn_run = {"train_loss": [[1.0, 0.5]], "val_loss": [[1.1, 0.6]], "train_accuracy": [[0.5, 0.7]],
                "val_accuracy": [[0.4, 0.6]]}  # fmt: skip
-    study_plots._panel_pair((ax_loss, ax_acc), jnn_run, [1, 2], empty, "sklearn diverged")
+    plots._panel_pair((ax_loss, ax_acc), jnn_run, [1, 2], empty, "sklearn diverged")
     assert len(ax_loss.lines) == 2 and len(ax_acc.lines) == 2  # jnn's train + val only
