@@ -93,6 +93,7 @@ def test_torch_reference_matches_jnn_forward():
 def test_flags_fill_quick_defaults_and_refuse_what_cannot_work():
     cfg = benchmark.parse(["--quick"])
     assert (cfg.reps, cfg.train_examples, cfg.models, cfg.cnn_steps) == (3, 4_800, (1, 4), 2)
+    assert (cfg.study_epochs, benchmark.parse([]).study_epochs) == (2, 3)
     assert cfg.out == "runs/benchmark" and cfg.sections == benchmark.SECTIONS
     full = benchmark.parse(["--sections", "cnn, vgg", "--reps", "2"])
     assert (full.reps, full.train_examples, full.sections) == (2, 48_000, ("cnn", "vgg"))
@@ -109,6 +110,7 @@ def test_flags_fill_quick_defaults_and_refuse_what_cannot_work():
         (["--devices", "x"], "--devices needs"),
         (["--cnn-steps", "0"], "--cnn-steps must be a positive"),
         (["--vgg-images", "0"], "--vgg-images must be a positive"),
+        (["--study-epochs", "0"], "--study-epochs must be a positive"),
         (["--seed", str(2**40)], "--seed must be in"),
     ):
         with pytest.raises(InputError, match=re.escape(message)):
@@ -260,14 +262,55 @@ def _fake_scaling(devices=(1, 2, 4), quick=False, **kwargs):
     return {"config": {"quick": quick}, "note": "", "runs": runs, "summary": []}
 
 
+def _preset_json(**changes):
+    """A results.json of the main job's preset as jnn.summary.result_dict writes it: 4 models
+    on 2 devices, 3 epochs (the first with its compile), 48,600 training rows, batch 32."""
+    result = {
+        "study": "mlp_sweep",
+        "status": "ok",
+        "config": {"batch_size": 32, "inits": ["normal"], "lrs": [0.1]},
+        "models": [{"name": a} for a in ("relu", "sigmoid", "linear", "tanh")],
+        "layout": "map",
+        "layout_seconds": {"map": 0.5, "vmap": 0.6},
+        "devices_used": ["cpu:0", "cpu:1"],
+        "set_sizes": [48_600, 5_400, 6_000],
+        "timing": {"model_epochs": 12, "train_s": 5.0, "model_epochs_per_s": 2.4,
+                   "epoch_seconds": [3.0, 1.0, 1.0]},
+    }  # fmt: skip
+    return result | changes
+
+
+def _fake_preset(text=None, returncode=0):
+    """A stand-in for study.run_preset: writes ``text`` (default: _preset_json) as the run's
+    results.json, and returns like the real one."""
+
+    def run(epochs, out, timeout=None):
+        out.mkdir(parents=True)
+        body = json.dumps(_preset_json()) if text is None else text
+        (out / "results.json").write_text(body)
+        return {"returncode": returncode, "wall_s": 7.0, "stderr": "fake stderr line"}
+
+    return run
+
+
+def _fake_run_one(num_devices, quick=False, platform=None, models=None, timeout=900):
+    m = num_devices * -(-(models or 4) // num_devices)
+    pdm = {"models": m, "batch_size": 32, "first_epoch_s": 2.0, "epoch_s": 1.0,
+           "model_epochs_per_s": float(m)}  # fmt: skip
+    return {"devices": num_devices, "platform": "cpu", "per_device_models": pdm}
+
+
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     """One tiny run of every section (bench.scaling's subprocesses faked: see below)."""
     from bench import scaling
+    from bench.benchmark import study
 
     out = tmp_path_factory.mktemp("bench")
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(scaling, "measure_scaling", _fake_scaling)
+        mp.setattr(scaling, "run_one", _fake_run_one)
+        mp.setattr(study, "run_preset", _fake_preset())
         mp.setattr(scaling, "markdown", lambda result: "| fake scaling |\n")
         assert benchmark.main([*TINY, "--out", str(out), "--overwrite"]) == 0
     return out, json.loads((out / "results.json").read_text())
@@ -279,6 +322,8 @@ def test_quick_run_writes_json_markdown_and_chart(quick_run):
     text = (out / "results.md").read_text()
     assert text.startswith("# jnn benchmark") and "## 6. CNN train step" in text
     assert "| fake scaling |" in text
+    assert "## 7. The main job's preset beside per-device models" in text
+    assert result["sections"]["study"]["per_device_source"].startswith("measured by this section")
     assert (out / "benchmark.png").stat().st_size > 1000
     assert set(result["sections"]) == set(benchmark.SECTIONS)
     assert result["flops"]["train_per_example"] == 1_052_416
@@ -417,3 +462,104 @@ def test_devices_section_reports_experiments_scaling(monkeypatch):
     assert calls == [((1, 2, 4), True)]
     assert sec["status"] == "ok" and sec["markdown"] == "| fake |\n"
     assert sec["measured"]["runs"]["4"]["devices"] == 4
+
+
+def test_study_section_reads_the_presets_rate_and_refuses_a_bad_results_json(tmp_path):
+    """Steady model-epochs/s over epochs 2..E (the first compiles), the engine's own over all,
+    and model-examples/s over the full batches; a missing or garbled file is one line."""
+    from bench.benchmark import study
+
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(_preset_json()))
+    got = study.read_preset(path)
+    assert (got["models"], got["epochs"], got["devices"], got["layout"]) == (4, 3, 2, "map")
+    assert got["model_epochs_per_s_steady"] == pytest.approx(4.0)  # 4 models x 2 epochs / 2 s
+    assert got["model_epochs_per_s_engine"] == pytest.approx(2.4)  # 12 model-epochs / 5 s
+    assert got["examples_per_epoch"] == 48_576  # 1,518 full batches of 32
+    assert got["model_examples_per_s"] == pytest.approx(4.0 * 48_576)
+    path.write_text(json.dumps(_preset_json(timing={"epoch_seconds": [3.0]})))
+    one = study.read_preset(path)  # one epoch: the engine's figure, compile included, says so
+    assert not one["steady"] and one["model_epochs_per_s"] == pytest.approx(4 / 3.0)
+    bad = {
+        "{ not json": "is unreadable",
+        "[1, 2]": "is not a JSON object",
+        json.dumps(_preset_json(timing=None)): "lacks `timing` or `config`",
+        json.dumps(_preset_json(timing={"epoch_seconds": []})): "`timing.epoch_seconds`",
+        json.dumps(_preset_json(timing={"epoch_seconds": [1.0, -1.0]})): "`timing.epoch_seconds`",
+        json.dumps(_preset_json(models=[])): "`models` must list",
+        json.dumps(_preset_json(set_sizes=["48600"])): "`set_sizes` must start",
+        json.dumps(_preset_json(devices_used=[])): "`devices_used`",
+    }
+    for text, message in bad.items():
+        path.write_text(text)
+        with pytest.raises(InputError, match=re.escape(message)) as err:
+            study.read_preset(path)
+        assert "\n" not in str(err.value)
+    with pytest.raises(InputError, match="wrote no results.json"):
+        study.read_preset(tmp_path / "missing.json")
+
+
+def _study_ctx(scaling=None):
+    from bench.benchmark.common import Context
+
+    return Context({}, None, "", "", scaling=scaling)
+
+
+def test_study_section_puts_the_preset_beside_this_runs_per_device_models(monkeypatch):
+    """With the devices section's figure for the preset's 2 devices and 4 models, the section
+    reuses it (no scaling subprocess), divides in model-examples/s and renders both rows."""
+    from bench import scaling
+    from bench.benchmark import study
+    from bench.benchmark.render import sections_md
+    from bench.benchmark.render import study as study_md
+
+    monkeypatch.setattr(study, "run_preset", _fake_preset())
+    monkeypatch.setattr(scaling, "run_one", lambda *a, **k: pytest.fail("figure not reused"))
+    measured = {"config": {"num_examples": 48_000}, "runs": {"2": _fake_run_one(2, models=4)}}
+    cfg = benchmark.parse(["--quick", "--sections", "study"])
+    sec = study.measure(cfg, _study_ctx(measured))
+    assert sec["status"] == "ok" and sec["per_device_source"].startswith("this run's devices")
+    # preset 4.0 model-epochs/s x 48,576 rows; scaling 4.0 x 48,000
+    assert sec["ratio"] == pytest.approx(48_576 / 48_000)
+    assert sec["command"] == "python -m experiments.mlp_sweep --no-sklearn --epochs 2 --out TMP"
+    assert {"load_start", "judged", "why"} <= set(sec["load"])
+    sec["load"] = {"load_start": 0.1, "load_end": 0.2, "judged": True, "why": "quiet"}
+    text = "\n".join(sections_md({"sections": {"study": sec}, "config": {}}))
+    assert "## 7. The main job's preset beside per-device models" in text
+    assert "preset / per-device models: 1.012x" in text and "ratio judged" in text
+    assert "| map (probe: map 0.5 s, vmap 0.6 s) |" in text
+    assert "| 48,576 | 4 | 194,304 |" in text and "| 48,000 | 4 | 192,000 |" in text
+    sec["load"] = {"load_start": 3.5, "judged": False, "why": "other processes used 1.50 cores"}
+    busy = "\n".join(study_md(sec, {}))
+    assert "ratio NOT JUDGED (machine busy)" in busy
+
+
+def test_study_section_measures_the_figure_itself_or_says_why_it_failed(monkeypatch):
+    """Without a matching devices figure it runs scaling.run_one for the preset's devices and
+    models; a preset that failed, or left a garbled results.json, is a failed section whose
+    heading gives the reason."""
+    from bench import scaling
+    from bench.benchmark import study
+    from bench.benchmark.render import sections_md
+
+    calls = []
+
+    def run_one(num_devices, quick=False, models=None, **kwargs):
+        calls.append((num_devices, quick, models))
+        return _fake_run_one(num_devices, quick, models=models)
+
+    monkeypatch.setattr(scaling, "run_one", run_one)
+    monkeypatch.setattr(study, "run_preset", _fake_preset())
+    cfg = benchmark.parse(["--quick", "--sections", "study"])
+    sec = study.measure(cfg, _study_ctx({"runs": {"1": _fake_run_one(1)}}))
+    assert calls == [(2, True, 4)] and sec["status"] == "ok"
+    assert sec["per_device_models"]["examples_per_epoch"] == scaling.QUICK_EXAMPLES
+    for fake, reason in (
+        (_fake_preset(returncode=2), "the preset exited 2: fake stderr line"),
+        (_fake_preset(text="{ garbled"), "is unreadable"),
+    ):
+        monkeypatch.setattr(study, "run_preset", fake)
+        sec = study.measure(cfg, _study_ctx())
+        assert sec["status"] == "failed" and reason in sec["reason"]
+        text = "\n".join(sections_md({"sections": {"study": sec}, "config": {}}))
+        assert "## 7. The main job's preset" in text and f"Skipped: {sec['reason']}" in text

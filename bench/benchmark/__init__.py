@@ -12,8 +12,9 @@ after a warm-up round (``jnn.timing.time_interleaved``); the median of the repet
 is reported, XLA compile time separately. Every timed call blocks until its result exists.
 
 One module per section (``ceiling``, ``train_epoch``, ``evaluation``, ``models_per_program``,
-``vgg``, ``devices``, ``cnn``), each with ``measure(cfg, ctx) -> dict``; ``config`` parses the
-flags, ``targets`` judges the project's speed targets, ``render``/``chart`` write the report.
+``vgg``, ``devices``, ``cnn``, ``study``), each with ``measure(cfg, ctx) -> dict``; ``config``
+parses the flags, ``targets`` judges the project's speed targets, ``render``/``chart`` write the
+report.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from bench.benchmark import (
     devices,
     evaluation,
     models_per_program,
+    study,
     train_epoch,
     vgg,
 )
@@ -64,6 +66,7 @@ MEASURES: dict[str, Callable[[Config, Context], dict[str, Any]]] = {
     "cnn": cnn.measure,
     "vgg": vgg.measure,
     "devices": devices.measure,
+    "study": study.measure,  # after devices: it reuses that section's per-device-models figure
 }
 
 
@@ -89,6 +92,8 @@ def run_sections(cfg: Config, ctx: Context) -> dict[str, Any]:
         sections[name]["section_s"] = time.perf_counter() - start
         if name == "ceiling":
             ctx = ctx._replace(ceiling=sections[name]["xla_ceiling_gflops"])
+        if name == "devices":
+            ctx = ctx._replace(scaling=sections[name].get("measured"))
     return sections
 
 
@@ -111,6 +116,7 @@ def config_block(cfg: Config, ctx: Context, source: str) -> dict[str, Any]:
         "models_per_program": list(cfg.models),
         "scaling_devices": list(cfg.devices),
         "cnn_steps": cfg.cnn_steps,
+        "study_epochs": cfg.study_epochs,
         "sections": list(cfg.sections),
         "seed": cfg.seed,
     }

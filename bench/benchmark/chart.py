@@ -12,6 +12,7 @@ PANELS = (
     ("evaluation", "examples_per_s", "Evaluation: examples/s (forward)"),
     ("vgg", "images_per_s", "VGG16 features at 32x32: images/s"),
     ("cnn", "examples_per_s", "CNN train step: examples/s"),
+    ("study", "model_examples_per_s", "Main job preset vs per-device models:\nmodel-examples/s"),
 )
 
 

@@ -108,20 +108,28 @@ def _judged(load: dict[str, Any]) -> tuple[bool, str]:
     return False, "no load measurement on this OS"
 
 
+def _own_cpu_s() -> float:
+    """CPU seconds of this process plus its finished (waited-for) children: a section that
+    times a subprocess (``study``) must not count that subprocess as other processes' load."""
+    t = os.times()
+    return time.process_time() + t.children_user + t.children_system
+
+
 @contextlib.contextmanager
 def machine_load() -> Iterator[dict[str, Any]]:
     """Fills the yielded dict when the block ends: ``load_start``/``load_end`` (1-minute load
     average), ``other_cores`` (CPU seconds all processes took minus this process's, over the
-    wall time: the cores someone else kept busy), ``judged`` and ``why`` (QUIET_OTHER_CORES)."""
+    wall time: the cores someone else kept busy; the CPU of this process's children that ended
+    inside the block counts as its own), ``judged`` and ``why`` (QUIET_OTHER_CORES)."""
     load: dict[str, Any] = {}
     has_load = hasattr(os, "getloadavg")
     load["load_start"] = round(os.getloadavg()[0], 2) if has_load else None
-    busy, own, start = _cpu_busy_s(), time.process_time(), time.perf_counter()
+    busy, own, start = _cpu_busy_s(), _own_cpu_s(), time.perf_counter()
     yield load
     wall = time.perf_counter() - start
     busy_end = _cpu_busy_s()
     if busy is not None and busy_end is not None and wall > 0:
-        others = (busy_end - busy) - (time.process_time() - own)
+        others = (busy_end - busy) - (_own_cpu_s() - own)
         load["other_cores"] = round(max(others, 0.0) / wall, 3)
     load["load_end"] = round(os.getloadavg()[0], 2) if has_load else None
     load["judged"], load["why"] = _judged(load)

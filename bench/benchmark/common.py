@@ -48,6 +48,7 @@ class Context(NamedTuple):
     torch_reason: str
     blas_note: str
     ceiling: float | None = None  # XLA matmul GFLOP/s, once the ceiling section ran
+    scaling: dict[str, Any] | None = None  # bench.scaling's result, once the devices section ran
 
 
 # ------------------------------------------------------------------------------------- FLOPs

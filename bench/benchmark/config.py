@@ -19,7 +19,9 @@ NAME = "benchmark"
 BATCH_SIZE = 32  # the MLP sections' batch (the study's)
 MAX_DEVICES = 64  # as bench.scaling's --devices (forced host devices)
 MAX_MODELS = 1024  # models per XLA program, as bench.scaling's --models
-SECTIONS = ("train_epoch", "evaluation", "ceiling", "vgg", "models_per_program", "devices", "cnn")
+SECTIONS = (
+    "train_epoch", "evaluation", "ceiling", "vgg", "models_per_program", "devices", "cnn", "study",
+)  # fmt: skip
 # (quick, full) defaults of the flags whose default depends on --quick
 DEFAULTS: dict[str, tuple[Any, Any]] = {
     "reps": (3, 5),
@@ -29,6 +31,7 @@ DEFAULTS: dict[str, tuple[Any, Any]] = {
     "devices": ("1,2", "1,2,4"),
     "vgg_images": (96, 512),
     "cnn_steps": (2, 5),
+    "study_epochs": (2, 3),
 }
 
 
@@ -50,6 +53,7 @@ class Config:
     vgg_images: int = 512
     devices: tuple[int, ...] = (1, 2, 4)
     cnn_steps: int = 5
+    study_epochs: int = 3
     seed: int = 0
 
 
@@ -62,7 +66,8 @@ def _parser() -> argparse.ArgumentParser:
             "MLP in jnn (scanned epoch with manual backprop or jax.grad, jitted step loop) "
             "against a numpy loop, PyTorch eager and scikit-learn; the machine's matmul "
             "ceiling; VGG16 feature extraction; models per XLA program and devices scaling; "
-            "the CNN's train step (manual vs jax.grad vs PyTorch eager)."
+            "the CNN's train step (manual vs jax.grad vs PyTorch eager); the main job's preset "
+            "(python -m experiments.mlp_sweep, a few epochs) beside per-device models."
         ),
         epilog=harness.EXIT_CODES_NO_TRAINING,
     )
@@ -91,6 +96,12 @@ def _parser() -> argparse.ArgumentParser:
     a("--vgg-images", type=int, help="images per VGG16 repetition (default 512; --quick 96)")
     a("--devices", help="device counts for the data-parallel section (default 1,2,4; quick 1,2)")
     a("--cnn-steps", type=int, help="CNN train steps per timed sample (default 5; --quick 2)")
+    a(
+        "--study-epochs",
+        type=int,
+        help="epochs of the main job's preset in the study section (default 3; --quick 2: the "
+        "first epoch compiles, so at least 2 give a rate without compiling)",
+    )
     a("--seed", type=int, default=0, help="seed for data, weights and shuffling")
     return p
 
@@ -154,6 +165,7 @@ def check(args: argparse.Namespace) -> Config:
         vgg_images=checks.positive_int(v["vgg_images"], "--vgg-images"),
         devices=_counts(v["devices"], "--devices", "1,2", MAX_DEVICES),
         cnn_steps=checks.positive_int(v["cnn_steps"], "--cnn-steps", maximum=1000),
+        study_epochs=checks.positive_int(v["study_epochs"], "--study-epochs", maximum=100),
         seed=checks.seed(args.seed),
     )
 

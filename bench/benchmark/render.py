@@ -45,6 +45,8 @@ SHORT_LABELS = {
     "sklearn_mlp": "scikit-learn",
     "jnn_manual": "jnn manual",
     "jnn_autodiff": "jnn jax.grad",
+    "preset": "main job preset",
+    "per_device_models": "per-device models",
 }
 
 
@@ -246,6 +248,43 @@ def cnn(sec: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
     ]
 
 
+def _study_rows(sec: dict[str, Any]) -> list[list[Any]]:
+    p, d = sec["preset"], sec["per_device_models"]
+    probe = ", ".join(f"{k} {fmt(v)} s" for k, v in p["layout_seconds"].items())
+    layout = p["layout"] + (f" (probe: {probe})" if probe else "")
+    return [
+        [f"main job preset: `{sec['command']}`", p["devices"], p["models"], layout,
+         f"{p['examples_per_epoch']:,}", fmt(p["model_epochs_per_s"]),
+         fmt(p["model_examples_per_s"])],
+        [f"per-device models: {sec['per_device_source']}", d["devices"], d["models"],
+         "vmap per device", f"{d['examples_per_epoch']:,}", fmt(d["model_epochs_per_s"]),
+         fmt(d["model_examples_per_s"])],
+    ]  # fmt: skip
+
+
+def study(sec: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
+    """Both figures, their ratio, what the preset's rate includes, and whether it is judged."""
+    p, load = sec["preset"], sec.get("load") or {}
+    headers = ["figure", "devices", "models", "layout", "examples/epoch", "model-epochs/s",
+               "model-examples/s"]  # fmt: skip
+    verdict = "judged" if load.get("judged") else "NOT JUDGED (machine busy)"
+    steady = {1: "its only epoch, compile included", 2: "epoch 2"}.get(
+        p["epochs"], f"epochs 2..{p['epochs']}"
+    )
+    return [
+        markdown_table(headers, _study_rows(sec)),
+        f"- **preset / per-device models: {fmt(sec['ratio'])}x** in model-examples/s (the "
+        "epochs differ in size, so model-epochs/s alone does not compare); the preset's rate "
+        f"from {steady}; the engine's own figure over all {p['epochs']} epoch(s), first one's "
+        f"compile included: {fmt(p['model_epochs_per_s_engine'])} model-epochs/s",
+        f"- the preset's rate counts {p['included']}; the whole subprocess took "
+        f"{fmt(sec['preset_run']['wall_s'])} s (start-up, data, compile, evaluation, plots)",
+        f"- load average {fmt(load.get('load_start'))} -> {fmt(load.get('load_end'))} over the "
+        f"section; {load.get('why', 'not recorded')}: ratio {verdict}",
+        "",
+    ]
+
+
 SECTION_RENDERERS: Sequence[tuple[str, str, Callable[..., list[str]]]] = (
     ("train_epoch", "", train_epoch),
     ("evaluation", "", evaluation),
@@ -254,6 +293,7 @@ SECTION_RENDERERS: Sequence[tuple[str, str, Callable[..., list[str]]]] = (
     ("models_per_program", "", models_per_program),
     ("devices", "## 5b. Data parallel over devices (bench.scaling)", devices),
     ("cnn", "## 6. CNN train step: manual backprop vs jax.grad vs PyTorch eager", cnn),
+    ("study", "## 7. The main job's preset beside per-device models", study),
 )
 
 
