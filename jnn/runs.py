@@ -157,8 +157,17 @@ class LoadedHead(NamedTuple):
 
     def logits(self, features: Any, chunk: int = 1024) -> np.ndarray:
         """Frozen VGG16 features (N, h, w, 512), as the run cached them (block5's output, or
-        block4's with ``finetune_top``) -> logits (N, 10), in fixed-size padded chunks."""
-        features = np.asarray(features, np.float32)
+        block4's with ``finetune_top``) -> logits (N, 10), in fixed-size padded chunks.
+        Refuses (one InputError line), as :meth:`LoadedModel.logits` does, features of another
+        shape than the run's (from its config; without one, than its params fit), a non-float
+        dtype, or NaN/inf rows."""
+        expected = _head_input_shape(self.config)
+        features = _checked_features(features, expected)
+        if expected is None and not _fits_head(self, features.shape[1:]):
+            raise InputError(
+                f"features of per-example shape {features.shape[1:]} do not fit this head's "
+                "params; pass the features its run cached"
+            )
         n = len(features)
         pad = (-n) % chunk if n > chunk else 0
         x = np.concatenate([features, np.zeros((pad, *features.shape[1:]), np.float32)])
@@ -172,6 +181,57 @@ class LoadedHead(NamedTuple):
     def predict(self, features: Any) -> np.ndarray:
         """Features (N, h, w, 512) -> predicted class labels (N,) int."""
         return np.argmax(self.logits(features), axis=-1)
+
+
+def _head_input_shape(config: dict[str, Any]) -> tuple[int, int, int] | None:
+    """(h, w, 512): the per-example shape of the features a vgg_transfer run trained on, from
+    its config: the last cached VGG16 block (4 with ``finetune_top``, else 5) halves the SIZE x
+    SIZE images once per block, flooring (2x2 max-pools, VALID). None when the config does not
+    say (a head made outside :func:`load_vgg_head`)."""
+    if not isinstance(config, dict) or not {"finetune_top", "size"} <= set(config):
+        return None
+    last_block = 4 if config["finetune_top"] else 5
+    side = int(config["size"]) // 2**last_block
+    return side, side, vgg.BLOCKS[last_block - 1][2]
+
+
+def _fits_head(head: LoadedHead, shape: tuple[int, ...]) -> bool:
+    """Whether ``head.model`` makes params and layer state of exactly the head's shapes for
+    per-example inputs ``shape`` (traced with ``jax.eval_shape``: nothing computed)."""
+    try:
+        init = jax.eval_shape(lambda k: head.model.init(k, tuple(shape)), jax.random.key(0))
+    except InputError:
+        return False
+
+    def shapes(tree: Any) -> list[tuple[str, tuple[int, ...]]]:  # (leaf path, shape)
+        flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+        return [(jax.tree_util.keystr(path), np.shape(leaf)) for path, leaf in flat]
+
+    trees = ((init[1], head.params), (init[2], head.model_state))
+    return all(shapes(a) == shapes(b) for a, b in trees)
+
+
+def _checked_features(features: Any, shape: tuple[int, ...] | None) -> np.ndarray:
+    """``features`` as a float32 (N, *shape) array (``shape`` None: any (N, h, w, C)), or a
+    one-line InputError: another shape (Flatten would reshape it into garbage or fail inside
+    JAX), integer values (not the cached float features), NaN/inf rows (their logits would be
+    NaN, their argmax class 0)."""
+    x = np.asarray(features)
+    want = "h, w, 512" if shape is None else ", ".join(map(str, shape))
+    if x.ndim != 4 or (shape is not None and x.shape[1:] != tuple(shape)):
+        raise InputError(
+            f"features must have shape (N, {want}) as the run cached them, got {x.shape}"
+        )
+    if not np.issubdtype(x.dtype, np.floating):
+        raise InputError(
+            f"features must be float VGG16 features, got dtype {x.dtype}; pass them as the run "
+            "cached them"
+        )
+    if not np.isfinite(x).all():
+        raise InputError(
+            "features hold NaN or inf values; a prediction for them would mean nothing"
+        )
+    return x.astype(np.float32, copy=False)
 
 
 def vgg_head_template(finetune_top: bool, input_shape: tuple[int, ...]) -> dict[str, Any]:

@@ -337,7 +337,10 @@ def _model_checker(model: core.Layer, stacked: bool) -> Callable[[Any, Any, Any]
         drop = 1 if stacked else 0
         trees = (("params", params), ("layer state", model_state))
         for (what, tree), want in zip(trees, wanted[shape]):
-            problem = _mismatch(_shapes(tree, drop), want)
+            have = _shapes(tree, drop)
+            problem = _mismatch(have, want)
+            if problem and set(have) == set(want):  # same network, other shapes: x's fault?
+                _refuse_misfit_x(model, params, model_state, x, stacked)
             if problem:
                 raise InputError(
                     f"the {what} do not match the model {model.name} for inputs of shape "
@@ -345,6 +348,40 @@ def _model_checker(model: core.Layer, stacked: bool) -> Callable[[Any, Any, Any]
                 )
 
     return check
+
+
+def _refuse_misfit_x(
+    model: core.Layer, params: Any, model_state: Any, x: Any, stacked: bool
+) -> None:
+    """On the error path of the params check, for params of the model's structure but other
+    shapes: when x does not fit them (an image of 3 channels for a net made for 1), raise the
+    layer's own refusal (its name, the expected and the got shape), which says what is wrong
+    better than "the params do not match". Traced with ``jax.eval_shape``: nothing computed."""
+
+    def one(tree: Any) -> Any:
+        return jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a)[1:], a.dtype), tree)
+
+    p, st = (one(params), one(model_state)) if stacked else (params, model_state)
+    batch = jax.ShapeDtypeStruct(np.shape(x), jnp.result_type(x))
+    try:
+        jax.eval_shape(functools.partial(core.apply, model), p, st, batch)
+    except InputError as err:
+        first = str(err).splitlines()[0]
+        raise InputError(f"x of shape {np.shape(x)} does not fit the params: {first}") from None
+    except Exception:  # noqa: BLE001 - params of another network: the caller's message says so
+        return
+
+
+def _check_x(x: Any, what: str) -> None:
+    """x must hold float features: integer pixels (uint8 0..255) would train on unscaled values
+    (an MLP) or fail inside a convolution (lax refuses mixed dtypes). Dtype only, no data read."""
+    dtype = getattr(x, "dtype", None)
+    dtype = np.asarray(x).dtype if dtype is None else np.dtype(dtype)
+    if not np.issubdtype(dtype, np.floating):
+        raise InputError(
+            f"{what} x must hold floats (the model computes in float), got dtype {dtype}; "
+            "convert it first (uint8 pixels: jnn.data.to_float, or divide by 255)"
+        )
 
 
 def _check_examples(x: Any, y: Any, batch_size: int | None) -> None:
@@ -356,6 +393,7 @@ def _check_examples(x: Any, y: Any, batch_size: int | None) -> None:
             f"{what} x and y must have one label per example: x has shape {np.shape(x)}, "
             f"y has shape {np.shape(y)}"
         )
+    _check_x(x, what)
     n = np.shape(x)[0]
     if batch_size is None and n == 0:
         raise InputError("evaluation x has no examples: nothing to measure; pass at least one")
@@ -412,9 +450,10 @@ def make_epoch_fn(
 
     Every call first refuses (one :class:`InputError`, before the program runs; shapes only, so
     no device sync): y not of x's length (the batch gather clamps indices: it trained silently),
-    fewer than ``batch_size`` examples (no step: NaN metrics), and, for a Layer, params or layer
-    state of another network (another width trained silently). Labels and finiteness are
-    :func:`fit`'s checks (:func:`check_data`): they read the data.
+    fewer than ``batch_size`` examples (no step: NaN metrics), x of a non-float dtype, and, for
+    a Layer, params or layer state of another network (another width trained silently) or x
+    the params cannot take (a layer's own refusal, e.g. a Conv2D given another channel count).
+    Labels and finiteness are :func:`fit`'s checks (:func:`check_data`): they read the data.
     """
     validate_hyperparameters(batch_size)
     if loop not in EPOCH_LOOPS:
@@ -499,7 +538,8 @@ def make_eval_fn(model: core.Layer, *, stacked: bool = False, chunk: int | None 
     the size of x (None: all of x in one pass). The function carries ``.model``, ``.stacked``
     and ``.chunk`` (``fit`` reads the number of classes from the model to check the labels).
     Each call refuses, as the epoch function does, x and y of different lengths, no examples
-    (the mean of nothing is NaN) and params or layer state of another network.
+    (the mean of nothing is NaN), x of a non-float dtype and params or layer state of another
+    network.
     """
     chunk = check_chunk(chunk)
     if chunk is None:
@@ -531,8 +571,12 @@ def _num_classes(eval_fn: EvalFn, state: TrainState, x: Any) -> int | None:
     params, model_state = state.params, state.model_state
     if getattr(eval_fn, "stacked", False):
         params, model_state = jax.tree.map(lambda a: a[0], (params, model_state))
-    batch = jax.ShapeDtypeStruct((1, *np.shape(x)[1:]), jnp.result_type(x))
-    out = jax.eval_shape(functools.partial(core.apply, model), params, model_state, batch)
+    batch = jax.ShapeDtypeStruct(np.shape(x), jnp.result_type(x))  # abstract: any N is free
+    try:
+        out = jax.eval_shape(functools.partial(core.apply, model), params, model_state, batch)
+    except InputError as err:  # a layer's refusal of x (JAX may append lines to it)
+        first = str(err).splitlines()[0]
+        raise InputError(f"x of shape {np.shape(x)} does not fit the model: {first}") from None
     return int(out.shape[-1])
 
 
@@ -557,6 +601,7 @@ def check_data(x: Any, y: Any, num_classes: int | None, what: str = "training") 
             f"{what} x and y must have one label per example: x has shape {np.shape(x)}, "
             f"y has shape {np.shape(y)}"
         )
+    _check_x(x, what)
     if num_classes is None:
         num_classes = int(np.iinfo(np.int32).max)  # without a model: ints >= 0 only
     check_labels(y, num_classes, what=f"{what} labels")
@@ -610,6 +655,8 @@ def fit(
     """
     x, y = train_data
     xv, yv = val_data
+    _check_x(x, "training")
+    _check_x(xv, "validation")
     num_classes = _num_classes(eval_fn, state, x)
     check_data(x, y, num_classes, "training")
     check_data(xv, yv, num_classes, "validation")

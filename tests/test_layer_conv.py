@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jnn.core import serial
+from jnn.errors import InputError
 from jnn.layers import Conv2D, MaxPool2D, ReLU
 from jnn.layers import conv as conv_module
 from jnn.layers.conv import axis_geometry, batch_chunk, conv_plan, conv_plans
@@ -183,3 +184,54 @@ def test_recorded_costs_equal_flax_conv_costs(s, padding):
     x = jnp.zeros((2, 9, 8, 3))
     _, (theirs,) = conv_layer_costs(flax_conv, flax_conv.init(jax.random.key(0), x), x)
     assert dataclasses.replace(ours, name="") == dataclasses.replace(theirs, name="")
+
+
+# ---------------------------------------------------------------- inputs the kernel cannot take
+
+
+@pytest.mark.parametrize(
+    "shape, dtype, says",
+    [
+        (
+            (2, 6, 6, 3),
+            jnp.float32,
+            r"expects input \(batch, H, W, 1\) float32, got shape \(2, 6, 6, 3\)",
+        ),
+        (
+            (2, 6, 6),
+            jnp.float32,
+            r"expects input \(batch, H, W, 1\) float32, got shape \(2, 6, 6\)",
+        ),
+        ((2, 6, 6, 1), jnp.uint8, "got dtype uint8; convert the images to float32"),
+        ((2, 6, 6, 1), jnp.int32, "got dtype int32; convert the images to float32"),
+    ],
+    ids=["channels", "rank", "uint8", "int32"],
+)
+def test_forward_refuses_an_input_the_kernel_cannot_take(shape, dtype, says):
+    """A wrong channel count or an integer image failed inside lax.conv_general_dilated with a
+    JAX message; the layer's static check names the layer, the expected and the got input, the
+    same way plain, under jit and under vmap (shapes and dtypes are static there)."""
+    layer = Conv2D(4, 3)
+    _, params, state = layer.init(jax.random.PRNGKey(0), (6, 6, 1))
+    x = jnp.zeros(shape, dtype)
+    stacked = jax.tree.map(lambda a: jnp.stack([a, a]), params)
+    calls = {
+        "plain": lambda: layer.forward(params, state, x),
+        "jit": lambda: jax.jit(lambda p, v: layer.forward(p, state, v)[0])(params, x),
+        "vmap": lambda: jax.vmap(lambda p: layer.forward(p, state, x)[0])(stacked),
+    }
+    for how, call in calls.items():
+        with pytest.raises(InputError, match=r"^Conv2D\(4, \(3, 3\).*" + says) as err:
+            call()
+        assert "\n" not in str(err.value), how
+
+
+def test_forward_checks_change_no_number():
+    """The checks only read static shapes: a float input of the right channels gives the
+    lowering's output as before (same bits as calling the lowering directly)."""
+    layer = Conv2D(4, 3, lowering="conv")
+    _, params, state = layer.init(jax.random.PRNGKey(0), (6, 6, 2))
+    x = jax.random.normal(jax.random.PRNGKey(1), (3, 6, 6, 2))
+    y, _, _ = layer.forward(params, state, x)
+    direct, _ = conv_module.conv_forward(params, x, (1, 1), ((1, 1), (1, 1)))
+    np.testing.assert_array_equal(np.asarray(y), np.asarray(direct))

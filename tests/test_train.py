@@ -510,3 +510,62 @@ def test_study_mlp_trains_bit_identically_to_the_old_code(case):
     assert len(new_params) == len(params) == 3
     for new, old in zip(jax.tree.leaves(new_params), jax.tree.leaves(params), strict=True):
         np.testing.assert_array_equal(new, old)
+
+
+# --------------------------------------------------------------------------------------------
+# A CNN's inputs: wrong channels, integer dtypes and empty batches are one line at every entry
+# --------------------------------------------------------------------------------------------
+
+
+def _small_cnn():
+    from jnn.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU
+
+    return core.serial(Conv2D(4, 3), ReLU, MaxPool2D(2), Flatten, Dense(3))
+
+
+CNN_SHAPE = (8, 8, 1)
+CNN_BAD = {
+    "channels": (jnp.zeros((20, 8, 8, 3)), r"Conv2D\(4, .* expects input \(batch, H, W, 1\) "),
+    "uint8": (jnp.zeros((20, 8, 8, 1), jnp.uint8), "x must hold floats .* got dtype uint8"),
+    "int32": (np.zeros((20, 8, 8, 1), np.int32), "x must hold floats .* got dtype int32"),
+    "rows": (jnp.zeros((0, 8, 8, 1)), "has 0 examples|has no examples"),
+}
+
+
+@pytest.mark.parametrize("bad", list(CNN_BAD), ids=list(CNN_BAD))
+def test_cnn_inputs_it_cannot_take_are_one_line_at_every_entry(bad):
+    """3-channel images for a 1-channel net, uint8 or int pixels failed inside JAX (a
+    conv_general_dilated shape or dtype error) from fit, the epoch and the evaluation function;
+    each is now one InputError line saying what was wrong, single and stacked alike."""
+    model, (x, says) = _small_cnn(), CNN_BAD[bad]
+    y = jnp.zeros((len(x),), jnp.int32)
+    keys = jax.random.split(jax.random.PRNGKey(0), 2)
+    for stacked in (False, True):
+        epoch = train.make_epoch_fn(model, optax.sgd(0.1), 5, stacked=stacked)
+        evaluate = train.make_eval_fn(model, stacked=stacked)
+        init = train.init_train_states if stacked else train.init_train_state
+        state = init(keys if stacked else keys[0], model, optax.sgd(0.1), CNN_SHAPE)
+        _refused(epoch, state, x, y, match=says)
+        _refused(evaluate, state.params, state.model_state, x, y, match=says)
+        fit = functools.partial(train.fit, eval_fn=evaluate, epochs=1)
+        _refused(fit, state, epoch, (x, y), (x, y), match=says)
+
+
+def test_cnn_on_an_empty_batch_gives_empty_logits():
+    """Flatten reshaped (0, h, w, c) with -1 (ZeroDivisionError inside jnp.reshape); the forward
+    of an empty batch is now an empty batch of logits, jitted or not (the entries that average
+    over examples refuse it: test above)."""
+    model = _small_cnn()
+    _, params, state = model.init(jax.random.PRNGKey(0), CNN_SHAPE)
+    x = jnp.zeros((0, *CNN_SHAPE))
+    assert core.apply(model, params, state, x).shape == (0, 3)
+    assert jax.jit(functools.partial(core.apply, model))(params, state, x).shape == (0, 3)
+
+
+def test_a_cnn_still_trains_after_the_checks():
+    model = _small_cnn()
+    x = jax.random.uniform(jax.random.PRNGKey(1), (20, *CNN_SHAPE))
+    y = (jnp.arange(20) % 3).astype(jnp.int32)
+    state = train.init_train_state(jax.random.PRNGKey(0), model, optax.sgd(0.1), CNN_SHAPE)
+    result = _fit(model, state, (x, y), epochs=2)
+    assert result.diverged_at is None and np.all(np.isfinite(result.history["val_loss"]))

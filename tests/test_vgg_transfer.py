@@ -14,6 +14,7 @@ import pytest
 from experiments import harness, vgg_transfer
 from jnn import core, features, runs, vgg
 from jnn.checkpoints import CheckpointError
+from jnn.errors import InputError
 from jnn.layers import Dense, Dropout, Flatten, MaxPool2D, ReLU
 from tests.gradcheck import assert_tree_close
 
@@ -164,6 +165,56 @@ def test_way_back_reproduces_the_reported_accuracy(tiny_runs, tmp_path):
     data.write_bytes(bytes(raw))
     with pytest.raises(CheckpointError):
         runs.load_vgg_head(copy)
+
+
+@pytest.mark.parametrize(
+    "bad, says",
+    [
+        (lambda s: np.ones((3, int(np.prod(s))), np.float32), r"must have shape \(N, 1, 1, 512\)"),
+        (lambda s: np.ones((3, s[0] + 1, s[1] + 1, 512), np.float32), r"got \(3, 2, 2, 512\)"),
+        (lambda s: np.ones((3, *s[:2], 256), np.float32), r"got \(3, 1, 1, 256\)"),
+        (lambda s: np.ones((3, *s), np.int32), "float VGG16 features, got dtype int32"),
+        (lambda s: np.full((3, *s), np.nan, np.float32), "NaN or inf"),
+        (lambda s: np.where(np.arange(3)[:, None, None, None] == 1, np.inf, np.ones((3, *s))),
+         "NaN or inf"),
+    ],
+    ids=["flat", "size", "channels", "int", "nan", "inf-row"],
+)  # fmt: skip
+def test_loaded_head_refuses_features_it_cannot_take(tiny_runs, bad, says):
+    """LoadedHead.logits took any array: another shape failed inside JAX or was reshaped into
+    the wrong features, ints were cast silently, NaN rows predicted class 0. Now one line each,
+    as LoadedModel.logits; features of the run's own shape still give logits."""
+    head = runs.load_vgg_head(tiny_runs["manual"])
+    shape = tuple(load(tiny_runs["manual"])["head"]["input_shape"])  # what the run cached
+    assert head.logits(np.ones((3, *shape), np.float32)).shape == (3, 10)
+    with pytest.raises(InputError, match=says) as err:
+        head.logits(bad(shape))
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("finetune_top, size, side", [(True, 32, 2), (True, 72, 4), (False, 64, 2)])
+def test_loaded_head_expects_the_features_of_its_config(finetune_top, size, side):
+    """The expected (h, w, 512) follows from the run's config: block4's output (SIZE // 16) with
+    finetune_top, else block5's (SIZE // 32); a model made for it accepts it, not its neighbour."""
+    model = vgg.transfer_model(finetune_top)
+    _, params, state = model.init(jax.random.PRNGKey(0), (side, side, 512))
+    head = runs.LoadedHead(model, params, state, {"finetune_top": finetune_top, "size": size}, 0)
+    assert head.logits(np.ones((2, side, side, 512), np.float32)).shape == (2, 10)
+    with pytest.raises(InputError, match=f"must have shape \\(N, {side}, {side}, 512\\)"):
+        head.logits(np.ones((2, side + 1, side + 1, 512), np.float32))
+
+
+def test_a_head_without_a_config_refuses_features_its_params_do_not_fit():
+    """experiments.vgg_transfer predicts through a LoadedHead without a config: the check is
+    then whether the model makes the head's params for the features' shape."""
+    model = vgg.transfer_model(False)
+    _, params, state = model.init(jax.random.PRNGKey(0), (1, 1, 512))
+    head = runs.LoadedHead(model, params, state, {}, 0)
+    assert head.predict(np.ones((2, 1, 1, 512), np.float32)).shape == (2,)
+    with pytest.raises(InputError, match=r"shape \(2, 2, 512\) do not fit this head's params"):
+        head.predict(np.ones((2, 2, 2, 512), np.float32))
+    with pytest.raises(InputError, match=r"must have shape \(N, h, w, 512\)"):
+        head.predict(np.ones((2, 512), np.float32))
 
 
 def test_divergence_exits_3_with_the_last_good_epoch(tmp_path, fashion_dir, capsys):

@@ -442,6 +442,26 @@ def layer_geometry(
     return (g[0][0], g[1][0]), ((g[0][1], g[0][2]), (g[1][1], g[1][2]))
 
 
+def check_input(label: str, x: Any, w: Any) -> None:
+    """Refuse (one InputError naming the layer ``label``) an input that cannot meet the kernel
+    w (kh, kw, C, F): x must be (B, H, W, C) of w's float dtype. Static checks of shape and
+    dtype only, so they hold under jit and vmap and add nothing to the traced program; without
+    them a wrong channel count or an integer image fails deep inside lax with a JAX message."""
+    channels, want = int(w.shape[2]), jax.dtypes.canonicalize_dtype(w.dtype)
+    expected = f"(batch, H, W, {channels}) {want}"
+    if x.ndim != 4 or x.shape[3] != channels:
+        raise InputError(
+            f"{label} expects input {expected}, got shape {tuple(x.shape)}; pass NHWC images "
+            f"with the {channels} channel(s) the layer was initialised for"
+        )
+    got = jax.dtypes.canonicalize_dtype(x.dtype)
+    if got != want:
+        raise InputError(
+            f"{label} expects input {expected}, got dtype {got}; convert the images to {want} "
+            "first (uint8 pixels: divide by 255)"
+        )
+
+
 def _plan(lowering: str, x: Array, w: Array, strides, padding: str, label: str, note: bool):
     """(pads, plan) of one traced call; ``note`` reports it to :func:`record_plans`."""
     out_hw, pads = layer_geometry(
@@ -485,6 +505,8 @@ def Conv2D(  # noqa: N802 - layers are named like classes, as in stax and Flax
     (``jnn.initializers``; fans include the receptive field), bias zeros. ``padding`` is "SAME"
     (output ceil(H / s)) or "VALID" (output (H - kh) // s + 1). ``lowering`` is "conv", "gemm"
     or "auto" (module docstring; the name says which, :func:`conv_plans` what "auto" chose).
+    ``forward`` refuses (:func:`check_input`, static: also under jit and vmap) an input that is
+    not (B, H, W, C) of the kernel's C and dtype.
     """
     pad_mode, lowering = _checked(features, padding, lowering)
     ksize, stride = _pair(kernel_size, "kernel_size"), _pair(strides, "strides")
@@ -506,8 +528,7 @@ def Conv2D(  # noqa: N802 - layers are named like classes, as in stax and Flax
 
     def forward(params, state, x, *, key=None, train=False):
         del key, train
-        if x.ndim != 4:
-            raise InputError(f"{label} expects (batch, H, W, C) input, got {tuple(x.shape)}")
+        check_input(label, x, params["w"])
         pads, p = plan(x, params["w"], note=True)
         return lowered_forward(params, x, stride, pads, p), x, state
 

@@ -15,8 +15,10 @@ from jnn.core import Shape, stateless
 
 
 def flatten_forward(x: Array) -> tuple[Array, Shape]:
-    """x: (B, *rest) -> (B, prod(rest)); the cache is x's shape (no data needed)."""
-    return x.reshape(x.shape[0], -1), tuple(x.shape)
+    """x: (B, *rest) -> (B, prod(rest)); the cache is x's shape (no data needed). The width is
+    spelled out, not -1: with B = 0 a -1 is ambiguous and jnp.reshape raises ZeroDivisionError,
+    while an empty batch should flatten to (0, prod(rest)) like any other."""
+    return x.reshape(x.shape[0], math.prod(x.shape[1:])), tuple(x.shape)
 
 
 def flatten_backward(shape: Shape, dy: Array) -> Array:
