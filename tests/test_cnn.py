@@ -26,6 +26,24 @@ def test_quick_run_end_to_end(fashion_dir, tmp_path, capsys):
     assert "already holds another run" in capsys.readouterr().err
 
 
+def test_a_diverging_run_exits_3_and_says_so(fashion_dir, tmp_path, capsys):
+    """An absurd Adam step (every param moves by ~lr) makes both twins' loss non-finite in the
+    first epoch: fit stops each one there, results.json says "diverged" with the epoch and no
+    test numbers (no state of a diverged net is kept), the report is still written, exit 3."""
+    out = tmp_path / "cnn"
+    argv = ["--subset", "64,32,32", "--epochs", "2", "--batch-size", "32", "--lr", "1e30"]
+    assert cnn.main([*argv, "--data-dir", str(fashion_dir), "--out", str(out)]) == 3
+    res = json.loads((out / "results.json").read_text())
+    assert res["status"] == "diverged"
+    for name, net in res["networks"].items():
+        assert net["diverged_at"] == 1, name
+        assert net["test_accuracy"] is None and net["test_loss"] is None, name
+        first = net["history"]["train_loss"][0]  # NaN or inf, written as null or as is
+        assert first is None or not np.isfinite(first), name
+        assert len(net["times"]) == 1, name  # epoch 2 never ran
+    assert {p.name for p in out.iterdir()} >= {"results.json", "results.md", "curves.png"}
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
