@@ -1,4 +1,4 @@
-"""The study engine: M models (activation x init x lr x seed) of one MLP family, one program.
+"""The study engine: M models (activation x init x optimizer x lr x seed) of one MLP, one program.
 
     cfg = StudyConfig(activations=("relu", "tanh"), lrs=(0.01, 0.1), seeds=5, epochs=100)
     result = study.run(cfg, "runs/my_study")            # the config enters the library once
@@ -6,12 +6,14 @@
     result.evals[100]["test_accuracy"] # (M,) from the *restored* epoch-100 checkpoint
     result.models[m].name              # "relu/normal/lr0.1/s3"
 
-What it trains: every cell (activation-major, then init, then lr) times ``seeds`` seeds, model
-``m = cell * seeds + s``. Every model is the same network (:func:`network`): the MLP
-``(features, *hidden, classes)`` of the dataset entry with ``SelectActivation`` in place of each
-hidden activation, so the activation is layer *state*; the learning rate is optimizer state
-(``jnn.optim``); the init is the initial params, drawn by ``jnn.mlp.mlp(sizes, activation,
-init)`` exactly as a model trained alone. Seed ``s`` of every cell starts from
+What it trains: every cell (activation-major, then init, then optimizer, then lr) times
+``seeds`` seeds, model ``m = cell * seeds + s``. Every model is the same network
+(:func:`network`): the MLP ``(features, *hidden, classes)`` of the dataset entry with
+``SelectActivation`` in place of each hidden activation, so the activation is layer *state*; the
+learning rate is optimizer state (``jnn.optim``), and so is the optimizer when the study lists
+several (``optimizer="sgd,adam"``: ``jnn.optim.union``, each model's state selects its member);
+the init is the initial params, drawn by ``jnn.mlp.mlp(sizes, activation, init)`` exactly as a
+model trained alone. Seed ``s`` of every cell starts from
 ``fold_in(PRNGKey(seed), s)`` (its init key and shuffle order), so cells differ only by what
 the cell names (common random numbers).
 
@@ -94,9 +96,17 @@ class StudyConfig:
     init_scale: float | None = option(
         None, "normal's stddev [0.01] or random's uniform limit [0.05]"
     )
-    optimizer: str = option("sgd", "optimizer, by name: " + ", ".join(optim.OPTIMIZERS))
+    # A string, not a tuple: one name is every run.json's form since jnn.study/1 (identity and
+    # checkpoints keep it); several, comma-separated, add a cell field (see `optimizers`).
+    optimizer: str = option(
+        "sgd",
+        "optimizer(s), by name, comma-separated for several (one model family each): "
+        + ", ".join(optim.OPTIMIZERS),
+    )
     lrs: tuple[float, ...] = option((0.1,), "learning rates")
-    seeds: int = option(1, "seeds per (activation, init, lr) cell; mean +- std over them")
+    seeds: int = option(
+        1, "seeds per (activation, init, optimizer, lr) cell; mean +- std over them"
+    )
     seed: int = option(0, "base seed of the split and of the model keys")
     epochs: int = option(100, "epochs per model")
     save_at: tuple[int, ...] = option(
@@ -122,6 +132,11 @@ class StudyConfig:
         """Layer widths (features, *hidden, classes): the ends come from the dataset entry."""
         entry = _dataset(self.dataset)
         return (entry.features, *self.hidden, entry.num_classes)
+
+    @property
+    def optimizers(self) -> tuple[str, ...]:
+        """The optimizers' names, in the order of ``optimizer`` (``"sgd,adam"``)."""
+        return tuple(self.optimizer.split(","))
 
     @property
     def save_epochs(self) -> tuple[int, ...]:
@@ -205,7 +220,9 @@ def _check_names_and_choices(c: StudyConfig) -> None:
     folder(c.data_dir, "data_dir")
     _check_names(c.activations, "activations", _hidden_activation(get_activation))
     _check_names(c.inits, "inits", get_initializer)
-    _check_names((c.optimizer,), "optimizer", optim.get_optimizer)
+    if not isinstance(c.optimizer, str) or not all(c.optimizers):
+        raise ConfigError(f"`optimizer` takes names separated by commas, got {c.optimizer!r}")
+    _check_names(c.optimizers, "optimizer", optim.get_optimizer)
     if c.layout not in LAYOUTS:
         raise ConfigError(f"`layout` must be one of {', '.join(LAYOUTS)}, got {c.layout!r}")
     if c.init_scale is not None:
@@ -236,7 +253,7 @@ def check_config(c: StudyConfig) -> None:
     """Every field checked; a one-line :class:`ConfigError` naming the field otherwise."""
     _check_numbers(c)
     _check_names_and_choices(c)
-    history = len(c.activations) * len(c.inits) * len(c.lrs) * c.seeds * c.epochs * 16
+    history = num_models(c) * c.epochs * 16
     if history > _memory_limit():
         raise ConfigError(
             f"the history of {num_models(c)} models x {c.epochs:,} `epochs` needs "
@@ -252,31 +269,45 @@ def _memory_limit() -> int:
 
 
 class ModelSpec(NamedTuple):
-    """One model of a study: its cell and its seed index ``s`` (0-based)."""
+    """One model of a study: its cell and its seed index ``s`` (0-based). ``optimizer`` is the
+    model's optimizer in a study of several, None in a study of one (whose names stay as
+    they were before studies could mix optimizers: ``relu/normal/lr0.1/s0``)."""
 
     activation: str
     init: str
     lr: float
     seed: int
+    optimizer: str | None = None
 
     @property
     def name(self) -> str:
-        return f"{self.activation}/{self.init}/lr{self.lr:g}/s{self.seed}"
+        """``relu/normal/lr0.1/s0``, or ``relu/normal/adam/lr0.001/s0`` in a mixed study."""
+        opt = f"{self.optimizer}/" if self.optimizer is not None else ""
+        return f"{self.activation}/{self.init}/{opt}lr{self.lr:g}/s{self.seed}"
 
 
 def models(c: StudyConfig) -> list[ModelSpec]:
-    """Every model, in order: activation-major, then init, then lr, then seed."""
+    """Every model, in order: activation-major, then init, optimizer, lr, seed."""
+    mixed = len(c.optimizers) > 1
     return [
-        ModelSpec(a, i, float(lr), s)
+        ModelSpec(a, i, float(lr), s, o if mixed else None)
         for a in c.activations
         for i in c.inits
+        for o in c.optimizers
         for lr in c.lrs
         for s in range(c.seeds)
     ]
 
 
 def num_models(c: StudyConfig) -> int:
-    return len(c.activations) * len(c.inits) * len(c.lrs) * c.seeds
+    return len(c.activations) * len(c.inits) * len(c.optimizers) * len(c.lrs) * c.seeds
+
+
+def make_optimizer(c: StudyConfig) -> Any:
+    """The one optax transform every model of ``c`` trains with: ``jnn.optim.make`` of the
+    study's optimizer, or ``jnn.optim.union`` of its optimizers (each model's state selects)."""
+    names = c.optimizers
+    return optim.make(names[0]) if len(names) == 1 else optim.union(names)
 
 
 def network(c: StudyConfig) -> core.Layer:
@@ -298,15 +329,18 @@ def model_key(seed: int, s: int) -> Array:
 def init_model(c: StudyConfig, spec: ModelSpec) -> train.TrainState:
     """One model, unstacked: params as ``train.init_train_state(model_key(seed, s),
     mlp(sizes, activation, init), optimizer, (features,))`` gives them, the network's state
-    with this model's activation index, and its lr in the optimizer state."""
+    with this model's activation index, and its lr (and, of several, its optimizer) in the
+    optimizer state."""
     scale = {SCALED_INITS[spec.init]: c.init_scale} if c.init_scale is not None else {}
     alone = mlp(c.sizes, spec.activation, spec.init, **scale)
-    opt = optim.make(c.optimizer)
+    opt = make_optimizer(c)
     state = train.init_train_state(model_key(c.seed, spec.seed), alone, opt, c.sizes[:1])
     index = jnp.asarray(c.activations.index(spec.activation), jnp.int32)
     _, _, template = network(c).init(jax.random.PRNGKey(0), c.sizes[:1])
     model_state = tuple({"index": index} if isinstance(t, dict) else t for t in template)
     opt_state = optim.with_learning_rate(state.opt_state, spec.lr)
+    if spec.optimizer is not None:
+        opt_state = optim.with_member(opt_state, spec.optimizer, c.optimizers)
     return state._replace(model_state=model_state, opt_state=opt_state)
 
 
@@ -550,7 +584,7 @@ def choose_layout(c: StudyConfig, mesh: Mesh, make: Callable, st: Any, d: Data) 
     if per_device == 1:
         return "map", {}
     key = f"{parallel.cpu_model()}|jax {jax.__version__}|{mesh.size}x{per_device}"
-    key += f"|{c.sizes}|{c.batch_size}"
+    key += f"|{c.sizes}|{c.batch_size}" + (f"|{c.optimizer}" if len(c.optimizers) > 1 else "")
     known = _layout_cache().get(key)
     if known in ("vmap", "map"):
         return known, {}
@@ -708,7 +742,7 @@ def run(
     with open_store(c, workdir) as store:
         first, st, history, resumed = _begin(c, workdir, store, resume)
         make = lambda lay: stacked.make_epoch_fn(  # noqa: E731
-            net, optim.make(c.optimizer), c.batch_size, mesh, lay
+            net, make_optimizer(c), c.batch_size, mesh, lay
         )
         if stored is not None and stored.get("layout") in ("vmap", "map"):
             layout, probe = stored["layout"], stored.get("layout_seconds", {})

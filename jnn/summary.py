@@ -1,6 +1,8 @@
 """A study's result over seeds: mean +- std per cell, divergence notes, the timing line.
 
-A *cell* is one (activation, init, lr) of a study (:mod:`jnn.study`); its seeds are its models.
+A *cell* is one (activation, init, lr) of a study (:mod:`jnn.study`), and its optimizer in a
+study of several (a model entry's ``optimizer``; absent in a study of one); its seeds are its
+models.
 :func:`result_dict` turns a ``jnn.study.StudyResult`` into a JSON-able dict (what a run folder's
 ``results.json`` holds); :func:`read_result` reads that dict back from a finished run folder; and
 :func:`cells` groups it per cell with the mean +- std over seeds of every evaluated metric at
@@ -66,8 +68,9 @@ def _model_entry(res: StudyResult, m: int) -> dict[str, Any]:
     """Model ``m`` of ``res``: its cell and seed, name, divergence epoch (None: never), history
     (lists of length epochs) and evaluations per save epoch (keys as strings, for JSON)."""
     spec = res.models[m]
+    fields = {k: v for k, v in spec._asdict().items() if k != "optimizer" or v is not None}
     return {
-        **spec._asdict(),
+        **fields,
         "name": spec.name,
         "diverged_at": int(res.diverged_at[m]) or None,
         "history": {k: v[m].tolist() for k, v in res.history.items()},
@@ -138,25 +141,29 @@ def read_result(run_dir: str | os.PathLike) -> dict[str, Any]:
     return result
 
 
-def _label(act: str, init: str, lr: float, config: dict[str, Any]) -> str:
-    """The cell's name: its activation, then init and lr only where the study varies them."""
+def _label(act: str, init: str, opt: str | None, lr: float, config: dict[str, Any]) -> str:
+    """The cell's name: its activation, then init, optimizer and lr only where the study varies
+    them (a model entry names its optimizer only in a study of several)."""
     return (
         act
         + (f" / {init}" if len(config["inits"]) > 1 else "")
+        + (f" / {opt}" if opt is not None else "")
         + (f" / lr {lr:g}" if len(config["lrs"]) > 1 else "")
     )
 
 
 def cells(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """Per (activation, init, lr), in the order of the models: ``label``, ``seeds``,
+    """Per (activation, init, optimizer, lr), in the order of the models: ``label``, ``seeds``,
     ``diverged`` (how many seeds), ``models`` (the cell's entries) and ``evals``: per save epoch,
-    ``mean_std`` text over seeds of :data:`METRIC_KEYS` (diverged seeds excluded, counted)."""
+    ``mean_std`` text over seeds of :data:`METRIC_KEYS` (diverged seeds excluded, counted).
+    ``optimizer`` is the cell's in a study of several, None in a study of one."""
     _check_result(result, "cells")
-    groups: dict[tuple[str, str, float], list[dict[str, Any]]] = {}
+    groups: dict[tuple[str, str, str | None, float], list[dict[str, Any]]] = {}
     for m in result["models"]:
-        groups.setdefault((m["activation"], m["init"], m["lr"]), []).append(m)
+        key = (m["activation"], m["init"], m.get("optimizer"), m["lr"])
+        groups.setdefault(key, []).append(m)
     out = []
-    for (act, init, lr), ms in groups.items():
+    for (act, init, opt, lr), ms in groups.items():
         epochs = sorted({int(e) for m in ms for e in m["evals"]})
         evals = {
             e: {k: mean_std(m["evals"][str(e)][k] for m in ms) for k in METRIC_KEYS} for e in epochs
@@ -165,8 +172,9 @@ def cells(result: dict[str, Any]) -> list[dict[str, Any]]:
             {
                 "activation": act,
                 "init": init,
+                "optimizer": opt,
                 "lr": lr,
-                "label": _label(act, init, lr, result["config"]),
+                "label": _label(act, init, opt, lr, result["config"]),
                 "seeds": len(ms),
                 "diverged": sum(m["diverged_at"] is not None for m in ms),
                 "evals": evals,
