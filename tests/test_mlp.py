@@ -27,7 +27,9 @@ from tests.gradcheck import assert_tree_close, rel_err
 ACTS = sorted(ACTIVATIONS)
 INITS = sorted(INITIALIZERS)
 STUDY_SIZES = StudyConfig().sizes  # (784, 256, 128, 64, 10)
-ARCHS = {"study": STUDY_SIZES, "odd": (3, 7, 1, 5), "single": (4, 3)}
+# Nets with hidden layers, so the activation is in them: the grid crosses both with every one.
+ARCHS = {"study": STUDY_SIZES, "odd": (3, 7, 1, 5)}
+SINGLE = (4, 3)  # one dense layer: no activation in the net, so one grid case per dtype
 DTYPES = ("float32", "float64")
 
 
@@ -90,12 +92,26 @@ class ManualEqualsAutodiff(chex.TestCase):
     @parameterized.product(activation=ACTS, arch=sorted(ARCHS), dtype=DTYPES)
     def test_grid(self, activation, arch, dtype):
         """Every init inside one test: they share one compile (the shapes do not change), which
-        pytest-xdist would otherwise repeat on each worker. Failures are collected, not hidden."""
-        manual = self.variant(manual_value_and_grad(ARCHS[arch], activation))
+        pytest-xdist would otherwise repeat on each worker."""
+        self._check_every_init(ARCHS[arch], activation, dtype)
+
+    @chex.variants(with_jit=True, without_jit=True)
+    @parameterized.product(dtype=DTYPES)
+    def test_grid_single_dense_layer(self, dtype):
+        """No hidden layer: the net is Dense alone whatever the activation name (each name would
+        rerun the same computation), so one name stands for all."""
+        key = jax.ShapeDtypeStruct((2,), jnp.uint32)  # a PRNGKey, traced, never drawn from
+        params = jax.eval_shape(lambda k: network(SINGLE, "sigmoid").init(k, (4,))[1], key)
+        assert len(params) == 1  # Dense's, and no activation layer
+        self._check_every_init(SINGLE, "sigmoid", dtype)
+
+    def _check_every_init(self, sizes, activation, dtype):
+        """Failures are collected over the initializers, not hidden behind the first."""
+        manual = self.variant(manual_value_and_grad(sizes, activation))
         failures = []
         for init in INITS:
             try:
-                check_against_autodiff(manual, ARCHS[arch], activation, init, dtype)
+                check_against_autodiff(manual, sizes, activation, init, dtype)
             except AssertionError as err:
                 failures.append(f"init={init}: {err}")
         assert not failures, "\n".join(failures)
@@ -148,10 +164,34 @@ def _loss(sizes, activation, params, x, y):
     return step(params, _state(params), x, y)[0][0]
 
 
+@functools.cache
+def _jitted_manual(sizes, activation):
+    """The manual step compiled once per net (the tests below need its numbers, not eager mode,
+    which the grid covers)."""
+    return jax.jit(manual_value_and_grad(sizes, activation))
+
+
 def _grads(sizes, activation, params, x, y):
     """(loss, grads) by the MLP's manual backprop."""
-    (loss, _, _), grads = manual_value_and_grad(sizes, activation)(params, _state(params), x, y)
+    (loss, _, _), grads = _jitted_manual(sizes, activation)(params, _state(params), x, y)
     return loss, grads
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _central_differences(sizes, activation, params, directions, x, y, h):
+    """For each direction v (a params-shaped tree with a leading axis of D): the central
+    difference (L(t + h v) - L(t - h v)) / 2h and <manual grad L, v>, both (D,). One compile per
+    net: eager mode would compile every small op of the loss and the tree sums anew."""
+    _, grads = manual_value_and_grad(sizes, activation)(params, _state(params), x, y)
+
+    def one(v):
+        def along(t):  # the loss at params + t v
+            return _loss(sizes, activation, jax.tree.map(lambda p, d: p + t * d, params, v), x, y)
+
+        dot = sum(jnp.vdot(g, d) for g, d in zip(jax.tree.leaves(grads), jax.tree.leaves(v)))
+        return (along(h) - along(-h)) / (2 * h), dot
+
+    return jax.lax.map(one, directions)
 
 
 def test_value_is_the_loss_of_the_inference_logits():
@@ -170,21 +210,14 @@ def test_central_differences_agree_in_float64(activation):
     """An independent third opinion: (L(t + h v) - L(t - h v)) / 2h vs <grad L, v>."""
     with jax.enable_x64(True):
         sizes = (5, 8, 6, 3)
-        params = _serial(init_mlp(jax.random.PRNGKey(7), sizes, "glorot", jnp.float64))
+        params = init_all(jax.random.PRNGKey(7), sizes, jnp.dtype("float64"))["glorot"][0]
         params = jax.tree.map(lambda p: p + 0.1, params)  # nonzero biases, too
         x, y = make_batch(7, 6, sizes[0], sizes[-1], "float64")
-        _, grads = _grads(sizes, activation, params, x, y)
-
-        def along(v, t):  # the loss at params + t v
-            return _loss(sizes, activation, jax.tree.map(lambda p, d: p + t * d, params, v), x, y)
-
-        h = 1e-5
         rng = np.random.default_rng(0)
-        for _ in range(3):
-            v = jax.tree.map(lambda p: jnp.asarray(rng.standard_normal(p.shape)), params)
-            fd = (along(v, h) - along(v, -h)) / (2 * h)
-            dot = sum(jnp.vdot(g, d) for g, d in zip(jax.tree.leaves(grads), jax.tree.leaves(v)))
-            assert rel_err(fd, dot) < 1e-6, (activation, float(fd), float(dot))
+        directions = jax.tree.map(lambda p: jnp.asarray(rng.standard_normal((3, *p.shape))), params)
+        fd, dot = _central_differences(sizes, activation, params, directions, x, y, 1e-5)
+        for a, b in zip(np.asarray(fd), np.asarray(dot)):
+            assert rel_err(a, b) < 1e-6, (activation, float(a), float(b))
 
 
 def _constant_params(sizes, value, dtype=jnp.float32):
