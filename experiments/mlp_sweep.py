@@ -67,8 +67,12 @@ class Config(StudyConfig):
         super().__post_init__()
         if isinstance(self.sklearn_workers, bool) or not 1 <= self.sklearn_workers <= 64:
             raise ConfigError(f"`sklearn_workers` must be in [1, 64], got {self.sklearn_workers}")
-        if self.sklearn and (len(self.inits) > 1 or len(self.lrs) > 1):
-            raise ConfigError("`sklearn` compares one init and lr; pass one of each, or no sklearn")
+        one_cell = len(self.inits) == 1 and len(self.lrs) == 1 and self.optimizers == ("sgd",)
+        if self.sklearn and not one_cell:  # its MLPClassifier is plain SGD at one lr
+            raise ConfigError(
+                "scikit-learn alongside compares one init and lr of plain sgd; pass one of "
+                "each and optimizer sgd, or --no-sklearn"
+            )
 
 
 def default_out(cfg: Config, quick: bool) -> str:
