@@ -470,7 +470,8 @@ class MetricsLog:
             for k in HISTORY_KEYS:
                 v = float(history[k][m, epoch - 1])
                 row[k] = v if math.isfinite(v) else None
-            row["diverged_at"] = int(diverged[m]) or None
+            at = int(diverged[m])  # a line says what was known at its epoch, resumed or not
+            row["diverged_at"] = at if 0 < at <= epoch else None
             out.append(json.dumps(row) + "\n")
         return "".join(out)
 

@@ -204,9 +204,12 @@ def timing_line(result: dict[str, Any]) -> str:
     t = result.get("timing") if isinstance(result, dict) else None
     if not isinstance(t, dict) or not {"model_epochs", "train_s", "model_epochs_per_s"} <= t.keys():
         raise InputError("timing_line: expected a study's result dict with its `timing`")
-    rate = t["model_epochs_per_s"]
+    rate, resumed = t["model_epochs_per_s"], result.get("resumed_from")
+    trained = f"{t['model_epochs']} model-epochs trained in {t['train_s']:.1f} s"
+    if not t["model_epochs"] and resumed:  # the training time is in the earlier call's result
+        trained = f"no model-epochs left to train (resumed at epoch {resumed})"
     return (
-        f"{t['model_epochs']} model-epochs trained in {t['train_s']:.1f} s"
+        trained
         + (f" ({rate:.2f} model-epochs/s)" if rate else "")
         + f" on {len(result['devices_used'])} device(s), layout {result['layout']}"
         + (f"; wall {t['wall_s']:.1f} s" if "wall_s" in t else "")

@@ -168,6 +168,10 @@ def test_resumed_run_equals_uninterrupted_bit_for_bit(tmp_path):
         want = float(resumed.history["val_accuracy"][names.index(line["model"]), line["epoch"] - 1])
         assert line["val_accuracy"] == (None if np.isnan(want) else pytest.approx(want))
     assert json.loads(lines[-1])["epoch"] == 3
+    # the file a resume rewrites is the file the straight run appended, divergence epochs too
+    assert (tmp_path / "r" / study.METRICS).read_text() == (
+        tmp_path / "s" / study.METRICS
+    ).read_text()
 
 
 @pytest.mark.slow
@@ -450,3 +454,18 @@ def test_data_of_another_shape_or_dtype_is_refused(tmp_path):
 
 if __name__ == "__main__":
     print(json.dumps(sharded_numbers()))
+
+
+def test_metrics_rewritten_on_resume_equal_the_lines_appended(tmp_path):
+    """A model that diverged at epoch 2: its epoch-1 line says null (nothing was known yet),
+    whether the line was appended as the run went or rewritten from a later checkpoint."""
+    history = {k: np.arange(6, dtype=np.float32).reshape(2, 3) for k in study.HISTORY_KEYS}
+    seen = [np.array([0, 0]), np.array([2, 0]), np.array([2, 0])]  # diverged_at after each epoch
+    live = study.MetricsLog(tmp_path / "live.jsonl", ["a", "b"])
+    for epoch, diverged in enumerate(seen, 1):
+        live.append(epoch, history, diverged)
+    resumed = study.MetricsLog(tmp_path / "resumed.jsonl", ["a", "b"])
+    resumed.rewrite(history, seen[-1], upto=3)
+    assert resumed.path.read_text() == live.path.read_text()
+    rows = [json.loads(line) for line in live.path.read_text().splitlines()]
+    assert [r["diverged_at"] for r in rows if r["model"] == "a"] == [None, 2, 2]
