@@ -140,10 +140,9 @@ def legend_handles(save_at: Sequence[int], with_sklearn: bool, seeds: int = 1) -
         for split, color in zip(("train", "validation"), style["colors"]):
             label = f"{style['label']} {split}"
             handles.append(Line2D([], [], linestyle=style["style"], color=color, label=label))
-    epochs = ", ".join(str(e) for e in save_at)
-    handles.append(
-        Line2D([], [], marker="o", linestyle="none", color="0.3", label=f"checkpoint ({epochs})")
-    )
+    if save_at:  # no entry for checkpoints no curve reached
+        label = f"checkpoint ({', '.join(str(e) for e in save_at)})"
+        handles.append(Line2D([], [], marker="o", linestyle="none", color="0.3", label=label))
     if seeds > 1:
         handles.append(
             Line2D([], [], lw=6, alpha=0.3, color="0.5", label=f"+-1 std, {seeds} seeds")
@@ -164,6 +163,19 @@ def _panel_pair(
         if sklearn_history:
             draw_metric(ax, sklearn_history, metric, save_at, style=SKLEARN)
     write_on_panel(axes[0], note)
+
+
+def _drawn(history: Mapping[str, Any] | None) -> bool:
+    """Whether ``history`` has a finite value to draw (a model diverged in epoch 1 has none)."""
+    return any(np.isfinite(np.asarray(v, np.float64)).any() for v in (history or {}).values())
+
+
+def _marked(histories: Sequence[Mapping[str, Any] | None], save_at: Sequence[int]) -> list[int]:
+    """The epochs of ``save_at`` where some curve of ``histories`` is finite, so gets its dot:
+    what the legend may name (a diverged model's later checkpoints were never written)."""
+    rows = [np.atleast_2d(np.asarray(v, np.float64)) for h in histories for v in (h or {}).values()]
+    return [e for e in save_at if any(r.shape[1] >= e > 0 and np.isfinite(r[:, e - 1]).any()
+                                      for r in rows)]  # fmt: skip
 
 
 def _seeds(history: Mapping[str, Any]) -> int:
@@ -187,7 +199,8 @@ def plot_cell(
     axes = fig.subplots(1, 2)
     _panel_pair(axes, history, save_at, sklearn_history, note)
     fig.suptitle(title)
-    handles = legend_handles(save_at, bool(sklearn_history), _seeds(history))
+    marked = _marked([history, sklearn_history], save_at)
+    handles = legend_handles(marked, _drawn(sklearn_history), _seeds(history))
     axes[1].legend(handles=handles, fontsize="small", loc="lower right")
     return save_figure(fig, path)
 
@@ -211,7 +224,8 @@ def plot_overview(
         row[0].set_title(f"{label}: loss", fontsize="medium")
         row[1].set_title(f"{label}: accuracy", fontsize="medium")
     seeds = max((_seeds(h) for h in histories.values()), default=1)
-    handles = legend_handles(save_at, bool(sk_all), seeds)
+    marked = _marked([*histories.values(), *sk_all.values()], save_at)
+    handles = legend_handles(marked, any(map(_drawn, sk_all.values())), seeds)
     fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 6))
     if title:
         fig.suptitle(title)

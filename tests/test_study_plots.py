@@ -91,3 +91,21 @@ def test_a_cell_whose_seeds_all_diverged_says_so_without_averaging(finished):
     assert "sklearn diverged at epoch 1" in note
     one = {**cell, "models": [{**cell["models"][0], "diverged_at": 2}, cell["models"][1]]}
     assert "the curves average the seeds still training" in plots._cell_note(one, {})
+
+
+def test_legend_names_only_what_the_figure_draws(tmp_path, monkeypatch):
+    """A cell whose seeds all diverged by epoch 4, beside a scikit-learn model that diverged in
+    epoch 1 (no curve): its legend names neither scikit-learn nor the checkpoints at 5 and 10
+    that were never written, only the one at 2 its curves reach."""
+    figures = []
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path: figures.append(fig) or path)
+    curve = np.full((2, 10), np.nan)
+    curve[:, :3] = 0.5
+    history = {"train_loss": curve, "val_loss": curve}
+    sk = {"train_loss": [], "val_loss": []}
+    plots.plot_cell(tmp_path / "a.png", "t", history, (2, 5, 10), sklearn_history=sk)
+    plots.plot_overview(tmp_path / "b.png", {"c": history}, (2, 5, 10), sklearn_histories={"c": sk})
+    for fig in figures:
+        legend = fig.axes[1].get_legend() or fig.legends[0]
+        labels = [t.get_text() for t in legend.get_texts()]
+        assert labels == ["jnn train", "jnn validation", "checkpoint (2)", "+-1 std, 2 seeds"]
