@@ -20,14 +20,29 @@ from jnn.plots import mean_std_curves, save_figure, write_on_panel
 INIT_COLORS = ("tab:gray", "tab:orange", "tab:blue", "tab:green", "tab:purple", "tab:brown")
 
 
-def _cell_grid(results: dict[str, Any], lr: float, epoch: int) -> tuple[np.ndarray, list]:
+Panel = tuple[str | None, float]  # (optimizer in a study of several, else None; lr)
+
+
+def panels(results: dict[str, Any]) -> list[Panel]:
+    """The (optimizer, lr) pairs of the grid's cells, in their order: one heatmap panel and one
+    bands figure each (cells of different optimizers at one lr must not share a panel)."""
+    seen = [(c["cell"].get("optimizer"), c["cell"]["lr"]) for c in results["cells"]]
+    return list(dict.fromkeys(seen))
+
+
+def _title(panel: Panel) -> str:
+    opt, lr = panel
+    return f"{opt + ', ' if opt else ''}lr = {lr:g}"
+
+
+def _cell_grid(results: dict[str, Any], panel: Panel, epoch: int) -> tuple[np.ndarray, list]:
     """(activations, inits) mean test accuracy (NaN: every seed diverged) and text per cell."""
     cfg = results["config"]
     acts, inits = cfg["activations"], cfg["inits"]
     mean = np.full((len(acts), len(inits)), np.nan)
     text = [["" for _ in inits] for _ in acts]
     for c in results["cells"]:
-        if c["cell"]["lr"] != lr:
+        if (c["cell"].get("optimizer"), c["cell"]["lr"]) != panel:
             continue
         i, j = acts.index(c["cell"]["activation"]), inits.index(c["cell"]["init"])
         s = c["at"][str(epoch)]["test_accuracy"]
@@ -41,15 +56,17 @@ def _cell_grid(results: dict[str, Any], lr: float, epoch: int) -> tuple[np.ndarr
 
 
 def plot_heatmap(path: str | Path, results: dict[str, Any], epoch: int) -> Path:
-    """Activation (rows) x init (columns), one panel per lr: colour and number = mean test
-    accuracy over the seeds that did not diverge (± std); diverged counts written in red."""
-    cfg = results["config"]
-    lrs, acts, inits = cfg["lrs"], cfg["activations"], cfg["inits"]
-    fig = Figure(figsize=(1.0 + 3.3 * len(lrs) + 0.8, 1.0 + 0.75 * len(acts)), layout="constrained")
-    axes = fig.subplots(1, len(lrs), squeeze=False)[0]
+    """Activation (rows) x init (columns), one panel per (optimizer, lr): colour and number =
+    mean test accuracy over the seeds that did not diverge (± std); diverged counts in red."""
+    cfg, cols = results["config"], panels(results)
+    acts, inits = cfg["activations"], cfg["inits"]
+    fig = Figure(
+        figsize=(1.0 + 3.3 * len(cols) + 0.8, 1.0 + 0.75 * len(acts)), layout="constrained"
+    )
+    axes = fig.subplots(1, len(cols), squeeze=False)[0]
     image = None
-    for ax, lr in zip(axes, lrs):
-        mean, text = _cell_grid(results, lr, epoch)
+    for ax, panel in zip(axes, cols):
+        mean, text = _cell_grid(results, panel, epoch)
         image = ax.imshow(np.ma.masked_invalid(mean), cmap="viridis", vmin=0.0, vmax=1.0)
         ax.set_facecolor("0.85")  # cells where every seed diverged
         for i in range(len(acts)):
@@ -59,7 +76,7 @@ def plot_heatmap(path: str | Path, results: dict[str, Any], epoch: int) -> Path:
                 ax.text(j, i, text[i][j], ha="center", va="center", fontsize=7, color=color)
         ax.set_xticks(range(len(inits)), inits)
         ax.set_yticks(range(len(acts)), acts)
-        ax.set_title(f"lr = {lr:g}")
+        ax.set_title(_title(panel))
         ax.set_xlabel("initializer")
     axes[0].set_ylabel("hidden activation")
     bar = fig.colorbar(image, ax=list(axes), shrink=0.9)
@@ -76,17 +93,16 @@ def _settings(results: dict[str, Any]) -> str:
     cfg, n = results["config"], results["sizes"]
     net = "-".join(map(str, cfg["sizes"]))
     return (
-        f"MLP {net}, {cfg.get('optimizer', 'sgd')} batch {cfg['batch_size']}, "
+        f"MLP {net}, {cfg.get('optimizer', 'sgd')}, batch {cfg['batch_size']}, "
         f"{n['train']:,} training examples "
         f"(split {cfg['split']}), {n['val']:,} val, {n['test']:,} test"
     )
 
 
-def _histories(results: dict[str, Any], activation: str, init: str, lr: float) -> dict:
-    rows = [
-        m for m in results["models"]
-        if m["cell"] == {"activation": activation, "init": init, "lr": lr}
-    ]  # fmt: skip
+def _histories(results: dict[str, Any], activation: str, init: str, panel: Panel) -> tuple:
+    want = (activation, init, *panel)
+    key = lambda c: (c["activation"], c["init"], c.get("optimizer"), c["lr"])  # noqa: E731
+    rows = [m for m in results["models"] if key(m["cell"]) == want]
     keys = rows[0]["history"] if rows else {}
     as_float = lambda v: np.array([np.nan if x is None else x for x in v], np.float64)  # noqa: E731
     return {k: np.stack([as_float(m["history"][k]) for m in rows]) for k in keys}, rows
@@ -100,12 +116,12 @@ def _draw_band(ax: Any, values: np.ndarray, color: str) -> None:
     ax.set_xlim(0.5, len(mean) + 0.5)
 
 
-def _chance_note(ax: Any, results: dict[str, Any], act: str, lr: float) -> None:
+def _chance_note(ax: Any, results: dict[str, Any], act: str, panel: Panel) -> None:
     """Name the inits whose curves lie on top of each other at chance (last epoch < 0.15), so a
     hidden curve is not read as a missing one."""
     low = []
     for init in results["config"]["inits"]:
-        acc = mean_std_curves(_histories(results, act, init, lr)[0]["val_accuracy"])[0]
+        acc = mean_std_curves(_histories(results, act, init, panel)[0]["val_accuracy"])[0]
         if np.isfinite(acc[-1]) and acc[-1] < 0.15:
             low.append(init)
     if low:
@@ -115,9 +131,10 @@ def _chance_note(ax: Any, results: dict[str, Any], act: str, lr: float) -> None:
         )  # fmt: skip
 
 
-def plot_bands(path: str | Path, results: dict[str, Any], lr: float) -> Path:
-    """One lr: a column per activation, validation loss (top) and accuracy (bottom) vs epoch,
-    one colour per init, mean ± std over the seeds still training (diverged ones drop out)."""
+def plot_bands(path: str | Path, results: dict[str, Any], panel: Panel) -> Path:
+    """One (optimizer, lr) of :func:`panels`: a column per activation, validation loss (top)
+    and accuracy (bottom) vs epoch, one colour per init, mean ± std over the seeds still
+    training (diverged ones drop out)."""
     cfg = results["config"]
     acts, inits = cfg["activations"], cfg["inits"]
     fig = Figure(figsize=(3.3 * len(acts), 6.2), layout="constrained")
@@ -127,14 +144,14 @@ def plot_bands(path: str | Path, results: dict[str, Any], lr: float) -> Path:
     for col, act in enumerate(acts):
         notes = []
         for init, color in zip(inits, INIT_COLORS):
-            hist, rows = _histories(results, act, init, lr)
+            hist, rows = _histories(results, act, init, panel)
             _draw_band(axes[0, col], hist["val_loss"], color)
             _draw_band(axes[1, col], hist["val_accuracy"], color)
             div = [m["diverged_at"] for m in rows if m["diverged_at"]]
             if div:
                 notes.append(f"{init}: {len(div)}/{len(rows)} diverged (epoch {min(div)})")
         write_on_panel(axes[0, col], "\n".join(notes))
-        _chance_note(axes[1, col], results, act, lr)
+        _chance_note(axes[1, col], results, act, panel)
         axes[0, col].set_title(act)
         axes[0, col].set_ylabel("validation cross-entropy" if col == 0 else "")
         axes[1, col].set_ylabel("validation accuracy" if col == 0 else "")
@@ -148,17 +165,18 @@ def plot_bands(path: str | Path, results: dict[str, Any], lr: float) -> Path:
     )
     fig.legend(handles=handles, loc="outside lower center", ncols=len(handles))
     fig.suptitle(
-        f"Validation curves per activation (columns) and init (colours), lr = {lr:g}: mean ± std "
-        f"over seeds still training\n{_settings(results)}"
+        f"Validation curves per activation (columns) and init (colours), {_title(panel)}: "
+        f"mean ± std over seeds still training\n{_settings(results)}"
     )
     return save_figure(fig, Path(path))
 
 
 def plot_grid(out: str | Path, results: dict[str, Any], epochs: Sequence[int]) -> list[Path]:
-    """Every grid figure into ``out``: heatmap-e<epoch>.png per save epoch, bands-lr<lr>.png."""
+    """Every grid figure into ``out``: heatmap-e<epoch>.png per save epoch and a
+    bands-[<optimizer>-]lr<lr>.png per :func:`panels` entry."""
     out = Path(out)
     paths = [plot_heatmap(out / f"heatmap-e{e}.png", results, e) for e in epochs]
-    paths += [
-        plot_bands(out / f"bands-lr{lr:g}.png", results, lr) for lr in results["config"]["lrs"]
-    ]
+    for opt, lr in panels(results):
+        name = f"bands-{opt + '-' if opt else ''}lr{lr:g}.png"
+        paths.append(plot_bands(out / name, results, (opt, lr)))
     return paths

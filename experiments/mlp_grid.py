@@ -114,6 +114,13 @@ def _nan_stats(values: Any) -> dict[str, float | None]:
     }  # fmt: skip
 
 
+def cell_key(m: dict[str, Any]) -> dict[str, Any]:
+    """A model's (or a cell's) cell: activation, init, lr, and its optimizer in a study of
+    several (a study of one keeps the key of the results written before mixed optimizers)."""
+    opt = {"optimizer": m["optimizer"]} if m.get("optimizer") else {}
+    return {"activation": m["activation"], "init": m["init"], **opt, "lr": m["lr"]}
+
+
 def cell_summaries(result: dict[str, Any]) -> list[dict[str, Any]]:
     """Per cell: diverged count and, per save epoch, test/val accuracy stats over the seeds
     that did not diverge, and the largest unit spread per hidden layer over those seeds."""
@@ -131,7 +138,7 @@ def cell_summaries(result: dict[str, Any]) -> list[dict[str, Any]]:
             stats["unit_spread_max"] = spread[ok].max(axis=0).tolist() if ok.any() else None
             per_epoch[e] = stats
         diverged = [m["diverged_at"] for m in rows if m["diverged_at"]]
-        key = {"activation": cell["activation"], "init": cell["init"], "lr": cell["lr"]}
+        key = cell_key(cell)
         out.append({"cell": key, "seeds": len(rows), "diverged": len(diverged),
                     "diverged_at": diverged, "at": per_epoch})  # fmt: skip
     return out
@@ -155,7 +162,7 @@ def run(inv: lab.Invocation, run_dir: Path) -> dict[str, Any]:
         console.close()
     result = summary.result_dict("mlp_grid", asdict(cfg) | {"layout": res.start.layout}, res)
     for m in result["models"]:
-        m["cell"] = {"activation": m["activation"], "init": m["init"], "lr": m["lr"]}
+        m["cell"] = cell_key(m)
     result["config"]["sizes"] = result["sizes"]
     result["config"]["save_at"] = list(cfg.save_epochs)
     result["cells"] = cell_summaries(result)
@@ -193,12 +200,14 @@ def results_markdown(results: dict[str, Any]) -> str:
     """Per cell: test accuracy mean ± std [min, max] over non-diverged seeds at each save
     epoch, diverged count, and the hidden layers' unit spread (0 = all units identical)."""
     cfg, n = results["config"], results["sizes"]
+    opt = cfg["optimizer"]
     last = str(cfg["save_at"][-1])
     lines = [
-        f"# MLP grid: activation x init x lr, several seeds, one program per device (layout "
+        f"# MLP grid: activation x init x {'optimizer x ' if ',' in opt else ''}"
+        f"lr, several seeds, one program per device (layout "
         f"{results['layout']})\n",
         f"{results['num_models']} models = {len(results['cells'])} cells x {cfg['seeds']} "
-        f"seeds; {cfg['epochs']} epochs; sizes {cfg['sizes']}; {cfg['optimizer']}, batch "
+        f"seeds; {cfg['epochs']} epochs; sizes {cfg['sizes']}; {opt}, batch "
         f"{cfg['batch_size']}; split `{cfg['split']}` ({n['train']:,} train / {n['val']:,} val / "
         f"{n['test']:,} test); model axis over {results['devices']} device(s) of "
         f"{results['device']['cpu']}. Test accuracy: mean ± std [min, max] over the seeds that "
@@ -218,14 +227,16 @@ def results_markdown(results: dict[str, Any]) -> str:
             f"epochs, {sets}; the full design is 5 seeds, 100 epochs, all 48,600 / 5,400 / "
             "6,000 (a checkpointed run grows with `--resume --epochs N`).\n"
         )
-    head = ["activation", "init", "lr", "diverged"]
+    several = any("optimizer" in c["cell"] for c in results["cells"])
+    head = ["activation", "init", *(["optimizer"] if several else []), "lr", "diverged"]
     head += [f"test acc @{e}" for e in cfg["save_at"]] + [f"unit spread @{last}"]
     rows = []
     for c in results["cells"]:
         cell = c["cell"]
         spread = c["at"][last]["unit_spread_max"]
         rows.append([
-            cell["activation"], cell["init"], f"{cell['lr']:g}", f"{c['diverged']}/{c['seeds']}",
+            cell["activation"], cell["init"], *([cell["optimizer"]] if several else []),
+            f"{cell['lr']:g}", f"{c['diverged']}/{c['seeds']}",
             *(_acc(c["at"][str(e)]["test_accuracy"]) for e in cfg["save_at"]),
             "n/a" if spread is None else ", ".join(f"{v:.3g}" for v in spread),
         ])  # fmt: skip

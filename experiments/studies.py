@@ -172,7 +172,9 @@ def _what_runs(s: Any) -> str:
     c = s.config
     return (
         f"{len(s.models)} model(s) ({len(c.activations)} activation(s) x {len(c.inits)} "
-        f"init(s) ({', '.join(c.inits)}) x {len(c.lrs)} lr(s) x {c.seeds} seed(s)) x "
+        f"init(s) ({', '.join(c.inits)}) x "
+        + (f"{len(c.optimizers)} optimizers x " if len(c.optimizers) > 1 else "")
+        + f"{len(c.lrs)} lr(s) x {c.seeds} seed(s)) x "
         f"{c.epochs} epochs, {c.optimizer}; "
         f"{s.sizes[0]:,} train / {s.sizes[1]:,} val / {s.sizes[2]:,} test ({c.split}); "
         f"{len(s.devices)} device(s), layout {s.layout}"

@@ -39,6 +39,22 @@ def test_quick_grid_writes_every_output(quick_run):
     assert "| relu | zero | 0.1 | 0/2 |" in md
 
 
+@pytest.mark.slow
+def test_a_grid_of_two_optimizers_keeps_their_cells_apart(tmp_path, fashion_dir):
+    """SGD and Adam at one lr are two cells: their own rows (with an optimizer column), their
+    own heatmap panels and bands figures, never one band over both."""
+    out = tmp_path / "mixed"
+    argv = ["--quick", "--activations", "relu", "--inits", "he", "--lrs", "0.01", "--seeds", "1"]
+    argv += ["--optimizer", "sgd,adam", "--out", str(out), "--data-dir", str(fashion_dir)]
+    assert mlp_grid.main([*argv, "--devices", "1"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert [c["cell"]["optimizer"] for c in results["cells"]] == ["sgd", "adam"]
+    assert {m["cell"]["optimizer"] for m in results["models"]} == {"sgd", "adam"}
+    md = (out / "results.md").read_text()
+    assert "| activation | init | optimizer | lr |" in md and "| relu | he | adam | 0.01 |" in md
+    assert {"bands-sgd-lr0.01.png", "bands-adam-lr0.01.png"} <= {p.name for p in out.iterdir()}
+
+
 def _models(out):
     return json.loads((out / "results.json").read_text())["models"]
 
