@@ -48,9 +48,9 @@ __all__ = [
     "write_on_panel",
 ]
 
-JNN = {"label": "jnn", "style": "-", "colors": ("tab:blue", "tab:orange")}
+JNN: dict[str, Any] = {"label": "jnn", "style": "-", "colors": ("tab:blue", "tab:orange")}
 """jnn's curves: solid, train blue, validation orange."""
-SKLEARN = {"label": "sklearn", "style": "--", "colors": ("tab:green", "tab:red")}
+SKLEARN: dict[str, Any] = {"label": "sklearn", "style": "--", "colors": ("tab:green", "tab:red")}
 """scikit-learn's (the reference, ``jnn.reference``): dashed, train green, validation red."""
 METRICS = {"loss": ("cross-entropy", "loss"), "accuracy": ("accuracy", "accuracy")}
 """The metrics :func:`draw_metric` draws: name -> (y-axis label, short name)."""
@@ -179,7 +179,7 @@ def _marked(histories: Sequence[Mapping[str, Any] | None], save_at: Sequence[int
 
 
 def _seeds(history: Mapping[str, Any]) -> int:
-    first = next(iter(history.values()), [])
+    first: Any = next(iter(history.values()), [])
     return int(np.atleast_2d(np.asarray(first, dtype=np.float64)).shape[0])
 
 
