@@ -103,6 +103,7 @@ def draw_metric(
             ax.fill_between(epochs, mean - std, mean + std, color=color, alpha=0.2, linewidth=0)
         ax.set_xlim(0, len(mean) + 1)  # the whole run, also where a model stopped early
     ax.set_xlabel("epoch")
+    ax.xaxis.get_major_locator().set_params(integer=True)  # no epoch 0.5
     ax.set_ylabel(METRICS[metric][0])
     ax.grid(True, alpha=0.3)
 
@@ -254,7 +255,7 @@ def _settings(c: Mapping[str, Any], cell: Mapping[str, Any] | None = None) -> st
     inits = cell["init"] if cell else ", ".join(c["inits"])
     lrs = f"{cell['lr']:g}" if cell else ", ".join(f"{x:g}" for x in c["lrs"])
     seeds = cell["seeds"] if cell else c["seeds"]
-    optimizer = c.get("optimizer") or ", ".join(c.get("optimizers", ()))
+    optimizer = (cell or {}).get("optimizer") or c.get("optimizer") or ""  # a cell's own
     return (
         f"init {inits}, lr {lrs}, batch {c['batch_size']}, {optimizer}, split {c['split']}, "
         f"{seeds} seed(s)" + (", quick subset" if c.get("subset") else "")

@@ -4,6 +4,7 @@ code of its pages runs as printed ("Write and check your own layer", the layer p
 multi-host script). This is how CI checks the site."""
 
 import importlib.util
+import json
 import os
 import re
 import subprocess
@@ -169,3 +170,31 @@ def test_multi_host_script_runs_as_printed(capsys):
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("epoch ")]
     assert len(lines) == 3
     assert float(lines[-1].rsplit(" ", 1)[1]) > 0.7  # val accuracy after 3 epochs
+
+
+@pytest.mark.slow
+def test_new_experiment_page_runs_as_printed(tmp_path, fashion_dir, capsys, monkeypatch):
+    """docs/new-experiment.md: its module, saved as a file, stays under 150 lines, runs with
+    --quick on the real data (every optimizer x lr cell trained and reported) and refuses a bad
+    flag value in one line with exit 2."""
+    (code,) = python_blocks(DOCS / "new-experiment.md")
+    assert len(code.splitlines()) <= 150
+    path = tmp_path / "optimizers.py"
+    path.write_text(code)
+    spec = importlib.util.spec_from_file_location("optimizers", path)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "optimizers", module)  # as `import optimizers` would
+    spec.loader.exec_module(module)
+    out = tmp_path / "run"
+    argv = ["--quick", "--lrs", "0.01,0.1", "--out", str(out), "--data-dir", str(fashion_dir)]
+    assert module.main([*argv, "--devices", "1"]) in (0, 3)  # 3: a model diverged, reported
+    result = json.loads((out / "results.json").read_text())
+    cells = {(m["optimizer"], m["lr"]) for m in result["models"]}
+    assert cells == {(o, lr) for o in ("sgd", "momentum", "adam") for lr in (0.01, 0.1)}
+    md = (out / "results.md").read_text()
+    assert "| momentum | 0.1 |" in md and "| adam | 0.01 |" in md
+    assert (out / "loss_overview.png").is_file()
+    capsys.readouterr()
+    assert module.main(["--optimizer", "sgd,rmsprop"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "--optimizer" in err, err
