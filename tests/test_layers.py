@@ -81,3 +81,21 @@ def test_init_rejects_empty_layers(n_in, n_out):
 def test_init_rejects_unknown_initializer():
     with pytest.raises(ValueError, match="unknown initializer"):
         dense_init(jax.random.PRNGKey(0), 2, 2, "orthogonal")
+
+
+@pytest.mark.parametrize("dtype", [jnp.int32, jnp.uint8, jnp.bool_])
+def test_dense_refuses_non_float_input_in_one_line(dtype):
+    """Integer pixels would be computed on as floats of 0..255 (or 0/1), a silently different
+    model; the layer's forward refuses them, the same plain and under jit."""
+    from jnn.errors import InputError
+    from jnn.layers import Dense
+
+    layer = Dense(3)
+    _, params, state = layer.init(jax.random.key(0), (4,))
+    x = jnp.ones((2, 4), dtype)
+    for forward in (layer.forward, jax.jit(layer.forward)):
+        with pytest.raises(InputError, match=r"Dense\(3\) expects float input, got dtype") as e:
+            forward(params, state, x)
+        assert "\n" not in str(e.value)
+    y, _, _ = layer.forward(params, state, x.astype(jnp.float32))
+    assert y.shape == (2, 3)

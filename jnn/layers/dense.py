@@ -76,6 +76,11 @@ def Dense(  # noqa: N802 - layers are named like classes, as in stax and Flax
                 f"Dense({features}) expects input of shape (batch, {params['w'].shape[0]}), got "
                 f"{tuple(x.shape)}; flatten images first (jnn.data.to_float(images, flatten=True))"
             )
+        if not jnp.issubdtype(x.dtype, jnp.floating):  # static: free under jit and vmap
+            raise InputError(
+                f"Dense({features}) expects float input, got dtype {x.dtype}; convert first "
+                "(uint8 pixels: jnn.data.to_float(images, flatten=True) divides by 255)"
+            )
         y, cache = dense_forward(params, x)
         return y, cache, state
 
