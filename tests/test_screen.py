@@ -28,6 +28,7 @@ import numpy as np
 import pytest
 
 from experiments.studies import Console
+from jnn.study import StudyConfig
 
 REPO = Path(__file__).resolve().parents[1]
 COLS, ROWS = 120, 40  # the terminal; the table is wider and wraps there: it is read unwrapped
@@ -174,7 +175,7 @@ def _read_until_exit(master: int, proc: subprocess.Popen, after: str | None, tim
 
 
 def _start(epochs: int = 10, resumed_from: int | None = None) -> SimpleNamespace:
-    config = SimpleNamespace(
+    config = StudyConfig(  # the real config, so the fake start cannot drift from it
         activations=("relu",), inits=("glorot",), lrs=(0.1,), seeds=1, epochs=epochs,
         optimizer="sgd", split="original",
     )  # fmt: skip
