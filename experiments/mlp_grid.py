@@ -124,17 +124,17 @@ def cell_key(m: dict[str, Any]) -> dict[str, Any]:
 def cell_summaries(result: dict[str, Any]) -> list[dict[str, Any]]:
     """Per cell: diverged count and, per save epoch, test/val accuracy stats over the seeds
     that did not diverge, and the largest unit spread per hidden layer over those seeds."""
-    out = []
+    out, saved = [], [str(e) for e in result["config"].get("save_at", ())]
     for cell in summary.cells(result):
         rows, per_epoch = cell["models"], {}
-        for e in sorted({e for m in rows for e in m["evals"]}, key=int):
-            ev = [m["evals"][e] for m in rows]
+        for e in sorted({*saved, *(e for m in rows for e in m["evals"])}, key=int):
+            ev = [m["evals"].get(e) or {} for m in rows]  # none: the run stopped before e
             stats: dict[str, Any] = {
-                k: _nan_stats([r[k] for r in ev])
+                k: _nan_stats([r.get(k, np.nan) for r in ev])
                 for k in ("test_accuracy", "test_loss", "val_accuracy")
             }
-            spread = np.array([r["unit_spread"] for r in ev], np.float64)
-            ok = np.isfinite(spread).all(axis=1)
+            spread = np.array([r["unit_spread"] for r in ev if "unit_spread" in r], np.float64)
+            ok = np.isfinite(spread).all(axis=1) if spread.size else np.zeros(0, bool)
             stats["unit_spread_max"] = spread[ok].max(axis=0).tolist() if ok.any() else None
             per_epoch[e] = stats
         diverged = [m["diverged_at"] for m in rows if m["diverged_at"]]
@@ -161,6 +161,7 @@ def run(inv: lab.Invocation, run_dir: Path) -> dict[str, Any]:
     finally:
         console.close()
     result = summary.result_dict("mlp_grid", asdict(cfg) | {"layout": res.start.layout}, res)
+    result["status"] = "ok"  # a diverged model is one of the grid's measurements (per cell)
     for m in result["models"]:
         m["cell"] = cell_key(m)
     result["config"]["sizes"] = result["sizes"]

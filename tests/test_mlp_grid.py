@@ -55,6 +55,18 @@ def test_a_grid_of_two_optimizers_keeps_their_cells_apart(tmp_path, fashion_dir)
     assert {"bands-sgd-lr0.01.png", "bands-adam-lr0.01.png"} <= {p.name for p in out.iterdir()}
 
 
+@pytest.mark.slow
+def test_diverged_models_are_results_and_the_grid_exits_0(tmp_path, fashion_dir):
+    """The grid measures divergence per cell, so a diverged model is reported (counted, its
+    numbers refused), not an error: status ok, exit 0, as its --help promises."""
+    out = tmp_path / "hot"
+    argv = ["--quick", "--activations", "linear", "--inits", "he", "--lrs", "1000", "--seeds", "1"]
+    assert mlp_grid.main([*argv, "--out", str(out), "--data-dir", str(fashion_dir)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["status"] == "ok" and results["diverged_models"] == 1
+    assert "| linear | he | 1000 | 1/1 | n/a |" in (out / "results.md").read_text()
+
+
 def _models(out):
     return json.loads((out / "results.json").read_text())["models"]
 
