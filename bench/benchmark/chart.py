@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from matplotlib.ticker import FuncFormatter, MaxNLocator
+
 from bench.benchmark.render import SHORT_LABELS
 
 PANELS = (
@@ -24,6 +26,8 @@ def _bars(ax: Any, sec: dict[str, Any], field: str, title: str) -> None:
     bars = ax.barh(labels, values, color="tab:blue")
     ax.bar_label(bars, [f"{v:,.0f}" if v >= 100 else f"{v:.3g}" for v in values], padding=2)
     ax.set_xlim(0, max(values) * 1.25)
+    ax.xaxis.set_major_locator(MaxNLocator(4))  # big rates' tick labels would run together
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 100 else f"{v:g}"))
     load = sec.get("load") or {}
     if load.get("judged") is False:  # PyTorch's threads collapse under load: say so here too
         title += f"\nBUSY machine ({load.get('other_cores', '?')} cores elsewhere): not judged"
