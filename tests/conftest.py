@@ -10,6 +10,27 @@ import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
+
+def _jax_compilation_cache() -> None:
+    """Compiled programs persist between runs of the suite (JAX's persistent compilation cache,
+    in the ignored .pytest_cache/jax): the suite's time is mostly XLA compiles, one per
+    function, shape and dtype, and a rerun after an edit recompiles only what the edit changed.
+    The key is the program and the backend, so a hit is the same executable. Set through the
+    environment so the subprocesses the tests start share it; ``JNN_TEST_JAX_CACHE=0`` turns it
+    off (a cold cache is what a fresh clone and CI see)."""
+    if os.environ.get("JNN_TEST_JAX_CACHE", "1") == "0":
+        return
+    settings = {
+        "JAX_COMPILATION_CACHE_DIR": str(REPO / ".pytest_cache" / "jax"),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1",
+    }
+    for name, value in settings.items():
+        os.environ.setdefault(name, value)
+
+
+_jax_compilation_cache()
+
 # The `slow` tests of modules that do not mark them themselves (docs/contributing.md, "Test
 # tiers"): modules other work owns, and single parametrizations. Node id -> why it is slow
 # (seconds: one busy 2-core machine, 2026-12). A file::function id marks every parametrization, a
