@@ -18,7 +18,10 @@ def _jax_compilation_cache() -> None:
     The key is the program and the backend, so a hit is the same executable. Set through the
     environment so the subprocesses the tests start share it; ``JNN_TEST_JAX_CACHE=0`` turns it
     off (a cold cache is what a fresh clone and CI see)."""
-    if os.environ.get("JNN_TEST_JAX_CACHE", "1") == "0":
+    switch = os.environ.get("JNN_TEST_JAX_CACHE", "1").strip().lower()
+    if switch not in {"0", "1", "off", "on", "false", "true", "no", "yes"}:
+        raise pytest.UsageError(f"JNN_TEST_JAX_CACHE must be 0 or 1, got {switch!r}")
+    if switch in {"0", "off", "false", "no"}:
         return
     settings = {
         "JAX_COMPILATION_CACHE_DIR": str(REPO / ".pytest_cache" / "jax"),
