@@ -469,3 +469,21 @@ def test_metrics_rewritten_on_resume_equal_the_lines_appended(tmp_path):
     assert resumed.path.read_text() == live.path.read_text()
     rows = [json.loads(line) for line in live.path.read_text().splitlines()]
     assert [r["diverged_at"] for r in rows if r["model"] == "a"] == [None, 2, 2]
+
+
+def test_auto_layout_rule_off_cpu_and_one_model_per_device():
+    """The rule without a probe: off CPU (a GPU or TPU mesh) every model is vmapped, the layout
+    that fills the device; on CPU one model per device runs as map (the same program either
+    way). Neither case times anything (make, state and data are never touched)."""
+    from types import SimpleNamespace
+
+    def mesh(platform: str, size: int) -> SimpleNamespace:
+        devices = np.array([SimpleNamespace(platform=platform)] * size)
+        return SimpleNamespace(devices=devices, size=size)
+
+    many = config(activations=("relu", "tanh"), seeds=4, layout="auto")
+    for platform in ("gpu", "tpu"):
+        assert study.choose_layout(many, mesh(platform, 1), None, None, None) == ("vmap", {})
+    one_each = config(activations=("relu", "tanh"), seeds=1, layout="auto")
+    assert study.choose_layout(one_each, mesh("cpu", 2), None, None, None) == ("map", {})
+    assert study.choose_layout(config(layout="vmap"), mesh("cpu", 1), None, None, None)[0] == "vmap"
