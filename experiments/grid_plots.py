@@ -23,11 +23,16 @@ INIT_COLORS = ("tab:gray", "tab:orange", "tab:blue", "tab:green", "tab:purple", 
 Panel = tuple[str | None, float]  # (optimizer in a study of several, else None; lr)
 
 
+def _panel_of(cell: dict[str, Any]) -> Panel:
+    """The panel a cell (``mlp_grid.cell_key``) is drawn in: its optimizer (None in a study of
+    one) and its lr."""
+    return cell.get("optimizer"), cell["lr"]
+
+
 def panels(results: dict[str, Any]) -> list[Panel]:
     """The (optimizer, lr) pairs of the grid's cells, in their order: one heatmap panel and one
     bands figure each (cells of different optimizers at one lr must not share a panel)."""
-    seen = [(c["cell"].get("optimizer"), c["cell"]["lr"]) for c in results["cells"]]
-    return list(dict.fromkeys(seen))
+    return list(dict.fromkeys(_panel_of(c["cell"]) for c in results["cells"]))
 
 
 def _title(panel: Panel) -> str:
@@ -42,7 +47,7 @@ def _cell_grid(results: dict[str, Any], panel: Panel, epoch: int) -> tuple[np.nd
     mean = np.full((len(acts), len(inits)), np.nan)
     text = [["" for _ in inits] for _ in acts]
     for c in results["cells"]:
-        if (c["cell"].get("optimizer"), c["cell"]["lr"]) != panel:
+        if _panel_of(c["cell"]) != panel:
             continue
         i, j = acts.index(c["cell"]["activation"]), inits.index(c["cell"]["init"])
         s = c["at"][str(epoch)]["test_accuracy"]
@@ -100,9 +105,11 @@ def _settings(results: dict[str, Any]) -> str:
 
 
 def _histories(results: dict[str, Any], activation: str, init: str, panel: Panel) -> tuple:
-    want = (activation, init, *panel)
-    key = lambda c: (c["activation"], c["init"], c.get("optimizer"), c["lr"])  # noqa: E731
-    rows = [m for m in results["models"] if key(m["cell"]) == want]
+    rows = [
+        m for m in results["models"]
+        if (m["cell"]["activation"], m["cell"]["init"], _panel_of(m["cell"]))
+        == (activation, init, panel)
+    ]  # fmt: skip
     keys = rows[0]["history"] if rows else {}
     as_float = lambda v: np.array([np.nan if x is None else x for x in v], np.float64)  # noqa: E731
     return {k: np.stack([as_float(m["history"][k]) for m in rows]) for k in keys}, rows

@@ -201,14 +201,14 @@ def results_markdown(results: dict[str, Any]) -> str:
     """Per cell: test accuracy mean ± std [min, max] over non-diverged seeds at each save
     epoch, diverged count, and the hidden layers' unit spread (0 = all units identical)."""
     cfg, n = results["config"], results["sizes"]
-    opt = cfg["optimizer"]
+    several = any("optimizer" in c["cell"] for c in results["cells"])  # cell_key's rule
     last = str(cfg["save_at"][-1])
     lines = [
-        f"# MLP grid: activation x init x {'optimizer x ' if ',' in opt else ''}"
+        f"# MLP grid: activation x init x {'optimizer x ' if several else ''}"
         f"lr, several seeds, one program per device (layout "
         f"{results['layout']})\n",
         f"{results['num_models']} models = {len(results['cells'])} cells x {cfg['seeds']} "
-        f"seeds; {cfg['epochs']} epochs; sizes {cfg['sizes']}; {opt}, batch "
+        f"seeds; {cfg['epochs']} epochs; sizes {cfg['sizes']}; {cfg['optimizer']}, batch "
         f"{cfg['batch_size']}; split `{cfg['split']}` ({n['train']:,} train / {n['val']:,} val / "
         f"{n['test']:,} test); model axis over {results['devices']} device(s) of "
         f"{results['device']['cpu']}. Test accuracy: mean ± std [min, max] over the seeds that "
@@ -228,7 +228,6 @@ def results_markdown(results: dict[str, Any]) -> str:
             f"epochs, {sets}; the full design is 5 seeds, 100 epochs, all 48,600 / 5,400 / "
             "6,000 (a checkpointed run grows with `--resume --epochs N`).\n"
         )
-    several = any("optimizer" in c["cell"] for c in results["cells"])
     head = ["activation", "init", *(["optimizer"] if several else []), "lr", "diverged"]
     head += [f"test acc @{e}" for e in cfg["save_at"]] + [f"unit spread @{last}"]
     rows = []
