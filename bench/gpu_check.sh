@@ -41,7 +41,7 @@ step env 60 $py -c "import jax, jaxlib, flax, optax, orbax.checkpoint as o; \
 print('jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, \
 'orbax', o.__version__); print(jax.devices())"
 nvidia-smi -L >>"$log" 2>&1
-step tests 100 $py -m pytest -q -x -p no:cacheprovider tests/test_layer_conv.py \
+step tests 100 $py -m pytest -q -p no:cacheprovider tests/test_layer_conv.py \
     tests/test_layer_maxpool.py tests/test_layers.py "tests/test_study.py::test_one_model_equals_the_model_alone"
 for layout in auto map; do
     step "study-$layout" 75 $py -m experiments.mlp_sweep --seeds 5 --epochs 4 --save-at 4 \
