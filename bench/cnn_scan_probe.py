@@ -31,7 +31,7 @@ import numpy as np
 
 from bench import checks
 from experiments import harness, report
-from jnn import timing, workdir
+from jnn import timing
 
 LOOPS = ("steps", "scan", "scan-unroll2", "fori")
 GRADIENTS = ("manual", "autodiff")
@@ -366,11 +366,7 @@ def console(result: dict[str, Any]) -> str:
     )
 
 
-def render(result: dict[str, Any], run_dir: Path) -> list[Path]:
-    workdir.write_json(run_dir / "probe.json", result)
-    workdir.write_text_atomic(run_dir / "probe.md", console(result))
-    return [run_dir / "probe.json", run_dir / "probe.md"]
-
+render = harness.probe_render(console)
 
 EXPERIMENT = harness.Experiment("cnn_scan_probe", parse, run, render, console)
 main = harness.cli(EXPERIMENT)

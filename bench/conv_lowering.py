@@ -27,7 +27,7 @@ import numpy as np
 
 from bench import checks
 from experiments import harness, report
-from jnn import timing, workdir
+from jnn import timing
 from jnn.errors import InputError
 
 NETWORKS = {"cnn": ((28, 28, 1), 128), "vgg": ((32, 32, 3), 64)}  # (input HWC, batch)
@@ -209,13 +209,7 @@ def markdown(result: dict[str, Any]) -> str:
     ])  # fmt: skip
 
 
-def render(result: dict[str, Any], out: str | Path) -> list[Path]:
-    """probe.json and probe.md in ``out``."""
-    out = Path(out)
-    workdir.write_json(out / "probe.json", result)
-    workdir.write_text_atomic(out / "probe.md", markdown(result))
-    return [out / "probe.json", out / "probe.md"]
-
+render = harness.probe_render(markdown)
 
 EXPERIMENT = harness.Experiment("conv_lowering", parse, run, render, markdown)
 main = harness.cli(EXPERIMENT)
