@@ -35,7 +35,8 @@ unchunked, 16 chunks of 1.8 MB ~6 ms in all).
 
 **"auto"** (the default) picks a lowering per pass at trace time from the output map's H' * W'
 (:func:`auto_passes`; measured on the CNN's and VGG16's layers, jax 0.10.2, 2-core Xeon, passes
-jitted alone and interleaved, conv time / gemm time):
+jitted alone and interleaved, conv time / gemm time; ``python -m bench.conv_lowering`` repeats
+the measurement on any backend and says where the rule picks the slower lowering):
 
 * H' * W' <= ``SMALL_MAP`` (16: 4x4 and smaller): every pass a GEMM. XLA:CPU's forward and
   input-gradient convs are pathological on 2x2 maps (2x2x512 -> 512 at batch 64: ~1.9 s per call
