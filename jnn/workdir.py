@@ -126,6 +126,7 @@ def prepare_run_dir(
     """
     path = check_run_dir(out, resume=resume, overwrite=overwrite, markers=markers)
     try:
+        ours = _empty_or_missing(path)  # a folder of the user's (resumed) is never marked ours
         if not path.exists():
             path.mkdir(parents=True)
             _CREATED.add(path)
@@ -134,11 +135,16 @@ def prepare_run_dir(
             for child in path.iterdir():
                 if child.name != LOCK_FILE:
                     shutil.rmtree(child) if child.is_dir() else child.unlink()
-        if not (path / RUN_MARKER).exists():
+        if (ours or overwrite) and not (path / RUN_MARKER).exists():
             (path / RUN_MARKER).write_text("a jnn run folder: jnn may replace it when told to\n")
     except OSError as err:
         raise RunDirError(f"cannot use output folder {path}: {err.strerror or err}") from None
     return path
+
+
+def _empty_or_missing(path: Path) -> bool:
+    """``path`` does not exist yet, or holds nothing but jnn's bookkeeping."""
+    return not path.is_dir() or not any(_not_bookkeeping(p) for p in path.iterdir())
 
 
 def _lock(path: Path) -> None:

@@ -46,6 +46,21 @@ def test_a_stray_lock_does_not_make_a_folder_ours(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == [workdir.LOCK_FILE, "thesis.txt"]
 
 
+def test_resume_into_a_users_folder_does_not_make_it_ours(tmp_path):
+    """Adversarial pass: ``--resume --out`` a folder of the user's wrote the .jnn-run marker into
+    it before the run refused it (no run.json), so a later ``--overwrite`` emptied it."""
+    out = _users_folder(tmp_path)
+    workdir.prepare_run_dir(out, resume=True)
+    workdir.release_run_dirs(failed=True)
+    assert not (out / workdir.RUN_MARKER).exists()
+    with pytest.raises(workdir.RunDirError, match="overwrite refused"):
+        workdir.prepare_run_dir(out, overwrite=True)
+    assert (out / "thesis.txt").read_text() == "three years of work"
+    fresh = tmp_path / "new"
+    workdir.prepare_run_dir(fresh, resume=True)  # a folder jnn makes (or an empty one) is its own
+    assert (fresh / workdir.RUN_MARKER).is_file()
+
+
 def test_a_folder_named_like_the_marker_is_not_the_marker(tmp_path):
     out = tmp_path / "u"
     (out / workdir.RUN_MARKER).mkdir(parents=True)
