@@ -143,6 +143,7 @@ def load_data(cfg: Config) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         "test": (s.x_test, s.y_test),
     }
     sizes = dict(zip(parts, cfg.subset)) if cfg.subset else {}
+    config.check_subset(cfg.subset or (), [len(y) for _, y in parts.values()], "official")
     return {
         k: (x[: sizes.get(k, len(x)), ..., None], y[: sizes.get(k, len(y))])
         for k, (x, y) in parts.items()

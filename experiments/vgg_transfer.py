@@ -156,6 +156,12 @@ def load_data(cfg: Config) -> Data:
     images = np.concatenate([ds.train_images, ds.test_images])
     labels = np.concatenate([ds.train_labels, ds.test_labels]).astype(np.int32)
     train_idx, _, test_idx = split_indices(ds, "original-vgg", seed=cfg.seed, stratify=True)
+    for name, n, idx in (
+        ("train_size", cfg.train_size, train_idx),
+        ("test_size", cfg.test_size, test_idx),
+    ):
+        if n is not None and n > len(idx):  # take_stratified would give all, reported as n
+            raise ConfigError(f"`{name}` {n:,} exceeds the split's {len(idx):,} images")
     train_idx = take_stratified(train_idx, labels, cfg.train_size)
     return Data(images, labels, train_idx, take_stratified(test_idx, labels, cfg.test_size))
 

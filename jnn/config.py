@@ -55,10 +55,22 @@ def integer(value: Any, name: str, low: int, high: int | None = None) -> None:
 
 
 def positive(value: Any, name: str) -> None:
-    """``value`` is a finite number > 0 (learning rates, scales)."""
+    """``value`` is a finite number > 0 (learning rates, scales), also as float32."""
     ok = isinstance(value, (int, float, np.floating)) and not isinstance(value, bool)
     if not ok or not 0 < value < math.inf:
         raise ConfigError(f"`{name}` must be a positive finite number, got {value!r}")
+    check_float32(value, name)
+
+
+def check_float32(value: float, name: str) -> None:
+    """``value`` (a positive finite float) stays positive and finite as float32, the precision
+    training computes in: 1e-320 would train at lr 0 and 1e39 at inf, under the given value."""
+    as32 = float(np.float32(value))
+    if not 0 < as32 < math.inf:
+        raise ConfigError(
+            f"`{name}` {value!r} is {as32} in float32, the precision training uses; give a "
+            "value between 1e-38 and 3e38"
+        )
 
 
 def choice(value: Any, name: str, options: Sequence[str]) -> None:
@@ -71,3 +83,14 @@ def folder(value: Any, name: str) -> None:
     """``value`` is None or an existing folder."""
     if value is not None and not Path(str(value)).expanduser().is_dir():
         raise ConfigError(f"`{name}` {value} is not a folder; give the one with the files")
+
+
+def check_subset(subset: Sequence[int], have: Sequence[int], split: str) -> None:
+    """A ConfigError when ``subset`` asks for more train, val or test examples than the split
+    ``have``: taking fewer silently would report the asked sizes for numbers of other ones."""
+    for what, asked, there in zip(("training", "validation", "test"), subset, have):
+        if asked > there:
+            raise ConfigError(
+                f"`subset` asks for {asked:,} {what} examples, but split {split} has "
+                f"{there:,}; give at most that many"
+            )

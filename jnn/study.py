@@ -59,7 +59,15 @@ from jax import Array
 from jax.sharding import Mesh
 
 from jnn import checkpoints, core, optim, parallel, stacked, train
-from jnn.config import MAX_SEED, ConfigError, folder, integer, option
+from jnn.config import (
+    MAX_SEED,
+    ConfigError,
+    check_float32,
+    check_subset,
+    folder,
+    integer,
+    option,
+)
 from jnn.errors import InputError
 from jnn.layers.dense import Dense
 from jnn.layers.select import SelectActivation
@@ -196,6 +204,7 @@ def _check_numbers(c: StudyConfig) -> None:
     for lr in c.lrs:
         if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf:
             raise ConfigError(f"`lrs` must be positive finite numbers, got {lr!r}")
+        check_float32(lr, "lrs")
     for e in c.save_at:
         integer(e, "save_at", 1, c.epochs)
     for w in c.hidden:
@@ -228,6 +237,7 @@ def _check_names_and_choices(c: StudyConfig) -> None:
     if c.init_scale is not None:
         if not isinstance(c.init_scale, (int, float)) or not 0 < c.init_scale < math.inf:
             raise ConfigError(f"`init_scale` must be a positive finite number, got {c.init_scale}")
+        check_float32(c.init_scale, "init_scale")
         other = [i for i in c.inits if i not in SCALED_INITS]
         if other:
             raise ConfigError(f"`init_scale` applies to normal and random, not to {other}")
@@ -369,7 +379,9 @@ def load_data(c: StudyConfig) -> Data:
         s = data.load_splits(c.split, dataset=c.dataset, seed=c.seed, data_dir=c.data_dir)
     except data.DataError as err:
         raise ConfigError(f"{err}; or give `data_dir` (a folder with the files)") from None
-    n = c.subset or (len(s.y_train), len(s.y_val), len(s.y_test))
+    have = (len(s.y_train), len(s.y_val), len(s.y_test))
+    n = c.subset or have
+    check_subset(n, have, c.split)
     sets = Data(
         (s.x_train[: n[0]], s.y_train[: n[0]]),
         (s.x_val[: n[1]], s.y_val[: n[1]]),
@@ -436,12 +448,25 @@ def config_of(run: dict[str, Any], **overrides: Any) -> StudyConfig:
         raise RunError(f"run.json holds a config that does not check ({err})") from None
 
 
+def _holds_no_work(folder: Path) -> bool:
+    """``folder`` holds nothing but hidden bookkeeping and a checkpoint store with no file in
+    it: what a run interrupted before it wrote run.json leaves (the store opens first)."""
+    for entry in folder.iterdir():
+        if entry.name.startswith("."):
+            continue
+        if entry.name != CHECKPOINTS or not entry.is_dir() or entry.is_symlink():
+            return False
+        if any(f.is_file() and not f.name.startswith(".") for f in entry.rglob("*")):
+            return False
+    return True
+
+
 def check_resume(c: StudyConfig, workdir: str | os.PathLike) -> dict[str, Any] | None:
     """The stored run.json when ``workdir`` holds a run with ``c``'s identity, None when it
     holds none; :class:`RunError` (naming the fields that differ) for another study."""
     folder = Path(workdir).expanduser()
     if not (folder / RUN_JSON).exists():
-        if folder.is_dir() and any(not p.name.startswith(".") for p in folder.iterdir()):
+        if folder.is_dir() and not _holds_no_work(folder):
             raise RunError(f"{folder} holds no {RUN_JSON}: it is not a study run to resume")
         return None
     run = read_run(workdir)

@@ -52,6 +52,7 @@ def test_a_diverging_run_exits_3_and_says_so(fashion_dir, tmp_path, capsys):
         (["--batch-size", "0"], "--batch-size must be an integer >= 1"),
         (["--quick", "--batch-size", "1000"], "exceeds the 384 training examples"),
         (["--lr", "nan"], "--lr must be a positive finite number"),
+        (["--lr", "1e-320"], "--lr 1e-320 is 0.0 in float32"),  # would train at lr 0
         (["--seed", "-1"], "--seed must be an integer in [0, "),
         (["--epoch-loop", "while"], "--epoch-loop must be one of"),
         (["--data-dir", "/nonexistent/jnn"], "is not a folder"),
@@ -62,6 +63,19 @@ def test_bad_flags_are_one_line_errors(argv, message, capsys, tmp_path):
     assert cnn.main([*argv, "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and not (tmp_path / "x").exists()
+
+
+def test_a_subset_larger_than_the_split_is_refused(fashion_dir, capsys, tmp_path):
+    """Adversarial pass: --subset 100000,128,128 trained on the 54,000 official training images
+    while the config recorded 100,000."""
+    argv = ["--subset", "54001,1,1", "--data-dir", str(fashion_dir), "--out", str(tmp_path / "x")]
+    assert cnn.main(argv) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1] == (
+        "error: --subset asks for 54,001 training examples, but split official has 54,000; "
+        "give at most that many"
+    )
+    assert not (tmp_path / "x").exists()
 
 
 @pytest.mark.parametrize("strides, padding, n", [((2, 2), "SAME", 9), ((2, 1), "VALID", 8)])

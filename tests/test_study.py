@@ -408,6 +408,9 @@ def test_model_axis_on_two_devices_equals_one():
         (dict(inits=("zeros",)), "inits: unknown initializer"),
         (dict(lrs=(0.1, float("nan"))), "lrs must be positive finite"),
         (dict(lrs=(0.1, 0.1)), "each learning rate once"),
+        (dict(lrs=(1e-320,)), r"^lrs 1e-320 is 0.0 in float32"),  # would train at lr 0
+        (dict(lrs=(0.1, 1e39)), r"^lrs 1e\+39 is inf in float32"),
+        (dict(init_scale=1e-300), r"^init_scale 1e-300 is 0.0 in float32"),
         (dict(seeds=0), "seeds must be an integer"),
         (dict(epochs=10**12), "epochs must be an integer in"),
         (dict(epochs="12"), "epochs must be an integer"),
@@ -450,6 +453,30 @@ def test_data_of_another_shape_or_dtype_is_refused(tmp_path):
     short = study.Data((d.train[0], d.train[1][:-1]), d.val, d.test)
     with pytest.raises(InputError, match="one label per example"):
         study.run(config(activations=("relu",)), tmp_path, data=short)
+
+
+def test_a_run_interrupted_before_its_run_json_resumes_from_scratch(tmp_path):
+    """Adversarial pass: Ctrl-C in the first seconds left checkpoints/ (an empty store) and no
+    run.json, and the --resume the interrupt line advised was refused as 'not a study run'."""
+    c = config(activations=("relu",))
+    with study.open_store(c, tmp_path):
+        pass
+    assert (tmp_path / study.CHECKPOINTS).is_dir() and study.check_resume(c, tmp_path) is None
+    (tmp_path / study.CHECKPOINTS / "notes.txt").write_text("mine")
+    with pytest.raises(InputError, match="not a study run to resume"):
+        study.check_resume(c, tmp_path)
+
+
+def test_a_subset_larger_than_the_split_is_refused(fashion_dir):
+    """Adversarial pass: --subset 100000,500,500 trained on the 48,600 training images of split
+    original while results.md said subset (100000, 500, 500)."""
+    for subset, what in (
+        ((100_000, 5, 5), "100,000 training.*has 48,600"),
+        ((5, 5, 6_001), "6,001 test.*has 6,000"),
+    ):
+        with pytest.raises(study.ConfigError, match=what) as err:
+            study.load_data(config(subset=subset, data_dir=str(fashion_dir)))
+        assert "\n" not in str(err.value)
 
 
 if __name__ == "__main__":

@@ -274,6 +274,17 @@ def test_bad_flags_are_one_line_before_any_folder(argv, message, capsys, tmp_pat
     assert message in err and err.count("\n") == 1 and not (tmp_path / "o").exists(), err
 
 
+def test_a_size_larger_than_the_split_is_refused(fashion_dir, capsys, tmp_path):
+    """Adversarial pass: --train-size 10000000 silently took all 63,000 training images (minutes
+    of feature extraction) while the config recorded 10,000,000."""
+    for flag in ("--train-size", "--test-size"):
+        argv = ["--quick", "--weights", "random", flag, "10000000", "--data-dir", str(fashion_dir)]
+        assert vgg_transfer.main([*argv, "--out", str(tmp_path / "o")]) == 2
+        err = capsys.readouterr().err.splitlines()[-1]
+        assert err.startswith(f"error: {flag} 10,000,000 exceeds the split's"), err
+        assert not (tmp_path / "o").exists()
+
+
 def test_a_runs_config_reruns_it(tiny_runs, capsys):
     stored = load(tiny_runs["manual"])["config"]
     assert printed_config(["--config", str(tiny_runs["manual"] / "results.json")], capsys) == stored
