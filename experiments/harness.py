@@ -77,7 +77,7 @@ def execute(exp: Experiment, argv: Sequence[str] | None = None) -> int:
     cfg = exp.parse(argv)
     run_dir = workdir.prepare_run_dir(
         cfg.out,
-        resume=getattr(cfg, "resume", False),
+        resume=bool(getattr(cfg, "resume", False)),
         overwrite=getattr(cfg, "overwrite", False),
         markers=("results.json", "run.json"),
     )

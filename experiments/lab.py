@@ -40,7 +40,7 @@ class Invocation(NamedTuple):
 
     config: Any
     out: str
-    resume: bool
+    resume: bool | None  # None: the experiment cannot continue a run (it has no --resume)
     overwrite: bool
     quick: bool
 
@@ -149,7 +149,34 @@ def _from_file(path: str, cls: type) -> dict[str, Any]:
     unknown = sorted(set(stored) - names) if isinstance(stored, dict) else ["?"]
     if unknown:
         raise InputError(f"--config {path} holds fields this experiment does not have: {unknown}")
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in stored.items()}
+    hints = typing.get_type_hints(cls)
+    switches = {f.name for f in dataclasses.fields(cls) if f.default is True}
+    return {k: _stored(v, _kind(hints[k]), k, path, k in switches) for k, v in stored.items()}
+
+
+_WHAT = {int: "an integer", float: "a number", bool: "true or false", str: "text"}
+_WHATS = {int: "integers", float: "numbers", bool: "true or false values", str: "text"}
+
+
+def _is(value: Any, base: type) -> bool:
+    """``value`` as JSON stores a ``base`` (an int is a number; a bool is no int)."""
+    if isinstance(value, bool):
+        return base is bool
+    return isinstance(value, (int, float) if base is float else base)
+
+
+def _stored(value: Any, kind: _Kind, name: str, path: str, switch_off: bool) -> Any:
+    """A field's value from a config file, if of the field's type (lists as tuples); else a
+    one-line InputError: a hand-edited "false" would be true, a nested list a traceback."""
+    if value is None and kind.optional:
+        return None
+    if kind.many and isinstance(value, list) and all(_is(v, kind.base) for v in value):
+        return tuple(value)
+    if not kind.many and _is(value, kind.base):
+        return value
+    what = f"a list of {_WHATS[kind.base]}" if kind.many else _WHAT[kind.base]
+    shown = "--no-" + name.replace("_", "-") if switch_off else flag(name)
+    raise InputError(f"--config {path}: {shown} holds {value!r}, not {what}")
 
 
 def resolve(cls: type, args: argparse.Namespace, quick: dict[str, Any]) -> Any:
@@ -195,4 +222,4 @@ def parse(
         raise SystemExit(0)
     out = args.out or (default_out(config, args.quick) if default_out else None)
     out = out or harness.default_out(name, "quick" if args.quick else "")
-    return Invocation(config, out, args.resume, args.overwrite, args.quick)
+    return Invocation(config, out, args.resume if resume else None, args.overwrite, args.quick)

@@ -28,7 +28,7 @@ from typing import Any
 
 from experiments import harness, lab, report, studies
 from jnn import reference, summary, workdir
-from jnn.config import ConfigError, option
+from jnn.config import ConfigError, integer, option
 from jnn.study import StudyConfig
 
 # The smoke run: tiny sets and glorot init, so its models visibly learn in 3 epochs (the study's
@@ -65,8 +65,7 @@ class Config(StudyConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if isinstance(self.sklearn_workers, bool) or not 1 <= self.sklearn_workers <= 64:
-            raise ConfigError(f"`sklearn_workers` must be in [1, 64], got {self.sklearn_workers}")
+        integer(self.sklearn_workers, "sklearn_workers", 1, 64)  # 2.5 or "2": one line
         one_cell = len(self.inits) == 1 and len(self.lrs) == 1 and self.optimizers == ("sgd",)
         if self.sklearn and not one_cell:  # its MLPClassifier is plain SGD at one lr
             raise ConfigError(

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments import harness
+from experiments import harness, report
 from jnn import workdir
 from jnn.errors import InputError
 
@@ -87,3 +87,15 @@ def test_a_second_run_into_the_same_folder_is_refused(tmp_path, capsys):
 def test_default_out_is_under_the_one_root():
     assert harness.default_out("mlp_grid", "quick") == str(Path("runs") / "mlp_grid-quick")
     assert harness.default_out("cnn", "") == str(Path("runs") / "cnn")
+
+
+@pytest.mark.parametrize("name", ["cnn", "vgg_transfer"])
+def test_ctrl_c_of_a_command_without_resume_names_no_resume(name, tmp_path):
+    """Adversarial pass: Ctrl-C during python -m experiments.cnn printed "continue with ...
+    --resume --out ...", a flag cnn (and vgg_transfer) does not have."""
+    import importlib
+
+    module = importlib.import_module(f"experiments.{name}")
+    argv = ["--quick", "--out", str(tmp_path / "o")]
+    line = harness.interrupted_line(module.EXPERIMENT, argv, module.parse(argv), tmp_path / "o")
+    assert line == report.INTERRUPTED

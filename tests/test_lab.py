@@ -137,6 +137,34 @@ def test_a_config_file_with_unknown_fields_is_refused(tmp_path, capsys):
     assert rc == 2 and "fields this experiment does not have: ['colour']" in err
 
 
+@pytest.mark.parametrize(
+    "stored, says",
+    [
+        ({"sklearn": "false"}, "--no-sklearn holds 'false', not true or false"),  # ran sklearn
+        ({"sklearn_workers": "2"}, "--sklearn-workers holds '2', not an integer"),  # traceback
+        ({"sklearn_workers": 2.5}, "--sklearn-workers holds 2.5, not an integer"),  # accepted
+        ({"inits": [["glorot"]]}, "--inits holds [['glorot']], not a list of text"),  # traceback
+        ({"lrs": [[0.1]]}, "--lrs holds [[0.1]], not a list of numbers"),  # traceback
+        ({"lrs": 0.1}, "--lrs holds 0.1, not a list of numbers"),
+        ({"subset": [True, 1, 1]}, "--subset holds [True, 1, 1], not a list of integers"),
+        ({"epochs": None}, "--epochs holds None, not an integer"),
+    ],
+)
+def test_a_config_file_with_values_of_another_type_is_refused(stored, says, tmp_path, capsys):
+    """Adversarial pass: a run.json edited to hold values of another type crashed with a
+    traceback (a list in a list), ran with a string "false" as true, or took 2.5 workers."""
+    (tmp_path / "run.json").write_text(json.dumps({"config": stored}))
+    rc, _, err = run_cli(mlp_sweep, ["--config", str(tmp_path / "run.json")], capsys)
+    assert rc == 2 and err == f"error: --config {tmp_path / 'run.json'}: {says}"
+
+
+def test_sklearn_workers_must_be_an_integer():
+    """Config(sklearn_workers=2.5) passed the range check, as the --config file above did."""
+    for bad in (2.5, "2", True):
+        with pytest.raises(ConfigError, match="sklearn_workers must be an integer in"):
+            mlp_sweep.Config(sklearn=False, sklearn_workers=bad)
+
+
 def test_config_errors_render_as_flags():
     err = ConfigError("`save_at` 5 is beyond `epochs` 3")
     assert str(err) == "save_at 5 is beyond epochs 3"

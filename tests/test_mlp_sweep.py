@@ -251,7 +251,7 @@ def test_sweep_offline_says_which_flag(tmp_path, mirror, monkeypatch, capsys):
         (["--optimizer", "lbfgs"], "--optimizer: unknown optimizer"),
         (["--layout", "pmap"], "--layout must be one of"),
         (["--seeds", "0"], "--seeds must be an integer"),
-        (["--sklearn-workers", "0"], "--sklearn-workers must be in [1, 64]"),
+        (["--sklearn-workers", "0"], "--sklearn-workers must be an integer in [1, 64]"),
         (["--lrs", "0.1,0.2"], "compares one init and lr of plain sgd"),
         (["--optimizer", "adam"], "or --no-sklearn"),
         (["--optimizer", "sgd,adam"], "or --no-sklearn"),
