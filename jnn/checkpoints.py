@@ -649,6 +649,14 @@ def _is_finished(path: Path) -> bool:
 # --------------------------------------------------------------------------- the store
 
 
+def _epoch_number(epoch: Any) -> int:
+    """``epoch`` as an int if it is a whole number >= 0 (a step's folder is named by it); int()
+    would save 2.7 as 2 and -1 into a folder no listing finds."""
+    if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
+        raise CheckpointError(f"a checkpoint's epoch must be a whole number >= 0, got {epoch!r}")
+    return int(epoch)
+
+
 class CheckpointStore:
     """The verified checkpoints of one model (or stacked models) under an absolute folder.
 
@@ -753,7 +761,7 @@ class CheckpointStore:
         ``epoch`` that this store found unusable, or that is not a finished step, is replaced
         with a :class:`CheckpointWarning`. Saves from several threads are serialised.
         """
-        epoch = int(epoch)
+        epoch = _epoch_number(epoch)
         target = self._folder(rolling) / str(epoch)
         self._check_can_save(epoch, target, replace)
         # existing target: allowed by the check above
@@ -796,7 +804,7 @@ class CheckpointStore:
         another identity than the store's, :class:`CheckpointError` when there is none or it
         holds arrays of other shapes.
         """
-        epoch = int(epoch)
+        epoch = _epoch_number(epoch)
         found = [f[epoch] for f in (self._numbered(False), self._numbered(True)) if epoch in f]
         if not found:
             raise CheckpointError(

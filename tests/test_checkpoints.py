@@ -300,6 +300,24 @@ def test_empty_numbered_folder_is_never_a_step(tmp_path):
     assert sorted(p.name for p in (tmp_path / "m" / "latest").iterdir()) == ["4"]
 
 
+def test_an_epoch_that_is_not_a_whole_number_is_refused(tmp_path):
+    """Adversarial pass: save took int(epoch), so 2.7 was saved as epoch 2, "1" and True as 1,
+    and -1 into a folder "-1" that no listing or restore ever finds again."""
+    with CheckpointStore(tmp_path / "m") as store:
+        for bad in (-1, 2.7, "1", True, None):
+            with pytest.raises(CheckpointError, match="epoch must be a whole number >= 0") as err:
+                store.save(bad, _tree(0))
+            assert "\n" not in str(err.value)
+        store.save(np.int64(3), _tree(0))
+        with pytest.raises(CheckpointError, match="epoch must be a whole number >= 0"):
+            store.restore(3.5, _tree(0))
+        assert _equal(store.restore(3, _tree(0)), _tree(0))
+        assert sorted(p.name for p in store.directory.iterdir() if p.name[0] != ".") == [
+            "3",
+            "latest",
+        ]
+
+
 def test_save_never_skips_an_existing_or_older_epoch(tmp_path):
     """Orbax returned without saving when the epoch was not newer than the newest one."""
     a, b = _tree(0), _tree(1)
