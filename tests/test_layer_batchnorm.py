@@ -108,3 +108,22 @@ def test_training_on_an_empty_batch_is_refused_and_the_state_stays_finite(shape)
     y, _, same = layer.forward(params, state, x, train=False)
     assert y.shape == shape and same is state
     assert np.isfinite(np.asarray(state["mean"])).all() and np.isfinite(state["var"]).all()
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_input_it_cannot_take_is_one_line(train):
+    """Adversarial pass: BatchNorm took int32 input and returned NaN in training mode, and
+    another channel count failed inside JAX (ValueError) instead of one InputError."""
+    layer = BatchNorm()
+    _, params, state = layer.init(jax.random.PRNGKey(0), (3,))
+    fwd = jax.jit(lambda x: layer.forward(params, state, x, train=train)[0])
+    cases = [
+        (jnp.ones((2, 3), jnp.int32), "expects float input, got dtype int32"),
+        (jnp.ones((2, 5)), r"expects input \(batch, ..., 3\), got shape \(2, 5\)"),
+        (jnp.ones((3,)), r"expects input \(batch, ..., 3\), got shape \(3,\)"),
+    ]
+    for x, says in cases:
+        for call in (lambda x: layer.forward(params, state, x, train=train)[0], fwd):
+            with pytest.raises(InputError, match=says) as err:
+                call(x)
+            assert "\n" not in str(err.value)

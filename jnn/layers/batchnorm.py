@@ -91,6 +91,21 @@ def batchnorm_backward(
     return grads, dx
 
 
+def _check_input(x: Array, channels: int) -> None:
+    """Static shape and dtype checks (free under jit): another channel count broadcast or
+    failed inside JAX, and integer input gave NaN statistics."""
+    if x.ndim < 2 or x.shape[-1] != channels:
+        raise InputError(
+            f"BatchNorm expects input (batch, ..., {channels}), got shape {tuple(x.shape)}; "
+            "pass the shape the layer was initialised for"
+        )
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise InputError(
+            f"BatchNorm expects float input, got dtype {x.dtype}; convert first (uint8 pixels: "
+            "jnn.data.to_float divides by 255)"
+        )
+
+
 def BatchNorm(  # noqa: N802 - layers are named like classes
     momentum: float = 0.99, eps: float = 1e-5, dtype: Any = jnp.float32
 ) -> Layer:
@@ -117,6 +132,7 @@ def BatchNorm(  # noqa: N802 - layers are named like classes
 
     def forward(params, state, x, *, key=None, train=False):
         del key
+        _check_input(x, params["scale"].shape[0])
         if not train:
             y, cache = batchnorm_forward_eval(params, state, x, eps)
             return y, cache, state
