@@ -65,7 +65,8 @@ def positive(value: Any, name: str) -> None:
 def check_float32(value: float, name: str) -> None:
     """``value`` (a positive finite float) stays positive and finite as float32, the precision
     training computes in: 1e-320 would train at lr 0 and 1e39 at inf, under the given value."""
-    as32 = float(np.float32(value))
+    with np.errstate(over="ignore"):  # the overflow is what is checked, not a warning to print
+        as32 = float(np.float32(value))
     if not 0 < as32 < math.inf:
         raise ConfigError(
             f"`{name}` {value!r} is {as32} in float32, the precision training uses; give a "

@@ -53,6 +53,7 @@ def test_a_diverging_run_exits_3_and_says_so(fashion_dir, tmp_path, capsys):
         (["--quick", "--batch-size", "1000"], "exceeds the 384 training examples"),
         (["--lr", "nan"], "--lr must be a positive finite number"),
         (["--lr", "1e-320"], "--lr 1e-320 is 0.0 in float32"),  # would train at lr 0
+        (["--lr", "1e39"], "--lr 1e+39 is inf in float32"),  # and no numpy overflow warning
         (["--seed", "-1"], "--seed must be an integer in [0, "),
         (["--epoch-loop", "while"], "--epoch-loop must be one of"),
         (["--data-dir", "/nonexistent/jnn"], "is not a folder"),

@@ -32,6 +32,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 import pytest  # noqa: E402
 
+from jnn import config as cfg_mod  # noqa: E402
 from jnn import optim, parallel, runs, study, train  # noqa: E402
 from jnn.errors import InputError  # noqa: E402
 from jnn.mlp import mlp  # noqa: E402
@@ -434,6 +435,17 @@ def test_bad_configs_are_one_line_config_errors(kwargs, match):
     with pytest.raises(study.ConfigError, match=match) as err:
         config(**kwargs)
     assert "\n" not in str(err.value)
+
+
+def test_a_rate_that_overflows_float32_is_refused_without_a_warning():
+    """The float32 check printed numpy's 'overflow encountered in cast' above the one line."""
+    import warnings
+
+    for make in (lambda: config(lrs=(1e39,)), lambda: cfg_mod.positive(1e39, "lr")):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with pytest.raises(study.ConfigError, match="is inf in float32"):
+                make()
 
 
 def test_config_error_renders_fields_as_the_callers_names():
