@@ -31,3 +31,12 @@ def choice(value: str, options: Sequence[str], flag: str) -> str:
     if value not in options:
         raise InputError(f"{flag} must be one of {', '.join(options)}, got {value!r}")
     return value
+
+
+def distinct(values: Sequence, flag: str) -> tuple:
+    """``values`` as a tuple if no item repeats (a repeated count or name would time the same
+    case twice and report it twice), else an InputError naming the repeated items."""
+    repeated = sorted({str(v) for v in values if list(values).count(v) > 1})
+    if repeated:
+        raise InputError(f"{flag} lists {', '.join(repeated)} more than once; give each once")
+    return tuple(values)

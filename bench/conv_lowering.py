@@ -28,7 +28,6 @@ import numpy as np
 from bench import checks
 from experiments import harness, report
 from jnn import timing
-from jnn.errors import InputError
 
 NETWORKS = {"cnn": ((28, 28, 1), 128), "vgg": ((32, 32, 3), 64)}  # (input HWC, batch)
 PASSES = ("forward", "input_grad", "kernel_grad")
@@ -56,8 +55,7 @@ def parse(argv: Sequence[str] | None) -> Config:
     names = tuple(a.networks.split(","))
     for name in names:
         checks.choice(name, tuple(NETWORKS), "--networks")
-    if len(set(names)) != len(names):
-        raise InputError(f"--networks lists a network twice: {a.networks!r}")
+    checks.distinct(names, "--networks")
     checks.positive_int(a.reps, "--reps", maximum=100)
     checks.seed(a.seed)
     out = a.out or harness.default_out("conv_lowering")

@@ -360,6 +360,7 @@ def parse(argv: Sequence[str] | None) -> Config:
     harness.add_output_flags(p, "scaling")
     a = p.parse_args(argv)
     devices = tuple(checks.positive_int(d, "--devices", maximum=64) for d in a.devices)
+    checks.distinct(devices, "--devices")
     if a.models is not None:
         checks.positive_int(a.models, "--models", maximum=1024)
     out = a.out or harness.default_out("scaling")

@@ -108,6 +108,8 @@ def test_flags_fill_quick_defaults_and_refuse_what_cannot_work():
         (["--sections", "train_epoch,gpu"], "unknown sections"),
         (["--models", "1,0"], "--models needs"),
         (["--devices", "x"], "--devices needs"),
+        (["--models", "1,1"], "--models lists 1 more than once"),
+        (["--sections", "cnn,cnn"], "--sections lists cnn more than once"),
         (["--cnn-steps", "0"], "--cnn-steps must be a positive"),
         (["--vgg-images", "0"], "--vgg-images must be a positive"),
         (["--study-epochs", "0"], "--study-epochs must be a positive"),

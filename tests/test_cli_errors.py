@@ -212,6 +212,7 @@ CASES = [
     bench_case("bench-bad-models", ("--models", "1,x"), "--models needs"),
     scaling_case("scaling-zero-devices", ("--devices", "0"), "--devices must be a positive"),
     scaling_case("scaling-negative-models", ("--models", "-1"), "--models must be a positive"),
+    scaling_case("scaling-repeated-devices", ("--devices", "1", "1"), "--devices lists 1 more"),
 ]  # fmt: skip
 
 

@@ -42,7 +42,7 @@ def test_vgg_shapes_are_the_distinct_convolutions_of_vgg16():
     "extra, message",
     [
         (["--networks", "resnet"], "--networks must be one of"),
-        (["--networks", "cnn,cnn"], "--networks lists a network twice"),
+        (["--networks", "cnn,cnn"], "--networks lists cnn more than once"),
         (["--networks", ""], "--networks must be one of"),
         (["--reps", "0"], "--reps must be a positive integer"),
         (["--seed", "-1"], "--seed must be in [0, 4294967295]"),

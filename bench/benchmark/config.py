@@ -126,7 +126,7 @@ def _counts(text: str, flag: str, example: str, maximum: int) -> tuple[int, ...]
     values = tuple(int(t) for t in items)
     if max(values) > maximum:
         raise InputError(f"{flag} values must be at most {maximum:,}, got {max(values):,}")
-    return values
+    return checks.distinct(values, flag)
 
 
 def _sections(text: str) -> tuple[str, ...]:
@@ -136,7 +136,7 @@ def _sections(text: str) -> tuple[str, ...]:
     unknown = set(sections) - set(SECTIONS)
     if unknown:
         raise InputError(f"unknown sections {sorted(unknown)}; choose from {SECTIONS}")
-    return sections
+    return checks.distinct(sections, "--sections")
 
 
 def check(args: argparse.Namespace) -> Config:
