@@ -42,6 +42,7 @@ OUTPUT_FILES = ("results.json", "results.md", "confusion_matrix.png")
 QUICK = {"train_size": 2000, "test_size": 500, "epochs": 2}
 MAX_FEATURE_BATCH = 4096  # 4096 images at 64x64 through VGG16 need ~3 GB of activations
 WEIGHT_NAMES = ("keras", "torch", "random")
+FINETUNE_LR = 1e-5
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ class Config:
     lr: float = option(1e-3, "Adam learning rate of the head")
     gradients: str = option("manual", "manual (hand-written backward) or autodiff (jax.grad)")
     finetune_top: bool = option(False, "also train block5 (from the VGG16 weights) on block4's")
-    finetune_lr: float = option(1e-5, "Adam learning rate of block5 with --finetune-top")
+    finetune_lr: float = option(FINETUNE_LR, "Adam learning rate of block5 with --finetune-top")
     standardize: bool = option(True, "standardize the head's input with train-set mean/std")
     feature_batch: int = option(256, f"images per frozen-base call (at most {MAX_FEATURE_BATCH})")
     train_size: int | None = option(None, "use only N training images, stratified (none: all)")
@@ -84,6 +85,11 @@ class Config:
         config.integer(self.feature_batch, "feature_batch", 1, MAX_FEATURE_BATCH)
         config.positive(self.lr, "lr")
         config.positive(self.finetune_lr, "finetune_lr")
+        if self.finetune_lr != FINETUNE_LR and not self.finetune_top:
+            raise ConfigError(
+                "`finetune_lr` is the learning rate of block5, which trains only with "
+                "`finetune_top`: add `finetune_top` or drop `finetune_lr`"
+            )
         config.choice(self.gradients, "gradients", core.GRADIENT_METHODS)
         config.integer(self.seed, "seed", 0, config.MAX_SEED)
         config.folder(self.data_dir, "data_dir")

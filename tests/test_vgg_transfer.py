@@ -266,6 +266,7 @@ def test_every_earlier_flag_keeps_its_meaning(capsys, tmp_path):
         (["--devices", "3"], "--batch-size 128 must divide by --devices"),
         (["--weights", "nope.h5"], "--weights nope.h5: no such file"),
         (["--bench-torch"], "--bench-torch moved: python -m bench.vgg_reference"),
+        (["--finetune-lr", "1e-3"], "trains only with --finetune-top: add --finetune-top"),
     ],
 )
 def test_bad_flags_are_one_line_before_any_folder(argv, message, capsys, tmp_path):
