@@ -186,9 +186,18 @@ def parser(
     )
 
 
+def _folder(text: str) -> str:
+    """An ``--out`` value: any non-blank path (a blank one would fall back to the default)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty; give a folder, or omit --out for the default")
+    return text
+
+
 def add_output_flags(p: argparse.ArgumentParser, name: str, *, resume: bool = False) -> None:
     """``--out`` (default ``runs/<name>``), ``--overwrite`` and, where supported, ``--resume``."""
-    p.add_argument("--out", default=None, help=f"output folder (default {default_out(name)})")
+    p.add_argument(
+        "--out", default=None, type=_folder, help=f"output folder (default {default_out(name)})"
+    )
     p.add_argument(
         "--overwrite",
         action="store_true",

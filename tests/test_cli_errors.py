@@ -229,6 +229,23 @@ def test_bad_input_is_one_line(case: Case, tmp_path, fashion_dir, capsys):
     assert "Traceback" not in err
 
 
+@pytest.mark.parametrize(
+    "command", ["experiments.theory", "bench.benchmark", "bench.conv_lowering"]
+)
+def test_a_blank_out_is_refused_not_replaced_by_the_default(command, capsys):
+    """Adversarial pass: ``--out ''`` silently wrote into the default folder. argparse's usage
+    errors exit through SystemExit(2) with the one line (as for an unknown flag)."""
+    import importlib
+
+    module = importlib.import_module(command)
+    main = getattr(module, "main", None) or module.cli
+    with pytest.raises(SystemExit) as exit_:
+        main(["--out", " "])
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and "\n" not in err, err
+    assert err.startswith("error: argument --out: is empty; give a folder"), err
+
+
 def test_non_finite_data_is_refused(tmp_path, fashion_dir, capsys, monkeypatch):
     import jnn.data
 
