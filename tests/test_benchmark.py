@@ -113,6 +113,7 @@ def test_flags_fill_quick_defaults_and_refuse_what_cannot_work():
         (["--cnn-steps", "0"], "--cnn-steps must be a positive"),
         (["--vgg-images", "0"], "--vgg-images must be a positive"),
         (["--study-epochs", "0"], "--study-epochs must be a positive"),
+        (["--study-epochs", "1"], "--study-epochs must be at least 2"),
         (["--seed", str(2**40)], "--seed must be in"),
     ):
         with pytest.raises(InputError, match=re.escape(message)):

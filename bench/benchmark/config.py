@@ -165,9 +165,19 @@ def check(args: argparse.Namespace) -> Config:
         vgg_images=checks.positive_int(v["vgg_images"], "--vgg-images"),
         devices=_counts(v["devices"], "--devices", "1,2", MAX_DEVICES),
         cnn_steps=checks.positive_int(v["cnn_steps"], "--cnn-steps", maximum=1000),
-        study_epochs=checks.positive_int(v["study_epochs"], "--study-epochs", maximum=100),
+        study_epochs=_study_epochs(v["study_epochs"]),
         seed=checks.seed(args.seed),
     )
+
+
+def _study_epochs(value: int) -> int:
+    """At least 2: the study section's rate leaves out the first epoch, which compiles."""
+    checks.positive_int(value, "--study-epochs", maximum=100)
+    if value < 2:
+        raise InputError(
+            "--study-epochs must be at least 2: the first epoch compiles, so one gives no rate"
+        )
+    return value
 
 
 def parse(argv: Sequence[str] | None = None) -> Config:
