@@ -13,8 +13,10 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, NoReturn
+from pathlib import Path
+from typing import Any, NoReturn, TextIO
 
 from tqdm.auto import tqdm
 
@@ -161,6 +163,29 @@ def children_ignore_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGINT, handler)
 
 
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def one_line_warnings(say: Callable[[str], None] = _to_stderr) -> Iterator[None]:
+    """Python warnings as one line each (``warning: Category: message (file:line)``) passed to
+    ``say``, instead of Python's two (the location, then the source line of the call)."""
+    shown = warnings.showwarning
+
+    def show(
+        message: Warning | str, category: type[Warning], filename: str, lineno: int,
+        file: TextIO | None = None, line: str | None = None,
+    ) -> None:  # fmt: skip
+        say(f"warning: {category.__name__}: {message} ({Path(filename).name}:{lineno})")
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = shown
+
+
 def _cli_line(err: InputError) -> str:
     """The one line of bad input: a run folder's error names the flags (``overwrite`` ->
     ``--overwrite``), which is what every command calls them."""
@@ -191,7 +216,7 @@ def cli_main(main: Callable[[Sequence[str] | None], Any]) -> Callable[[Sequence[
     def wrapped(argv: Sequence[str] | None = None) -> int:
         failed = True
         try:
-            with _one_interrupt():
+            with _one_interrupt(), one_line_warnings():
                 result = main(argv)
             failed = False
         except InputError as err:

@@ -10,10 +10,8 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-import warnings
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any, TextIO
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from tqdm.contrib.logging import logging_redirect_tqdm
@@ -182,22 +180,9 @@ def _what_runs(s: Any) -> str:
     )
 
 
-@contextlib.contextmanager
-def _warnings_above_bar(say: Callable[[str, bool], None]) -> Iterator[None]:
+def _warnings_above_bar(say: Callable[[str, bool], None]) -> contextlib.AbstractContextManager:
     """Python warnings printed as one line above the bar instead of into it."""
-    shown = warnings.showwarning
-
-    def show(
-        message: Warning | str, category: type[Warning], filename: str, lineno: int,
-        file: TextIO | None = None, line: str | None = None,
-    ) -> None:  # fmt: skip
-        say(f"warning: {category.__name__}: {message} ({Path(filename).name}:{lineno})", True)
-
-    warnings.showwarning = show
-    try:
-        yield
-    finally:
-        warnings.showwarning = shown
+    return report.one_line_warnings(lambda line: say(line, True))
 
 
 def _probe(seconds: dict[str, float]) -> str:

@@ -55,6 +55,26 @@ def test_cli_main_names_the_flags_of_a_run_folder_error(tmp_path, capsys):
     assert (tmp_path / "out" / "thesis.txt").is_file()
 
 
+def test_cli_main_prints_a_warning_as_one_line(capsys):
+    """Adversarial pass: a grid --resume's CheckpointWarning (a half-written save removed) came
+    before the progress bar and printed Python's two lines, the second the source of the call."""
+    import warnings
+
+    from jnn.checkpoints import CheckpointWarning
+
+    def main(argv):
+        warnings.warn("removed a half-written save", CheckpointWarning, stacklevel=1)
+        return 0
+
+    assert report.cli_main(main)([]) == 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert err.startswith(
+        "warning: CheckpointWarning: removed a half-written save (test_report.py:"
+    )
+    assert warnings.showwarning is not None and "report" not in warnings.showwarning.__module__
+
+
 def test_cli_main_keeps_the_traceback_of_other_os_errors():
     def main(argv):
         raise FileNotFoundError(errno.ENOENT, "No such file or directory", "/x/y")
