@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import optax
 from jax import Array
 
+from jnn import config
 from jnn.errors import InputError
 
 
@@ -74,14 +75,25 @@ def get_optimizer(name: str) -> Optimizer:
         ) from None
 
 
+def _check_rate(learning_rate: Any) -> None:
+    """A Python or numpy number must be a positive finite rate, also as float32 (a NaN, negative
+    or subnormal one trained silently wrong). A JAX array (the study's per-model rates, traced
+    under vmap) is the caller's to check: its value is unknown here."""
+    if not isinstance(learning_rate, jax.Array):
+        config.positive(learning_rate, "learning_rate")
+
+
 def make(name: str, learning_rate: float = 1.0) -> optax.GradientTransformation:
     """Optimizer ``name`` with ``learning_rate`` as injected (stateful) hyperparameter."""
-    return get_optimizer(name).build(learning_rate)
+    entry = get_optimizer(name)
+    _check_rate(learning_rate)
+    return entry.build(learning_rate)
 
 
 def with_learning_rate(opt_state: Any, learning_rate: float) -> Any:
     """``opt_state`` of a :func:`make` or :func:`union` optimizer with its learning rate set
     (float32 scalar; in a union, every member's, so whichever the model uses has it)."""
+    _check_rate(learning_rate)
     if isinstance(opt_state, UnionState):
         members = tuple(with_learning_rate(s, learning_rate) for s in opt_state.members)
         return opt_state._replace(members=members)

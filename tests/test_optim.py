@@ -87,3 +87,22 @@ def test_with_member_refuses_another_name_or_state():
         optim.with_member(state, "momentum", ("sgd", "adam"))
     with pytest.raises(InputError, match="takes a union's state"):
         optim.with_member(optim.make("sgd").init(params), "sgd", ("sgd", "adam"))
+
+
+@pytest.mark.parametrize("rate", [float("nan"), -0.1, 0, 1e-320, 1e39, True, "0.1"])
+def test_a_rate_that_cannot_train_is_one_line(rate):
+    """Adversarial pass: make and with_learning_rate took NaN, negative and subnormal rates (1e-320
+    is 0 in float32) and trained silently wrong."""
+    with pytest.raises(InputError, match="learning_rate") as err:
+        optim.make("sgd", rate)
+    assert "\n" not in str(err.value)
+    state = optim.make("sgd").init({"w": jnp.zeros(2)})
+    with pytest.raises(InputError, match="learning_rate"):
+        optim.with_learning_rate(state, rate)
+
+
+def test_a_traced_rate_is_taken_as_it_is():
+    """Under jit/vmap the rate is a tracer whose value is unknown: the caller checks it."""
+    state = optim.make("sgd").init({"w": jnp.zeros(2)})
+    out = jax.jit(optim.with_learning_rate)(state, jnp.float32(0.25))
+    assert float(out.hyperparams["learning_rate"]) == 0.25
