@@ -1,6 +1,6 @@
 """Which lowering is faster for each pass of each convolution, on this backend.
 
-    python -m bench.conv_lowering --networks cnn,vgg --reps 5
+    python -m bench.conv_lowering --networks cnn,vgg --reps 5     (--quick: the CNN, 1 rep)
 
 Every distinct convolution of the CNN (``jnn.models.build("cnn")``, batch 128, 28x28x1) and of
 VGG16's features (``jnn.vgg.features`` at 32x32, batch 64: the benchmark's shapes) runs each of its
@@ -25,41 +25,42 @@ from typing import Any
 
 import numpy as np
 
-from bench import checks
-from experiments import harness, report
-from jnn import timing
+from experiments import harness, lab, report
+from jnn import config, timing
+from jnn.config import option
 
 NETWORKS = {"cnn": ((28, 28, 1), 128), "vgg": ((32, 32, 3), 64)}  # (input HWC, batch)
 PASSES = ("forward", "input_grad", "kernel_grad")
 MIN_SAMPLE_S = 0.05
+QUICK = {"networks": ("cnn",), "reps": 1}
 
 
 @dataclass(frozen=True)
 class Config:
-    networks: tuple[str, ...] = ("cnn", "vgg")
-    reps: int = 5
-    seed: int = 0
-    out: str = harness.default_out("conv_lowering")
-    overwrite: bool = False
+    """What the probe times, declared once (the command line is generated from it by
+    ``experiments.lab``)."""
+
+    networks: tuple[str, ...] = option(
+        ("cnn", "vgg"), "networks whose convolutions to time: cnn, vgg"
+    )
+    reps: int = option(5, "timed repetitions after 1 warm-up")
+    seed: int = option(0, "seed of the random operands")
+
+    def __post_init__(self) -> None:
+        for name in self.networks:
+            config.choice(name, "networks", tuple(NETWORKS))
+        if len(set(self.networks)) != len(self.networks):
+            raise config.ConfigError(f"`networks` lists a network twice: {list(self.networks)}")
+        config.integer(self.reps, "reps", 1, 100)
+        config.integer(self.seed, "seed", 0, config.MAX_SEED)
 
 
-def parse(argv: Sequence[str] | None) -> Config:
-    """Command line -> a checked Config (one-line InputError per bad value)."""
-    p = harness.parser("conv_lowering", package="bench", description=__doc__.split("\n")[0],
-                       epilog=harness.EXIT_CODES_NO_TRAINING)  # fmt: skip
-    p.add_argument("--networks", default="cnn,vgg", help="comma separated: cnn, vgg [cnn,vgg]")
-    p.add_argument("--reps", type=int, default=5, help="timed repetitions after 1 warm-up [5]")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random inputs [0]")
-    harness.add_output_flags(p, "conv_lowering")
-    a = p.parse_args(argv)
-    names = tuple(a.networks.split(","))
-    for name in names:
-        checks.choice(name, tuple(NETWORKS), "--networks")
-    checks.distinct(names, "--networks")
-    checks.positive_int(a.reps, "--reps", maximum=100)
-    checks.seed(a.seed)
-    out = a.out or harness.default_out("conv_lowering")
-    return Config(names, a.reps, a.seed, out, a.overwrite)
+def parse(argv: Sequence[str] | None) -> lab.Invocation:
+    """Command line -> the checked config (one line naming the flag per bad value)."""
+    return lab.parse(
+        Config, argv, name="conv_lowering", package="bench", resume=False,
+        description=__doc__.split("\n")[0], quick=QUICK, epilog=harness.EXIT_CODES_NO_TRAINING,
+    )  # fmt: skip
 
 
 def conv_shapes(network: str) -> list[dict[str, Any]]:
@@ -162,11 +163,12 @@ def measure_shape(shape: dict[str, Any], cfg: Config) -> list[dict[str, Any]]:
     return rows
 
 
-def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
+def run(inv: lab.Invocation, run_dir: Path) -> dict[str, Any]:
     """Every pass of every distinct convolution of the chosen networks, and a summary."""
     import jax
 
     del run_dir
+    cfg = inv.config
     rows = [row for net in cfg.networks for s in conv_shapes(net) for row in measure_shape(s, cfg)]
     best = sum(min(r["conv_s"], r["gemm_s"]) for r in rows)
     by_auto = sum(r[f"{r['auto']}_s"] for r in rows)

@@ -113,11 +113,13 @@ def build_parser(
     epilog: str,
     default_out: Callable[[Any, bool], str] | None = None,
     resume: bool = True,
+    package: str = "experiments",
 ) -> argparse.ArgumentParser:
     """The parser of ``cls``: one flag per field (default None = "not given") plus the run
     options (``--resume`` only where the experiment can continue a run); values stay text
-    until :func:`parse` converts them."""
-    p = harness.parser(name, description=description, epilog=epilog)
+    until :func:`parse` converts them. ``package``: where the command lives (``python -m
+    <package>.<name>``: experiments, or bench for the measurement commands)."""
+    p = harness.parser(name, description=description, epilog=epilog, package=package)
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         kind, text = _kind(hints[f.name]), _help(f, quick)
@@ -208,10 +210,11 @@ def parse(
     default_out: Callable[[Any, bool], str] | None = None,
     epilog: str = harness.EXIT_CODES,
     resume: bool = True,
+    package: str = "experiments",
 ) -> Invocation:
     """Command line -> :class:`Invocation`; ``--print-config`` prints and exits 0. ``resume``:
     whether the experiment can continue a run (else it has no ``--resume`` flag)."""
-    parser = build_parser(cls, name, description, quick, epilog, default_out, resume)
+    parser = build_parser(cls, name, description, quick, epilog, default_out, resume, package)
     args = parser.parse_args(argv)
     args.resume = getattr(args, "resume", False)
     if args.resume and args.overwrite:
