@@ -157,9 +157,10 @@ def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
     import jax
 
     rng = np.random.default_rng(cfg.seed)
-    x = jax.device_put(rng.random((cfg.examples, 784), dtype=np.float32))
-    y = jax.device_put(rng.integers(0, 10, cfg.examples).astype(np.int32))
     spec, states = grid_states(cfg.models, cfg.seed)
+    features, classes = spec.sizes[0], spec.sizes[-1]  # from the dataset entry
+    x = jax.device_put(rng.random((cfg.examples, features), dtype=np.float32))
+    y = jax.device_put(rng.integers(0, classes, cfg.examples).astype(np.int32))
     fns = epoch_fns(spec)
     params = {name: jax.block_until_ready(f(states, x, y)) for name, f in fns.items()}
     cases = {name: timing.repeated(lambda f=f: jax.block_until_ready(f(states, x, y)))

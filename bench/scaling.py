@@ -41,9 +41,10 @@ from typing import Any
 from bench import checks
 from experiments import harness
 from jnn.errors import InputError
+from jnn.study import StudyConfig
 
 REPO = Path(__file__).resolve().parents[1]
-SIZES = (784, 256, 128, 64, 10)
+SIZES: tuple[int, ...] = StudyConfig().sizes  # the study's widths (ends: the dataset entry)
 FULL_EXAMPLES, QUICK_EXAMPLES = 48_000, 8_192
 FULL_REPS, QUICK_REPS = 5, 3
 BATCH_SIZES = (32, 256)
