@@ -134,9 +134,9 @@ def _setup(cfg: Config) -> tuple[Any, Any, Any, Any]:
     model, opt = models.build("cnn", lowering="conv"), optax.adam(1e-3)
     rng = np.random.default_rng(0)
     n = cfg.steps * cfg.batch_size
-    x = jnp.asarray(rng.random((n, 28, 28, 1), dtype=np.float32))
-    y = jnp.asarray(rng.integers(0, 10, n).astype(np.int32))
-    state = train.init_train_state(jax.random.key(0), model, opt, (28, 28, 1))
+    x = jnp.asarray(rng.random((n, *checks.IMAGE_SHAPE), dtype=np.float32))
+    y = jnp.asarray(rng.integers(0, checks.CLASSES, n).astype(np.int32))
+    state = train.init_train_state(jax.random.key(0), model, opt, checks.IMAGE_SHAPE)
     return model, opt, state, (x, y)
 
 

@@ -95,8 +95,8 @@ def throughput_case(
 
 
 def random_images(n: int, seed: int = 0) -> np.ndarray:
-    """(n, 28, 28) uint8 gray images: timing does not depend on their content."""
-    return np.random.default_rng(seed).integers(0, 256, (n, 28, 28), dtype=np.uint8)
+    """(n, H, W) uint8 gray images of the study's size: timing does not depend on content."""
+    return np.random.default_rng(seed).integers(0, 256, (n, *checks.IMAGE_SHAPE[:2]), np.uint8)
 
 
 def feature_throughput(

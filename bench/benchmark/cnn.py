@@ -40,6 +40,7 @@ import optax
 
 from bench.benchmark.common import Context, add_time_vs
 from bench.benchmark.config import Config
+from bench.checks import CLASSES, IMAGE_SHAPE
 from jnn import core
 from jnn.conv_cost import recorded_conv_costs
 from jnn.layers.conv import conv_plans
@@ -60,8 +61,8 @@ REFERENCE = "jnn_manual"
 
 
 def batch(ctx: Context, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """128 images (128, 28, 28, 1) float32 and labels from the run's training data (tiled)."""
-    x = np.resize(ctx.data["x_train"], (BATCH, 28 * 28)).reshape(BATCH, 28, 28, 1)
+    """128 images (128, H, W, 1) float32 and labels from the run's training data (tiled)."""
+    x = np.resize(ctx.data["x_train"], (BATCH, math.prod(IMAGE_SHAPE))).reshape(BATCH, *IMAGE_SHAPE)
     y = np.resize(ctx.data["y_train"], (BATCH,)).astype(np.int32)
     return np.ascontiguousarray(x, np.float32), y
 
@@ -153,7 +154,7 @@ def _jnn_case(cfg: Config, gradients: str, x: Any, y: Any) -> tuple[Callable, fl
     from jnn import models
 
     model, optimizer = models.build("cnn"), optax.adam(LR)
-    _, params, model_state = model.init(jax.random.key(cfg.seed), (28, 28, 1))
+    _, params, model_state = model.init(jax.random.key(cfg.seed), IMAGE_SHAPE)
     opt_state = optimizer.init(params)
     keys = list(jax.random.split(jax.random.key(cfg.seed + 1), cfg.cnn_steps))
     step = make_step(model, model_state, optimizer, gradients)
@@ -175,10 +176,12 @@ def torch_net(device: str) -> Any:
     """The CNN in PyTorch (NCHW; padding 1 is SAME for a 3x3 stride-1 conv)."""
     from torch import nn
 
+    h, w, c = IMAGE_SHAPE  # two 2x2 max-pools: the flattened map is 64 x (h // 4) x (w // 4)
     return nn.Sequential(
-        nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(c, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
         nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(64 * 7 * 7, 128), nn.ReLU(), nn.Dropout(0.5), nn.Linear(128, 10),
+        nn.Flatten(), nn.Linear(64 * (h // 4) * (w // 4), 128), nn.ReLU(), nn.Dropout(0.5),
+        nn.Linear(128, CLASSES),
     ).to(device)  # fmt: skip
 
 
@@ -221,7 +224,7 @@ def measure(cfg: Config, ctx: Context) -> dict[str, Any]:
         skipped["torch_eager"] = ctx.torch_reason
     with machine_load() as load:
         times = time_interleaved(cases, cfg.reps, cfg.warmup)
-    flops, layers = step_flops(models.build("cnn"), (28, 28, 1), BATCH)
+    flops, layers = step_flops(models.build("cnn"), IMAGE_SHAPE, BATCH)
     out = _result(cfg, times, compile_s, hlo, skipped, flops, ctx.ceiling)
     return out | {"flops": flops, "layers": layers, "load": load}
 

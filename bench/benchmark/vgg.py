@@ -24,6 +24,7 @@ import numpy as np
 from bench.benchmark.cnn import machine_load
 from bench.benchmark.common import Context
 from bench.benchmark.config import Config
+from bench.checks import IMAGE_SHAPE
 from bench.vgg_reference import feature_throughput
 from jnn import features, vgg
 from jnn.conv_cost import recorded_conv_costs
@@ -85,7 +86,9 @@ def measure(cfg: Config, ctx: Context) -> dict[str, Any]:
     if cfg.vgg_images <= batch:
         raise InputError(f"--vgg-images must exceed the batch size {batch} (one untimed batch)")
     params = vgg.init_params(jax.random.key(cfg.seed), image_size=SIZE)
-    images = np.random.default_rng(cfg.seed).integers(0, 256, (cfg.vgg_images, 28, 28), np.uint8)
+    images = np.random.default_rng(cfg.seed).integers(
+        0, 256, (cfg.vgg_images, *IMAGE_SHAPE[:2]), np.uint8
+    )
     extract = features.make_extractor(params, FMT, SIZE)
     with Stopwatch() as sw:  # compile + first batch, as the VGG experiment reports it
         jax.block_until_ready(extract(images[:batch]))
