@@ -1,6 +1,6 @@
 """Why k vmapped models run no faster than one on XLA:CPU: the grid's epoch, four ways.
 
-    python -m bench.grid_probe --models 24 --examples 4800 --reps 2
+    python -m bench.grid_probe --models 24 --examples 4800 --reps 2     (--quick: 3 models, seconds)
 
 The same M grid models (``jnn.study``: SelectActivation, per-model lr and init) train one epoch of
 batch-32 SGD on synthetic data, as
@@ -31,43 +31,38 @@ from typing import Any
 
 import numpy as np
 
-from bench import checks
-from experiments import harness, report
-from jnn import timing
-from jnn.errors import InputError
+from experiments import harness, lab, report
+from jnn import config, timing
+from jnn.config import option
 
 STUDY_EXAMPLES = 48_600
 MAP_CHUNKS = (1, 4)
+QUICK = {"models": 3, "examples": 96, "reps": 1}
 
 
 @dataclass(frozen=True)
 class Config:
-    models: int = 24
-    examples: int = 4800
-    reps: int = 2
-    seed: int = 0
-    out: str = harness.default_out("grid_probe")
-    overwrite: bool = False
+    """What the probe times, declared once (the command line is generated from it by
+    ``experiments.lab``)."""
+
+    models: int = option(24, "grid models in the program")
+    examples: int = option(4800, "synthetic training examples per epoch (batch 32)")
+    reps: int = option(2, "timed repetitions after 1 warm-up")
+    seed: int = option(0, "data and model seed")
+
+    def __post_init__(self) -> None:
+        config.integer(self.models, "models", 1, 600)
+        config.integer(self.examples, "examples", 32, STUDY_EXAMPLES)
+        config.integer(self.reps, "reps", 1, 100)
+        config.integer(self.seed, "seed", 0, config.MAX_SEED)
 
 
-def parse(argv: Sequence[str] | None) -> Config:
-    """Command line -> a checked Config (one-line InputError per bad value)."""
-    p = harness.parser("grid_probe", package="bench", description=__doc__.split("\n")[0],
-                       epilog=harness.EXIT_CODES_NO_TRAINING)  # fmt: skip
-    p.add_argument("--models", type=int, default=24, help="models in the program [24]")
-    p.add_argument("--examples", type=int, default=4800, help="training examples per epoch")
-    p.add_argument("--reps", type=int, default=2, help="timed repetitions after 1 warm-up [2]")
-    p.add_argument("--seed", type=int, default=0, help="data and model seed [0]")
-    harness.add_output_flags(p, "grid_probe")
-    a = p.parse_args(argv)
-    checks.positive_int(a.models, "--models", maximum=600)
-    checks.positive_int(a.examples, "--examples", maximum=STUDY_EXAMPLES)
-    if a.examples < 32:
-        raise InputError(f"--examples must be at least one batch of 32, got {a.examples}")
-    checks.positive_int(a.reps, "--reps", maximum=100)
-    checks.seed(a.seed)
-    out = a.out or harness.default_out("grid_probe")
-    return Config(a.models, a.examples, a.reps, a.seed, out, a.overwrite)
+def parse(argv: Sequence[str] | None) -> lab.Invocation:
+    """Command line -> the checked config (one line naming the flag per bad value)."""
+    return lab.parse(
+        Config, argv, name="grid_probe", package="bench", resume=False, quick=QUICK,
+        description=__doc__.split("\n")[0], epilog=harness.EXIT_CODES_NO_TRAINING,
+    )  # fmt: skip
 
 
 def grid_states(models: int, seed: int) -> Any:
@@ -152,9 +147,11 @@ def param_diffs(params: Any, reference: Any, models: int) -> dict[str, float]:
     return {"median_rel": float(np.median(rel)), "max_rel": float(rel.max())}
 
 
-def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
+def run(inv: lab.Invocation, run_dir: Path) -> dict[str, Any]:
     """Time every variant interleaved; rates per model, ratios to ``alone``, param agreement."""
     import jax
+
+    cfg = inv.config
 
     rng = np.random.default_rng(cfg.seed)
     spec, states = grid_states(cfg.models, cfg.seed)

@@ -13,7 +13,7 @@ from bench import grid_probe
 @pytest.mark.slow
 def test_tiny_probe_times_every_variant_and_they_agree(tmp_path):
     out = tmp_path / "probe"
-    args = ["--models", "3", "--examples", "96", "--reps", "1", "--out", str(out)]
+    args = ["--quick", "--out", str(out)]  # 3 models, 96 examples, 1 repetition
     assert grid_probe.main(args) == 0
     result = json.loads((out / "probe.json").read_text())
     rows = result["rows"]
@@ -29,11 +29,12 @@ def test_tiny_probe_times_every_variant_and_they_agree(tmp_path):
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--models", "0"], "--models must be a positive integer"),
-        (["--models", "601"], "--models must be at most 600"),
-        (["--examples", "16"], "--examples must be at least one batch of 32"),
-        (["--reps", "0"], "--reps must be a positive integer"),
-        (["--seed", "-1"], "--seed must be in [0, 4294967295]"),
+        (["--models", "0"], "--models must be an integer in [1, 600]"),
+        (["--models", "601"], "--models must be an integer in [1, 600]"),
+        (["--examples", "16"], "--examples must be an integer in [32, 48,600]"),
+        (["--reps", "0"], "--reps must be an integer in [1, 100]"),
+        (["--seed", "-1"], "--seed must be an integer in [0, 4,294,967,295]"),
+        (["--models", "2.5"], "--models"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(extra, message, tmp_path, capsys):
