@@ -20,7 +20,6 @@ probe.json and probe.md into ``--out`` (default ``runs/cnn_scan_probe``).
 
 from __future__ import annotations
 
-import argparse
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -30,58 +29,47 @@ from typing import Any
 import numpy as np
 
 from bench import checks
-from experiments import harness, report
-from jnn import timing
+from experiments import harness, lab, report
+from jnn import config, timing
+from jnn.config import option
 
 LOOPS = ("steps", "scan", "scan-unroll2", "fori")
 GRADIENTS = ("manual", "autodiff")
+QUICK = {"steps": 1, "reps": 1, "loops": ("steps", "scan")}
 
 
 @dataclass(frozen=True)
 class Config:
-    steps: int = 4
-    batch_size: int = 128
-    reps: int = 3
-    ops: bool = False
-    pool: bool = False
-    swapped_dw: bool = False
-    loops: tuple[str, ...] = LOOPS
-    out: str = harness.default_out("cnn_scan_probe")
-    overwrite: bool = False
+    """What the probe times, declared once (the command line is generated from it by
+    ``experiments.lab``)."""
 
-
-def parse(argv: Sequence[str] | None) -> Config:
-    p = argparse.ArgumentParser(prog="python -m bench.cnn_scan_probe", description=__doc__)
-    p.add_argument("--steps", type=int, default=4, help="train steps per timed loop")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--reps", type=int, default=3, help="timed repetitions (after one warm-up)")
-    p.add_argument("--ops", action="store_true", help="time the three convs alone instead")
-    p.add_argument(
-        "--pool", action="store_true", help="time MaxPool2D's backward: jnn's vs jax.vjp's"
-    )
-    p.add_argument(
-        "--swapped-dw",
-        action="store_true",
-        help="patch (this process only) Conv2D backward back to the swapped-dimension kernel "
+    steps: int = option(4, "train steps per timed loop")
+    batch_size: int = option(128, "examples per train step")
+    reps: int = option(3, "timed repetitions (after one warm-up)")
+    ops: bool = option(False, "time the three convs alone instead")
+    pool: bool = option(False, "time MaxPool2D's backward: jnn's vs jax.vjp's")
+    swapped_dw: bool = option(
+        False, "patch (this process only) Conv2D backward back to the swapped-dimension kernel "
         "gradient (the layer's form before the probe, and jax.grad's): reproduces the slowdown",
-    )
-    p.add_argument(
-        "--loops", default=",".join(LOOPS), help="comma-separated subset of " + str(LOOPS)
-    )
-    harness.add_output_flags(p, "cnn_scan_probe")
-    a = p.parse_args(argv)
-    loops = tuple(checks.choice(s, LOOPS, "--loops") for s in a.loops.split(","))
-    return Config(
-        checks.positive_int(a.steps, "--steps", maximum=1000),
-        checks.positive_int(a.batch_size, "--batch-size", maximum=4096),
-        checks.positive_int(a.reps, "--reps", maximum=100),
-        a.ops,
-        a.pool,
-        a.swapped_dw,
-        loops,
-        a.out or harness.default_out("cnn_scan_probe"),
-        a.overwrite,
-    )
+    )  # fmt: skip
+    loops: tuple[str, ...] = option(LOOPS, "the loops to time: " + ", ".join(LOOPS))
+
+    def __post_init__(self) -> None:
+        config.integer(self.steps, "steps", 1, 1000)
+        config.integer(self.batch_size, "batch_size", 1, 4096)
+        config.integer(self.reps, "reps", 1, 100)
+        for loop in self.loops:
+            config.choice(loop, "loops", LOOPS)
+        if len(set(self.loops)) != len(self.loops):
+            raise config.ConfigError(f"`loops` lists a loop twice: {list(self.loops)}")
+
+
+def parse(argv: Sequence[str] | None) -> lab.Invocation:
+    """Command line -> the checked config (one line naming the flag per bad value)."""
+    return lab.parse(
+        Config, argv, name="cnn_scan_probe", package="bench", resume=False, quick=QUICK,
+        description=__doc__.split("\n")[0], epilog=harness.EXIT_CODES_NO_TRAINING,
+    )  # fmt: skip
 
 
 def swapped_conv_backward(params: Any, x: Any, dy: Any, strides: Any, pads: Any) -> Any:
@@ -319,7 +307,9 @@ def time_pool(cfg: Config) -> dict[str, Any]:
 
     from jnn.layers import MaxPool2D
 
-    x = jnp.asarray(np.random.default_rng(0).standard_normal((cfg.batch_size, 28, 28, 32)))
+    x = jnp.asarray(
+        np.random.default_rng(0).standard_normal((cfg.batch_size, *checks.IMAGE_SHAPE[:2], 32))
+    )
     x = x.astype(jnp.float32)
     layer = MaxPool2D(2)
     params, st = layer.init(jax.random.key(0), x.shape[1:])[1:]
@@ -338,7 +328,9 @@ def time_pool(cfg: Config) -> dict[str, Any]:
     return res
 
 
-def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
+def run(inv: lab.Invocation, run_dir: Path) -> dict[str, Any]:
+    """The timed cases of the chosen mode (loops, ``ops`` or ``pool``) and the XLA flags."""
+    cfg = inv.config
     return {
         "study": "cnn_scan_probe",
         "status": "ok",
