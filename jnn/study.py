@@ -72,7 +72,7 @@ from jnn.errors import InputError
 from jnn.layers.dense import Dense
 from jnn.layers.select import SelectActivation
 from jnn.mlp import mlp
-from jnn.workdir import StorageError, stamps, write_json
+from jnn.workdir import StorageError, empty_or_missing, stamps, write_json
 
 FORMAT = "jnn.study/1"
 HISTORY_KEYS = train.HISTORY_KEYS  # train_loss, train_accuracy, val_loss, val_accuracy
@@ -762,6 +762,8 @@ def run(
     stored = check_resume(c, workdir) if resume else None
     if not resume and (workdir / RUN_JSON).exists():
         raise RunError(f"{workdir} holds a study run already; resume it or use another folder")
+    if not resume and not empty_or_missing(workdir):  # its files could be overwritten
+        raise RunError(f"{workdir} holds files of its own; give a new or empty folder")
     d = load_data(c) if data is None else check_data(c, data)
     mesh, net = _mesh(c), network(c)
     workdir.mkdir(parents=True, exist_ok=True)

@@ -126,7 +126,7 @@ def prepare_run_dir(
     """
     path = check_run_dir(out, resume=resume, overwrite=overwrite, markers=markers)
     try:
-        ours = _empty_or_missing(path)  # a folder of the user's (resumed) is never marked ours
+        ours = empty_or_missing(path)  # a folder of the user's (resumed) is never marked ours
         if not path.exists():
             path.mkdir(parents=True)
             _CREATED.add(path)
@@ -142,7 +142,7 @@ def prepare_run_dir(
     return path
 
 
-def _empty_or_missing(path: Path) -> bool:
+def empty_or_missing(path: Path) -> bool:
     """``path`` does not exist yet, or holds nothing but jnn's bookkeeping."""
     return not path.is_dir() or not any(_not_bookkeeping(p) for p in path.iterdir())
 

@@ -479,6 +479,19 @@ def test_a_run_interrupted_before_its_run_json_resumes_from_scratch(tmp_path):
         study.check_resume(c, tmp_path)
 
 
+def test_a_new_run_refuses_a_folder_holding_other_files(tmp_path):
+    """Second adversarial pass: study.run (the library, not the CLIs, which check the folder
+    first) wrote checkpoints/, metrics.jsonl and run.json beside a user's files, overwriting
+    any of those names. A new run takes only a new or empty folder (jnn's marker and lock
+    aside); the refusal comes before any data is loaded or anything written."""
+    mine = tmp_path / "thesis.tex"
+    mine.write_text("mine")
+    with pytest.raises(study.RunError, match="holds files of its own") as err:
+        study.run(config(activations=("relu",)), tmp_path)
+    assert "\n" not in str(err.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["thesis.tex"]
+
+
 def test_a_subset_larger_than_the_split_is_refused(fashion_dir):
     """Adversarial pass: --subset 100000,500,500 trained on the 48,600 training images of split
     original while results.md said subset (100000, 500, 500)."""
