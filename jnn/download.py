@@ -23,6 +23,7 @@ more dependency for ~100 lines that the tests already exercise against 127.0.0.1
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import math
@@ -172,6 +173,14 @@ def _stream(
     return digest.hexdigest()
 
 
+def _make_folders(folder: Path) -> list[Path]:
+    """Create ``folder`` and its missing parents; the ones created, outermost first (a failed
+    download removes them again, so it leaves nothing behind)."""
+    missing = [p for p in (folder, *folder.parents) if not p.exists()][::-1]
+    folder.mkdir(parents=True, exist_ok=True)
+    return missing
+
+
 def fetch(
     urls: Sequence[str],
     dst: str | os.PathLike,
@@ -200,8 +209,8 @@ def fetch(
     dst = Path(dst).absolute()
     algo, want = expected or ("sha256", "")
     failures, corrupt = [], 0
+    created = _make_folders(dst.parent) if urls else []
     for url in urls:
-        dst.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".part", dir=dst.parent)
         tmp = Path(tmp_name)
         try:
@@ -224,6 +233,9 @@ def fetch(
             failures.append((url, str(getattr(e, "reason", None) or e)))
         finally:
             tmp.unlink(missing_ok=True)
+    for folder in reversed(created):  # the folders made for dst, if still empty
+        with contextlib.suppress(OSError):
+            folder.rmdir()
     detail = "; ".join(f"{u}: {why}" for u, why in failures) or "no URLs"
     raise DownloadError(
         f"could not download {dst.name} ({detail})", failures, bool(urls) and corrupt == len(urls)

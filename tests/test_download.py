@@ -38,10 +38,22 @@ def test_wrong_bytes_everywhere_is_corrupt_and_leaves_nothing(files, tmp_path):
     with pytest.raises(download.DownloadError) as e:
         download.fetch([bad], dst, expected=("sha256", sha))
     assert e.value.corrupt and "fails its hash check" in str(e.value)
-    assert isinstance(e.value, InputError) and list(dst.parent.iterdir()) == []
+    assert isinstance(e.value, InputError) and not dst.parent.exists()  # made for it, removed
     with pytest.raises(download.DownloadError, match="more than the expected 10 bytes") as e:
         download.fetch([good], dst, size=10)
     assert e.value.corrupt
+
+
+def test_a_failed_download_removes_only_the_folders_it_made(files, tmp_path):
+    """Second adversarial pass: data.load_fashion_mnist('/missing/sub') left both folders
+    behind when the download failed ('nothing is left behind' was the promise)."""
+    good, bad, sha, size = files
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    dst = kept / "a" / "b" / "file.bin"
+    with pytest.raises(download.DownloadError):
+        download.fetch([bad], dst, expected=("sha256", sha))
+    assert kept.is_dir() and list(kept.iterdir()) == []
 
 
 def test_unreachable_is_not_corrupt_and_names_every_url(files, tmp_path):
