@@ -41,6 +41,7 @@ BOOKKEEPING = frozenset({RUN_MARKER, LOCK_FILE})  # jnn's own files in every run
 _STUB_FILES = BOOKKEEPING | {"run.json"}
 _LOCKS: dict[Path, int] = {}  # folder -> open fd holding its lock (released by release_run_dirs)
 _CREATED: set[Path] = set()  # folders this process created (removed again if left as stubs)
+_NEW_LOCKS: set[Path] = set()  # lock files this process created (in folders that existed)
 
 # what made a result: these packages' versions and these environment variables
 _PACKAGES = (
@@ -153,6 +154,8 @@ def _lock(path: Path) -> None:
 
     if path in _LOCKS:
         return
+    if not (path / LOCK_FILE).exists():
+        _NEW_LOCKS.add(path / LOCK_FILE)
     fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -168,10 +171,16 @@ def _lock(path: Path) -> None:
 def release_run_dirs(*, failed: bool = False) -> None:
     """Release every run-folder lock this process holds. After a failed run, a folder this
     process created that holds nothing but jnn's own bookkeeping (marker, lock, run.json) is
-    removed, so a refused command leaves no stub behind; anything else in it is kept."""
+    removed, so a refused command leaves no stub behind; anything else in it is kept. A lock
+    file it added to a folder that is not a jnn run (no marker: a refused ``--resume`` into a
+    user's folder) is removed too, so the folder is left as it was."""
     for path, fd in list(_LOCKS.items()):
         os.close(fd)
         del _LOCKS[path]
+    for lock in list(_NEW_LOCKS):
+        _NEW_LOCKS.discard(lock)
+        if failed and not (lock.parent / RUN_MARKER).is_file():
+            lock.unlink(missing_ok=True)
     for path in list(_CREATED):
         _CREATED.discard(path)
         if failed and path.is_dir() and {p.name for p in path.iterdir()} <= _STUB_FILES:

@@ -53,6 +53,7 @@ def test_resume_into_a_users_folder_does_not_make_it_ours(tmp_path):
     workdir.prepare_run_dir(out, resume=True)
     workdir.release_run_dirs(failed=True)
     assert not (out / workdir.RUN_MARKER).exists()
+    assert sorted(p.name for p in out.iterdir()) == ["thesis.txt"]  # nor its lock (second pass)
     with pytest.raises(workdir.RunDirError, match="overwrite refused"):
         workdir.prepare_run_dir(out, overwrite=True)
     assert (out / "thesis.txt").read_text() == "three years of work"
