@@ -467,7 +467,10 @@ def check_resume(c: StudyConfig, workdir: str | os.PathLike) -> dict[str, Any] |
     folder = Path(workdir).expanduser()
     if not (folder / RUN_JSON).exists():
         if folder.is_dir() and not _holds_no_work(folder):
-            raise RunError(f"{folder} holds no {RUN_JSON}: it is not a study run to resume")
+            raise RunError(
+                f"{folder} holds no {RUN_JSON}: it is not a study run to resume; give the "
+                "folder of the run to continue, or a new folder for a new run"
+            )
         return None
     run = read_run(workdir)
     have, want = run.get("identity", {}), c.identity()
