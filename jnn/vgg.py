@@ -272,8 +272,9 @@ def Conv3x3Layer(features: int) -> Layer:  # noqa: N802 - layers are named like 
     """VGG16's 3x3 stride-1 "SAME" convolution as a jnn layer: ``jnn.layers.Conv2D(features, 3,
     padding="SAME", init="he", lowering="auto")`` under its own name. Params ``{"w": (3, 3, C, F)
     HWIO, "b": (F,)}``; forward :func:`conv3x3_same` + b (as the Flax ``Conv3x3``), backward by
-    hand. On CPU the small maps of block5 go through matmuls: XLA:CPU's convolution takes ~15 s
-    per batch of 64 on block5's 2x2x512 maps, the matmul milliseconds."""
+    hand. On CPU the forward and input gradient of block5's small maps go through matmuls:
+    XLA:CPU's convolution takes ~15 s per batch of 64 on block5's 2x2x512 maps, the matmul
+    milliseconds (its kernel gradient stays a conv there, the faster of the two)."""
     conv = Conv2D(features, 3, padding="SAME", init="he", lowering="auto")
     return conv._replace(name=f"Conv3x3Layer({features}, lowering=auto)")
 

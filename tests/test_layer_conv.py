@@ -100,14 +100,15 @@ def test_lowerings_agree(monkeypatch, k, s, padding, dtype):
 
 
 def test_auto_rule_and_plans():
-    """auto on CPU: every pass a GEMM on maps of at most SMALL_MAP positions, every pass a conv
-    up to LARGE_MAP, above it only dw a GEMM; off CPU every pass a conv. conv_plans names each
-    layer's choice and its chunking, and the patch bytes stay within the budget."""
+    """auto on CPU: forward and dx GEMMs (dw a conv) on maps of at most SMALL_MAP positions,
+    every pass a conv up to LARGE_MAP, above it only dw a GEMM; off CPU every pass a conv.
+    conv_plans names each layer's choice and its chunking, and the patch bytes stay within the
+    budget."""
     assert conv_module.auto_passes((14, 14), "cpu") == ("conv", "conv", "gemm")
     assert conv_module.auto_passes((9, 8), "cpu") == ("conv", "conv", "gemm")
     assert conv_module.auto_passes((8, 8), "cpu") == ("conv", "conv", "conv")
     assert conv_module.auto_passes((5, 4), "cpu") == ("conv", "conv", "conv")
-    assert conv_module.auto_passes((4, 4), "cpu") == ("gemm", "gemm", "gemm")
+    assert conv_module.auto_passes((4, 4), "cpu") == ("gemm", "gemm", "conv")
     assert conv_module.auto_passes((2, 2), "gpu") == ("conv", "conv", "conv")
     assert batch_chunk(128, 225_792, 4 * 2**20) == 16  # 18 fit: 8 chunks, evened out to 16
     assert batch_chunk(5, 10, 20) == 2 and batch_chunk(3, 100, 1) == 1

@@ -38,9 +38,12 @@ unchunked, 16 chunks of 1.8 MB ~6 ms in all).
 jitted alone and interleaved, conv time / gemm time; ``python -m bench.conv_lowering`` repeats
 the measurement on any backend and says where the rule picks the slower lowering):
 
-* H' * W' <= ``SMALL_MAP`` (16: 4x4 and smaller): every pass a GEMM. XLA:CPU's forward and
-  input-gradient convs are pathological on 2x2 maps (2x2x512 -> 512 at batch 64: ~1.9 s per call
-  against ~50 ms as GEMMs); at 4x4 the two lowerings are within ~15% of each other.
+* H' * W' <= ``SMALL_MAP`` (16: 4x4 and smaller): forward and dx GEMMs, dw a conv. XLA:CPU's
+  forward and input-gradient convs are pathological on 2x2 maps (2x2x512 -> 512 at batch 64:
+  ~0.4-1.9 s per call against ~6-50 ms as GEMMs); at 4x4 the two are within ~15% of each
+  other. The kernel-gradient conv was faster on VGG16's 4x4 and 2x2 layers in three runs of
+  ``bench.conv_lowering`` (0.70-0.88 of the GEMM's time: its patch matrix would be the whole
+  input nine times over for a 3x3 output).
 * up to ``LARGE_MAP`` (64: 8x8): every pass a conv (fwd 0.7-1.0, dx 0.9-1.1, dw 0.8-0.9 on
   VGG16's 8x8 and 4x4 layers: XLA's conv needs no patch matrix).
 * above: forward and dx convs (0.4-0.8: XLA's own convolution beats im2col, whose copies cost
@@ -74,7 +77,7 @@ _DN = ("NHWC", "HWIO", "NHWC")
 PADDINGS = ("SAME", "VALID")
 LOWERINGS = ("auto", "conv", "gemm")
 PATCH_BUDGET_BYTES = 4 * 2**20  # most bytes of patch matrix one GEMM chunk holds (>= 1 example)
-SMALL_MAP = 16  # output positions H' * W' up to which "auto" lowers every pass to GEMMs on CPU
+SMALL_MAP = 16  # output positions H' * W' up to which "auto" lowers forward and dx to GEMMs
 LARGE_MAP = 64  # ... above which "auto" lowers the kernel gradient (only) to a GEMM on CPU
 
 
@@ -295,13 +298,14 @@ class ConvPlan(NamedTuple):
 def auto_passes(out_hw: tuple[int, int], backend: str) -> tuple[str, str, str]:
     """The rule of ``lowering="auto"``: (forward, input_grad, kernel_grad) lowerings for an
     output map ``out_hw`` on ``backend`` (``jax.default_backend()``). Off CPU all "conv" (cuDNN).
-    On CPU, by n = H' * W': all "gemm" for n <= ``SMALL_MAP``, all "conv" up to ``LARGE_MAP``,
-    above it "conv" for forward and dx and "gemm" for dw (measurements: module docstring)."""
+    On CPU, by n = H' * W': "gemm" for forward and dx and "conv" for dw for n <= ``SMALL_MAP``,
+    all "conv" up to ``LARGE_MAP``, above it "conv" for forward and dx and "gemm" for dw
+    (measurements: module docstring)."""
     n = out_hw[0] * out_hw[1]
     if backend != "cpu" or SMALL_MAP < n <= LARGE_MAP:
         return "conv", "conv", "conv"
     if n <= SMALL_MAP:
-        return "gemm", "gemm", "gemm"
+        return "gemm", "gemm", "conv"
     return "conv", "conv", "gemm"
 
 
