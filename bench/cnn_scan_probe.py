@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+import bench
 from bench import checks
 from experiments import harness, lab, report
 from jnn import config, timing
@@ -358,7 +359,7 @@ def console(result: dict[str, Any]) -> str:
     )
 
 
-render = harness.probe_render(console)
+render = bench.probe_render(console)
 
 EXPERIMENT = harness.Experiment("cnn_scan_probe", parse, run, render, console)
 main = harness.cli(EXPERIMENT)

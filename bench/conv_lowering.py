@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+import bench
 from experiments import harness, lab, report
 from jnn import config, data, timing
 from jnn.config import option
@@ -212,7 +213,7 @@ def markdown(result: dict[str, Any]) -> str:
     ])  # fmt: skip
 
 
-render = harness.probe_render(markdown)
+render = bench.probe_render(markdown)
 
 EXPERIMENT = harness.Experiment("conv_lowering", parse, run, render, markdown)
 main = harness.cli(EXPERIMENT)

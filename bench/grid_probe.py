@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+import bench
 from experiments import harness, lab, report
 from jnn import config, timing
 from jnn.config import option
@@ -198,7 +199,7 @@ def markdown(result: dict[str, Any]) -> str:
     ])  # fmt: skip
 
 
-render = harness.probe_render(markdown)
+render = bench.probe_render(markdown)
 
 EXPERIMENT = harness.Experiment("grid_probe", parse, run, render, markdown)
 main = harness.cli(EXPERIMENT)

@@ -142,21 +142,6 @@ def cli(exp: Experiment) -> Callable[[Sequence[str] | None], int]:
     return report.cli_main(main)
 
 
-def probe_render(
-    markdown: Callable[[dict[str, Any]], str],
-) -> Callable[[dict[str, Any], Path], list[Path]]:
-    """The ``render`` of a probe (``bench.grid_probe``, ``bench.conv_lowering``, ...): its result
-    as probe.json and ``markdown(result)`` as probe.md in the run folder."""
-
-    def render(result: dict[str, Any], out: Path) -> list[Path]:
-        out = Path(out)
-        workdir.write_json(out / "probe.json", result)
-        workdir.write_text_atomic(out / "probe.md", markdown(result))
-        return [out / "probe.json", out / "probe.md"]
-
-    return render
-
-
 # ----------------------------------------------------------------- shared flags and checks
 
 
