@@ -11,6 +11,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from jnn.data import get_dataset
+
+# The study's images (H, W, C) and classes, from the dataset entry: the measurement commands'
+# synthetic data and networks take these shapes (nothing in bench knows 28 x 28 or 10 itself).
+IMAGE_SHAPE: tuple[int, int, int] = get_dataset("fashion_mnist").input_shape
+CLASSES: int = get_dataset("fashion_mnist").num_classes
+
 
 def probe_render(
     markdown: Callable[[dict[str, Any]], str],

@@ -7,13 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from jnn.config import MAX_SEED
-from jnn.data import get_dataset
 from jnn.errors import InputError
-
-# The study's images (H, W, C) and classes, from the dataset entry: the measurement commands'
-# synthetic data and networks take these shapes (nothing in bench knows 28 x 28 or 10 itself).
-IMAGE_SHAPE: tuple[int, int, int] = get_dataset("fashion_mnist").input_shape
-CLASSES: int = get_dataset("fashion_mnist").num_classes
 
 
 def positive_int(value: int, flag: str, *, maximum: int | None = None) -> int:

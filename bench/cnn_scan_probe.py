@@ -29,7 +29,6 @@ from typing import Any
 import numpy as np
 
 import bench
-from bench import checks
 from experiments import harness, lab, report
 from jnn import config, timing
 from jnn.config import option
@@ -123,9 +122,9 @@ def _setup(cfg: Config) -> tuple[Any, Any, Any, Any]:
     model, opt = models.build("cnn", lowering="conv"), optax.adam(1e-3)
     rng = np.random.default_rng(0)
     n = cfg.steps * cfg.batch_size
-    x = jnp.asarray(rng.random((n, *checks.IMAGE_SHAPE), dtype=np.float32))
-    y = jnp.asarray(rng.integers(0, checks.CLASSES, n).astype(np.int32))
-    state = train.init_train_state(jax.random.key(0), model, opt, checks.IMAGE_SHAPE)
+    x = jnp.asarray(rng.random((n, *bench.IMAGE_SHAPE), dtype=np.float32))
+    y = jnp.asarray(rng.integers(0, bench.CLASSES, n).astype(np.int32))
+    state = train.init_train_state(jax.random.key(0), model, opt, bench.IMAGE_SHAPE)
     return model, opt, state, (x, y)
 
 
@@ -309,7 +308,7 @@ def time_pool(cfg: Config) -> dict[str, Any]:
     from jnn.layers import MaxPool2D
 
     x = jnp.asarray(
-        np.random.default_rng(0).standard_normal((cfg.batch_size, *checks.IMAGE_SHAPE[:2], 32))
+        np.random.default_rng(0).standard_normal((cfg.batch_size, *bench.IMAGE_SHAPE[:2], 32))
     )
     x = x.astype(jnp.float32)
     layer = MaxPool2D(2)

@@ -27,11 +27,11 @@ import numpy as np
 
 import bench
 from experiments import harness, lab, report
-from jnn import config, data, timing
+from jnn import config, timing
 from jnn.config import option
 
 NETWORKS = {  # (input HWC, batch): the CNN on the study's images, VGG16 at the benchmark's 32x32
-    "cnn": (data.get_dataset("fashion_mnist").input_shape, 128),
+    "cnn": (bench.IMAGE_SHAPE, 128),
     "vgg": ((32, 32, 3), 64),
 }
 PASSES = ("forward", "input_grad", "kernel_grad")
@@ -84,9 +84,10 @@ def conv_shapes(network: str) -> list[dict[str, Any]]:
         params = vgg.init_params(jax.random.key(0), image_size=h)
         with record_plans() as log:
             jax.eval_shape(vgg.features, params, jnp.zeros((batch, h, w, c)))
-    keys = ("input_shape", "kernel_shape", "strides", "pads")
+    keys = ("input_shape", "kernel_shape", "strides", "pads")  # what makes two convs the same
     distinct = {tuple(r[k] for k in keys): r for r in log}
-    return [{k: r[k] for k in keys} | {"network": network, "batch": batch}
+    kept = (*keys, "output_shape", "chunk")  # chunk: examples per GEMM chunk (any lowering)
+    return [{k: r[k] for k in kept} | {"network": network, "batch": batch}
             for r in distinct.values()]  # fmt: skip
 
 
@@ -99,8 +100,7 @@ def pass_fns(shape: dict[str, Any], lowering: str) -> dict[str, Callable[..., An
 
     ksize, strides, pads = shape["kernel_shape"][:2], shape["strides"], shape["pads"]
     hw = shape["input_shape"][:2]
-    chunk = conv.conv_plan("gemm", (shape["batch"], *shape["input_shape"]),
-                           shape["kernel_shape"], out_hw(shape), np.float32).chunk  # fmt: skip
+    chunk = shape["chunk"]
     if lowering == "conv":
         fns = {
             "forward": lambda w, x: conv.conv_forward({"w": w, "b": 0.0}, x, strides, pads)[0],
@@ -116,13 +116,6 @@ def pass_fns(shape: dict[str, Any], lowering: str) -> dict[str, Callable[..., An
     return {name: jax.jit(f) for name, f in fns.items()}
 
 
-def out_hw(shape: dict[str, Any]) -> tuple[int, int]:
-    """(H', W') of a recorded convolution, from its input, kernel, strides and explicit pads."""
-    dims = zip(shape["input_shape"][:2], shape["kernel_shape"][:2], shape["strides"],
-               shape["pads"])  # fmt: skip
-    return tuple((n + sum(p) - k) // s + 1 for n, k, s, p in dims)  # type: ignore[return-value]
-
-
 def operands(shape: dict[str, Any], seed: int) -> dict[str, tuple[Any, Any]]:
     """Random float32 operands of each pass: (w, x), (w, dy) and (x, dy), on the device."""
     import jax
@@ -130,7 +123,7 @@ def operands(shape: dict[str, Any], seed: int) -> dict[str, tuple[Any, Any]]:
     rng = np.random.default_rng(seed)
     batch, (kh, kw, c, f) = shape["batch"], shape["kernel_shape"]
     x = rng.standard_normal((batch, *shape["input_shape"]), dtype=np.float32)
-    dy = rng.standard_normal((batch, *out_hw(shape), f), dtype=np.float32)
+    dy = rng.standard_normal((batch, *shape["output_shape"][:2], f), dtype=np.float32)
     w = rng.standard_normal((kh, kw, c, f), dtype=np.float32) / np.sqrt(kh * kw * c)
     x, dy, w = jax.device_put(x), jax.device_put(dy), jax.device_put(w)
     return {"forward": (w, x), "input_grad": (w, dy), "kernel_grad": (x, dy)}
@@ -153,7 +146,8 @@ def measure_shape(shape: dict[str, Any], cfg: Config) -> list[dict[str, Any]]:
                 lambda f=f, a=args[name]: jax.block_until_ready(f(*a))
             )
     times = timing.time_interleaved(cases, cfg.reps, 1, MIN_SAMPLE_S)
-    auto = dict(zip(PASSES, auto_passes(out_hw(shape), jax.default_backend())))
+    out_hw = shape["output_shape"][0], shape["output_shape"][1]
+    auto = dict(zip(PASSES, auto_passes(out_hw, jax.default_backend())))
     rows = []
     for name in PASSES:
         conv_s, gemm_s = times[f"conv/{name}"]["median_s"], times[f"gemm/{name}"]["median_s"]

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+import bench
 from bench import checks
 from experiments import harness, report
 from jnn import features, timing, vgg, vgg_weights
@@ -96,7 +97,7 @@ def throughput_case(
 
 def random_images(n: int, seed: int = 0) -> np.ndarray:
     """(n, H, W) uint8 gray images of the study's size: timing does not depend on content."""
-    return np.random.default_rng(seed).integers(0, 256, (n, *checks.IMAGE_SHAPE[:2]), np.uint8)
+    return np.random.default_rng(seed).integers(0, 256, (n, *bench.IMAGE_SHAPE[:2]), np.uint8)
 
 
 def feature_throughput(

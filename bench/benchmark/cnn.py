@@ -38,9 +38,9 @@ import jax
 import numpy as np
 import optax
 
+from bench import CLASSES, IMAGE_SHAPE
 from bench.benchmark.common import Context, add_time_vs
 from bench.benchmark.config import Config
-from bench.checks import CLASSES, IMAGE_SHAPE
 from jnn import core
 from jnn.conv_cost import recorded_conv_costs
 from jnn.layers.conv import conv_plans

@@ -21,10 +21,10 @@ from typing import Any
 import jax
 import numpy as np
 
+from bench import IMAGE_SHAPE
 from bench.benchmark.cnn import machine_load
 from bench.benchmark.common import Context
 from bench.benchmark.config import Config
-from bench.checks import IMAGE_SHAPE
 from bench.vgg_reference import feature_throughput
 from jnn import features, vgg
 from jnn.conv_cost import recorded_conv_costs
