@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -75,7 +74,9 @@ class Console:
             total=c.epochs, initial=first, desc="epochs", unit="ep", bar_format=BAR_FORMAT
         )
         if not self.bar.disable:
-            self._redirects.enter_context(_warnings_above_bar(self.say))
+            # Python warnings as one line above the bar instead of into it
+            warnings_above = report.one_line_warnings(lambda line: self.say(line, True))
+            self._redirects.enter_context(warnings_above)
             self._redirects.enter_context(logging_redirect_tqdm())
 
     def epoch(self, r: Any) -> None:
@@ -178,11 +179,6 @@ def _what_runs(s: Any) -> str:
         f"{len(s.devices)} device(s), layout {s.layout}"
         + (f" (probe: {_probe(s.layout_seconds)})" if s.layout_seconds else "")
     )
-
-
-def _warnings_above_bar(say: Callable[[str, bool], None]) -> contextlib.AbstractContextManager:
-    """Python warnings printed as one line above the bar instead of into it."""
-    return report.one_line_warnings(lambda line: say(line, True))
 
 
 def _probe(seconds: dict[str, float]) -> str:

@@ -67,6 +67,7 @@ from jnn.config import (
     folder,
     integer,
     option,
+    positive,
 )
 from jnn.errors import InputError
 from jnn.layers.dense import Dense
@@ -235,9 +236,7 @@ def _check_names_and_choices(c: StudyConfig) -> None:
     if c.layout not in LAYOUTS:
         raise ConfigError(f"`layout` must be one of {', '.join(LAYOUTS)}, got {c.layout!r}")
     if c.init_scale is not None:
-        if not isinstance(c.init_scale, (int, float)) or not 0 < c.init_scale < math.inf:
-            raise ConfigError(f"`init_scale` must be a positive finite number, got {c.init_scale}")
-        check_float32(c.init_scale, "init_scale")
+        positive(c.init_scale, "init_scale")  # also as float32
         other = [i for i in c.inits if i not in SCALED_INITS]
         if other:
             raise ConfigError(f"`init_scale` applies to normal and random, not to {other}")
