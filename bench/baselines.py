@@ -127,6 +127,31 @@ def resolve_torch_device(requested: str = "auto") -> str:
     return requested
 
 
+_TORCH_PRECISION = {"float32": "highest", "tf32": "high", "bfloat16": "medium"}
+
+
+def match_torch_precision(torch_device: str, jax_matmul: str) -> dict[str, Any]:
+    """Set PyTorch's float32 matmul and cuDNN convolution precision to what JAX computes
+    (``jax_matmul``, from :func:`jnn.workdir.float32_matmul`), so both sides of a CUDA
+    comparison do the same arithmetic: PyTorch's defaults are full float32 matmuls but TF32
+    convolutions, JAX's default on a GPU is TF32 for both (cuDNN has no bfloat16 switch: at
+    "bfloat16" its convolutions stay TF32). On the CPU nothing changes. Returns the settings
+    now in force."""
+    import torch
+
+    if jax_matmul not in _TORCH_PRECISION:
+        choices = ", ".join(_TORCH_PRECISION)
+        raise InputError(f"jax_matmul must be one of {choices}, got {jax_matmul!r}")
+    if torch_device == "cuda":
+        torch.set_float32_matmul_precision(_TORCH_PRECISION[jax_matmul])
+        torch.backends.cudnn.allow_tf32 = jax_matmul != "float32"
+    return {
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+        "cudnn_allow_tf32": bool(torch.backends.cudnn.allow_tf32),
+        "matched_to_jax": jax_matmul,
+    }
+
+
 class TorchMLP:
     """The same MLP in PyTorch eager mode: nn.Linear + ReLU, F.cross_entropy, optim.SGD."""
 

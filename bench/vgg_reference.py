@@ -5,7 +5,8 @@
 
 The reference is a ``torch.nn`` stack in torchvision's ``vgg16().features`` layout holding the
 same weights as jnn's (:func:`torch_vgg16_features`), fed by the same resize and preprocessing
-written in torch (:func:`torch_runner`), run eagerly on the CPU. :func:`compare_throughput` times
+written in torch (:func:`torch_runner`), run eagerly (on the CPU here; the benchmark's ``vgg``
+section runs it on ``--torch-device``). :func:`compare_throughput` times
 both pipelines over the same random gray images, interleaved (``jnn.timing``), after an
 untimed warm-up batch each; ``bench.benchmark``'s ``vgg`` section uses
 :func:`feature_throughput`. Needs torch (optional); without it the command says so in one line.
@@ -49,16 +50,20 @@ def torch_vgg16_features(params: dict) -> Any:
     return model.eval()
 
 
-def torch_runner(params: dict, size: int, fmt: str) -> tuple[Callable[[np.ndarray], Any], str]:
-    """(run(batch uint8 (B, 28, 28)) -> features (B, 512, h, w), label): the torch pipeline."""
+def torch_runner(
+    params: dict, size: int, fmt: str, device: str = "cpu"
+) -> tuple[Callable[[np.ndarray], Any], str]:
+    """(run(batch uint8 (B, 28, 28)) -> features (B, 512, h, w), label): the torch pipeline on
+    ``device`` ("cpu" or "cuda"; the batch goes there and the features come back as numpy, as
+    jnn's pipeline does)."""
     import torch
 
-    model = torch_vgg16_features(params)
-    mean = torch.tensor(vgg.CAFFE_BGR_MEAN if fmt == "keras" else vgg.TORCH_MEAN)
-    std = torch.tensor(vgg.TORCH_STD)
+    model = torch_vgg16_features(params).to(device)
+    mean = torch.tensor(vgg.CAFFE_BGR_MEAN if fmt == "keras" else vgg.TORCH_MEAN, device=device)
+    std = torch.tensor(vgg.TORCH_STD, device=device)
 
     def run(batch: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(batch).float()[:, None]
+        x = torch.from_numpy(batch).to(device).float()[:, None]
         x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear")
         x = x.expand(-1, 3, -1, -1)
         if fmt == "keras":
@@ -66,23 +71,32 @@ def torch_runner(params: dict, size: int, fmt: str) -> tuple[Callable[[np.ndarra
         else:
             x = (x / 255 - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
         with torch.inference_mode():
-            return model(x).numpy()
+            return model(x).cpu().numpy()
 
-    return run, f"torch {torch.__version__} eager, {torch.get_num_threads()} threads"
+    threads = f"{torch.get_num_threads()} threads"
+    where = torch.cuda.get_device_name() if device == "cuda" else threads
+    return run, f"torch {torch.__version__} eager on {device}, {where}"
 
 
 def throughput_case(
-    params: dict, size: int, fmt: str, images: np.ndarray, batch_size: int, backend: str
+    params: dict,
+    size: int,
+    fmt: str,
+    images: np.ndarray,
+    batch_size: int,
+    backend: str,
+    torch_device: str = "cpu",
 ) -> tuple[Callable[[int], None], str]:
     """``case(calls)`` for ``jnn.timing``: one pass of frozen VGG16 feature extraction
     over ``images`` (after the first batch) per call, by ``backend`` "jnn" (``jnn.features``'
-    jitted pipeline) or "torch" (:func:`torch_runner`). Returns (case, backend label)."""
+    jitted pipeline, on JAX's default device) or "torch" (:func:`torch_runner` on
+    ``torch_device``). Returns (case, backend label)."""
     if backend == "jnn":
         extract = features.make_extractor(params, fmt, size)
         run = lambda batch: np.asarray(extract(batch))  # noqa: E731
         label = "jnn (jax.jit)"
     elif backend == "torch":
-        run, label = torch_runner(params, size, fmt)
+        run, label = torch_runner(params, size, fmt, torch_device)
     else:
         raise InputError(f"unknown backend {backend!r}; choose jnn or torch")
 
@@ -108,10 +122,12 @@ def feature_throughput(
     backend: str = "jnn",
     fmt: str = "keras",
     reps: int = 1,
+    torch_device: str = "cpu",
 ) -> dict[str, Any]:
     """Images/s of one backend at ``size`` on random gray images (see :func:`throughput_case`),
     median of ``reps`` timed passes after one warm-up batch."""
-    case, label = throughput_case(params, size, fmt, random_images(n_images), batch_size, backend)
+    images = random_images(n_images)
+    case, label = throughput_case(params, size, fmt, images, batch_size, backend, torch_device)
     t = timing.time_interleaved({backend: case}, reps=reps, warmup=0)[backend]
     timed = n_images - batch_size
     return {

@@ -200,7 +200,8 @@ def divergence_notes(result: dict[str, Any]) -> list[str]:
 
 def timing_line(result: dict[str, Any]) -> str:
     """One sentence: model-epochs trained, seconds, rate, devices, layout (and wall time when
-    the result's ``timing`` has ``wall_s``)."""
+    the result's ``timing`` has ``wall_s``; and the matmul arithmetic when the harness's device
+    stamp says it was not float32, e.g. TF32 on a GPU)."""
     t = result.get("timing") if isinstance(result, dict) else None
     if not isinstance(t, dict) or not {"model_epochs", "train_s", "model_epochs_per_s"} <= t.keys():
         raise InputError("timing_line: expected a study's result dict with its `timing`")
@@ -208,10 +209,12 @@ def timing_line(result: dict[str, Any]) -> str:
     trained = f"{t['model_epochs']} model-epochs trained in {t['train_s']:.1f} s"
     if not t["model_epochs"] and resumed:  # the training time is in the earlier call's result
         trained = f"no model-epochs left to train (resumed at epoch {resumed})"
+    f32 = (result.get("device") or {}).get("float32_matmul", "float32")
     return (
         trained
         + (f" ({rate:.2f} model-epochs/s)" if rate else "")
         + f" on {len(result['devices_used'])} device(s), layout {result['layout']}"
         + (f"; wall {t['wall_s']:.1f} s" if "wall_s" in t else "")
+        + (f"; float32 matmuls rounded to {f32} (JAX's default there)" if f32 != "float32" else "")
         + "."
     )

@@ -34,6 +34,19 @@ def _jax_compilation_cache() -> None:
 
 _jax_compilation_cache()
 
+
+def _float32_matmuls() -> None:
+    """The suite checks float32 maths at float32 tolerances, so its matmuls and convolutions
+    compute in float32 on every backend: on a GPU, JAX's default rounds their operands to TF32
+    (an H200 run: the study engine's vmapped program and one model alone ended 6.8e-4 apart in
+    the weights, against 2e-6 allowed). Set through the environment before JAX is imported, so
+    the subprocesses the tests start compute alike; an explicit JAX_DEFAULT_MATMUL_PRECISION
+    wins. No effect on the CPU, which has no TF32."""
+    os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
+
+
+_float32_matmuls()
+
 # The `slow` tests of modules that do not mark them themselves (docs/contributing.md, "Test
 # tiers"): modules other work owns, and single parametrizations. Node id -> why it is slow
 # (seconds: one busy 2-core machine, 2026-12). A file::function id marks every parametrization, a

@@ -195,6 +195,49 @@ def test_pytorch_targets_are_not_judged_on_a_busy_machine():
     assert cnn_torch["judged"] is True and cnn_torch["met"] is True
 
 
+def test_pytorch_targets_are_not_judged_across_devices():
+    """jnn on a GPU against PyTorch on the CPU (or the reverse) is no comparison of the two
+    implementations: every PyTorch target says so instead of met/missed; same-kind devices
+    (JAX's "gpu" is torch's "cuda") and a missing torch judge as before."""
+    sections = _sections_with(mlp_auto=0.9, torch=2.4, numpy=1.6, cnn=1.09)
+    torch_targets = ("jnn vs PyTorch eager", "VGG16 features vs PyTorch eager",
+                     "VGG16 features vs PyTorch eager (issue 20)",
+                     "CNN manual step vs PyTorch eager")  # fmt: skip
+    for jnn_on, torch_on in (("gpu", "cpu"), ("cpu", "cuda")):
+        got = {
+            t["name"]: t for t in benchmark.targets(sections, {"jnn": jnn_on, "torch": torch_on})
+        }
+        for name in torch_targets:
+            assert got[name]["judged"] is False, name
+            assert f"jnn on {jnn_on}, PyTorch on {torch_on}" in got[name]["note"]
+        assert "judged" not in got["jnn vs numpy loop"]  # numpy is the CPU reference by design
+    for where in ({"jnn": "gpu", "torch": "cuda"}, {"jnn": "cpu", "torch": "cpu"},
+                  {"jnn": "gpu", "torch": None}):  # fmt: skip
+        got = {t["name"]: t for t in benchmark.targets(sections, where)}
+        assert not any("judged" in got[name] for name in torch_targets), where
+
+
+def test_float32_matmul_is_classified_and_torch_matched():
+    """What JAX's float32 matmul computes follows its precision setting on a GPU (TF32 unless
+    "highest"/"float32") and is float32 on the CPU whatever the setting; on the CPU PyTorch's
+    settings are left alone, and a name the mapping does not know is refused."""
+    from jnn.workdir import device_info, float32_matmul
+
+    assert float32_matmul("gpu", None) == "tf32"
+    assert float32_matmul("gpu", "default") == "tf32"
+    assert float32_matmul("gpu", "highest") == "float32"
+    assert float32_matmul("gpu", "bfloat16") == "bfloat16"
+    assert float32_matmul("cpu", "bfloat16") == "float32"
+    assert device_info()["float32_matmul"] == float32_matmul() == "float32"  # this CPU
+    torch = pytest.importorskip("torch")
+    before = torch.get_float32_matmul_precision()  # the CPU: nothing to match
+    got = baselines.match_torch_precision("cpu", "tf32")
+    assert got["float32_matmul_precision"] == before == torch.get_float32_matmul_precision()
+    assert got["matched_to_jax"] == "tf32"
+    with pytest.raises(InputError, match="jax_matmul must be one of float32, tf32, bfloat16"):
+        baselines.match_torch_precision("cpu", "tf64")
+
+
 def test_machine_load_counts_other_processes_cpu():
     """machine_load's other_cores is the CPU other processes took: this process busy alone
     (spinning) must not count as someone else's load."""

@@ -83,6 +83,9 @@ def test_result_dict_of_a_study_result_round_trips_through_cells():
     (cell,) = summary.cells(out)
     assert cell["evals"][2]["val_accuracy"] == "0.7000 ± 0.1000"
     assert summary.timing_line(out).startswith("4 model-epochs trained in 4.0 s (1.00 model-")
+    assert "rounded" not in summary.timing_line({**out, "device": {"float32_matmul": "float32"}})
+    on_gpu = summary.timing_line({**out, "device": {"float32_matmul": "tf32"}})
+    assert on_gpu.endswith("layout vmap; float32 matmuls rounded to tf32 (JAX's default there).")
     res.epoch_seconds, res.start.resumed_from = [], 2  # resumed at its last epoch: no rate
     done = summary.timing_line(summary.result_dict("demo", {"inits": ["he"], "lrs": [0.1]}, res))
     assert done.startswith("no model-epochs left to train (resumed at epoch 2) on 1 device(s)")

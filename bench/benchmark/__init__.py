@@ -53,9 +53,9 @@ from bench.benchmark.common import (
 )
 from bench.benchmark.config import BATCH_SIZE, NAME, SECTIONS, Config, parse
 from bench.benchmark.render import OUTPUT_FILES, render, render_markdown
-from bench.benchmark.targets import targets
+from bench.benchmark.targets import hardware, targets
 from experiments import harness
-from jnn.workdir import RunDirError
+from jnn.workdir import RunDirError, float32_matmul
 
 # run order: the ceiling first (the others divide by it)
 MEASURES: dict[str, Callable[[Config, Context], dict[str, Any]]] = {
@@ -74,7 +74,10 @@ def context(cfg: Config) -> tuple[Context, dict[str, Any], str]:
     """(Context, environment, data source) for ``cfg``: torch resolved, data made or loaded."""
     ok, why = baselines.torch_status()
     torch_device = baselines.resolve_torch_device(cfg.torch_device) if ok else None
+    jax_matmul = float32_matmul()
+    matched = baselines.match_torch_precision(torch_device, jax_matmul) if torch_device else {}
     env = environment(torch_device)
+    env["float32_matmul"] = {"jax": jax_matmul, "torch": matched}
     data, source = get_data(cfg.data, cfg.train_examples, cfg.eval_examples, cfg.seed)
     return Context(data, torch_device, "" if ok else why, blas_note(env)), env, source
 
@@ -144,7 +147,7 @@ def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
         "load_average": [round(v, 2) for v in load] if load else None,
         "environment": env,
         "sections": sections,
-        "targets": targets(sections),
+        "targets": targets(sections, hardware(ctx.torch_device)),
         "total_s": time.perf_counter() - start,
     }
 

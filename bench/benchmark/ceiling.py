@@ -71,7 +71,9 @@ def note(blas_note: str) -> str:
     text = f"numpy: {blas_note}. XLA: its own CPU dot emitters (Eigen/YNNPACK) or cuBLAS."
     if jax.default_backend() == "gpu":
         text += (
-            " On GPU, JAX's default float32 matmul precision may use TF32 tensor cores (jnn's "
-            "MLP runs under the same default); torch uses its float32_matmul_precision setting."
+            " On a GPU, JAX's default float32 matmul rounds its operands to TF32 (set "
+            "jax_default_matmul_precision=highest for float32); every jnn case runs under the "
+            "same setting, and PyTorch's CUDA matmuls and cuDNN convolutions are set to match "
+            "(Environment, float32 arithmetic)."
         )
     return text

@@ -185,7 +185,8 @@ def vgg(sec: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
         f"- FLOPs per image: {flops:,} (jnn.conv_cost: 2 x MACs of the 13 convolutions)"
         if flops
         else "- FLOPs per image: not counted",
-        f"- torch: {sec['torch_backend']} ({sec['torch_note']})",
+        f"- torch: {sec['torch_backend']}"
+        + (f" ({sec['torch_note']})" if sec.get("torch_note") else ""),
         _load_line(sec),
         *_skipped(sec),
         *_conv_layer_rows(sec.get("layers", []), train=False),
@@ -341,6 +342,20 @@ def targets_md(result: dict[str, Any]) -> list[str]:
     return ["## Targets", "", markdown_table(headers, rows)]
 
 
+def _float32_line(f32: dict[str, Any] | None) -> list[str]:
+    """What a float32 matmul computed on each side (``bench.baselines.match_torch_precision``)."""
+    if not f32:
+        return []
+    torch = f32.get("torch") or {}
+    torch_part = (
+        f"PyTorch float32_matmul_precision {torch['float32_matmul_precision']!r}, cuDNN "
+        f"allow_tf32 {torch['cudnn_allow_tf32']}"
+        if torch
+        else "PyTorch not run"
+    )
+    return [f"- float32 arithmetic: jnn (JAX) {f32['jax']}; {torch_part}"]
+
+
 def environment_md(env: dict[str, Any]) -> list[str]:
     return [
         "## Environment",
@@ -349,6 +364,7 @@ def environment_md(env: dict[str, Any]) -> list[str]:
         f"- JAX devices: {env['jax']['devices']}; default matmul precision "
         f"{env['jax']['default_matmul_precision']}; XLA_FLAGS `{env['jax']['xla_flags']}`",
         f"- torch: {env['torch']}",
+        *_float32_line(env.get("float32_matmul")),
         f"- BLAS (threadpoolctl): {env['blas']}; OPENBLAS_CORETYPE {env['openblas_coretype']}",
         f"- threading env vars: {env['device']['env'] or '(none set)'}",
         "",

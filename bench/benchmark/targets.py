@@ -2,7 +2,9 @@
 / n/a. The PyTorch targets of the CNN and VGG sections, and the CNN's share of the ceiling (the
 ceiling and the step both shift when another process takes a core, unevenly), carry ``judged:
 False`` (rendered "not judged") when the section was timed on a busy machine
-(``benchmark.cnn.machine_load``)."""
+(``benchmark.cnn.machine_load``), and every PyTorch target carries ``judged: False`` when jnn and
+PyTorch ran on different hardware (jnn on a GPU, PyTorch on the CPU, say): a ratio across
+devices says nothing about either implementation."""
 
 from __future__ import annotations
 
@@ -75,6 +77,33 @@ def _mlp_manual(sections: dict[str, Any]) -> float | None:
     return None if manual is None or auto is None else manual / auto
 
 
+def hardware(torch_device: str | None) -> dict[str, str | None]:
+    """Where each side ran: JAX's default backend ("cpu", "gpu", ...) and PyTorch's device
+    ("cpu", "cuda"; None when torch is unavailable)."""
+    import jax
+
+    return {"jnn": jax.default_backend(), "torch": torch_device}
+
+
+def _same_hardware(where: dict[str, str | None] | None) -> bool:
+    """jnn and PyTorch ran on the same kind of device (a GPU is "gpu" to JAX, "cuda" to torch)."""
+    if not where or where.get("torch") is None:
+        return True
+    kind = {"cuda": "gpu"}.get(where["torch"] or "", where["torch"])
+    return where.get("jnn") == kind
+
+
+def _cross_device(entry: dict[str, Any], where: dict[str, str | None] | None) -> dict:
+    """``entry`` not judged when jnn and PyTorch ran on different hardware, saying where each
+    ran (a PyTorch target's ratio is then not a comparison of the two implementations)."""
+    if entry["measured"] is not None and not _same_hardware(where):
+        assert where is not None
+        entry["judged"] = False
+        why = f"jnn on {where['jnn']}, PyTorch on {where['torch']}: different hardware"
+        entry["note"] = (entry["note"] + "; " if entry["note"] else "") + why
+    return entry
+
+
 def _torch_judged(entry: dict[str, Any], sections: dict[str, Any], section: str) -> dict:
     """``entry`` with ``judged`` and the load in its note when ``section`` recorded its load
     (for the targets that a busy machine skews: PyTorch's threads, the ceiling share)."""
@@ -106,15 +135,39 @@ def conv_targets(sections: dict[str, Any]) -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
-def targets(sections: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every target; ``measured`` is a ratio (or share), ``met`` None when not measured."""
+def targets(
+    sections: dict[str, Any], where: dict[str, str | None] | None = None
+) -> list[dict[str, Any]]:
+    """Every target; ``measured`` is a ratio (or share), ``met`` None when not measured.
+    ``where`` (:func:`hardware`): the PyTorch targets are not judged across devices."""
     best, best_note = _best_share(sections)
     cnn = sections.get("cnn", {})
     cnn_ok = cnn.get("status") == "ok"
     cnn_ratio = cnn.get("ratios", {}).get("manual_over_autodiff") if cnn_ok else None
+    torch_x = _cross_device(
+        _entry(
+            "jnn vs PyTorch eager",
+            f"jnn scanned epoch >= {TORCH_X}x faster",
+            _get(sections, "train_epoch", "torch_eager", "time_vs_jnn"),
+            TORCH_X,
+        ),
+        where,
+    )
+    vgg = _torch_judged(
+        _entry(
+            "VGG16 features vs PyTorch eager",
+            f"jnn images/s >= {VGG_X}x PyTorch eager",
+            _get(sections, "vgg", "torch_eager", "time_vs_jnn"),
+            VGG_X,
+        ),
+        sections,
+        "vgg",
+    )
+    conv = conv_targets(sections)
+    for entry in (vgg, conv[0], conv[2]):
+        _cross_device(entry, where)
     return [
-        _entry("jnn vs PyTorch eager", f"jnn scanned epoch >= {TORCH_X}x faster",
-               _get(sections, "train_epoch", "torch_eager", "time_vs_jnn"), TORCH_X),
+        torch_x,
         _entry("jnn vs numpy loop", f"jnn scanned epoch >= {NUMPY_X}x faster",
                _get(sections, "train_epoch", "numpy_loop", "time_vs_jnn"), NUMPY_X),
         _entry("MLP manual backprop vs jax.grad",
@@ -128,9 +181,6 @@ def targets(sections: dict[str, Any]) -> list[dict[str, Any]]:
         _entry("share of the matmul ceiling",
                f"best training configuration >= {CEILING_SHARE:.0%} of the XLA 2048^3 matmul "
                "GFLOP/s", best, CEILING_SHARE, note=best_note),
-        _torch_judged(_entry("VGG16 features vs PyTorch eager",
-                             f"jnn images/s >= {VGG_X}x PyTorch eager",
-                             _get(sections, "vgg", "torch_eager", "time_vs_jnn"), VGG_X),
-                      sections, "vgg"),
-        *conv_targets(sections),
+        vgg,
+        *conv,
     ]  # fmt: skip

@@ -3,8 +3,8 @@
 Uses the library's pipeline (``jnn.features``, as ``experiments.vgg_transfer`` does):
 ``make_extractor`` / ``extract_features`` for jnn (compiled once; each repetition times every
 batch after an untimed first one) and ``bench.vgg_reference.feature_throughput(backend="torch")``
-for the torch reference built from the same (random) params. Repetitions alternate jnn, torch,
-jnn, torch, ...
+for the torch reference built from the same (random) params, on ``--torch-device``. Repetitions
+alternate jnn, torch, jnn, torch, ...
 
 Work: the FLOPs per image are ``jnn.conv_cost``'s count of the 13 convolutions as jnn traces
 them (2 * MACs, every kernel tap; pooling, ReLU and preprocessing not counted), so each side
@@ -50,7 +50,9 @@ def _samples(cfg, ctx, extract, params, images, batch) -> tuple[dict, str]:
         if rep >= cfg.warmup:
             samples["jnn"].append(timing["images_timed"] / timing["images_per_s"])
         if "torch_eager" in samples:
-            t = feature_throughput(params, SIZE, len(images), batch, backend="torch", fmt=FMT)
+            t = feature_throughput(
+                params, SIZE, len(images), batch, "torch", FMT, torch_device=ctx.torch_device
+            )
             torch_label = t.get("backend", "")
             if rep >= cfg.warmup:
                 samples["torch_eager"].append(t["seconds"])
@@ -113,7 +115,7 @@ def measure(cfg: Config, ctx: Context) -> dict[str, Any]:
         "weights": "random (vgg.init_params); both implementations get the same arrays",
         "pipeline": PIPELINE,
         "torch_backend": torch_label,
-        "torch_note": "feature_throughput runs torch on the CPU whatever --torch-device says",
+        "torch_device": ctx.torch_device,
         "results": results,
         "skipped": {} if ctx.torch_device is not None else {"torch_eager": ctx.torch_reason},
     }
