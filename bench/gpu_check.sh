@@ -9,11 +9,14 @@
 #    with --layout auto (vmap off CPU) and --layout map, for model-epochs/s of each;
 # 3. Conv2D's lowerings pass by pass (python -m bench.conv_lowering): is "auto" = cuDNN's
 #    convolution right on this GPU (issue 20: keep cuDNN unless measured otherwise);
-# 4. the benchmark's ceiling, MLP epoch, models-per-program, CNN, VGG16 and study sections,
-#    PyTorch on CUDA.
+# 4. the CNN's manual step with one layer's backward by jax.vjp at a time (bench.backward_probe:
+#    which hand-written backward the manual/jax.grad gap comes from on this GPU);
+# 5. the benchmark's ceiling, MLP epoch, models-per-program, CNN, VGG16 and study sections,
+#    PyTorch on CUDA at JAX's float32 arithmetic (TF32 by default there).
 # Each step has its own time limit and its exit code is logged, so one failing step never hides
 # the others. Everything lands in OUT_DIR: gpu_check.log and one results.tar.gz (checkpoints
-# left out). Each step's limit is the first number of its line; they sum to about 8 minutes.
+# left out). Each step's limit is the first number of its line; they sum to 11.4 minutes at most
+# (the first H200 run, 2026-12-04, took 6.7).
 set -u
 out=${1:?usage: bash bench/gpu_check.sh OUT_DIR}
 : "${JNN_DATA_DIR:?set JNN_DATA_DIR to the folder with the Fashion-MNIST .gz files}"
@@ -47,7 +50,8 @@ for layout in auto map; do
     step "study-$layout" 75 $py -m experiments.mlp_sweep --seeds 5 --epochs 4 --save-at 4 \
         --no-sklearn --layout "$layout" --out "$out/runs/study-$layout"
 done
-step conv_lowering 75 $py -m bench.conv_lowering --out "$out/runs/conv_lowering"
+step conv_lowering 100 $py -m bench.conv_lowering --reps 3 --out "$out/runs/conv_lowering"
+step backward_probe 75 $py -m bench.backward_probe --reps 3 --out "$out/runs/backward_probe"
 step benchmark 200 $py -m bench.benchmark --reps 3 --torch-device cuda \
     --sections ceiling,train_epoch,models_per_program,cnn,vgg,study --out "$out/runs/benchmark"
 tar -czf "$out/results.tar.gz" -C "$out" --exclude=checkpoints runs && rm -rf "$out/runs"

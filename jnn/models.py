@@ -41,22 +41,29 @@ def _mlp(
     return mlp((math.prod(input_shape), *hidden, classes), activation, init)
 
 
-def _cnn(
+def cnn_layers(
     *, input_shape: Sequence[int] = (28, 28, 1), classes: int = 10, lowering: str = "auto"
-) -> Layer:
-    """Conv2D(32,3) ReLU MaxPool(2), Conv2D(64,3) ReLU MaxPool(2), Flatten, Dense(128, He)
-    ReLU Dropout(0.5), Dense(classes, Glorot): ``experiments.cnn``'s network. ``input_shape``
-    (H, W, C) is checked by ``init``; it is named here so every entry takes the same words.
-    ``lowering``: the convolutions' (``jnn.layers.Conv2D``: auto, conv or gemm)."""
+) -> tuple[Layer, ...]:
+    """The layers of ``experiments.cnn``'s network, in order: Conv2D(32,3) ReLU MaxPool(2),
+    Conv2D(64,3) ReLU MaxPool(2), Flatten, Dense(128, He) ReLU Dropout(0.5), Dense(classes,
+    Glorot) (``build("cnn")`` is their ``serial``; a probe that swaps one layer needs them
+    apart). ``input_shape`` (H, W, C) is checked by ``init``; it is named here so every entry
+    takes the same words. ``lowering``: the convolutions' (``jnn.layers.Conv2D``: auto, conv or
+    gemm)."""
     from jnn.layers import Conv2D, Dense, Dropout, Flatten, MaxPool2D, ReLU
 
     if len(tuple(input_shape)) != 3:
         raise InputError(f"the cnn takes (H, W, C) images, got input_shape {tuple(input_shape)}")
-    return serial(
+    return (
         Conv2D(32, 3, lowering=lowering), ReLU, MaxPool2D(2),
         Conv2D(64, 3, lowering=lowering), ReLU, MaxPool2D(2),
         Flatten, Dense(128, init="he"), ReLU, Dropout(0.5), Dense(classes, init="glorot"),
     )  # fmt: skip
+
+
+def _cnn(**kwargs: Any) -> Layer:
+    """``serial(*cnn_layers(**kwargs))``: ``experiments.cnn``'s network."""
+    return serial(*cnn_layers(**kwargs))
 
 
 def _vgg_head(*, finetune_top: bool = False) -> Layer:
