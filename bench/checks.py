@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from jnn import config
 from jnn.config import MAX_SEED
 from jnn.errors import InputError
 
@@ -36,7 +37,8 @@ def choice(value: str, options: Sequence[str], flag: str) -> str:
 def distinct(values: Sequence, flag: str) -> tuple:
     """``values`` as a tuple if no item repeats (a repeated count or name would time the same
     case twice and report it twice), else an InputError naming the repeated items."""
-    repeated = sorted({str(v) for v in values if list(values).count(v) > 1})
-    if repeated:
-        raise InputError(f"{flag} lists {', '.join(repeated)} more than once; give each once")
+    try:
+        config.distinct(values, "values")
+    except config.ConfigError as err:  # the same message, naming this command's flag
+        raise InputError(err.render(lambda _: flag)) from None
     return tuple(values)

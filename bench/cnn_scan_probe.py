@@ -60,8 +60,7 @@ class Config:
         config.integer(self.reps, "reps", 1, 100)
         for loop in self.loops:
             config.choice(loop, "loops", LOOPS)
-        if len(set(self.loops)) != len(self.loops):
-            raise config.ConfigError(f"`loops` lists a loop twice: {list(self.loops)}")
+        config.distinct(self.loops, "loops")
 
 
 def parse(argv: Sequence[str] | None) -> lab.Invocation:

@@ -53,8 +53,7 @@ class Config:
     def __post_init__(self) -> None:
         for name in self.networks:
             config.choice(name, "networks", tuple(NETWORKS))
-        if len(set(self.networks)) != len(self.networks):
-            raise config.ConfigError(f"`networks` lists a network twice: {list(self.networks)}")
+        config.distinct(self.networks, "networks")
         config.integer(self.reps, "reps", 1, 100)
         config.integer(self.seed, "seed", 0, config.MAX_SEED)
 

@@ -80,6 +80,14 @@ def choice(value: Any, name: str, options: Sequence[str]) -> None:
         raise ConfigError(f"`{name}` must be one of {', '.join(options)}, got {value!r}")
 
 
+def distinct(values: Sequence[Any], name: str) -> None:
+    """No item of ``values`` repeats: a repeated name or count would run (and report) the same
+    thing twice. The ConfigError names the repeated items."""
+    repeated = sorted({str(v) for v in values if list(values).count(v) > 1})
+    if repeated:
+        raise ConfigError(f"`{name}` lists {', '.join(repeated)} more than once; give each once")
+
+
 def folder(value: Any, name: str) -> None:
     """``value`` is None or an existing folder."""
     if value is not None and not Path(str(value)).expanduser().is_dir():

@@ -113,8 +113,10 @@ class UnionState(NamedTuple):
 def _check_union_names(names: Any) -> tuple[str, ...]:
     if isinstance(names, str) or not isinstance(names, (tuple, list)) or len(names) < 2:
         raise InputError(f"union takes two or more optimizer names (a tuple), got {names!r}")
-    if len(set(names)) != len(names):
-        raise InputError(f"union lists an optimizer twice: {list(names)}")
+    try:
+        config.distinct(names, "names")
+    except config.ConfigError as err:
+        raise InputError(f"union: {err}") from None
     for name in names:
         get_optimizer(name)
     return tuple(names)

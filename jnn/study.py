@@ -64,6 +64,7 @@ from jnn.config import (
     ConfigError,
     check_float32,
     check_subset,
+    distinct,
     folder,
     integer,
     option,
@@ -183,8 +184,7 @@ def _dataset(name: str) -> Any:
 def _check_names(names: Any, name: str, lookup: Callable[[str], Any]) -> None:
     if not isinstance(names, tuple) or not names:
         raise ConfigError(f"`{name}` needs at least one name, got {names!r}")
-    if len(set(names)) != len(names):
-        raise ConfigError(f"`{name}` lists one twice: {list(names)}")
+    distinct(names, name)
     for n in names:
         try:
             lookup(n)

@@ -145,7 +145,7 @@ CASES = [
     Case("corrupt-gz", with_data(
         lambda t, d: data_copy(t, d, "t10k-labels-idx1-ubyte.gz", how="zeros")), "SHA-256"),
     Case("unknown-activation", sweep("--activations", "relu,swish"), "unknown activation"),
-    Case("duplicate-activation", sweep("--activations", "relu,relu"), "twice"),
+    Case("duplicate-activation", sweep("--activations", "relu,relu"), "lists relu more than once"),
     Case("unknown-init", sweep("--inits", "xavier"), "unknown initializer"),
     Case("zero-epochs", sweep("--epochs", "0"), "--epochs must be an integer in [1, 100,000]"),
     Case("negative-epochs", sweep("--epochs", "-3"), "--epochs must be an integer in [1,"),

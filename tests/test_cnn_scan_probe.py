@@ -27,7 +27,7 @@ def test_quick_probe_times_each_loop_for_both_gradient_methods(tmp_path):
     "extra, message",
     [
         (["--loops", "while"], "--loops must be one of steps, scan, scan-unroll2, fori"),
-        (["--loops", "scan,scan"], "--loops lists a loop twice"),
+        (["--loops", "scan,scan"], "--loops lists scan more than once; give each once"),
         (["--steps", "0"], "--steps must be an integer in [1, 1,000]"),
         (["--batch-size", "x"], "--batch-size takes an integer"),
         (["--reps", "101"], "--reps must be an integer in [1, 100]"),

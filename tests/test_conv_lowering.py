@@ -42,7 +42,7 @@ def test_vgg_shapes_are_the_distinct_convolutions_of_vgg16():
     "extra, message",
     [
         (["--networks", "resnet"], "--networks must be one of"),
-        (["--networks", "cnn,cnn"], "--networks lists a network twice"),
+        (["--networks", "cnn,cnn"], "--networks lists cnn more than once; give each once"),
         (["--networks", ""], "--networks takes a comma-separated list without gaps"),
         (["--reps", "0"], "--reps must be an integer in [1, 100]"),
         (["--seed", "-1"], "--seed must be an integer in [0,"),

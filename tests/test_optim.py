@@ -70,7 +70,7 @@ def test_models_of_different_members_and_lrs_vmap_over_one_union():
     [
         (("sgd",), "two or more optimizer names"),
         ("sgd,adam", "two or more optimizer names"),
-        (("sgd", "sgd"), "lists an optimizer twice"),
+        (("sgd", "sgd"), "union: names lists sgd more than once"),
         (("sgd", "lbfgs"), "unknown optimizer 'lbfgs'"),
     ],
 )

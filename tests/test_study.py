@@ -427,7 +427,7 @@ def test_model_axis_on_two_devices_equals_one():
         (dict(activations=()), "at least one name"),
         (dict(optimizer="lbfgs"), "unknown optimizer"),
         (dict(optimizer="sgd,lbfgs"), "^optimizer: unknown optimizer 'lbfgs'"),
-        (dict(optimizer="sgd,adam,sgd"), "^optimizer lists one twice"),
+        (dict(optimizer="sgd,adam,sgd"), "^optimizer lists sgd more than once"),
         (dict(optimizer="sgd,"), "^optimizer takes names separated by commas"),
         (dict(optimizer=("sgd", "adam")), "^optimizer takes names separated by commas"),
         (dict(layout="pmap"), "layout must be one of"),
