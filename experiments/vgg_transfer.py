@@ -32,7 +32,7 @@ import numpy as np
 from experiments import harness, lab, report
 from jnn import config, core, features, runs, vgg, vgg_weights, workdir
 from jnn.checkpoints import CheckpointError
-from jnn.config import ConfigError, option
+from jnn.config import ConfigError, at_most, option
 from jnn.data import CLASS_NAMES, load_fashion_mnist, split_indices, take_stratified
 from jnn.errors import InputError
 
@@ -162,12 +162,9 @@ def load_data(cfg: Config) -> Data:
     images = np.concatenate([ds.train_images, ds.test_images])
     labels = np.concatenate([ds.train_labels, ds.test_labels]).astype(np.int32)
     train_idx, _, test_idx = split_indices(ds, "original-vgg", seed=cfg.seed, stratify=True)
-    for name, n, idx in (
-        ("train_size", cfg.train_size, train_idx),
-        ("test_size", cfg.test_size, test_idx),
-    ):
-        if n is not None and n > len(idx):  # take_stratified would give all, reported as n
-            raise ConfigError(f"`{name}` {n:,} exceeds the split's {len(idx):,} images")
+    where = "split original-vgg's {} set"  # take_stratified would give all, reported as asked
+    at_most(cfg.train_size, len(train_idx), "train_size", "images", where.format("training"))
+    at_most(cfg.test_size, len(test_idx), "test_size", "images", where.format("test"))
     train_idx = take_stratified(train_idx, labels, cfg.train_size)
     return Data(images, labels, train_idx, take_stratified(test_idx, labels, cfg.test_size))
 

@@ -94,12 +94,17 @@ def folder(value: Any, name: str) -> None:
         raise ConfigError(f"`{name}` {value} is not a folder; give the one with the files")
 
 
+def at_most(asked: int | None, there: int, name: str, what: str, where: str) -> None:
+    """A ConfigError when ``asked`` (None: all) is more than the ``there`` ``what`` that
+    ``where`` has: taking fewer silently would report the asked size for numbers of another."""
+    if asked is not None and asked > there:
+        raise ConfigError(
+            f"`{name}` asks for {asked:,} {what}, but {where} has {there:,}; give at most that many"
+        )
+
+
 def check_subset(subset: Sequence[int], have: Sequence[int], split: str) -> None:
-    """A ConfigError when ``subset`` asks for more train, val or test examples than the split
-    ``have``: taking fewer silently would report the asked sizes for numbers of other ones."""
+    """:func:`at_most` for each of a ``subset``'s train, val and test sizes against the split's
+    ``have``."""
     for what, asked, there in zip(("training", "validation", "test"), subset, have):
-        if asked > there:
-            raise ConfigError(
-                f"`subset` asks for {asked:,} {what} examples, but split {split} has "
-                f"{there:,}; give at most that many"
-            )
+        at_most(asked, there, "subset", f"{what} examples", f"split {split}")

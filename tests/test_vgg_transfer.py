@@ -282,7 +282,10 @@ def test_a_size_larger_than_the_split_is_refused(fashion_dir, capsys, tmp_path):
         argv = ["--quick", "--weights", "random", flag, "10000000", "--data-dir", str(fashion_dir)]
         assert vgg_transfer.main([*argv, "--out", str(tmp_path / "o")]) == 2
         err = capsys.readouterr().err.splitlines()[-1]
-        assert err.startswith(f"error: {flag} 10,000,000 exceeds the split's"), err
+        which = "training" if flag == "--train-size" else "test"
+        assert err.startswith(
+            f"error: {flag} asks for 10,000,000 images, but split original-vgg's {which} set has "
+        ), err
         assert not (tmp_path / "o").exists()
 
 
