@@ -1,30 +1,31 @@
-"""The PyTorch reference for frozen VGG16 feature extraction, and jnn timed against it.
+"""Time frozen VGG16 feature extraction, jnn (jax.jit) against PyTorch eager, same weights.
 
     python -m bench.vgg_reference                            # random weights, 32x32
     python -m bench.vgg_reference --weights keras --size 64  # the published file (cached)
 
 The reference is a ``torch.nn`` stack in torchvision's ``vgg16().features`` layout holding the
 same weights as jnn's (:func:`torch_vgg16_features`), fed by the same resize and preprocessing
-written in torch (:func:`torch_runner`), run eagerly (on the CPU here; the benchmark's ``vgg``
-section runs it on ``--torch-device``). :func:`compare_throughput` times
-both pipelines over the same random gray images, interleaved (``jnn.timing``), after an
-untimed warm-up batch each; ``bench.benchmark``'s ``vgg`` section uses
-:func:`feature_throughput`. Needs torch (optional); without it the command says so in one line.
+written in torch (:func:`torch_runner`), run eagerly on ``--torch-device``.
+:func:`compare_throughput` times both pipelines over the same random gray images, interleaved
+(``jnn.timing``), after an untimed warm-up batch each; ``bench.benchmark``'s ``vgg`` section
+uses :func:`feature_throughput`. Needs torch (optional); without it the command says so in one line.
+Writes probe.json and probe.md into ``--out`` (default ``runs/vgg_reference``).
 """
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 import bench
-from bench import checks
-from experiments import harness, report
-from jnn import features, timing, vgg, vgg_weights
+from experiments import harness, lab, report
+from jnn import config, features, timing, vgg, vgg_weights
+from jnn.config import option
 from jnn.errors import InputError
 
 BACKENDS = ("jnn", "torch")
@@ -139,17 +140,24 @@ def feature_throughput(
 
 
 def compare_throughput(
-    params: dict, size: int, fmt: str, n_images: int = 512, batch_size: int = 64, reps: int = 3
+    params: dict,
+    size: int,
+    fmt: str,
+    n_images: int = 512,
+    batch_size: int = 64,
+    reps: int = 3,
+    torch_device: str = "cpu",
 ) -> dict[str, Any]:
-    """jnn vs torch feature extraction on the same weights and images, interleaved: per backend
-    the timing summary (``timing.summarize``) and images/s of the batches after the first."""
+    """jnn vs torch (on ``torch_device``) feature extraction on the same weights and images,
+    interleaved: per backend the timing summary (``timing.summarize``) and images/s of the
+    batches after the first."""
     if n_images <= batch_size:
         raise InputError(f"need more images than one batch ({batch_size}), got {n_images}")
     images = random_images(n_images)
     cases, labels = {}, {}
     for backend in BACKENDS:
         cases[backend], labels[backend] = throughput_case(
-            params, size, fmt, images, batch_size, backend
+            params, size, fmt, images, batch_size, backend, torch_device
         )
     timed = timing.time_interleaved(cases, reps=reps, warmup=0)
     bench: dict[str, Any] = {"size": size, "images": n_images, "batch_size": batch_size}
@@ -159,47 +167,85 @@ def compare_throughput(
     return bench
 
 
-def parse(argv: Sequence[str] | None) -> Any:
-    p = harness.parser(
-        "vgg_reference",
-        package="bench",
-        description="Time frozen VGG16 feature extraction, jnn (jax.jit) against PyTorch eager "
-        "on the CPU, same weights and images; prints the result as JSON.",
-        epilog=harness.EXIT_CODES_NO_TRAINING,
-    )
-    p.add_argument("--weights", default="random", help="keras | torch | PATH | random [random]")
-    p.add_argument("--size", type=int, default=32, help="images resized to SIZExSIZE [32]")
-    p.add_argument("--images", type=int, default=512, help="random gray images per pass [512]")
-    p.add_argument("--batch-size", type=int, default=64, help="images per call [64]")
-    p.add_argument("--reps", type=int, default=3, help="timed passes per backend [3]")
-    p.add_argument("--cache-dir", default=None, help="VGG16 weight cache folder")
-    a = p.parse_args(argv)
-    if a.size < vgg.MIN_SIZE:
-        raise InputError(f"--size must be at least {vgg.MIN_SIZE} (VGG16 pools 5 times)")
-    for name in ("images", "batch_size", "reps"):
-        checks.positive_int(getattr(a, name), harness.flag(name), maximum=100_000)
-    return a
+QUICK = {"images": 96, "batch_size": 32, "reps": 1}
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Parse, load the weights (``jnn.vgg_weights.load``), time both, print JSON."""
-    a = parse(argv)
+@dataclass(frozen=True)
+class Config:
+    """What the command times, declared once (the command line is generated from it by
+    ``experiments.lab``)."""
+
+    weights: str = option("random", "keras, torch, a file PATH, or random (He init)")
+    size: int = option(32, "images resized to SIZExSIZE")
+    images: int = option(512, "random gray images per pass")
+    batch_size: int = option(64, "images per call")
+    reps: int = option(3, "timed passes per backend")
+    torch_device: str = option("cpu", "PyTorch's device: cpu, cuda or auto (cuda if it has one)")
+    cache_dir: str | None = option(None, "VGG16 weight cache folder [jnn's cache]")
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.weights, str) or not self.weights.strip():
+            raise config.ConfigError(
+                f"`weights` must name keras, torch, a file or random: {self.weights!r}"
+            )
+        config.integer(self.size, "size", vgg.MIN_SIZE, 1024)
+        for name in ("images", "batch_size", "reps"):
+            config.integer(getattr(self, name), name, 1, 100_000)
+        if self.images <= self.batch_size:
+            raise config.ConfigError(
+                f"`images` ({self.images}) must exceed `batch_size` ({self.batch_size}): the "
+                "first batch is the untimed warm-up"
+            )
+        config.choice(self.torch_device, "torch_device", ("cpu", "cuda", "auto"))
+
+
+def parse(argv: Sequence[str] | None) -> lab.Invocation:
+    """Command line -> the checked config (one line naming the flag per bad value)."""
+    return lab.parse(
+        Config, argv, name="vgg_reference", package="bench", resume=False,
+        description=__doc__.split("\n")[0], quick=QUICK, epilog=harness.EXIT_CODES_NO_TRAINING,
+    )  # fmt: skip
+
+
+def run(inv: lab.Invocation, run_dir: Path) -> dict[str, Any]:
+    """Load the weights (``jnn.vgg_weights.load``), time both pipelines on them."""
+    from bench.baselines import resolve_torch_device, torch_status
+
+    del run_dir
+    cfg = inv.config
+    ok, why = torch_status()
+    if not ok:
+        raise InputError(f"the PyTorch reference needs torch: {why}")
+    device = resolve_torch_device(cfg.torch_device)
     try:
-        import torch  # noqa: F401
-    except ImportError:
-        raise InputError("the PyTorch reference needs torch: pip install torch") from None
-    try:
-        w = vgg_weights.load(a.weights, a.cache_dir, progress=sys.stderr.isatty())
+        w = vgg_weights.load(cfg.weights, cfg.cache_dir, progress=sys.stderr.isatty())
     except vgg_weights.WeightsUnavailableError as err:
         raise InputError(f"{err}; here: pass --weights PATH, or --weights random") from None
-    bench = compare_throughput(
-        w["params"], a.size, w["preprocessing"], a.images, a.batch_size, a.reps
-    )
-    print(json.dumps({"weights": w["label"], **bench}, indent=1))
-    return 0
+    args = (cfg.size, w["preprocessing"], cfg.images, cfg.batch_size, cfg.reps, device)
+    bench = compare_throughput(w["params"], *args)
+    return {"study": "vgg_reference", "status": "ok", "config": asdict(cfg),
+            "weights": w["label"], **bench, **harness.stamp()}  # fmt: skip
 
 
-cli = report.cli_main(main)
+def markdown(result: dict[str, Any]) -> str:
+    """Images/s of each backend and their ratio."""
+    rows = [[result[b]["backend"], f"{result[b]['median_s']:.3f}",
+             f"{result[b]['images_per_s']:,.0f}"] for b in BACKENDS]  # fmt: skip
+    ratio = result["jnn"]["images_per_s"] / result["torch"]["images_per_s"]
+    return "\n".join([
+        "# Frozen VGG16 features: jnn against PyTorch eager\n",
+        f"Weights {result['weights']}; {result['size']}x{result['size']}, {result['images']} "
+        f"random gray images in batches of {result['batch_size']} (the first untimed), median of "
+        f"{result['config']['reps']} interleaved passes; CPU {result['device']['cpu']}.\n",
+        report.markdown_table(["backend", "s / pass", "images/s"], rows),
+        f"jnn / PyTorch: {ratio:.2f}x the images/s.",
+    ])  # fmt: skip
+
+
+render = bench.probe_render(markdown)
+
+EXPERIMENT = harness.Experiment("vgg_reference", parse, run, render, markdown)
+main = harness.cli(EXPERIMENT)
 
 if __name__ == "__main__":
-    raise SystemExit(cli())
+    raise SystemExit(main())

@@ -2,6 +2,8 @@
 features (so the timing compares the same work), the comparison reports both backends, and the
 command's bad flags are one line."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -37,12 +39,26 @@ def test_compare_throughput_times_both_backends(params):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--size", "16"], "--size must be at least 32"),
-        (["--images", "0"], "--images must be a positive integer"),
+        (["--size", "16"], "--size must be an integer in [32, 1,024], got 16"),
+        (["--images", "0"], "--images must be an integer in [1, 100,000]"),
+        (["--images", "64"], "--images (64) must exceed --batch-size (64)"),
+        (["--torch-device", "tpu"], "--torch-device must be one of cpu, cuda, auto"),
+        (["--weights", " "], "--weights must name keras, torch, a file or random: "),
         (["--weights", "nope.h5"], "weights nope.h5: no such file"),
     ],
 )
-def test_bad_flags_are_one_line(argv, message, capsys):
-    assert vgg_reference.cli(argv) == 2
+def test_bad_flags_are_one_line(argv, message, capsys, tmp_path):
+    out = tmp_path / "o"
+    assert vgg_reference.main([*argv, "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1, err
+    assert not out.exists()
+
+
+def test_command_writes_the_comparison(capsys, tmp_path):
+    out = tmp_path / "o"
+    assert vgg_reference.main(["--quick", "--out", str(out)]) == 0
+    result = json.loads((out / "probe.json").read_text())
+    assert result["weights"].startswith("random") and result["config"]["images"] == 96
+    assert result["jnn"]["images_per_s"] > 0 and "eager on cpu" in result["torch"]["backend"]
+    assert "jnn / PyTorch:" in (out / "probe.md").read_text()
