@@ -29,6 +29,7 @@ from experiments import harness, lab, report
 from jnn import config, timing
 from jnn.config import option
 from jnn.core import Layer
+from jnn.errors import InputError
 
 BATCH, LR, STEPS = 128, 1e-3, 5  # the benchmark's cnn section: batch, Adam rate, steps a sample
 MIN_SAMPLE_S = 0.05
@@ -61,6 +62,9 @@ def vjp_backward(layer: Layer) -> Layer:
     vjp function (with the key and mode it ran with) as the cache, the backward applies it to
     dy. Same init, same outputs, autodiff's arithmetic for this one layer."""
     import jax
+
+    if not isinstance(layer, Layer):
+        raise InputError(f"vjp_backward takes a jnn Layer, got {type(layer).__name__}")
 
     def forward(params, state, x, *, key=None, train=False):
         def f(p, xx):

@@ -127,7 +127,9 @@ def resolve_torch_device(requested: str = "auto") -> str:
     return requested
 
 
-_TORCH_PRECISION = {"float32": "highest", "tf32": "high", "bfloat16": "medium"}
+_TORCH_PRECISION = {
+    "float32": "highest", "tf32": "high", "bfloat16": "medium", "bfloat16_3x": "high"
+}  # fmt: skip
 
 
 def match_torch_precision(torch_device: str, jax_matmul: str) -> dict[str, Any]:

@@ -83,6 +83,8 @@ def choice(value: Any, name: str, options: Sequence[str]) -> None:
 def distinct(values: Sequence[Any], name: str) -> None:
     """No item of ``values`` repeats: a repeated name or count would run (and report) the same
     thing twice. The ConfigError names the repeated items."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+        raise ConfigError(f"`{name}` must be a list or tuple of items, got {values!r}")
     repeated = sorted({str(v) for v in values if list(values).count(v) > 1})
     if repeated:
         raise ConfigError(f"`{name}` lists {', '.join(repeated)} more than once; give each once")
@@ -97,6 +99,8 @@ def folder(value: Any, name: str) -> None:
 def at_most(asked: int | None, there: int, name: str, what: str, where: str) -> None:
     """A ConfigError when ``asked`` (None: all) is more than the ``there`` ``what`` that
     ``where`` has: taking fewer silently would report the asked size for numbers of another."""
+    if asked is not None:
+        integer(asked, name, 1)
     if asked is not None and asked > there:
         raise ConfigError(
             f"`{name}` asks for {asked:,} {what}, but {where} has {there:,}; give at most that many"

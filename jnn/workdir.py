@@ -309,8 +309,9 @@ _BFLOAT16 = ("bfloat16", "fastest", "BF16_BF16_F32")
 def float32_matmul(backend: str | None = None, precision: str | None = "config") -> str:
     """What a float32 matmul or convolution of JAX computes on ``backend`` (default: JAX's) at
     ``precision`` (default: the ``jax_default_matmul_precision`` in force): "float32" (XLA:CPU
-    always; a GPU only at "highest"/"float32"), "bfloat16" (at "bfloat16"/"fastest") or "tf32"
-    (JAX's default on a GPU: results agree with the CPU's to ~1e-3 relative, not 1e-6)."""
+    always; elsewhere only at "highest"/"float32"), "bfloat16" (at "bfloat16"/"fastest", and a
+    TPU's default: one bfloat16 pass), "tf32" (a GPU's default: results agree with the CPU's to
+    ~1e-3 relative, not 1e-6) or, on a TPU at "high", "bfloat16_3x"."""
     import jax
 
     backend = jax.default_backend() if backend is None else backend
@@ -318,7 +319,11 @@ def float32_matmul(backend: str | None = None, precision: str | None = "config")
         precision = getattr(jax.config, "jax_default_matmul_precision")  # noqa: B009 (untyped)
     if backend == "cpu" or precision in _FULL_FLOAT32:
         return "float32"
-    return "bfloat16" if precision in _BFLOAT16 else "tf32"
+    if precision in _BFLOAT16:
+        return "bfloat16"
+    if backend == "tpu":
+        return "bfloat16_3x" if precision in ("high", "HIGH", "BF16_BF16_F32_X3") else "bfloat16"
+    return "tf32"
 
 
 def device_info() -> dict[str, Any]:

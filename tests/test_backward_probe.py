@@ -13,6 +13,7 @@ import pytest
 
 from bench import backward_probe
 from jnn import core
+from jnn.errors import InputError
 from jnn.layers import Conv2D, Dense, Dropout, Flatten, MaxPool2D, ReLU
 
 
@@ -33,6 +34,11 @@ def test_a_layer_by_vjp_gives_the_hand_written_gradients():
         (_, _, _), got = core.value_and_grad(model)(params, state, x, y, key=key)
         for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
             np.testing.assert_allclose(g, w, rtol=2e-5, atol=1e-6)
+
+
+def test_vjp_backward_takes_a_layer():
+    with pytest.raises(InputError, match="vjp_backward takes a jnn Layer, got int"):
+        backward_probe.vjp_backward(5)
 
 
 def test_probe_end_to_end_on_three_variants(tmp_path, monkeypatch):

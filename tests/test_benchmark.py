@@ -228,13 +228,15 @@ def test_float32_matmul_is_classified_and_torch_matched():
     assert float32_matmul("gpu", "highest") == "float32"
     assert float32_matmul("gpu", "bfloat16") == "bfloat16"
     assert float32_matmul("cpu", "bfloat16") == "float32"
+    assert float32_matmul("tpu", None) == "bfloat16"  # one bfloat16 pass: a TPU's default
+    assert float32_matmul("tpu", "high") == "bfloat16_3x"
     assert device_info()["float32_matmul"] == float32_matmul() == "float32"  # this CPU
     torch = pytest.importorskip("torch")
     before = torch.get_float32_matmul_precision()  # the CPU: nothing to match
     got = baselines.match_torch_precision("cpu", "tf32")
     assert got["float32_matmul_precision"] == before == torch.get_float32_matmul_precision()
     assert got["matched_to_jax"] == "tf32"
-    with pytest.raises(InputError, match="jax_matmul must be one of float32, tf32, bfloat16"):
+    with pytest.raises(InputError, match="one of float32, tf32, bfloat16, bfloat16_3x, got 'tf64'"):
         baselines.match_torch_precision("cpu", "tf64")
 
 

@@ -178,3 +178,21 @@ def test_help_shows_defaults_and_quick_values(capsys):
     assert "--epochs EPOCHS epochs per model [100; 3 with --quick]" in text
     assert "--no-sklearn turn off: train scikit-learn" in text
     assert "output folder [runs/mlp_sweep; runs/mlp_sweep-quick with --quick]" in text
+
+
+def test_shared_checks_refuse_what_they_cannot_check():
+    """jnn.config's list and size checks name the field for a value of the wrong kind too,
+    instead of a TypeError from inside them."""
+    from jnn import config
+
+    for bad in (5, "ab", None):
+        with pytest.raises(ConfigError, match="^x must be a list or tuple of items"):
+            config.distinct(bad, "x")
+    with pytest.raises(ConfigError, match="^x lists 1 more than once; give each once$"):
+        config.distinct((1, 2, 1), "x")
+    config.distinct((), "x")
+    with pytest.raises(ConfigError, match="^n must be an integer >= 1, got '5'"):
+        config.at_most("5", 3, "n", "images", "here")
+    with pytest.raises(ConfigError, match="^n asks for 4 images, but here has 3; give at most"):
+        config.at_most(4, 3, "n", "images", "here")
+    config.at_most(None, 3, "n", "images", "here")
