@@ -94,30 +94,42 @@ def test_flags_fill_quick_defaults_and_refuse_what_cannot_work():
     cfg = benchmark.parse(["--quick"])
     assert (cfg.reps, cfg.train_examples, cfg.models, cfg.cnn_steps) == (3, 4_800, (1, 4), 2)
     assert (cfg.study_epochs, benchmark.parse([]).study_epochs) == (2, 3)
-    assert cfg.out == "runs/benchmark" and cfg.sections == benchmark.SECTIONS
+    assert cfg.small and not benchmark.parse([]).small and cfg.sections == benchmark.SECTIONS
+    assert benchmark.parse_invocation(["--quick"]).out == "runs/benchmark-quick"  # as lab names it
     full = benchmark.parse(["--sections", "cnn, vgg", "--reps", "2"])
     assert (full.reps, full.train_examples, full.sections) == (2, 48_000, ("cnn", "vgg"))
     with pytest.raises(dataclasses.FrozenInstanceError):
-        full.reps = 3
+        full.reps = 3  # type: ignore[misc]
     for argv, message in (
-        (["--reps", "0"], "--reps must be >= 1"),
-        (["--warmup", "-1"], "--warmup >= 0"),
-        (["--train-examples", "0"], "--train-examples must be >= 32"),
-        (["--eval-examples", "0"], "--eval-examples >= 1"),
-        (["--sections", ""], "--sections is empty"),
-        (["--sections", "train_epoch,gpu"], "unknown sections"),
-        (["--models", "1,0"], "--models needs"),
-        (["--devices", "x"], "--devices needs"),
+        (["--reps", "0"], "--reps must be an integer in [1, 1,000], got 0"),
+        (["--warmup", "-1"], "--warmup must be an integer in [0, 100]"),
+        (["--train-examples", "0"], "--train-examples must be an integer in [32,"),
+        (["--eval-examples", "0"], "--eval-examples must be an integer in [1,"),
+        (["--sections", ""], "--sections takes a comma-separated list without gaps"),
+        (["--sections", "train_epoch,gpu"], "--sections must be one of train_epoch,"),
+        (["--models", "1,0"], "--models must be an integer in [1, 1,024], got 0"),
+        (["--devices", "x"], "--devices takes"),
         (["--models", "1,1"], "--models lists 1 more than once"),
         (["--sections", "cnn,cnn"], "--sections lists cnn more than once"),
-        (["--cnn-steps", "0"], "--cnn-steps must be a positive"),
-        (["--vgg-images", "0"], "--vgg-images must be a positive"),
-        (["--study-epochs", "0"], "--study-epochs must be a positive"),
-        (["--study-epochs", "1"], "--study-epochs must be at least 2"),
-        (["--seed", str(2**40)], "--seed must be in"),
+        (["--cnn-steps", "0"], "--cnn-steps must be an integer in [1, 1,000]"),
+        (["--vgg-images", "0"], "--vgg-images must be an integer in [1, 100,000]"),
+        (["--study-epochs", "1"], "--study-epochs must be an integer in [2, 100], got 1"),
+        (["--seed", str(2**40)], "--seed must be an integer in [0,"),
+        (["--data", "mnist"], "--data must be one of auto, fashion, synthetic"),
+        (["--torch-device", "tpu"], "--torch-device must be one of auto, cpu, cuda"),
     ):
         with pytest.raises(InputError, match=re.escape(message)):
             benchmark.parse(argv)
+
+
+def test_a_results_config_reruns_it(tmp_path):
+    """results.json's ``config`` block is the Config itself (what the run fixed or resolved is
+    in ``setup``), so ``--config results.json`` gives the same config back; flags override it."""
+    cfg = benchmark.parse(["--quick", "--sections", "cnn,vgg", "--seed", "7"])
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps({"config": dataclasses.asdict(cfg), "setup": {"batch_size": 32}}))
+    assert benchmark.parse(["--config", str(path)]) == cfg
+    assert benchmark.parse(["--config", str(path), "--reps", "2"]).reps == 2
 
 
 def test_bad_arguments_fail_in_one_line(capsys):

@@ -1,7 +1,7 @@
 """Benchmark: jnn's jitted training against the numpy loop, PyTorch eager and scikit-learn.
 
     python -m bench.benchmark                       # full run into runs/benchmark
-    python -m bench.benchmark --quick               # CI smoke run: small sizes, 3 reps
+    python -m bench.benchmark --quick               # smoke run into runs/benchmark-quick
     python -m bench.benchmark --out results/benchmark --overwrite
 
 Writes ``results.json`` (every number), ``results.md`` (the tables a person reads, with ratios
@@ -19,6 +19,7 @@ report.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Callable
@@ -51,10 +52,10 @@ from bench.benchmark.common import (
     macs_per_example,
     train_flops_per_example,
 )
-from bench.benchmark.config import BATCH_SIZE, NAME, SECTIONS, Config, parse
+from bench.benchmark.config import BATCH_SIZE, NAME, SECTIONS, Config, parse, parse_invocation
 from bench.benchmark.render import OUTPUT_FILES, render, render_markdown
 from bench.benchmark.targets import hardware, targets
-from experiments import harness
+from experiments import harness, lab
 from jnn.workdir import RunDirError, float32_matmul
 
 # run order: the ceiling first (the others divide by it)
@@ -100,33 +101,27 @@ def run_sections(cfg: Config, ctx: Context) -> dict[str, Any]:
     return sections
 
 
-def config_block(cfg: Config, ctx: Context, source: str) -> dict[str, Any]:
-    """The ``config`` block of results.json: the flags plus the fixed MLP settings."""
+def setup_block(cfg: Config, ctx: Context, source: str) -> dict[str, Any]:
+    """The ``setup`` block of results.json: what the run fixed or resolved besides its config
+    (the ``config`` block is the :class:`Config` itself, so ``--config results.json`` reruns
+    it): the MLP's settings, the data actually used, PyTorch's resolved device."""
     return {
-        "quick": cfg.quick,
+        "quick": cfg.small,
         "sizes": list(SIZES),
         "activation": ACTIVATION,
         "init": INIT,
         "batch_size": BATCH_SIZE,
         "learning_rate": LEARNING_RATE,
         "optimizer": "plain SGD (optax.sgd / torch.optim.SGD / sklearn sgd, momentum 0)",
-        "train_examples": cfg.train_examples,
-        "eval_examples": cfg.eval_examples,
-        "reps": cfg.reps,
-        "warmup": cfg.warmup,
         "data": source,
         "torch_device": ctx.torch_device,
-        "models_per_program": list(cfg.models),
-        "scaling_devices": list(cfg.devices),
-        "cnn_steps": cfg.cnn_steps,
-        "study_epochs": cfg.study_epochs,
-        "sections": list(cfg.sections),
-        "seed": cfg.seed,
     }
 
 
-def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
+def run(inv: lab.Invocation, run_dir: Path) -> dict[str, Any]:
     """Run the chosen sections and return the full result dict (nothing written)."""
+    del run_dir
+    cfg = inv.config
     start = time.perf_counter()
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     # On a GPU, JAX would otherwise grab 75% of its memory up front, leaving too little for the
@@ -137,7 +132,8 @@ def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
     return {
         "status": "ok",
         "benchmark": "jnn",
-        "config": config_block(cfg, ctx, source),
+        "config": dataclasses.asdict(cfg),
+        "setup": setup_block(cfg, ctx, source),
         "flops": {
             "formula": FLOP_FORMULA,
             "forward_per_example": forward_flops_per_example(SIZES),
@@ -152,11 +148,12 @@ def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
     }
 
 
-EXPERIMENT = harness.Experiment(NAME, parse, run, render, render_markdown)
+EXPERIMENT = harness.Experiment(NAME, parse_invocation, run, render, render_markdown)
 main = harness.cli(EXPERIMENT)
 
 __all__ = [
     "EXPERIMENT", "MEASURES", "OUTPUT_FILES", "SECTIONS", "Config", "RunDirError",
     "backward_flops_per_example", "forward_flops_per_example", "macs_per_example",
-    "main", "parse", "render", "render_markdown", "run", "targets", "train_flops_per_example",
+    "main", "parse", "parse_invocation", "render", "render_markdown", "run", "targets",
+    "train_flops_per_example",
 ]  # fmt: skip

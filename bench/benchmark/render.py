@@ -72,8 +72,15 @@ def _skipped(sec: dict[str, Any]) -> list[str]:
     return [f"- skipped {k}: {v}" for k, v in sec.get("skipped", {}).items()]
 
 
+def settings(result: dict[str, Any]) -> dict[str, Any]:
+    """The run's config with what it fixed or resolved on top (``setup``: the data source, the
+    MLP's batch and rate, PyTorch's device); results.json files written before the split kept
+    everything in ``config``."""
+    return {**result["config"], **result.get("setup", {})}
+
+
 def header(result: dict[str, Any]) -> list[str]:
-    cfg, env = result["config"], result["environment"]
+    cfg, env = settings(result), result["environment"]
     return [
         "# jnn benchmark",
         "",
@@ -304,7 +311,7 @@ def sections_md(result: dict[str, Any]) -> list[str]:
     for name, heading, fn in SECTION_RENDERERS:
         sec = result["sections"].get(name, {})
         if sec.get("status") == "ok":
-            lines += ([heading, ""] if heading else []) + fn(sec, result["config"])
+            lines += ([heading, ""] if heading else []) + fn(sec, settings(result))
         elif heading:
             lines += [heading, "", f"Skipped: {sec.get('reason', 'not run')}", ""]
     return lines

@@ -174,8 +174,8 @@ def per_device_models(cfg: Config, ctx: Context, devices: int, models: int) -> t
         return found, "this run's devices section (bench.scaling)"
     from bench import scaling
 
-    run = scaling.run_one(devices, quick=cfg.quick, models=models)
-    rows = scaling.QUICK_EXAMPLES if cfg.quick else scaling.FULL_EXAMPLES
+    run = scaling.run_one(devices, quick=cfg.small, models=models)
+    rows = scaling.QUICK_EXAMPLES if cfg.small else scaling.FULL_EXAMPLES
     measured = {"config": {"num_examples": rows}, "runs": {str(devices): run}}
     found = per_device_from(measured, devices)
     if found is None:

@@ -84,7 +84,7 @@ def _rates(results: dict, flops_per_image: int, ceiling: float | None) -> None:
 
 def measure(cfg: Config, ctx: Context) -> dict[str, Any]:
     """images/s of both implementations on the same random weights; time vs jnn."""
-    batch = 32 if cfg.quick else 64
+    batch = 32 if cfg.small else 64
     if cfg.vgg_images <= batch:
         raise InputError(f"--vgg-images must exceed the batch size {batch} (one untimed batch)")
     params = vgg.init_params(jax.random.key(cfg.seed), image_size=SIZE)
