@@ -12,9 +12,10 @@ Also counted, from the optimized HLO of both jnn steps: convolutions, dots, redu
 scatters and fusions, so a manual/autodiff gap can be traced to the op that differs.
 
 Work and speed: the FLOPs of one train step come from ``jnn.conv_cost`` (the convolutions as
-traced, every kernel tap counted) plus the dense layers' matmuls: forward 2 * MACs, backward
-4 * MACs, minus the first layer's input gradient that nobody needs; bias adds, activations,
-pooling and Adam are not counted. Each case gets GFLOP/s and its share of the XLA matmul ceiling.
+traced, taps on the zero padding left out: work no lowering needs to do) plus the dense
+layers' matmuls: forward 2 * MACs, backward 4 * MACs, minus the first layer's input gradient
+that nobody needs; bias adds, activations, pooling and Adam are not counted. Each case gets
+GFLOP/s and its share of the XLA matmul ceiling.
 ``layers`` says how each Conv2D ran (``jnn.layers.conv.conv_plans``: the lowering of its forward,
 input and kernel gradients, the batch chunking and the peak patch-matrix bytes).
 
@@ -52,7 +53,8 @@ BATCH, LR = 128, 1e-3
 # is missing, only when the 1-minute load average at the start was at most QUIET_LOAD.
 QUIET_OTHER_CORES, QUIET_LOAD = 0.25, 1.0
 FLOP_NOTE = (
-    "jnn.conv_cost MACs of the convolutions (every kernel tap, padding included) plus the dense "
+    "jnn.conv_cost valid MACs of the convolutions (taps on the zero padding left out) plus the "
+    "dense "
     "layers' in * out; train step = (6 * MACs - 2 * MACs of the first layer) * batch: forward, "
     "kernel and input gradients, less the first layer's unused input gradient"
 )
@@ -139,7 +141,7 @@ def machine_load() -> Iterator[dict[str, Any]]:
 def step_flops(model: Any, input_shape: tuple[int, ...], batch: int) -> tuple[dict, list]:
     """(FLOPs of one train step of ``model`` (FLOP_NOTE), the plan of every Conv2D in it)."""
     plans = conv_plans(model, input_shape, batch)
-    conv_macs = [c.macs for c in recorded_conv_costs(plans)]
+    conv_macs = [c.valid_macs or c.macs for c in recorded_conv_costs(plans)]
     shapes = jax.eval_shape(lambda k: model.init(k, input_shape)[1], jax.random.key(0))
     dense_macs = [
         math.prod(leaf.shape) for leaf in jax.tree.leaves(shapes) if len(leaf.shape) == 2

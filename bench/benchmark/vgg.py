@@ -7,11 +7,12 @@ for the torch reference built from the same (random) params, on ``--torch-device
 alternate jnn, torch, jnn, torch, ...
 
 Work: the FLOPs per image are ``jnn.conv_cost``'s count of the 13 convolutions as jnn traces
-them (2 * MACs, every kernel tap; pooling, ReLU and preprocessing not counted), so each side
-gets GFLOP/s and its share of the XLA matmul ceiling. ``layers`` records how jnn ran each conv
-(``jnn.layers.conv.record_plans``: forward lowering, batch chunks, patch bytes of the forward,
-0 for a conv), ``load`` the machine's load while timing (``cnn.machine_load``: the PyTorch
-targets are judged only on a quiet machine).
+them (2 * valid MACs: taps on the zero padding left out, 79% of every tap at 32x32, where
+block5's 2x2 maps have 4 of 9 taps inside; pooling, ReLU and preprocessing not counted), so
+each side gets GFLOP/s and its share of the XLA matmul ceiling. ``layers`` records how jnn ran
+each conv (``jnn.layers.conv.record_plans``: forward lowering, batch chunks, patch bytes of the
+forward, 0 for a conv), ``load`` the machine's load while timing (``cnn.machine_load``: the
+PyTorch targets are judged only on a quiet machine).
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def conv_work(params: dict, batch: int) -> tuple[int, list[dict[str, Any]]]:
 
     with record_plans() as log:
         jax.eval_shape(vgg.features, params, jnp.zeros((batch, SIZE, SIZE, 3)))
-    flops = 2 * sum(c.macs for c in recorded_conv_costs(log))
+    flops = 2 * sum(c.valid_macs or c.macs for c in recorded_conv_costs(log))
     keys = ("layer", "input_shape", "output_shape", "forward", "chunk", "chunks", "backend")
     layers = [{k: r[k] for k in keys} for r in log]
     for layer, r in zip(layers, log):
