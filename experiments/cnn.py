@@ -115,15 +115,12 @@ class Config:
 
 def parse(argv: Sequence[str] | None) -> lab.Invocation:
     return lab.parse(
-        Config,
-        argv,
-        name="cnn",
+        Config, argv, name="cnn", quick=QUICK,
         description="Train a small CNN on Fashion-MNIST (official split) by manual backprop and "
         "by jax.grad side by side; report test accuracy and the epoch-time ratio.",
-        quick=QUICK,
         epilog="Exit codes: 0 done, 2 bad input, 3 a network diverged (see results.json).",
         resume=False,  # the twins' epochs alternate in one process: a run starts afresh
-    )
+    )  # fmt: skip
 
 
 def build_model() -> Any:

@@ -51,18 +51,14 @@ class Config(StudyConfig):
 
 
 def parse(argv: Sequence[str] | None) -> lab.Invocation:
-    return lab.parse(
-        Config,
-        argv,
-        name="mlp_grid",
-        description=(
-            "Train every (activation, init, lr) cell of the MLP study with several seeds "
-            "(784-256-128-64-10 on Fashion-MNIST, manual backprop, batch 32, the original "
-            "48,600/5,400/6,000 split) in one program per device; mean +- std over seeds."
-        ),
-        quick=QUICK,
-        epilog="Exit codes: 0 done (diverged models are reported, not errors), 2 bad input.",
+    description = (
+        "Train every (activation, init, lr) cell of the MLP study with several seeds "
+        "(784-256-128-64-10 on Fashion-MNIST, manual backprop, batch 32, the original "
+        "48,600/5,400/6,000 split) in one program per device; mean +- std over seeds."
     )
+    epilog = "Exit codes: 0 done (diverged models are reported, not errors), 2 bad input."
+    return lab.parse(Config, argv, name="mlp_grid", description=description, quick=QUICK,
+                     epilog=epilog)  # fmt: skip
 
 
 def time_one_model(cfg: Config, data: tuple[np.ndarray, ...], epochs: int = 3) -> dict[str, Any]:

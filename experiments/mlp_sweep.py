@@ -81,20 +81,14 @@ def default_out(cfg: Config, quick: bool) -> str:
 
 def parse(argv: Sequence[str] | None) -> lab.Invocation:
     return lab.parse(
-        Config,
-        argv,
-        name="mlp_sweep",
-        description=(
-            "Train the course MLP (784-256-128-64-10 on Fashion-MNIST, manual backprop, plain "
-            "SGD) with each hidden activation, checkpoint it at chosen epochs, evaluate the "
-            "restored checkpoints and compare with scikit-learn's MLPClassifier. With no flags: "
-            "the original study (relu, sigmoid, linear, tanh; 100 epochs; lr 0.1; batch 32; "
-            "checkpoints at 50 and 100; the original's 48,600/5,400/6,000 split)."
-        ),
-        quick=QUICK,
-        default_out=default_out,
+        Config, argv, name="mlp_sweep", quick=QUICK, default_out=default_out,
+        description="Train the course MLP (784-256-128-64-10 on Fashion-MNIST, manual backprop, "
+        "plain SGD) with each hidden activation, checkpoint it at chosen epochs, evaluate the "
+        "restored checkpoints and compare with scikit-learn's MLPClassifier. With no flags: the "
+        "original study (relu, sigmoid, linear, tanh; 100 epochs; lr 0.1; batch 32; checkpoints "
+        "at 50 and 100; the original's 48,600/5,400/6,000 split).",
         epilog="Exit codes: 0 done, 2 bad input, 3 done but a model diverged (see results.json).",
-    )
+    )  # fmt: skip
 
 
 def sklearn_jobs(cfg: Config, data: Any) -> dict[str, reference.Job]:

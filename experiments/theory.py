@@ -217,15 +217,11 @@ def parse(argv: Sequence[str] | None) -> lab.Invocation:
     """Command line -> the checked config; an output folder holding only this command's outputs
     is regenerated in place."""
     inv = lab.parse(
-        Config,
-        argv,
-        name="theory",
+        Config, argv, name="theory", quick={}, epilog=harness.EXIT_CODES_NO_TRAINING,
         description="Answer the assignment's theory questions with code: Q1 cross-entropy vs "
         "KL divergence, Q2 the cost of a 1x1 bottleneck convolution. Prints the tables and "
         "writes theory.md and theory.json. Takes seconds.",
-        quick={},
-        epilog=harness.EXIT_CODES_NO_TRAINING,
-    )
+    )  # fmt: skip
     return inv._replace(resume=inv.resume or regenerable(inv.out, inv.overwrite))
 
 

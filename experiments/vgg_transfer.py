@@ -115,19 +115,15 @@ def parse(argv: Sequence[str] | None) -> lab.Invocation:
     if "--bench-torch" in argv:
         raise InputError("--bench-torch moved: python -m bench.vgg_reference --weights W --size S")
     argv = [a for a in argv if a != "--standardize"]
-    inv = lab.parse(
-        Config,
-        argv,
-        name=NAME,
+    return lab.parse(
+        Config, argv, name=NAME, quick=QUICK,
         description="Fashion-MNIST on a frozen VGG16 base (features computed once) with a new "
         "512-256-10 dense head trained by jnn's manual backprop; results and the head in --out.",
-        quick=QUICK,
         epilog="Without network access, download the weight file elsewhere and pass it with "
         "--weights PATH (converted once, then cached as an orbax checkpoint in --cache-dir). "
         "Exit codes: 0 done, 2 bad input, 3 the head diverged (see results.json).",
         resume=False,  # the features live in memory only: a run starts from its beginning
-    )
-    return inv
+    )  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------- run
