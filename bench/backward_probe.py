@@ -142,14 +142,14 @@ def run(inv: lab.Invocation, run_dir: Path) -> dict[str, Any]:
 
     del run_dir
     cfg = inv.config
-    model0, _ = variants()["manual"]
-    params = model0.init(jax.random.key(cfg.seed), bench.IMAGE_SHAPE)[1]
+    every = variants()
+    params = every["manual"][0].init(jax.random.key(cfg.seed), bench.IMAGE_SHAPE)[1]
     rng = np.random.default_rng(cfg.seed)
     x = jax.device_put(rng.random((BATCH, *bench.IMAGE_SHAPE), dtype=np.float32))
     y = jax.device_put(rng.integers(0, bench.CLASSES, BATCH).astype(np.int32))
     keys = list(jax.random.split(jax.random.key(cfg.seed + 1), STEPS))
     cases, grads = {}, {}
-    for name, (model, gradients) in variants().items():
+    for name, (model, gradients) in every.items():
         case, grads[name] = make_case(model, gradients, params, x, y, keys)
         cases[name] = case
     times = timing.time_interleaved(cases, cfg.reps, 1, MIN_SAMPLE_S)
