@@ -135,6 +135,15 @@ def scaling_case(id: str, args: tuple[str, ...], message: str) -> Case:
     return Case(id, argv, message, scaling.main, "bench.scaling")
 
 
+def probe_case(module: str, id: str, args: tuple[str, ...], message: str) -> Case:
+    """A bad flag of the measurement command ``bench.<module>``, into tmp_path/out."""
+    import importlib
+
+    main = importlib.import_module(f"bench.{module}").main
+    argv = lambda tmp, data: ["--out", str(tmp / "out"), *args]  # noqa: E731
+    return Case(id, argv, message, main, f"bench.{module}")
+
+
 CASES = [
     Case("missing-data-dir", lambda t, d: [*sweep()(t, d)[:-2], "--data-dir", str(t / "nope")],
          "is not a folder"),
@@ -213,6 +222,53 @@ CASES = [
     scaling_case("scaling-zero-devices", ("--devices", "0"), "--devices must be a positive"),
     scaling_case("scaling-negative-models", ("--models", "-1"), "--models must be a positive"),
     scaling_case("scaling-repeated-devices", ("--devices", "1", "1"), "--devices lists 1 more"),
+    probe_case("grid_probe", "grid-zero-models", ("--models", "0"),
+               "--models must be an integer in [1, 600]"),
+    probe_case("grid_probe", "grid-huge-models", ("--models", "601"),
+               "--models must be an integer in [1, 600]"),
+    probe_case("grid_probe", "grid-few-examples", ("--examples", "16"),
+               "--examples must be an integer in [32, 48,600]"),
+    probe_case("grid_probe", "grid-zero-reps", ("--reps", "0"),
+               "--reps must be an integer in [1, 100]"),
+    probe_case("grid_probe", "grid-negative-seed", ("--seed", "-1"),
+               "--seed must be an integer in [0, 4,294,967,295]"),
+    probe_case("grid_probe", "grid-fractional-models", ("--models", "2.5"), "--models"),
+    probe_case("cnn_scan_probe", "scan-unknown-loop", ("--loops", "while"),
+               "--loops must be one of steps, scan, scan-unroll2, fori"),
+    probe_case("cnn_scan_probe", "scan-repeated-loop", ("--loops", "scan,scan"),
+               "--loops lists scan more than once; give each once"),
+    probe_case("cnn_scan_probe", "scan-zero-steps", ("--steps", "0"),
+               "--steps must be an integer in [1, 1,000]"),
+    probe_case("cnn_scan_probe", "scan-text-batch", ("--batch-size", "x"),
+               "--batch-size takes an integer"),
+    probe_case("cnn_scan_probe", "scan-huge-reps", ("--reps", "101"),
+               "--reps must be an integer in [1, 100]"),
+    probe_case("conv_lowering", "lowering-unknown-network", ("--networks", "resnet"),
+               "--networks must be one of"),
+    probe_case("conv_lowering", "lowering-repeated-network", ("--networks", "cnn,cnn"),
+               "--networks lists cnn more than once; give each once"),
+    probe_case("conv_lowering", "lowering-blank-networks", ("--networks", ""),
+               "--networks takes a comma-separated list without gaps"),
+    probe_case("conv_lowering", "lowering-zero-reps", ("--reps", "0"),
+               "--reps must be an integer in [1, 100]"),
+    probe_case("conv_lowering", "lowering-negative-seed", ("--seed", "-1"),
+               "--seed must be an integer in [0,"),
+    probe_case("backward_probe", "backward-zero-reps", ("--reps", "0"),
+               "--reps must be an integer in [1, 100]"),
+    probe_case("backward_probe", "backward-text-seed", ("--seed", "x"), "--seed"),
+    probe_case("backward_probe", "backward-fractional-reps", ("--reps", "1.5"), "--reps"),
+    probe_case("vgg_reference", "vggref-small-size", ("--size", "16"),
+               "--size must be an integer in [32, 1,024], got 16"),
+    probe_case("vgg_reference", "vggref-zero-images", ("--images", "0"),
+               "--images must be an integer in [1, 100,000]"),
+    probe_case("vgg_reference", "vggref-images-one-batch", ("--images", "64"),
+               "--images (64) must exceed --batch-size (64)"),
+    probe_case("vgg_reference", "vggref-tpu", ("--torch-device", "tpu"),
+               "--torch-device must be one of cpu, cuda, auto"),
+    probe_case("vgg_reference", "vggref-blank-weights", ("--weights", " "),
+               "--weights must name keras, torch, a file or random: "),
+    probe_case("vgg_reference", "vggref-missing-weights", ("--weights", "nope.h5"),
+               "weights nope.h5: no such file"),
 ]  # fmt: skip
 
 

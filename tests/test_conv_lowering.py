@@ -1,12 +1,11 @@
 """bench.conv_lowering end to end on the CNN: both lowerings of every pass timed, their results
-equal to float rounding, auto's pick the rule's, and bad input as one line with exit code 2."""
+equal to float rounding, auto's pick the rule's. Its bad flags are rows of test_cli_errors."""
 
 from __future__ import annotations
 
 import json
 
 import jax
-import pytest
 
 from bench import conv_lowering
 from jnn.layers.conv import auto_passes
@@ -36,21 +35,3 @@ def test_vgg_shapes_are_the_distinct_convolutions_of_vgg16():
     assert len(shapes) == 9  # 13 convolutions, 9 distinct (input, kernel) pairs
     assert shapes[0]["input_shape"] == (32, 32, 3) and shapes[-1]["input_shape"] == (2, 2, 512)
     assert {s["batch"] for s in shapes} == {64}
-
-
-@pytest.mark.parametrize(
-    "extra, message",
-    [
-        (["--networks", "resnet"], "--networks must be one of"),
-        (["--networks", "cnn,cnn"], "--networks lists cnn more than once; give each once"),
-        (["--networks", ""], "--networks takes a comma-separated list without gaps"),
-        (["--reps", "0"], "--reps must be an integer in [1, 100]"),
-        (["--seed", "-1"], "--seed must be an integer in [0,"),
-    ],
-)
-def test_bad_input_is_one_line_exit_2(extra, message, tmp_path, capsys):
-    out = tmp_path / "probe"
-    assert conv_lowering.main([*extra, "--out", str(out)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "\n" not in err and message in err, err
-    assert not out.exists()
