@@ -14,6 +14,7 @@ from bench.benchmark.common import (
     forward_flops_per_example,
     train_flops_per_example,
 )
+from bench.benchmark.targets import over_ceiling
 from experiments.report import markdown_table
 from jnn.workdir import write_json, write_text_atomic
 
@@ -319,13 +320,7 @@ def sections_md(result: dict[str, Any]) -> list[str]:
 
 
 def warnings_md(result: dict[str, Any]) -> list[str]:
-    secs = result["sections"]
-    fractions = [
-        r.get("fraction_of_xla_ceiling") or 0.0
-        for name in ("train_epoch", "models_per_program", "cnn", "vgg")
-        for r in secs.get(name, {}).get("results", {}).values()
-    ]
-    if not fractions or max(fractions) <= 1.0:
+    if not over_ceiling(result["sections"]):
         return []
     return [
         "**Warning:** a case measured above 100% of the matmul ceiling: the ceiling (one "

@@ -93,25 +93,29 @@ def _same_hardware(where: dict[str, str | None] | None) -> bool:
     return where.get("jnn") == kind
 
 
+def _withhold(entry: dict[str, Any], judged: bool, why: str) -> dict[str, Any]:
+    """``entry`` (when it was measured) with its ``judged`` verdict and the reason in its note."""
+    if entry["measured"] is not None:
+        entry["judged"] = judged
+        entry["note"] = (entry["note"] + "; " if entry["note"] else "") + why
+    return entry
+
+
 def _cross_device(entry: dict[str, Any], where: dict[str, str | None] | None) -> dict:
     """``entry`` not judged when jnn and PyTorch ran on different hardware, saying where each
     ran (a PyTorch target's ratio is then not a comparison of the two implementations)."""
-    if entry["measured"] is not None and not _same_hardware(where):
-        assert where is not None
-        entry["judged"] = False
-        why = f"jnn on {where['jnn']}, PyTorch on {where['torch']}: different hardware"
-        entry["note"] = (entry["note"] + "; " if entry["note"] else "") + why
-    return entry
+    if _same_hardware(where):
+        return entry
+    assert where is not None
+    why = f"jnn on {where['jnn']}, PyTorch on {where['torch']}: different hardware"
+    return _withhold(entry, False, why)
 
 
 def _torch_judged(entry: dict[str, Any], sections: dict[str, Any], section: str) -> dict:
     """``entry`` with ``judged`` and the load in its note when ``section`` recorded its load
     (for the targets that a busy machine skews: PyTorch's threads, the ceiling share)."""
     load = sections.get(section, {}).get("load")
-    if load and entry["measured"] is not None:
-        entry["judged"] = bool(load.get("judged"))
-        entry["note"] = (entry["note"] + "; " if entry["note"] else "") + load.get("why", "")
-    return entry
+    return _withhold(entry, bool(load.get("judged")), load.get("why", "")) if load else entry
 
 
 def conv_targets(sections: dict[str, Any]) -> list[dict[str, Any]]:
@@ -145,7 +149,7 @@ TORCH_TARGETS = (
 CEILING_TARGETS = ("share of the matmul ceiling", "CNN manual step share of the matmul ceiling")
 
 
-def _over_ceiling(sections: dict[str, Any]) -> bool:
+def over_ceiling(sections: dict[str, Any]) -> bool:
     """Some case ran above 100% of the measured matmul ceiling: that measurement is then no
     ceiling of this machine (or was timed busy), and no share of it can be judged."""
     return any(
@@ -153,14 +157,6 @@ def _over_ceiling(sections: dict[str, Any]) -> bool:
         for name in ("train_epoch", "models_per_program", "cnn", "vgg")
         for r in sections.get(name, {}).get("results", {}).values()
     )
-
-
-def _ceiling_unusable(entry: dict[str, Any]) -> dict[str, Any]:
-    if entry["measured"] is not None:
-        entry["judged"] = False
-        why = "a case ran above 100% of the measured ceiling: no share is comparable"
-        entry["note"] = (entry["note"] + "; " if entry["note"] else "") + why
-    return entry
 
 
 def targets(
@@ -194,6 +190,7 @@ def targets(
                       sections, "vgg"),
         *conv_targets(sections),
     ]  # fmt: skip
-    if _over_ceiling(sections):
-        entries = [_ceiling_unusable(e) if e["name"] in CEILING_TARGETS else e for e in entries]
+    if over_ceiling(sections):
+        why = "a case ran above 100% of the measured ceiling: no share is comparable"
+        entries = [_withhold(e, False, why) if e["name"] in CEILING_TARGETS else e for e in entries]
     return [_cross_device(e, where) if e["name"] in TORCH_TARGETS else e for e in entries]
