@@ -8,8 +8,9 @@ same weights as jnn's (:func:`torch_vgg16_features`), fed by the same resize and
 written in torch (:func:`torch_runner`), run eagerly on ``--torch-device``.
 :func:`compare_throughput` times both pipelines over the same random gray images, interleaved
 (``jnn.timing``), after an untimed warm-up batch each; ``bench.benchmark``'s ``vgg`` section
-uses :func:`feature_throughput`. Needs torch (optional); without it the command says so in one line.
-Writes probe.json and probe.md into ``--out`` (default ``runs/vgg_reference``).
+times :func:`throughput_case`'s torch case beside jnn's pipeline. Needs torch (optional);
+without it the command says so in one line. Writes probe.json and probe.md into ``--out``
+(default ``runs/vgg_reference``).
 """
 
 from __future__ import annotations
@@ -113,30 +114,6 @@ def throughput_case(
 def random_images(n: int, seed: int = 0) -> np.ndarray:
     """(n, H, W) uint8 gray images of the study's size: timing does not depend on content."""
     return np.random.default_rng(seed).integers(0, 256, (n, *bench.IMAGE_SHAPE[:2]), np.uint8)
-
-
-def feature_throughput(
-    params: dict,
-    size: int = 32,
-    n_images: int = 512,
-    batch_size: int = 64,
-    backend: str = "jnn",
-    fmt: str = "keras",
-    reps: int = 1,
-    torch_device: str = "cpu",
-) -> dict[str, Any]:
-    """Images/s of one backend at ``size`` on random gray images (see :func:`throughput_case`),
-    median of ``reps`` timed passes after one warm-up batch."""
-    images = random_images(n_images)
-    case, label = throughput_case(params, size, fmt, images, batch_size, backend, torch_device)
-    t = timing.time_interleaved({backend: case}, reps=reps, warmup=0)[backend]
-    timed = n_images - batch_size
-    return {
-        "backend": label,
-        "seconds": t["median_s"],
-        "images_timed": timed,
-        "images_per_s": timed / t["median_s"],
-    }
 
 
 def compare_throughput(

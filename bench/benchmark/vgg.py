@@ -2,8 +2,9 @@
 
 Uses the library's pipeline (``jnn.features``, as ``experiments.vgg_transfer`` does):
 ``make_extractor`` / ``extract_features`` for jnn (compiled once; each repetition times every
-batch after an untimed first one) and ``bench.vgg_reference.feature_throughput(backend="torch")``
-for the torch reference built from the same (random) params, on ``--torch-device``. Repetitions
+batch after an untimed first one) and ``bench.vgg_reference.throughput_case(backend="torch")``
+for the torch reference built once from the same (random) params and images, on
+``--torch-device``. Repetitions
 alternate jnn, torch, jnn, torch, ...
 
 Work: the FLOPs per image are ``jnn.conv_cost``'s count of the 13 convolutions as jnn traces
@@ -26,7 +27,7 @@ from bench import IMAGE_SHAPE
 from bench.benchmark.cnn import machine_load
 from bench.benchmark.common import Context
 from bench.benchmark.config import Config
-from bench.vgg_reference import feature_throughput
+from bench.vgg_reference import throughput_case
 from jnn import features, vgg
 from jnn.conv_cost import recorded_conv_costs
 from jnn.errors import InputError
@@ -41,22 +42,24 @@ PIPELINE = (
 
 
 def _samples(cfg, ctx, extract, params, images, batch) -> tuple[dict, str]:
-    """Alternating jnn / torch repetitions (warm-ups dropped): seconds per repetition."""
+    """Alternating jnn / torch repetitions (warm-ups dropped): seconds per repetition, each
+    timing every batch after the first. The torch pipeline is built (and warmed up) once."""
     samples: dict[str, list[float]] = {"jnn": []}
+    torch_case, torch_label = None, ""
     if ctx.torch_device is not None:
         samples["torch_eager"] = []
-    torch_label = ""
+        torch_case, torch_label = throughput_case(
+            params, SIZE, FMT, images, batch, "torch", ctx.torch_device
+        )
     for rep in range(cfg.warmup + cfg.reps):
         _, timing = features.extract_features(extract, images, batch)
         if rep >= cfg.warmup:
             samples["jnn"].append(timing["images_timed"] / timing["images_per_s"])
-        if "torch_eager" in samples:
-            t = feature_throughput(
-                params, SIZE, len(images), batch, "torch", FMT, torch_device=ctx.torch_device
-            )
-            torch_label = t.get("backend", "")
+        if torch_case is not None:
+            with Stopwatch() as sw:
+                torch_case(1)
             if rep >= cfg.warmup:
-                samples["torch_eager"].append(t["seconds"])
+                samples["torch_eager"].append(sw.s)
     return samples, torch_label
 
 
