@@ -1,13 +1,13 @@
 """Throughput of jnn.parallel on 1, 2, 4, ... devices: data parallel and independent models.
 
-    python -m bench.scaling                      # devices 1 2 4, full-size epochs
-    python -m bench.scaling --devices 1 2 --quick --out runs/scaling-quick
+    python -m bench.scaling                      # devices 1,2,4, full-size epochs
+    python -m bench.scaling --devices 1,2 --quick    # small epochs, into runs/scaling-quick
     python -m bench.scaling --platform cpu       # forced host devices even on a GPU box
 
 Each device count runs in its own subprocess, because the number of CPU host devices is fixed
 when JAX initialises (``XLA_FLAGS=--xla_force_host_platform_device_count=N``). Measured there,
-for the study's 784-256-128-64-10 ReLU MLP on synthetic Fashion-MNIST-shaped data (48,000 x 784,
-or 8,192 with ``--quick``):
+for the study's ReLU MLP (its widths from ``StudyConfig``) on synthetic data of the dataset's
+shape (48,000 examples, or 8,192 with ``--small``, which ``--quick`` sets):
 
 * data parallel, one model, global batch 32 and 256 split over the ``data`` axis: examples/s;
 * independent models (4, or one per device if more devices), vmapped and sharded one group per
@@ -21,14 +21,15 @@ a small CPU data parallel does not speed up and may slow down (smaller per-devic
 all-reduce per step). What the CPU run shows is that the same code runs and how large the
 partitioning overhead is; speed-ups need real devices (GPUs/TPUs, or a many-core host).
 
-``measure_scaling(devices=(1, 2, 4), quick=False) -> dict`` is the API the benchmark's
-``devices`` section calls; the CLI (on ``experiments.harness``) prints the Markdown table and
-writes results.json and results.md into ``--out`` (default ``runs/scaling``).
+``measure_scaling(devices=(1, 2, 4), small=False) -> dict`` is the API the benchmark's
+``devices`` section calls; the command (its flags generated from :class:`Config` by
+``experiments.lab``) prints the Markdown table and writes results.json and results.md into
+``--out`` (default ``runs/scaling``; ``--config results.json`` reruns a run's config).
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -38,9 +39,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import checks
-from experiments import harness
-from jnn.errors import InputError
+from experiments import harness, lab
+from jnn import config
+from jnn.config import ConfigError, option
 from jnn.study import StudyConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -79,7 +80,7 @@ def _time_epochs(epoch: Any, state: Any, x: Any, y: Any, reps: int) -> dict[str,
     return {"first_epoch_s": first.s, "epoch_s": t["median_s"], "min_epoch_s": t["min_s"]}
 
 
-def _setup(quick: bool) -> dict[str, Any]:
+def _setup(small: bool) -> dict[str, Any]:
     """The worker's shared pieces: data on the host, optimizer, key, model, reps."""
     import jax
     import numpy as np
@@ -87,11 +88,11 @@ def _setup(quick: bool) -> dict[str, Any]:
 
     from jnn.mlp import mlp
 
-    n = QUICK_EXAMPLES if quick else FULL_EXAMPLES
+    n = QUICK_EXAMPLES if small else FULL_EXAMPLES
     rng = np.random.default_rng(0)
     return {
         "n": n,
-        "reps": QUICK_REPS if quick else FULL_REPS,
+        "reps": QUICK_REPS if small else FULL_REPS,
         "x": rng.normal(size=(n, SIZES[0])).astype(np.float32),
         "y": rng.integers(0, SIZES[-1], n).astype(np.int32),
         "optimizer": optax.sgd(0.1),
@@ -153,7 +154,7 @@ def _single_device_baseline(s: dict[str, Any], device: Any) -> dict[str, Any]:
     return out
 
 
-def _worker(num_devices: int, quick: bool, models: int | None) -> dict[str, Any]:
+def _worker(num_devices: int, small: bool, models: int | None) -> dict[str, Any]:
     import jax
 
     devices = jax.devices()
@@ -166,7 +167,7 @@ def _worker(num_devices: int, quick: bool, models: int | None) -> dict[str, Any]
     if num_devices > len(devices):
         out["skipped"] = f"only {len(devices)} {devices[0].platform} device(s) here"
         return out
-    s = _setup(quick)
+    s = _setup(small)
     out["data_parallel"] = _data_parallel(s, num_devices)
     out["per_device_models"] = _per_device_models(s, num_devices, models)
     if num_devices == 1:
@@ -192,19 +193,16 @@ def _worker_env(num_devices: int, platform: str | None) -> dict[str, str]:
 
 def run_one(
     num_devices: int,
-    quick: bool = False,
+    small: bool = False,
     platform: str | None = None,
     models: int | None = None,
     timeout: float = 900,
 ) -> dict[str, Any]:
-    """Measure one device count in a fresh interpreter; returns the worker's dict."""
-    cmd = [sys.executable, "-m", "bench.scaling", "--worker", str(num_devices)]
-    if quick:
-        cmd.append("--quick")
-    if models:
-        cmd += ["--models", str(models)]
+    """Measure one device count in a fresh interpreter; returns the worker's dict (or
+    ``{"devices": N, "error": ...}`` when the worker failed)."""
+    job = json.dumps({"devices": num_devices, "small": small, "models": models})
     proc = subprocess.run(
-        cmd,
+        [sys.executable, "-m", "bench.scaling", WORKER_FLAG, job],
         cwd=REPO,
         env=_worker_env(num_devices, platform),
         capture_output=True,
@@ -218,34 +216,35 @@ def run_one(
 
 def measure_scaling(
     devices: Sequence[int] = (1, 2, 4),
-    quick: bool = False,
+    small: bool = False,
     platform: str | None = None,
     models: int | None = None,
 ) -> dict[str, Any]:
     """Throughput per device count (each in its own subprocess), JSON-able.
 
-    Returns {"config": ..., "note": ..., "runs": {"1": {...}, "2": {...}}, "summary": [rows]};
-    each run has data_parallel[batch]["examples_per_s"], per_device_models["model_epochs_per_s"]
-    and, for 1 device, single_device_baseline; a device count the platform lacks is "skipped".
+    Returns {"config": the :class:`Config`, "setup": the fixed settings (sizes, examples,
+    timed epochs), "note": ..., "runs": {"1": {...}, "2": {...}}, "summary": [rows]}; each run
+    has data_parallel[batch]["examples_per_s"], per_device_models["model_epochs_per_s"] and,
+    for 1 device, single_device_baseline; a device count the platform lacks is "skipped".
     ``platform`` sets JAX_PLATFORMS for the workers ("cpu" forces host devices on a GPU box).
+    Bad arguments raise :class:`jnn.config.ConfigError` (one line), as the command line does.
     """
-    devices = [int(d) for d in devices]
-    if not devices or min(devices) <= 0:
-        raise InputError(f"device counts must be positive integers, got {devices}")
-    runs = {str(d): run_one(d, quick, platform, models) for d in devices}
-    config = {
+    cfg = Config(tuple(devices), small, platform, models)
+    runs = {str(d): run_one(d, small, platform, models) for d in cfg.devices}
+    setup = {
         "sizes": list(SIZES),
         "activation": "relu",
         "optimizer": "sgd(0.1)",
-        "num_examples": QUICK_EXAMPLES if quick else FULL_EXAMPLES,
-        "timed_epochs": QUICK_REPS if quick else FULL_REPS,
+        "num_examples": QUICK_EXAMPLES if small else FULL_EXAMPLES,
+        "timed_epochs": QUICK_REPS if small else FULL_REPS,
         "statistic": "median epoch time after one warm-up epoch",
         "host_cpu_count": os.cpu_count(),
         "platform_requested": platform or os.environ.get("JAX_PLATFORMS") or "default",
     }
     platforms = {r.get("platform") for r in runs.values() if "platform" in r}
     return {
-        "config": config,
+        "config": dataclasses.asdict(cfg),
+        "setup": setup,
         "note": FORCED_NOTE if "cpu" in platforms else "",
         "runs": runs,
         "summary": summary_rows(runs),
@@ -316,61 +315,67 @@ def markdown(result: dict[str, Any]) -> str:
     return text
 
 
+PLATFORMS = ("cpu", "cuda", "gpu", "rocm", "tpu")  # what JAX_PLATFORMS may name
+MAX_DEVICES, MAX_MODELS = 64, 1024
+QUICK = {"small": True}
+
+
 @dataclass(frozen=True)
 class Config:
-    devices: tuple[int, ...] = (1, 2, 4)
-    quick: bool = False
-    platform: str | None = None
-    models: int | None = None
-    out: str = harness.default_out("scaling")
-    overwrite: bool = False
+    """What a scaling run measures, declared once (its command line is generated from it by
+    ``experiments.lab``; :func:`measure_scaling` checks its arguments through it too)."""
+
+    devices: tuple[int, ...] = option((1, 2, 4), "device counts, each timed in its own process")
+    small: bool = option(
+        False, f"{QUICK_EXAMPLES:,} examples and {QUICK_REPS} timed epochs (else "
+        f"{FULL_EXAMPLES:,} and {FULL_REPS})",
+    )  # fmt: skip
+    platform: str | None = option(
+        None, f"JAX_PLATFORMS for the workers: {', '.join(PLATFORMS)}, or several comma-separated "
+        "[the environment's]",
+    )  # fmt: skip
+    models: int | None = option(None, "independent models [4, or one per device if more]")
+
+    def __post_init__(self) -> None:
+        for d in self.devices:
+            config.integer(d, "devices", 1, MAX_DEVICES)
+        config.distinct(self.devices, "devices")
+        if not self.devices:
+            raise ConfigError("`devices` is empty; give at least one device count")
+        if self.models is not None:
+            config.integer(self.models, "models", 1, MAX_MODELS)
+        if self.platform is not None:
+            _check_platform(self.platform)
 
 
-PLATFORMS = ("cpu", "cuda", "gpu", "rocm", "tpu")  # what JAX_PLATFORMS may name
-
-
-def check_platform(value: str | None) -> str | None:
-    """``--platform``: None, or JAX platform names (comma-separated, no gaps). An unknown name
-    made every worker fail while the run reported status ok."""
-    if value is None:
-        return None
-    names = [n.strip() for n in value.split(",")]
+def _check_platform(value: str) -> None:
+    """JAX platform names, comma-separated without gaps: an unknown name made every worker fail
+    while the run reported status ok."""
+    names = value.split(",")
     unknown = [n for n in names if n not in PLATFORMS]
     if unknown:
         what = "an empty item is" if "" in unknown else f"{unknown[0]!r} is"
-        raise InputError(
-            f"--platform {value!r}: {what} not a JAX platform; pass one of "
+        raise ConfigError(
+            f"`platform` {value!r}: {what} not a JAX platform; pass one of "
             f"{', '.join(PLATFORMS)} (or several, comma-separated)"
         )
-    return ",".join(names)
 
 
-def parse(argv: Sequence[str] | None) -> Config:
-    """Command line -> Config (device counts, --platform and --models checked; one line each)."""
-    p = harness.parser(
-        "scaling",
-        package="bench",
+def parse(argv: Sequence[str] | None) -> lab.Invocation:
+    """Command line -> the checked config (one line naming the flag per bad value)."""
+    return lab.parse(
+        Config, argv, name="scaling", package="bench", resume=False, quick=QUICK,
         description=__doc__.split("\n")[0],
         epilog="Exit codes: 0 done, 1 every device count failed (reasons in results.json), "
         "2 bad input (one line on stderr).",
-    )
-    p.add_argument("--devices", type=int, nargs="+", default=[1, 2, 4], help="device counts")
-    p.add_argument("--quick", action="store_true", help="8,192 examples, 3 timed epochs")
-    p.add_argument("--platform", default=None, help="JAX_PLATFORMS for the workers")
-    p.add_argument("--models", type=int, default=None, help="independent models (default 4)")
-    harness.add_output_flags(p, "scaling")
-    a = p.parse_args(argv)
-    devices = tuple(checks.positive_int(d, "--devices", maximum=64) for d in a.devices)
-    checks.distinct(devices, "--devices")
-    if a.models is not None:
-        checks.positive_int(a.models, "--models", maximum=1024)
-    out = a.out or harness.default_out("scaling")
-    return Config(devices, a.quick, check_platform(a.platform), a.models, out, a.overwrite)
+    )  # fmt: skip
 
 
-def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
+def run(inv: lab.Invocation, run_dir: Path) -> dict[str, Any]:
     """Every device count in its own subprocess (see the module docstring)."""
-    result = measure_scaling(cfg.devices, cfg.quick, cfg.platform, cfg.models)
+    del run_dir
+    cfg = inv.config
+    result = measure_scaling(cfg.devices, cfg.small, cfg.platform, cfg.models)
     failed = [d for d, r in result["runs"].items() if "error" in r]
     status = "failed" if failed and len(failed) == len(result["runs"]) else "ok"
     return {"study": "scaling", "status": status, "failed_device_counts": failed, **result}
@@ -389,19 +394,17 @@ def render(result: dict[str, Any], run_dir: Path) -> list[Path]:
 
 EXPERIMENT = harness.Experiment("scaling", parse, run, render, markdown)
 main = harness.cli(EXPERIMENT)
+WORKER_FLAG = "--worker"  # the driver's private call: a JSON job, not a user's command line
 
 
-def _worker_main(argv: Sequence[str]) -> int:
-    """``--worker N [--quick] [--models M]``: one device count, its dict as a JSON line."""
-    p = argparse.ArgumentParser(prog="python -m bench.scaling --worker")
-    p.add_argument("--worker", type=int, required=True)
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--models", type=int, default=None)
-    a = p.parse_args(argv)
-    print(json.dumps(_worker(a.worker, a.quick, a.models)))
+def _worker_main(job: str) -> int:
+    """One device count (``{"devices": N, "small": bool, "models": M}``), its dict as a JSON
+    line on stdout."""
+    spec = json.loads(job)
+    print(json.dumps(_worker(spec["devices"], spec["small"], spec["models"])))
     return 0
 
 
 if __name__ == "__main__":
     args = sys.argv[1:]
-    sys.exit(_worker_main(args) if "--worker" in args else main(args))
+    sys.exit(_worker_main(args[1]) if args[:1] == [WORKER_FLAG] else main(args))

@@ -296,7 +296,7 @@ def test_ceiling_share_counts_the_model_axis_over_devices():
     sections = {
         "ceiling": {"status": "ok", "xla_ceiling_gflops": 100.0},
         "devices": {"status": "ok", "measured": {
-            "config": {"sizes": sizes, "num_examples": 48_000}, "runs": {"2": run2}}},
+            "setup": {"sizes": sizes, "num_examples": 48_000}, "runs": {"2": run2}}},
         "models_per_program": {"results": {"1_vmap": {"fraction_of_xla_ceiling": 0.5}}},
     }  # fmt: skip
     share = {t["name"]: t for t in benchmark.targets(sections)}["share of the matmul ceiling"]
@@ -333,9 +333,9 @@ OWN_SECTIONS = ("ceiling", "train_epoch", "evaluation", "models_per_program", "c
 NOT_MEASUREMENTS = ("/sklearn_settings/", "/hlo_ops/", "/load/")
 
 
-def _fake_scaling(devices=(1, 2, 4), quick=False, **kwargs):
+def _fake_scaling(devices=(1, 2, 4), small=False, **kwargs):
     runs = {str(d): {"devices": d, "platform": "cpu"} for d in devices}
-    return {"config": {"quick": quick}, "note": "", "runs": runs, "summary": []}
+    return {"config": {"small": small}, "note": "", "runs": runs, "summary": []}
 
 
 def _preset_json(**changes):
@@ -369,7 +369,7 @@ def _fake_preset(text=None, returncode=0):
     return run
 
 
-def _fake_run_one(num_devices, quick=False, platform=None, models=None, timeout=900):
+def _fake_run_one(num_devices, small=False, platform=None, models=None, timeout=900):
     m = num_devices * -(-(models or 4) // num_devices)
     pdm = {"models": m, "batch_size": 32, "first_epoch_s": 2.0, "epoch_s": 1.0,
            "model_epochs_per_s": float(m)}  # fmt: skip
@@ -408,7 +408,7 @@ def test_quick_run_writes_json_markdown_and_chart(quick_run):
     assert env["jax"]["backend"] == jax.default_backend()
     assert "torch" in env and "blas" in env and "env" in env["device"]
     assert len(result["targets"]) == 10
-    assert result["sections"]["devices"]["measured"]["config"] == {"quick": True}
+    assert result["sections"]["devices"]["measured"]["config"] == {"small": True}
 
 
 @pytest.mark.slow
@@ -530,9 +530,9 @@ def test_devices_section_reports_experiments_scaling(monkeypatch):
 
     calls = []
 
-    def fake_measure(devices=(1, 2, 4), quick=False, **kwargs):
-        calls.append((tuple(devices), quick))
-        return _fake_scaling(devices, quick)
+    def fake_measure(devices=(1, 2, 4), small=False, **kwargs):
+        calls.append((tuple(devices), small))
+        return _fake_scaling(devices, small)
 
     monkeypatch.setattr(scaling, "measure_scaling", fake_measure)
     monkeypatch.setattr(scaling, "markdown", lambda result: "| fake |\n")
@@ -593,7 +593,7 @@ def test_study_section_puts_the_preset_beside_this_runs_per_device_models(monkey
 
     monkeypatch.setattr(study, "run_preset", _fake_preset())
     monkeypatch.setattr(scaling, "run_one", lambda *a, **k: pytest.fail("figure not reused"))
-    measured = {"config": {"num_examples": 48_000}, "runs": {"2": _fake_run_one(2, models=4)}}
+    measured = {"setup": {"num_examples": 48_000}, "runs": {"2": _fake_run_one(2, models=4)}}
     cfg = benchmark.parse(["--quick", "--sections", "study"])
     sec = study.measure(cfg, _study_ctx(measured))
     assert sec["status"] == "ok" and sec["per_device_source"].startswith("this run's devices")
@@ -622,9 +622,9 @@ def test_study_section_measures_the_figure_itself_or_says_why_it_failed(monkeypa
 
     calls = []
 
-    def run_one(num_devices, quick=False, models=None, **kwargs):
-        calls.append((num_devices, quick, models))
-        return _fake_run_one(num_devices, quick, models=models)
+    def run_one(num_devices, small=False, models=None, **kwargs):
+        calls.append((num_devices, small, models))
+        return _fake_run_one(num_devices, small, models=models)
 
     monkeypatch.setattr(scaling, "run_one", run_one)
     monkeypatch.setattr(study, "run_preset", _fake_preset())

@@ -128,13 +128,6 @@ def bench_case(id: str, args: tuple[str, ...], message: str) -> Case:
     return Case(id, argv, message, benchmark.main, "bench.benchmark")
 
 
-def scaling_case(id: str, args: tuple[str, ...], message: str) -> Case:
-    from bench import scaling
-
-    argv = lambda tmp, data: ["--quick", "--out", str(tmp / "out"), *args]  # noqa: E731
-    return Case(id, argv, message, scaling.main, "bench.scaling")
-
-
 def probe_case(module: str, id: str, args: tuple[str, ...], message: str) -> Case:
     """A bad flag of the measurement command ``bench.<module>``, into tmp_path/out."""
     import importlib
@@ -219,9 +212,12 @@ CASES = [
     bench_case("bench-zero-train", ("--train-examples", "0"), "--train-examples must be an"),
     bench_case("bench-empty-sections", ("--sections", ""), "--sections takes a comma-separated"),
     bench_case("bench-bad-models", ("--models", "1,x"), "--models takes an integer, got 'x'"),
-    scaling_case("scaling-zero-devices", ("--devices", "0"), "--devices must be a positive"),
-    scaling_case("scaling-negative-models", ("--models", "-1"), "--models must be a positive"),
-    scaling_case("scaling-repeated-devices", ("--devices", "1", "1"), "--devices lists 1 more"),
+    probe_case("scaling", "scaling-zero-devices", ("--devices", "0"),
+               "--devices must be an integer in [1, 64], got 0"),
+    probe_case("scaling", "scaling-negative-models", ("--models", "-1"),
+               "--models must be an integer in [1, 1,024], got -1"),
+    probe_case("scaling", "scaling-repeated-devices", ("--devices", "1,1"),
+               "--devices lists 1 more than once"),
     probe_case("grid_probe", "grid-zero-models", ("--models", "0"),
                "--models must be an integer in [1, 600]"),
     probe_case("grid_probe", "grid-huge-models", ("--models", "601"),
@@ -424,10 +420,10 @@ def test_nan_weights_are_refused(tmp_path, capsys):
 # ------------------------------------------------------------------ strict flags (issue 19)
 
 STRICT_CASES = [
-    scaling_case("scaling-unknown-platform", ("--devices", "1", "--platform", "foo"),
-                 "--platform 'foo': 'foo' is not a JAX platform"),
-    scaling_case("scaling-platform-gap", ("--devices", "1", "--platform", "cpu,"),
-                 "an empty item is not a JAX platform"),
+    probe_case("scaling", "scaling-unknown-platform", ("--devices", "1", "--platform", "foo"),
+               "--platform 'foo': 'foo' is not a JAX platform"),
+    probe_case("scaling", "scaling-platform-gap", ("--devices", "1", "--platform", "cpu,"),
+               "an empty item is not a JAX platform"),
     bench_case("bench-devices-gap", ("--devices", "1,,2"), "list without gaps, got '1,,2'"),
     bench_case("bench-models-trailing-comma", ("--models", "1,4,"), "without gaps, got '1,4,'"),
     bench_case("bench-sections-gap", ("--sections", "ceiling,,vgg"), "list without gaps, got"),

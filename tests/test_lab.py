@@ -17,15 +17,24 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import bench.benchmark
+from bench import backward_probe, cnn_scan_probe, conv_lowering, grid_probe, scaling, vgg_reference
 from experiments import cnn, lab, mlp_grid, mlp_sweep, theory, vgg_transfer
 from jnn.config import ConfigError
 
-EXPERIMENTS = {
+EXPERIMENTS = {  # every command whose flags lab generates: the studies and the measurements
     "mlp_sweep": mlp_sweep,
     "mlp_grid": mlp_grid,
     "cnn": cnn,
     "theory": theory,
     "vgg_transfer": vgg_transfer,
+    "benchmark": bench.benchmark,
+    "scaling": scaling,
+    "backward_probe": backward_probe,
+    "cnn_scan_probe": cnn_scan_probe,
+    "conv_lowering": conv_lowering,
+    "grid_probe": grid_probe,
+    "vgg_reference": vgg_reference,
 }
 
 

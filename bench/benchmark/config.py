@@ -10,14 +10,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from bench.scaling import MAX_DEVICES, MAX_MODELS  # the device section runs bench.scaling
 from experiments import harness, lab
 from jnn import config
 from jnn.config import ConfigError, option
 
 NAME = "benchmark"
 BATCH_SIZE = 32  # the MLP sections' batch (the study's)
-MAX_DEVICES = 64  # as bench.scaling's --devices (forced host devices)
-MAX_MODELS = 1024  # models per XLA program, as bench.scaling's --models
 SECTIONS = (
     "train_epoch", "evaluation", "ceiling", "vgg", "models_per_program", "devices", "cnn", "study",
 )  # fmt: skip

@@ -14,7 +14,7 @@ def measure(cfg: Config, ctx: Context | None = None) -> dict[str, Any]:
         from bench import scaling
     except Exception as err:
         return {"status": "skipped", "reason": f"bench.scaling not importable: {err}"}
-    measured = scaling.measure_scaling(devices=cfg.devices, quick=cfg.small)
+    measured = scaling.measure_scaling(devices=cfg.devices, small=cfg.small)
     errors = {d: r["error"] for d, r in measured.get("runs", {}).items() if "error" in r}
     out: dict[str, Any] = {"status": "ok", "devices": list(cfg.devices), "measured": measured}
     if errors:

@@ -141,7 +141,7 @@ def per_device_from(measured: Any, devices: int) -> dict[str, Any] | None:
         return None
     run = (measured.get("runs") or {}).get(str(devices)) or {}
     pdm = run.get("per_device_models") or {}
-    rows = (measured.get("config") or {}).get("num_examples")
+    rows = (measured.get("setup") or {}).get("num_examples")
     if not _positive(pdm.get("model_epochs_per_s")) or not _positive(rows):
         return None
     batch = int(pdm.get("batch_size", 32))
@@ -174,9 +174,9 @@ def per_device_models(cfg: Config, ctx: Context, devices: int, models: int) -> t
         return found, "this run's devices section (bench.scaling)"
     from bench import scaling
 
-    run = scaling.run_one(devices, quick=cfg.small, models=models)
+    run = scaling.run_one(devices, small=cfg.small, models=models)
     rows = scaling.QUICK_EXAMPLES if cfg.small else scaling.FULL_EXAMPLES
-    measured = {"config": {"num_examples": rows}, "runs": {str(devices): run}}
+    measured = {"setup": {"num_examples": rows}, "runs": {str(devices): run}}
     found = per_device_from(measured, devices)
     if found is None:
         why = run.get("error") or run.get("skipped") or "no per_device_models in its output"

@@ -37,15 +37,15 @@ def _device_shares(sections: dict[str, Any]) -> dict[str, float]:
     dev, ceiling = sections.get("devices", {}), sections.get("ceiling", {})
     gflops = ceiling.get("xla_ceiling_gflops") if ceiling.get("status") == "ok" else None
     measured = dev.get("measured", {})
-    config = measured.get("config", {})
-    if dev.get("status") != "ok" or not gflops or not config.get("sizes"):
+    setup = measured.get("setup", {})
+    if dev.get("status") != "ok" or not gflops or not setup.get("sizes"):
         return {}
-    per_example = train_flops_per_example(config["sizes"])
+    per_example = train_flops_per_example(setup["sizes"])
     shares = {}
     for d, run in measured.get("runs", {}).items():
         models = run.get("per_device_models", {})
         batch = models.get("batch_size", 32)
-        n = config.get("num_examples", 0) // batch * batch
+        n = setup.get("num_examples", 0) // batch * batch
         if "model_epochs_per_s" in models:
             rate = models["model_epochs_per_s"] * n * per_example
             shares[f"devices/per_device_models@{d}"] = rate / 1e9 / gflops
