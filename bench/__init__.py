@@ -19,6 +19,30 @@ IMAGE_SHAPE: tuple[int, int, int] = get_dataset("fashion_mnist").input_shape
 CLASSES: int = get_dataset("fashion_mnist").num_classes
 
 
+def probe(
+    name: str,
+    config_cls: type,
+    doc: str,
+    quick: dict[str, Any],
+    run: Callable[[Any, Path], dict[str, Any]],
+    markdown: Callable[[dict[str, Any]], str],
+) -> Any:
+    """The command of the probe ``python -m bench.<name>``, as a ``harness.Experiment``: flags,
+    help, checks and ``--quick`` generated from ``config_cls`` (``experiments.lab``; no
+    ``--resume``: a probe measures once), described by the first line of ``doc``, its result
+    written as probe.json and ``markdown(result)`` as probe.md. ``harness.cli`` of it is the
+    module's ``main``."""
+    from experiments import harness, lab
+
+    def parse(argv: Any) -> lab.Invocation:
+        return lab.parse(
+            config_cls, argv, name=name, package="bench", resume=False, quick=quick,
+            description=doc.split("\n")[0], epilog=harness.EXIT_CODES_NO_TRAINING,
+        )  # fmt: skip
+
+    return harness.Experiment(name, parse, run, probe_render(markdown), markdown)
+
+
 def probe_render(
     markdown: Callable[[dict[str, Any]], str],
 ) -> Callable[[dict[str, Any], Path], list[Path]]:

@@ -17,7 +17,7 @@ Writes probe.json and probe.md into ``--out`` (default ``runs/backward_probe``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -47,14 +47,6 @@ class Config:
     def __post_init__(self) -> None:
         config.integer(self.reps, "reps", 1, 100)
         config.integer(self.seed, "seed", 0, config.MAX_SEED)
-
-
-def parse(argv: Sequence[str] | None) -> lab.Invocation:
-    """Command line -> the checked config (one line naming the flag per bad value)."""
-    return lab.parse(
-        Config, argv, name="backward_probe", package="bench", resume=False,
-        description=__doc__.split("\n")[0], quick=QUICK, epilog=harness.EXIT_CODES_NO_TRAINING,
-    )  # fmt: skip
 
 
 def vjp_backward(layer: Layer) -> Layer:
@@ -181,10 +173,8 @@ def markdown(result: dict[str, Any]) -> str:
     ])  # fmt: skip
 
 
-render = bench.probe_render(markdown)
-
-EXPERIMENT = harness.Experiment("backward_probe", parse, run, render, markdown)
-main = harness.cli(EXPERIMENT)
+EXPERIMENT = bench.probe("backward_probe", Config, __doc__, QUICK, run, markdown)
+parse, main = EXPERIMENT.parse, harness.cli(EXPERIMENT)
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -21,7 +21,7 @@ probe.json and probe.md into ``--out`` (default ``runs/cnn_scan_probe``).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -61,14 +61,6 @@ class Config:
         for loop in self.loops:
             config.choice(loop, "loops", LOOPS)
         config.distinct(self.loops, "loops")
-
-
-def parse(argv: Sequence[str] | None) -> lab.Invocation:
-    """Command line -> the checked config (one line naming the flag per bad value)."""
-    return lab.parse(
-        Config, argv, name="cnn_scan_probe", package="bench", resume=False, quick=QUICK,
-        description=__doc__.split("\n")[0], epilog=harness.EXIT_CODES_NO_TRAINING,
-    )  # fmt: skip
 
 
 def swapped_conv_backward(params: Any, x: Any, dy: Any, strides: Any, pads: Any) -> Any:
@@ -357,10 +349,8 @@ def console(result: dict[str, Any]) -> str:
     )
 
 
-render = bench.probe_render(console)
-
-EXPERIMENT = harness.Experiment("cnn_scan_probe", parse, run, render, console)
-main = harness.cli(EXPERIMENT)
+EXPERIMENT = bench.probe("cnn_scan_probe", Config, __doc__, QUICK, run, console)
+parse, main = EXPERIMENT.parse, harness.cli(EXPERIMENT)
 
 if __name__ == "__main__":
     raise SystemExit(main())

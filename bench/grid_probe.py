@@ -24,7 +24,7 @@ Writes probe.json and probe.md into ``--out`` (default ``runs/grid_probe``).
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -56,14 +56,6 @@ class Config:
         config.integer(self.examples, "examples", 32, STUDY_EXAMPLES)
         config.integer(self.reps, "reps", 1, 100)
         config.integer(self.seed, "seed", 0, config.MAX_SEED)
-
-
-def parse(argv: Sequence[str] | None) -> lab.Invocation:
-    """Command line -> the checked config (one line naming the flag per bad value)."""
-    return lab.parse(
-        Config, argv, name="grid_probe", package="bench", resume=False, quick=QUICK,
-        description=__doc__.split("\n")[0], epilog=harness.EXIT_CODES_NO_TRAINING,
-    )  # fmt: skip
 
 
 def grid_states(models: int, seed: int) -> Any:
@@ -199,10 +191,8 @@ def markdown(result: dict[str, Any]) -> str:
     ])  # fmt: skip
 
 
-render = bench.probe_render(markdown)
-
-EXPERIMENT = harness.Experiment("grid_probe", parse, run, render, markdown)
-main = harness.cli(EXPERIMENT)
+EXPERIMENT = bench.probe("grid_probe", Config, __doc__, QUICK, run, markdown)
+parse, main = EXPERIMENT.parse, harness.cli(EXPERIMENT)
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -16,7 +16,7 @@ without it the command says so in one line. Writes probe.json and probe.md into 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -176,14 +176,6 @@ class Config:
         config.choice(self.torch_device, "torch_device", ("cpu", "cuda", "auto"))
 
 
-def parse(argv: Sequence[str] | None) -> lab.Invocation:
-    """Command line -> the checked config (one line naming the flag per bad value)."""
-    return lab.parse(
-        Config, argv, name="vgg_reference", package="bench", resume=False,
-        description=__doc__.split("\n")[0], quick=QUICK, epilog=harness.EXIT_CODES_NO_TRAINING,
-    )  # fmt: skip
-
-
 def run(inv: lab.Invocation, run_dir: Path) -> dict[str, Any]:
     """Load the weights (``jnn.vgg_weights.load``), time both pipelines on them."""
     from bench.baselines import resolve_torch_device, torch_status
@@ -219,10 +211,8 @@ def markdown(result: dict[str, Any]) -> str:
     ])  # fmt: skip
 
 
-render = bench.probe_render(markdown)
-
-EXPERIMENT = harness.Experiment("vgg_reference", parse, run, render, markdown)
-main = harness.cli(EXPERIMENT)
+EXPERIMENT = bench.probe("vgg_reference", Config, __doc__, QUICK, run, markdown)
+parse, main = EXPERIMENT.parse, harness.cli(EXPERIMENT)
 
 if __name__ == "__main__":
     raise SystemExit(main())
