@@ -199,16 +199,21 @@ def run_one(
     timeout: float = 900,
 ) -> dict[str, Any]:
     """Measure one device count in a fresh interpreter; returns the worker's dict (or
-    ``{"devices": N, "error": ...}`` when the worker failed)."""
+    ``{"devices": N, "error": ...}`` when the worker failed or ran past ``timeout`` seconds).
+    The arguments are checked as :class:`Config` checks them."""
+    Config((num_devices,), small, platform, models)
     job = json.dumps({"devices": num_devices, "small": small, "models": models})
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.scaling", WORKER_FLAG, job],
-        cwd=REPO,
-        env=_worker_env(num_devices, platform),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "bench.scaling", WORKER_FLAG, job],
+            cwd=REPO,
+            env=_worker_env(num_devices, platform),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        return {"devices": num_devices, "error": f"no result within {timeout:g} s (timed out)"}
     if proc.returncode != 0:
         return {"devices": num_devices, "error": proc.stderr.strip()[-2000:]}
     return json.loads(proc.stdout.strip().splitlines()[-1])

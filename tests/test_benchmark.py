@@ -542,6 +542,19 @@ def test_devices_section_reports_experiments_scaling(monkeypatch):
     assert sec["measured"]["runs"]["4"]["devices"] == 4
 
 
+def test_scaling_checks_its_arguments_and_reports_a_timeout():
+    """bench.scaling's API refuses what its command line refuses (one line), and a worker that
+    runs past its time limit is an error entry, not a traceback out of the benchmark."""
+    from bench import scaling
+    from jnn.config import ConfigError
+
+    for call in (lambda: scaling.run_one(0), lambda: scaling.measure_scaling(devices=[])):
+        with pytest.raises(ConfigError):
+            call()
+    assert scaling.run_one(1, small=True, timeout=0.01) == {
+        "devices": 1, "error": "no result within 0.01 s (timed out)"}  # fmt: skip
+
+
 def test_study_section_reads_the_presets_rate_and_refuses_a_bad_results_json(tmp_path):
     """Steady model-epochs/s over epochs 2..E (the first compiles), the engine's own over all,
     and model-examples/s over the full batches; a missing or garbled file is one line."""
