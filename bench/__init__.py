@@ -7,11 +7,14 @@ study imports it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jnn.data import get_dataset
+
+if TYPE_CHECKING:
+    from experiments.harness import Experiment
 
 # The study's images (H, W, C) and classes, from the dataset entry: the measurement commands'
 # synthetic data and networks take these shapes (nothing in bench knows 28 x 28 or 10 itself).
@@ -26,7 +29,7 @@ def probe(
     quick: dict[str, Any],
     run: Callable[[Any, Path], dict[str, Any]],
     markdown: Callable[[dict[str, Any]], str],
-) -> Any:
+) -> Experiment:
     """The command of the probe ``python -m bench.<name>``, as a ``harness.Experiment``: flags,
     help, checks and ``--quick`` generated from ``config_cls`` (``experiments.lab``; no
     ``--resume``: a probe measures once), described by the first line of ``doc``, its result
@@ -34,7 +37,7 @@ def probe(
     module's ``main``."""
     from experiments import harness, lab
 
-    def parse(argv: Any) -> lab.Invocation:
+    def parse(argv: Sequence[str] | None) -> lab.Invocation:
         return lab.parse(
             config_cls, argv, name=name, package="bench", resume=False, quick=quick,
             description=doc.split("\n")[0], epilog=harness.EXIT_CODES_NO_TRAINING,
