@@ -542,6 +542,31 @@ def test_devices_section_reports_experiments_scaling(monkeypatch):
     assert sec["measured"]["runs"]["4"]["devices"] == 4
 
 
+def test_the_benchmark_reads_what_measure_scaling_writes(monkeypatch):
+    """The seam between bench.scaling and the benchmark: the real measure_scaling (workers
+    faked) gives the study section its per-device figure and the targets their ceiling shares
+    (both read the fixed settings from "setup"; a renamed key made them vanish silently)."""
+    from bench import scaling
+    from bench.benchmark import study, targets
+
+    def run_one(num_devices, small=False, platform=None, models=None, timeout=900):
+        out = _fake_run_one(num_devices, small, platform, models, timeout)
+        rates = {"32": {"examples_per_s": 1e4}, "256": {"examples_per_s": 2e4}}
+        return out | {"data_parallel": rates}
+
+    monkeypatch.setattr(scaling, "run_one", run_one)
+    measured = scaling.measure_scaling(devices=(1, 2), small=True)
+    assert measured["config"] == {"devices": (1, 2), "small": True, "platform": None,
+                                  "models": None}  # fmt: skip
+    found = study.per_device_from(measured, 2)
+    assert found is not None and found["models"] == 4
+    sections = {"ceiling": {"status": "ok", "xla_ceiling_gflops": 100.0},
+                "devices": {"status": "ok", "measured": measured}}  # fmt: skip
+    shares = targets._device_shares(sections)
+    assert set(shares) == {f"devices/{k}@{d}" for k in ("per_device_models", "data_parallel_b32")
+                           for d in ("1", "2")}  # fmt: skip
+
+
 def test_scaling_checks_its_arguments_and_reports_a_timeout():
     """bench.scaling's API refuses what its command line refuses (one line), and a worker that
     runs past its time limit is an error entry, not a traceback out of the benchmark."""
