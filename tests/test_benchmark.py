@@ -546,8 +546,12 @@ def test_the_benchmark_reads_what_measure_scaling_writes(monkeypatch):
     """The seam between bench.scaling and the benchmark: the real measure_scaling (workers
     faked) gives the study section its per-device figure and the targets their ceiling shares
     (both read the fixed settings from "setup"; a renamed key made them vanish silently)."""
+    import importlib
+
     from bench import scaling
-    from bench.benchmark import study, targets
+    from bench.benchmark import study
+
+    targets = importlib.import_module("bench.benchmark.targets")  # the package exports targets()
 
     def run_one(num_devices, small=False, platform=None, models=None, timeout=900):
         out = _fake_run_one(num_devices, small, platform, models, timeout)
