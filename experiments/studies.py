@@ -85,20 +85,33 @@ class Console:
         self.val_acc = f"{acc:.4f}"
         self.show_sklearn(refresh=False)
         self.bar.update(1)  # one redraw: count and postfix together
-        for m in np.flatnonzero(r.diverged_at):
-            if int(m) not in self.said_diverged:
-                self.said_diverged.add(int(m))
-                self.say(
-                    f"warning: {self.names[m]} diverged at epoch {r.diverged_at[m]} "
-                    "(loss or weights not finite); kept its last good state, others go on",
-                    True,
-                )
+        self.say_diverged(r.diverged_at)
         if r.nth >= 2:
             self.paces.append(r.seconds)  # the first epoch of a call includes compilation
         if r.epoch < r.epochs:
             self.say_eta(r.epochs - r.epoch)
         if self.bar.disable and (r.epoch % max(1, r.epochs // 10) == 0 or r.epoch == r.epochs):
             self.say(f"epoch {r.epoch}/{r.epochs}: mean val acc {acc:.4f}")
+
+    def say_diverged(self, diverged_at: np.ndarray) -> None:
+        """A warning per model as it diverges; those that had diverged before a resume, in one
+        line (announced one by one, a resume's first epoch read as if they had just failed)."""
+        new = [int(m) for m in np.flatnonzero(diverged_at) if int(m) not in self.said_diverged]
+        self.said_diverged.update(new)
+        before = [m for m in new if self.resumed_from and diverged_at[m] <= self.resumed_from]
+        if before:
+            names = ", ".join(f"{self.names[m]} (epoch {diverged_at[m]})" for m in before)
+            self.say(
+                f"note: {len(before)} model(s) had diverged before the resume at epoch "
+                f"{self.resumed_from} and keep their last good states: {names}",
+                True,
+            )
+        for m in (m for m in new if m not in before):
+            self.say(
+                f"warning: {self.names[m]} diverged at epoch {diverged_at[m]} "
+                "(loss or weights not finite); kept its last good state, others go on",
+                True,
+            )
 
     def say_eta(self, jnn_left: int) -> None:
         """Say the overall ETA once, as soon as both paces are known (jnn's after its second

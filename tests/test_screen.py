@@ -248,6 +248,27 @@ def test_a_resumed_run_says_where_and_paces_only_its_own_epochs(capsys):
     ]
 
 
+def test_after_a_resume_old_divergences_are_one_note_and_new_ones_warnings(capsys):
+    """Resumed at epoch 4 with one model diverged at epoch 2: one line saying so at the first
+    epoch (it was announced as 'diverged at epoch 2 ... others go on' as if new), then the
+    usual warning for a model that diverges after the resume."""
+    console = Console(10, 0, quick=False)
+    start = _start(resumed_from=4)
+    start.models = [SimpleNamespace(name="linear/he/lr0.1/s0"), start.models[0]]
+    console.start(start)
+    for epoch, diverged in ((5, [2, 0]), (6, [2, 6]), (7, [2, 6])):  # (M,) per epoch
+        report = vars(_epoch(epoch, epoch - 4, 2.0)) | {"diverged_at": np.array(diverged)}
+        console.epoch(SimpleNamespace(**report))
+    console.close()
+    err = [line for line in capsys.readouterr().err.splitlines() if "diverged" in line]
+    assert err == [
+        "note: 1 model(s) had diverged before the resume at epoch 4 and keep their last good "
+        "states: linear/he/lr0.1/s0 (epoch 2)",
+        "warning: relu/glorot/lr0.1/s0 diverged at epoch 6 (loss or weights not finite); kept "
+        "its last good state, others go on",
+    ]
+
+
 def test_the_resume_hint_names_a_command_that_continues_the_run(tmp_path, monkeypatch):
     """Ctrl-C's line: the folder, and a command that parses to the same config with
     ``--resume --out`` that folder (the user's --overwrite and --out replaced)."""
