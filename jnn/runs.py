@@ -78,7 +78,8 @@ def select_model(c: study.StudyConfig, name: str | None, fields: dict[str, Any])
     unknown = set(fields) - set(study.ModelSpec._fields)
     if unknown:
         raise InputError(
-            f"models are chosen by {', '.join(study.ModelSpec._fields)}, not {unknown}"
+            f"models are chosen by {', '.join(study.ModelSpec._fields)}, not "
+            f"{', '.join(sorted(unknown))}; or by name: model='relu/normal/lr0.1/s0'"
         )
     hits = [
         m

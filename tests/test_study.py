@@ -352,7 +352,10 @@ def test_one_optimizer_keeps_the_names_and_run_json_of_before(tmp_path):
         (dict(model=3), "a model name is a string"),
         (dict(activation="relu", init="zero", lr=0.05, seed=0, epoch="2"), "int or 'latest'"),
         (dict(activation="relu", init="zero", lr=0.05, seed=0, epoch=7), "no checkpoint of epoch"),
-        (dict(colour="red"), "chosen by"),
+        (
+            dict(colour="red"),
+            "chosen by activation, init, lr, seed, optimizer, not colour; or by name",
+        ),
     ],
 )
 def test_load_refuses_what_it_cannot_give(mixed, kwargs, match):
