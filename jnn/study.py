@@ -797,6 +797,16 @@ def run(
     return StudyResult(c, models(c), history, diverged, evals, seconds, start)
 
 
+def _check_export_epochs(epochs: Any, trained: int) -> None:
+    """``epochs``: a non-empty list of distinct epochs in [1, ``trained``] (an empty one had
+    no last epoch to size the exported run by)."""
+    if isinstance(epochs, (str, bytes)) or not isinstance(epochs, Sequence) or not epochs:
+        raise ConfigError(f"`epochs` to export must be a non-empty list of epochs, got {epochs!r}")
+    for e in epochs:
+        integer(e, "epochs", 1, trained)
+    distinct(epochs, "epochs")
+
+
 def export(
     workdir: str | os.PathLike, out: str | os.PathLike, *, seeds: int, epochs: Sequence[int]
 ) -> Path:
@@ -809,14 +819,15 @@ def export(
     c = config_of(src)
     if not isinstance(seeds, int) or not 1 <= seeds <= c.seeds:
         raise ConfigError(f"`seeds` to export must be in [1, {c.seeds}], got {seeds!r}")
+    _check_export_epochs(epochs, c.epochs)
     small = dataclasses.replace(c, seeds=seeds, save_at=tuple(epochs), epochs=max(epochs))
     keep = [m for m, s in enumerate(models(c)) if s.seed < seeds]
     out = Path(out).expanduser().resolve()
     if (out / RUN_JSON).exists():
         raise RunError(f"{out} holds a run already; export into a new folder")
-    out.mkdir(parents=True, exist_ok=True)
     with open_store(c, Path(workdir).expanduser(), create=False) as store:
         trees = {e: store.restore(e, checkpoint_like(c, e)) for e in small.save_epochs}
+    out.mkdir(parents=True, exist_ok=True)  # after the restores: a refused export leaves none
     with open_store(small, out) as target:
         for e, tree in trees.items():
             target.save(e, jax.tree.map(lambda a: np.asarray(a)[keep], tree))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -34,6 +35,7 @@ import pytest  # noqa: E402
 
 from jnn import config as cfg_mod  # noqa: E402
 from jnn import optim, parallel, runs, study, train  # noqa: E402
+from jnn.checkpoints import CheckpointError  # noqa: E402
 from jnn.errors import InputError  # noqa: E402
 from jnn.mlp import mlp  # noqa: E402
 
@@ -256,6 +258,17 @@ def test_export_ships_the_first_seeds_bit_for_bit(tmp_path):
         study.export(tmp_path / "src", tmp_path / "other", seeds=4, epochs=(2,))
     with pytest.raises(study.RunError, match="holds a run already"):
         study.export(tmp_path / "src", out, seeds=1, epochs=(2,))
+    for epochs, match in (
+        ((), "non-empty list"),
+        ((0,), r"in \[1, 2\]"),
+        ((2, 2), "more than once"),
+    ):
+        with pytest.raises(study.ConfigError, match=match):
+            study.export(tmp_path / "src", tmp_path / "bad", seeds=1, epochs=epochs)
+    shutil.rmtree(tmp_path / "src" / study.CHECKPOINTS / "1")  # a save epoch gone from disk
+    with pytest.raises(CheckpointError, match="epoch 1"):
+        study.export(tmp_path / "src", tmp_path / "bad", seeds=1, epochs=(1,))
+    assert not (tmp_path / "bad").exists()  # a refused export leaves no folder
 
 
 def engine_numbers(workdir: Path, res: study.StudyResult, m: int) -> tuple:
