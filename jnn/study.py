@@ -436,6 +436,10 @@ def read_run(workdir: str | os.PathLike) -> dict[str, Any]:
 
 def config_of(run: dict[str, Any], **overrides: Any) -> StudyConfig:
     """The :class:`StudyConfig` stored in a run.json (lists back to tuples), with overrides."""
+    if not isinstance(run, dict) or not isinstance(run.get("config"), dict):
+        raise RunError(
+            f"config_of takes a run.json as read_run(folder) returns it, got {type(run).__name__}"
+        )
     names = {f.name for f in dataclasses.fields(StudyConfig)}
     stored = {k: tuple(v) if isinstance(v, list) else v for k, v in run["config"].items()}
     unknown = set(stored) - names

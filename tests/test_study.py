@@ -265,6 +265,9 @@ def test_export_ships_the_first_seeds_bit_for_bit(tmp_path):
     ):
         with pytest.raises(study.ConfigError, match=match):
             study.export(tmp_path / "src", tmp_path / "bad", seeds=1, epochs=epochs)
+    for not_a_run in ({}, [], {"config": 5}):
+        with pytest.raises(study.RunError, match="takes a run.json"):
+            study.config_of(not_a_run)
     shutil.rmtree(tmp_path / "src" / study.CHECKPOINTS / "1")  # a save epoch gone from disk
     with pytest.raises(CheckpointError, match="epoch 1"):
         study.export(tmp_path / "src", tmp_path / "bad", seeds=1, epochs=(1,))
