@@ -265,13 +265,16 @@ def test_export_ships_the_first_seeds_bit_for_bit(tmp_path):
     ):
         with pytest.raises(study.ConfigError, match=match):
             study.export(tmp_path / "src", tmp_path / "bad", seeds=1, epochs=epochs)
-    for not_a_run in ({}, [], {"config": 5}):
-        with pytest.raises(study.RunError, match="takes a run.json"):
-            study.config_of(not_a_run)
     shutil.rmtree(tmp_path / "src" / study.CHECKPOINTS / "1")  # a save epoch gone from disk
     with pytest.raises(CheckpointError, match="epoch 1"):
         study.export(tmp_path / "src", tmp_path / "bad", seeds=1, epochs=(1,))
     assert not (tmp_path / "bad").exists()  # a refused export leaves no folder
+
+
+@pytest.mark.parametrize("not_a_run", [{}, [], {"config": 5}])
+def test_config_of_refuses_what_is_not_a_run_json(not_a_run):
+    with pytest.raises(study.RunError, match="takes a run.json"):
+        study.config_of(not_a_run)
 
 
 def engine_numbers(workdir: Path, res: study.StudyResult, m: int) -> tuple:
