@@ -480,7 +480,11 @@ def check_resume(c: StudyConfig, workdir: str | os.PathLike) -> dict[str, Any] |
     differ = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
     if differ:
         what = "; ".join(f"`{k}`: run has {have.get(k)!r}, now {want.get(k)!r}" for k in differ)
-        raise ConfigError(f"resume with another config than the run in {workdir} ({what})")
+        can = ", ".join(f"`{k}`" for k in RUN_FIELDS)
+        raise ConfigError(
+            f"resume with another config than the run in {workdir} ({what}); a resume may "
+            f"change only {can}: for other models start a new run in another folder"
+        )
     recorded = run.get("layout")
     if c.layout != "auto" and recorded not in (None, c.layout):
         raise ConfigError(f"the run in {workdir} trains with `layout` {recorded}, not {c.layout}")

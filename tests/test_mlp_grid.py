@@ -80,7 +80,10 @@ def test_killed_grid_resumes_and_grows_bit_for_bit(quick_run, tmp_path, fashion_
     assert mlp_grid.main([*base, "--epochs", "1", "--save-at", "1"]) == 0
     assert (out / "checkpoints" / "1").is_dir()
     refusals = [
-        (["--epochs", "2", "--seeds", "3"], "--seeds: run has 2, now 3"),
+        (
+            ["--epochs", "2", "--seeds", "3"],
+            "--seeds: run has 2, now 3); a resume may change only --epochs, --save-at",
+        ),
         (["--epochs", "2", "--lrs", "0.05"], "--lrs: run has [0.1], now [0.05]"),
     ]
     for extra, message in refusals:
