@@ -88,11 +88,12 @@ def _setup(small: bool) -> dict[str, Any]:
 
     from jnn.mlp import mlp
 
-    n = QUICK_EXAMPLES if small else FULL_EXAMPLES
+    fixed = fixed_settings(small)
+    n = fixed["num_examples"]
     rng = np.random.default_rng(0)
     return {
         "n": n,
-        "reps": QUICK_REPS if small else FULL_REPS,
+        "reps": fixed["timed_epochs"],
         "x": rng.normal(size=(n, SIZES[0])).astype(np.float32),
         "y": rng.integers(0, SIZES[-1], n).astype(np.int32),
         "optimizer": optax.sgd(0.1),
@@ -219,6 +220,21 @@ def run_one(
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def fixed_settings(small: bool, platform: str | None = None) -> dict[str, Any]:
+    """What every worker of a run measures with (the ``setup`` block of a result): the study's
+    widths, the examples per epoch and the timed epochs (fewer with ``small``)."""
+    return {
+        "sizes": list(SIZES),
+        "activation": "relu",
+        "optimizer": "sgd(0.1)",
+        "num_examples": QUICK_EXAMPLES if small else FULL_EXAMPLES,
+        "timed_epochs": QUICK_REPS if small else FULL_REPS,
+        "statistic": "median epoch time after one warm-up epoch",
+        "host_cpu_count": os.cpu_count(),
+        "platform_requested": platform or os.environ.get("JAX_PLATFORMS") or "default",
+    }
+
+
 def measure_scaling(
     devices: Sequence[int] = (1, 2, 4),
     small: bool = False,
@@ -236,20 +252,10 @@ def measure_scaling(
     """
     cfg = Config(tuple(devices), small, platform, models)
     runs = {str(d): run_one(d, small, platform, models) for d in cfg.devices}
-    setup = {
-        "sizes": list(SIZES),
-        "activation": "relu",
-        "optimizer": "sgd(0.1)",
-        "num_examples": QUICK_EXAMPLES if small else FULL_EXAMPLES,
-        "timed_epochs": QUICK_REPS if small else FULL_REPS,
-        "statistic": "median epoch time after one warm-up epoch",
-        "host_cpu_count": os.cpu_count(),
-        "platform_requested": platform or os.environ.get("JAX_PLATFORMS") or "default",
-    }
     platforms = {r.get("platform") for r in runs.values() if "platform" in r}
     return {
         "config": dataclasses.asdict(cfg),
-        "setup": setup,
+        "setup": fixed_settings(small, platform),
         "note": FORCED_NOTE if "cpu" in platforms else "",
         "runs": runs,
         "summary": summary_rows(runs),

@@ -808,11 +808,11 @@ def run(
 def _check_export_epochs(epochs: Any, trained: int) -> None:
     """``epochs``: a non-empty list of distinct epochs in [1, ``trained``] (an empty one had
     no last epoch to size the exported run by)."""
-    if isinstance(epochs, (str, bytes)) or not isinstance(epochs, Sequence) or not epochs:
+    distinct(epochs, "epochs")  # also refuses what is not a list or tuple
+    if not epochs:
         raise ConfigError(f"`epochs` to export must be a non-empty list of epochs, got {epochs!r}")
     for e in epochs:
         integer(e, "epochs", 1, trained)
-    distinct(epochs, "epochs")
 
 
 def export(

@@ -175,8 +175,7 @@ def per_device_models(cfg: Config, ctx: Context, devices: int, models: int) -> t
     from bench import scaling
 
     run = scaling.run_one(devices, small=cfg.small, models=models)
-    rows = scaling.QUICK_EXAMPLES if cfg.small else scaling.FULL_EXAMPLES
-    measured = {"setup": {"num_examples": rows}, "runs": {str(devices): run}}
+    measured = {"setup": scaling.fixed_settings(cfg.small), "runs": {str(devices): run}}
     found = per_device_from(measured, devices)
     if found is None:
         why = run.get("error") or run.get("skipped") or "no per_device_models in its output"
